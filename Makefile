@@ -1,0 +1,42 @@
+# Two commands do all set-up on a fresh clone: `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-dev
+PEERS  := $(VENV)/.installed-peers
+KAFKA_PORT ?= 9092
+
+.PHONY: install test run bench simulate schemas kafka-up kafka-down clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+$(PEERS): $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[dev,peers]'
+	touch $@
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+simulate: $(STAMP)
+	$(BIN)/seedworker simulate
+
+schemas: $(STAMP)
+	$(BIN)/seedworker schemas --write
+
+bench: $(PEERS)
+	$(BIN)/python -m bench
+
+kafka-up: $(STAMP)
+	$(BIN)/python -m seedworker.local_kafka up --port $(KAFKA_PORT)
+
+kafka-down: $(STAMP)
+	$(BIN)/python -m seedworker.local_kafka down
+
+clean:
+	rm -rf $(VENV) .cache var build *.egg-info

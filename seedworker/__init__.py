@@ -1,0 +1,11 @@
+"""seedworker: seed selection for Esper by bandit learning, over Kafka."""
+
+from .config import Settings, load_settings
+from .events import AdaptationOutcome, GraftRequested, SeedSelected
+from .selector import OutcomeResult, SeedSelector
+
+__all__ = [
+    "SeedSelector", "OutcomeResult", "Settings", "load_settings", "GraftRequested", "SeedSelected",
+    "AdaptationOutcome",
+]
+__version__ = "0.1.0"

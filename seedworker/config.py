@@ -1,0 +1,183 @@
+"""Settings: a TOML file in the seed's layout, then ``SEEDWORKER_*`` environment overrides, validated.
+
+Nested keys use a double underscore in the environment (``SEEDWORKER_DECAY__HALF_LIFE_S=600``); a few common ones
+have short names (``SEEDWORKER_BOOTSTRAP_SERVERS``, ``SEEDWORKER_DB``, ``SEEDWORKER_GROUP_ID``). Values are read
+as JSON when they parse as JSON (numbers, booleans, lists), else as strings. Errors name the bad key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .features import DEFAULT_FEATURES
+from .policies import STRATEGIES, make_policy
+from .reward import RewardFunction
+
+ENV_PREFIX = "SEEDWORKER_"
+# Short environment names for the settings people change most.
+ENV_ALIASES = {
+    "bootstrap_servers": ("kafka", "bootstrap_servers"),
+    "group_id": ("kafka", "group_id"),
+    "half_life_s": ("decay", "half_life_s"),
+}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DecaySettings(_Section):
+    half_life_s: float | None = Field(default=None, gt=0, description="event-time half-life of outcome weights")
+
+
+class RewardSettings(_Section):
+    accuracy_weight: float = 1.0
+    loss_weight: float = 0.0
+    latency_weight: float = 0.0
+    memory_weight: float = 0.0
+    throughput_weight: float = 0.0
+    failure_reward: float = 0.0
+    clip_min: float = -1.0
+    clip_max: float = 1.0
+
+    @model_validator(mode="after")
+    def _clip_order(self) -> "RewardSettings":
+        if self.clip_min >= self.clip_max:
+            raise ValueError("clip_min must be below clip_max")
+        return self
+
+    def function(self) -> RewardFunction:
+        return RewardFunction(**self.model_dump())
+
+
+class Topics(_Section):
+    requests: str = "graft.requested"
+    outcomes: str = "adaptation.outcome"
+    selections: str = "seed.selected"
+    dead_letters: str = "seedworker.dlq"
+    control: str = "seedworker.control"
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    group_id: str = "seedworker"
+    client_id: str = "seedworker"
+    topics: Topics = Topics()
+    partitions: int = Field(default=3, ge=1)
+    output_partitions: int = Field(default=3, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+    max_batch: int = Field(default=500, ge=1)
+    poll_timeout_ms: int = Field(default=200, ge=1)
+    connect_timeout_s: float = Field(default=60.0, gt=0)
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = Field(default=None, repr=False)
+    ssl_cafile: str | None = None
+
+
+class JoinSettings(_Section):
+    hold_unknown_s: float = Field(default=300.0, ge=0, description="how long an outcome waits for its decision")
+    reward_wait_s: float = Field(default=3600.0, gt=0, description="how long a decision waits for its outcome")
+    default_reward: float | None = Field(default=None, description="reward for a decision whose outcome never came")
+    learn_late: bool = Field(default=False, description="learn from outcomes that arrive after reward_wait_s")
+
+
+class Settings(_Section):
+    default_strategy: str = "thompson"
+    strategies: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    blueprint_strategies: dict[str, str] = Field(default_factory=dict)
+    logging_only: bool = False
+    salt: str = "seedworker"
+    min_samples: int = Field(default=1, ge=0, description="selections a seed gets before it competes on its score")
+    selectable_states: list[str] = Field(default_factory=lambda: ["dormant"])
+    warm_start: bool = True
+    prior_count: float = Field(default=1.0, ge=0)
+    features: list[str] = Field(default_factory=lambda: list(DEFAULT_FEATURES))
+    ridge: float = Field(default=1.0, gt=0)
+    decay: DecaySettings = DecaySettings()
+    reward: RewardSettings = RewardSettings()
+    kafka: KafkaSettings = KafkaSettings()
+    join: JoinSettings = JoinSettings()
+    db: str = "var/seedworker.sqlite"
+    dedup_window: int = Field(default=100_000, ge=1)
+
+    @model_validator(mode="after")
+    def _strategies_exist(self) -> "Settings":
+        names = [self.default_strategy, *self.blueprint_strategies.values(), *self.strategies]
+        for name in names:
+            if name not in STRATEGIES:
+                raise ValueError(f"unknown strategy {name!r}; known: {', '.join(sorted(STRATEGIES))}")
+        for name, options in self.strategies.items():
+            make_policy(name, options)
+        if self.decay.half_life_s is None and "discounted-ucb" in names:
+            raise ValueError("strategy 'discounted-ucb' needs decay.half_life_s")
+        return self
+
+    def policy(self, name: str):
+        return make_policy(name, self.strategies.get(name))
+
+
+def _parse_env_value(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
+    for key in path[:-1]:
+        node = tree.get(key)
+        if not isinstance(node, dict):
+            node = tree[key] = {}
+        tree = node
+    tree[path[-1]] = value
+
+
+def load_settings(
+    path: str | Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """File, then environment, then explicit overrides (dotted keys, e.g. from command-line flags)."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            tree = tomllib.loads(p.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {p} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {p}: {exc}") from None
+    env = os.environ if environ is None else environ
+    for key, value in env.items():
+        if not key.startswith(ENV_PREFIX) or not value:
+            continue
+        name = key[len(ENV_PREFIX):].lower()
+        keys = ENV_ALIASES.get(name) or tuple(name.split("__"))
+        _set(tree, keys, _parse_env_value(value))
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set(tree, tuple(dotted.split(".")), value)
+    try:
+        return Settings.model_validate(tree)
+    except ValidationError as exc:
+        problems = []
+        for e in exc.errors():
+            loc = ".".join(str(p) for p in e["loc"])
+            msg = e["msg"].removeprefix("Value error, ")
+            if e["type"] == "extra_forbidden":
+                msg = "unknown setting"
+            problems.append(f"{loc}: {msg}" if loc else msg)
+        raise ConfigError("invalid settings: " + "; ".join(problems)) from None

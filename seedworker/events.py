@@ -1,0 +1,293 @@
+"""Event contract v1: the three messages seedworker reads and writes, and their (de)serialization.
+
+Everything that turns an event into bytes or bytes into an event lives here, so the worker, the client, the
+simulator and the replay tool all agree on one wire format (JSON, via orjson).
+
+Compatibility rule: a message of another *major* version is rejected with a clear error; fields added by a newer
+*minor* version are accepted and ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal, Union
+
+import orjson
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+SCHEMA_MAJOR = 1
+SCHEMA_MINOR = 0
+SCHEMA_VERSION = f"{SCHEMA_MAJOR}.{SCHEMA_MINOR}"
+MAX_CANDIDATES = 256
+
+GRAFT_REQUESTED = "graft.requested"
+SEED_SELECTED = "seed.selected"
+ADAPTATION_OUTCOME = "adaptation.outcome"
+STRATEGY_SWITCH = "strategy.switch"
+
+# Decision ids are uuid5(request_id) in this namespace, so any party holding a request id can compute the decision id.
+DECISION_NAMESPACE = uuid.UUID("6f1c2c3e-5b8e-4b0e-9a57-2f4d3c8a9e01")
+
+
+class EventError(ValueError):
+    """A message that cannot be accepted; the message names the field and the reason."""
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError("must be a finite number (NaN and infinity are not allowed)")
+    return value
+
+
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("must carry a timezone (UTC)")
+    return value.astimezone(timezone.utc)
+
+
+Finite = Annotated[float, AfterValidator(_finite)]
+NonNegative = Annotated[float, AfterValidator(_finite), Field(ge=0)]
+UtcTime = Annotated[datetime, AfterValidator(_utc)]
+
+
+def decision_id_for(request_id: str) -> str:
+    """The decision id of a request: deterministic, so a re-sent selection carries the same id."""
+    return str(uuid.uuid5(DECISION_NAMESPACE, request_id))
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class _Model(BaseModel):
+    # extra="ignore": additive fields of a newer minor version are accepted and dropped.
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
+
+
+class Envelope(_Model):
+    event_id: str = Field(default_factory=lambda: str(uuid.uuid4()), min_length=1)
+    event_type: str
+    schema_version: str = SCHEMA_VERSION
+    occurred_at: UtcTime = Field(default_factory=utc_now)
+    source: str = Field(default="seedworker", min_length=1)
+    trace_id: str | None = None
+    correlation_id: str | None = None
+
+    @field_validator("schema_version")
+    @classmethod
+    def _same_major(cls, value: str) -> str:
+        check_version(value)
+        return value
+
+
+class SeedCandidate(_Model):
+    seed_id: str = Field(min_length=1, max_length=256)
+    seed_idx: int = Field(ge=0)
+    state: str | None = None
+    features: dict[str, Finite] | None = None
+
+
+class TrainingContext(BaseModel):
+    """Numeric training signals. The named ones are what Tamiyo sends today; any other numeric signal is allowed."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
+    __pydantic_extra__: dict[str, Finite] = Field(init=False)
+
+    current_loss: Finite | None = None
+    current_accuracy: Finite | None = None
+    learning_rate: Finite | None = None
+    current_epoch: Finite | None = None
+    total_epochs: Finite | None = None
+    loss_momentum: Finite | None = None
+    gradient_norm: Finite | None = None
+    batch_size: Finite | None = None
+    gpu_memory_used: Finite | None = None
+    available_memory_mb: Finite | None = None
+    urgency: Finite | None = None
+
+    def values(self) -> dict[str, float]:
+        """All signals that are present, named and extra alike."""
+        out = {k: getattr(self, k) for k in _CONTEXT_FIELDS if getattr(self, k) is not None}
+        if self.__pydantic_extra__:
+            out.update(self.__pydantic_extra__)
+        return out
+
+
+_CONTEXT_FIELDS = tuple(TrainingContext.model_fields)
+
+
+class Constraints(_Model):
+    memory_budget_mb: NonNegative | None = None
+    max_latency_ms: NonNegative | None = None
+
+
+class GraftRequested(Envelope):
+    event_type: Literal["graft.requested"] = GRAFT_REQUESTED
+    request_id: str = Field(min_length=1, max_length=256)
+    blueprint_id: str = Field(min_length=1, max_length=256)
+    layer_name: str | None = None
+    seeds: list[SeedCandidate] = Field(min_length=1, max_length=MAX_CANDIDATES)
+    context: TrainingContext = Field(default_factory=TrainingContext)
+    constraints: Constraints | None = None
+    strategy: str | None = None
+
+    @model_validator(mode="after")
+    def _unique_seeds(self) -> "GraftRequested":
+        ids = [s.seed_id for s in self.seeds]
+        if len(set(ids)) != len(ids):
+            dup = sorted({i for i in ids if ids.count(i) > 1})
+            raise ValueError(f"seeds: duplicate seed_id {dup}")
+        idxs = [s.seed_idx for s in self.seeds]
+        if len(set(idxs)) != len(idxs):
+            dup = sorted({i for i in idxs if idxs.count(i) > 1})
+            raise ValueError(f"seeds: duplicate seed_idx {dup}")
+        return self
+
+    @property
+    def decision_id(self) -> str:
+        return decision_id_for(self.request_id)
+
+
+class CandidateScore(_Model):
+    seed_id: str
+    seed_idx: int
+    score: float | None = None
+    probability: float | None = None
+    viable: bool = True
+    note: str | None = None
+
+
+class SeedSelected(Envelope):
+    event_type: Literal["seed.selected"] = SEED_SELECTED
+    decision_id: str
+    request_id: str
+    blueprint_id: str
+    layer_name: str | None = None
+    seed_id: str
+    seed_idx: int
+    strategy: str
+    selection_reason: str
+    propensity: float = Field(gt=0, le=1)
+    propensity_method: Literal["exact", "monte_carlo", "fallback"] = "exact"
+    scores: list[CandidateScore]
+    explored: bool
+    context: dict[str, float] = Field(default_factory=dict)
+    features: list[float] = Field(default_factory=list)
+    state_version: int = Field(ge=0)
+    request_time: UtcTime | None = None
+
+
+class AdaptationOutcome(Envelope):
+    event_type: Literal["adaptation.outcome"] = ADAPTATION_OUTCOME
+    decision_id: str | None = None
+    request_id: str | None = None
+    blueprint_id: str = Field(min_length=1)
+    seed_id: str = Field(min_length=1)
+    accuracy_delta: Finite = 0.0
+    loss_delta: Finite = 0.0
+    latency_ms: NonNegative = 0.0
+    memory_mb: NonNegative = 0.0
+    throughput: NonNegative = 0.0
+    success: bool = True
+
+    @model_validator(mode="after")
+    def _needs_a_join_key(self) -> "AdaptationOutcome":
+        if not self.decision_id and not self.request_id:
+            raise ValueError("decision_id: one of decision_id or request_id is required")
+        return self
+
+    @property
+    def resolved_decision_id(self) -> str:
+        return self.decision_id or decision_id_for(self.request_id or "")
+
+
+class StrategySwitch(Envelope):
+    """Control message: switch the strategy of one blueprint (or the default when blueprint_id is None)."""
+
+    event_type: Literal["strategy.switch"] = STRATEGY_SWITCH
+    strategy: str = Field(min_length=1)
+    blueprint_id: str | None = None
+    logging_only: bool | None = None
+
+
+Event = Union[GraftRequested, SeedSelected, AdaptationOutcome, StrategySwitch]
+MODELS: dict[str, type[Envelope]] = {
+    GRAFT_REQUESTED: GraftRequested,
+    SEED_SELECTED: SeedSelected,
+    ADAPTATION_OUTCOME: AdaptationOutcome,
+    STRATEGY_SWITCH: StrategySwitch,
+}
+
+
+def check_version(version: Any) -> None:
+    if not isinstance(version, str):
+        raise ValueError(f"schema_version must be a 'major.minor' string, got {version!r}")
+    major, _, minor = version.partition(".")
+    if not major.isdigit() or (minor and not minor.isdigit()):
+        raise ValueError(f"schema_version must look like 'major.minor', got {version!r}")
+    if int(major) != SCHEMA_MAJOR:
+        raise ValueError(
+            f"schema_version {version} has major version {major}; this worker reads major {SCHEMA_MAJOR} only"
+        )
+
+
+def _describe(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+def encode(event: Envelope) -> bytes:
+    """The one place an event becomes bytes."""
+    return orjson.dumps(event.model_dump(mode="json", exclude_none=True))
+
+
+def decode(data: bytes | str, expected: str | None = None) -> Envelope:
+    """The one place bytes become an event. Raises EventError with a message that names the field."""
+    try:
+        raw = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        # Python's json module writes NaN/Infinity literals; read them so validation can name the offending field.
+        try:
+            raw = json.loads(data)
+        except (ValueError, TypeError):
+            raise EventError(f"invalid JSON: {exc}") from None
+    return from_dict(raw, expected)
+
+
+def from_dict(raw: Any, expected: str | None = None) -> Envelope:
+    if not isinstance(raw, dict):
+        raise EventError(f"event: expected a JSON object, got {type(raw).__name__}")
+    event_type = raw.get("event_type", expected)
+    if expected is not None and event_type != expected:
+        raise EventError(f"event_type: expected {expected!r}, got {event_type!r}")
+    model = MODELS.get(event_type)  # type: ignore[arg-type]
+    if model is None:
+        raise EventError(f"event_type: unknown event type {event_type!r}")
+    if "schema_version" in raw:
+        try:
+            check_version(raw["schema_version"])
+        except ValueError as exc:
+            raise EventError(f"schema_version: {exc}") from None
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise EventError(_describe(exc)) from None
+
+
+def epoch_seconds(ts: datetime) -> float:
+    return ts.timestamp()
