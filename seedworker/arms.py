@@ -170,7 +170,8 @@ class ArmTable:
         """Outcome counts, raw or decayed to the blueprint's clock (the newest outcome time it has seen)."""
         if not discounted or self.half_life_s is None:
             return self.pulls[rows] + self.prior_w[rows]
-        age = self.clock - self.t_ref[rows]
+        with np.errstate(invalid="ignore"):  # -inf - -inf before any outcome: NaN, zeroed below
+            age = self.clock - self.t_ref[rows]
         age[~np.isfinite(age)] = 0.0
         return self.w[rows] * np.exp2(-age / self.half_life_s) + self.prior_w[rows]
 

@@ -1,8 +1,9 @@
 """Settings: a TOML file in the seed's layout, then ``SEEDWORKER_*`` environment overrides, validated.
 
 Nested keys use a double underscore in the environment (``SEEDWORKER_DECAY__HALF_LIFE_S=600``); a few common ones
-have short names (``SEEDWORKER_BOOTSTRAP_SERVERS``, ``SEEDWORKER_DB``, ``SEEDWORKER_GROUP_ID``). Values are read
-as JSON when they parse as JSON (numbers, booleans, lists), else as strings. Errors name the bad key.
+have short names (``SEEDWORKER_BOOTSTRAP_SERVERS``, ``SEEDWORKER_DB``, ``SEEDWORKER_GROUP_ID``). Values of string
+settings are taken verbatim; others are read as JSON when they parse as JSON (numbers, booleans, lists), else as
+strings. Errors name the bad key.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Mapping
+from types import UnionType
+from typing import Any, Mapping, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -114,10 +116,13 @@ class Settings(_Section):
 
     @model_validator(mode="after")
     def _strategies_exist(self) -> "Settings":
-        names = [self.default_strategy, *self.blueprint_strategies.values(), *self.strategies]
-        for name in names:
+        keyed = [("default_strategy", self.default_strategy),
+                 *((f"blueprint_strategies.{bp}", n) for bp, n in self.blueprint_strategies.items()),
+                 *((f"strategies.{n}", n) for n in self.strategies)]
+        names = [name for _, name in keyed]
+        for key, name in keyed:
             if name not in STRATEGIES:
-                raise ValueError(f"unknown strategy {name!r}; known: {', '.join(sorted(STRATEGIES))}")
+                raise ValueError(f"{key}: unknown strategy {name!r}; known: {', '.join(sorted(STRATEGIES))}")
         for name, options in self.strategies.items():
             make_policy(name, options)
         if self.decay.half_life_s is None and "discounted-ucb" in names:
@@ -128,11 +133,26 @@ class Settings(_Section):
         return make_policy(name, self.strategies.get(name))
 
 
-def _parse_env_value(value: str) -> Any:
+def _parse_env_value(value: str, keys: tuple[str, ...] = ()) -> Any:
+    if _is_text_setting(keys):
+        return value  # kept verbatim: SEEDWORKER_GROUP_ID=42 or a numeric password is a string, not a number
     try:
         return json.loads(value)
     except ValueError:
         return value
+
+
+def _is_text_setting(keys: tuple[str, ...]) -> bool:
+    """Whether the setting at this key path is declared as a string (``str`` or ``str | None``)."""
+    model: Any = Settings
+    annotation: Any = None
+    for key in keys:
+        field = model.model_fields.get(key) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return False
+        annotation = model = field.annotation
+    return annotation is str or (get_origin(annotation) in (Union, UnionType)
+                                 and set(get_args(annotation)) == {str, type(None)})
 
 
 def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
@@ -166,7 +186,7 @@ def load_settings(
             continue
         name = key[len(ENV_PREFIX):].lower()
         keys = ENV_ALIASES.get(name) or tuple(name.split("__"))
-        _set(tree, keys, _parse_env_value(value))
+        _set(tree, keys, _parse_env_value(value, keys))
     for dotted, value in (overrides or {}).items():
         if value is not None:
             _set(tree, tuple(dotted.split(".")), value)

@@ -57,7 +57,8 @@ def _utc(value: datetime) -> datetime:
 
 
 Finite = Annotated[float, AfterValidator(_finite)]
-NonNegative = Annotated[float, AfterValidator(_finite), Field(ge=0)]
+# ge=0 before the validator, so JSON Schema gets "minimum": 0 (after it, pydantic wrote a non-standard "ge").
+NonNegative = Annotated[float, Field(ge=0), AfterValidator(_finite)]
 UtcTime = Annotated[datetime, AfterValidator(_utc)]
 
 
@@ -263,7 +264,8 @@ def decode(data: bytes | str, expected: str | None = None) -> Envelope:
     except orjson.JSONDecodeError as exc:
         # Python's json module writes NaN/Infinity literals; read them so validation can name the offending field.
         try:
-            raw = json.loads(data)
+            # Decode strictly first: json.loads would guess UTF-16/32 from bytes, which the wire format is not.
+            raw = json.loads(data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data)
         except (ValueError, TypeError):
             raise EventError(f"invalid JSON: {exc}") from None
     return from_dict(raw, expected)
@@ -275,7 +277,7 @@ def from_dict(raw: Any, expected: str | None = None) -> Envelope:
     event_type = raw.get("event_type", expected)
     if expected is not None and event_type != expected:
         raise EventError(f"event_type: expected {expected!r}, got {event_type!r}")
-    model = MODELS.get(event_type)  # type: ignore[arg-type]
+    model = MODELS.get(event_type) if isinstance(event_type, str) else None
     if model is None:
         raise EventError(f"event_type: unknown event type {event_type!r}")
     if "schema_version" in raw:

@@ -97,8 +97,11 @@ def _port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     if not 0 < port < 65536:
         return False
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # like the JVM's server sockets: only a live socket on the port counts, not TIME_WAIT
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
+            s.listen(1)
         except OSError:
             return False
     return True
@@ -147,6 +150,32 @@ def _pid_cmdline(pid: int) -> str | None:
         return None
 
 
+def _parent_death_signal():
+    """A preexec_fn asking Linux to SIGTERM the child when this process dies (None elsewhere).
+
+    Used by test fixtures so a killed pytest does not leave an orphan broker behind.  Linux
+    sends the signal when the *thread* that forked exits, so this is only armed from the main
+    thread (a broker (re)started from a worker thread, e.g. ``asyncio.to_thread(kafka.restart)``,
+    would otherwise die with that thread).
+    """
+    import threading
+
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved in the parent, called in the child
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:
+        prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+
+    return preexec
+
+
 # ------------------------------------------------------------- tiny Kafka protocol probe
 
 
@@ -189,9 +218,9 @@ def probe_kafka(host: str, port: int, timeout: float = 3.0) -> dict:
     """Ask a broker for ApiVersions (v0) and Metadata (v4); raise if it does not answer properly.
 
     Returns ``{"api_versions": {key: (min, max)}, "brokers": [(id, host, port)],
-    "cluster_id": str, "controller_id": int}``.  Metadata v4 is the oldest version Kafka 4.x
-    still accepts (KIP-896), and a non-empty broker list means the broker has registered with
-    the KRaft controller and serves clients.
+    "cluster_id": str, "controller_id": int}``.  Both versions are served by every broker
+    from 1.0 to 4.x (KIP-896 left them in), and a non-empty broker list means the broker has
+    registered with the KRaft controller and serves clients.
     """
     body = _kafka_request(host, port, 18, 0, b"", timeout)  # ApiVersions v0
     error_code, n = struct.unpack_from(">hi", body, 0)
@@ -251,6 +280,7 @@ class LocalKafka:
         jvm_opts: Sequence[str] = DEFAULT_JVM_OPTS,
         format_args: Sequence[str] = (),
         host: str = "127.0.0.1",
+        die_with_parent: bool = False,
     ) -> None:
         self.port = int(port)
         self._requested_controller_port = controller_port
@@ -263,6 +293,7 @@ class LocalKafka:
         self.jvm_opts = list(jvm_opts)
         self.format_args = list(format_args)
         self.host = host
+        self.die_with_parent = die_with_parent
         self._proc: subprocess.Popen | None = None
 
     # -- paths / properties
@@ -379,7 +410,7 @@ class LocalKafka:
     def _pick_controller_port(self) -> int:
         if self._requested_controller_port is not None:
             return int(self._requested_controller_port)
-        previous = self._read_state().get("controller_port")
+        previous = self.controller_port  # keep the port across restart()
         if previous and previous != self.port and _port_is_free(previous, self.host):
             return int(previous)
         candidate = self.port + 1000
@@ -551,6 +582,7 @@ class LocalKafka:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # own session + process group: stop() signals the group
                 close_fds=True,
+                preexec_fn=_parent_death_signal() if self.die_with_parent else None,
             )
         self.pid_path.write_text(f"{self._proc.pid}\n")
         (self.workdir / _STATE_FILE).write_text(
@@ -605,15 +637,26 @@ class LocalKafka:
                 self._proc = None
             self._clear_state()
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGTERM)
+        try:
+            # start() puts the broker in its own process group; signal the whole group, but
+            # never our own group (should the pid file point at something else).
+            group = os.getpgid(pid) == pid and pid != os.getpgrp()
+        except ProcessLookupError:
+            group = False
+
+        def signal_broker(sig: int) -> None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                if group:
+                    os.killpg(pid, sig)
+                else:
+                    os.kill(pid, sig)
+
+        signal_broker(signal.SIGTERM)  # Kafka's controlled shutdown
         if not self._wait_exit(pid, timeout):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
+            signal_broker(signal.SIGKILL)
             self._wait_exit(pid, 10)
-        # the JVM is gone; make sure nothing else of its group lingers
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
+        if group:  # the JVM is gone; make sure nothing else of its group lingers
+            signal_broker(signal.SIGKILL)
         self._proc = None
         self._clear_state()
 
@@ -726,10 +769,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # up
     if kafka.is_running():
-        print(
-            f"already running: pid {kafka.pid}, bootstrap {state.get('bootstrap_servers', '?')}, "
-            f"workdir {workdir}"
-        )
+        print(f"already running: pid {kafka.pid}, bootstrap {state.get('bootstrap_servers', '?')}, workdir {workdir}")
         return 0
     try:
         t0 = time.monotonic()

@@ -174,6 +174,19 @@ class SeedSelector:
         bp.version += 1
         return reward
 
+    def learn_reward(self, selected: SeedSelected, reward: float, t: float) -> float:
+        """Learn a configured reward for a decision whose outcome never came (``join.default_reward``)."""
+        bp = self.blueprint(selected.blueprint_id)
+        a = bp.arms
+        i = int(a.rows([selected.seed_id], self._prior(a))[0])
+        x = np.asarray(selected.features, dtype=float) if len(selected.features) == a.dim else None
+        a.learn(i, reward=reward, success=False, t=t, x=x)
+        bp.version += 1
+        return reward
+
+    def load_blueprint(self, blueprint_id: str, state: dict) -> None:
+        self.blueprints[blueprint_id] = BlueprintState.from_dict(state)
+
     # -- deciding ------------------------------------------------------------------------------------------------
     def blueprint(self, blueprint_id: str) -> BlueprintState:
         bp = self.blueprints.get(blueprint_id)
@@ -214,6 +227,9 @@ class SeedSelector:
         probs: list[float | None] = [None] * k
 
         vidx = np.flatnonzero(viable)
+        # Viable candidates in seed_idx order, whatever the request's order: seed0 ("lowest seed_idx") and
+        # round-robin ("in seed_idx order") pick by position in this list.
+        vidx = vidx[np.argsort([seeds[j].seed_idx for j in vidx.tolist()], kind="stable")]
         if len(vidx) == 0:
             # Nothing viable: fall back to the lowest seed_idx, as Tamiyo did, and say why.
             pick = min(range(k), key=lambda j: seeds[j].seed_idx)

@@ -8,7 +8,7 @@ Fixtures:
 * ``kafka_bootstrap`` (session) -- the bootstrap string, from the first source that works:
   1. env ``KAFKA_BOOTSTRAP_SERVERS`` (checked with a Kafka ApiVersions/Metadata probe);
   2. testcontainers' ``KafkaContainer`` when a Docker engine answers within a couple of
-     seconds (image: env ``KAFKA_TEST_IMAGE``, default ``confluentinc/cp-kafka:7.9.1``);
+     seconds (image: env ``KAFKA_TEST_IMAGE``, default ``confluentinc/cp-kafka:7.9.0``);
   3. :class:`seedworker.local_kafka.LocalKafka` on a free port, workdir
      ``.cache/kafka-test-<port>`` (removed afterwards), jars cached in ``.cache/kafka/libs``.
   If none works the session fails (``pytest.fail``) -- Kafka tests fail, they never skip.
@@ -17,6 +17,11 @@ Fixtures:
 * ``kafka_topic_factory`` (function, async) -- ``await kafka_topic_factory(prefix="t",
   partitions=1)`` creates a uniquely named topic (deleted after the test) and returns its name.
 * ``unique_topic(prefix)`` -- plain helper returning a unique topic name (no creation).
+
+Other environment knobs: ``KAFKA_TEST_NO_DOCKER=1`` skips the Docker probe,
+``KAFKA_TEST_KEEP_WORKDIR=1`` keeps the local broker's workdir (logs, data) after the session.
+The local broker is started with ``die_with_parent=True``: if pytest is killed, Linux sends
+the broker SIGTERM, so no orphan JVM is left behind.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import pytest_asyncio
 
 from seedworker.local_kafka import REPO_ROOT, LocalKafka, free_port, probe_kafka
 
-DEFAULT_TEST_IMAGE = "confluentinc/cp-kafka:7.9.1"
+DEFAULT_TEST_IMAGE = "confluentinc/cp-kafka:7.9.0"
 
 
 def unique_topic(prefix: str = "test") -> str:
@@ -119,16 +124,34 @@ def _try_testcontainers(notes: list[str]) -> KafkaBroker | None:
         return None
 
 
+def _remove_stale_test_workdirs(max_age_s: float = 900) -> None:
+    """Delete ``.cache/kafka-test-*`` left by killed sessions (no live broker, untouched for a while)."""
+    now = time.time()
+    for d in (REPO_ROOT / ".cache").glob("kafka-test-*"):
+        try:
+            if now - d.stat().st_mtime > max_age_s and LocalKafka(workdir=d).pid is None:
+                shutil.rmtree(d, ignore_errors=True)
+        except OSError:
+            pass
+
+
 def _try_local(notes: list[str]) -> KafkaBroker | None:
     port = free_port()
     workdir = REPO_ROOT / ".cache" / f"kafka-test-{port}"
-    kafka = LocalKafka(port=port, workdir=workdir, libs_dir=REPO_ROOT / ".cache" / "kafka" / "libs")
+    _remove_stale_test_workdirs()
+    kafka = LocalKafka(
+        port=port,
+        workdir=workdir,
+        libs_dir=REPO_ROOT / ".cache" / "kafka" / "libs",
+        die_with_parent=True,  # a killed pytest takes its broker along
+    )
     try:
         kafka.ensure_jars()
         kafka.start(timeout=120)
         return KafkaBroker(kafka.bootstrap_servers, "local", local=kafka, notes=notes)
     except Exception as e:  # noqa: BLE001
-        notes.append(f"local broker (LocalKafka, workdir {workdir} kept for inspection): {e}")
+        kept = f", workdir {workdir} kept for inspection" if workdir.exists() else ""
+        notes.append(f"local broker (LocalKafka on port {port}{kept}): {e}")
         try:
             kafka.stop(timeout=10)
         except Exception:  # noqa: BLE001
@@ -224,8 +247,10 @@ async def _wait_topic_ready(admin, name: str, partitions: int, timeout: float = 
         try:
             (desc,) = await admin.describe_topics([name])
             parts = desc.get("partitions") or []
-            if desc.get("error_code", 0) == 0 and len(parts) == partitions and all(
-                p.get("leader", -1) >= 0 for p in parts
+            if (
+                desc.get("error_code", 0) == 0
+                and len(parts) == partitions
+                and all(p.get("leader", -1) >= 0 for p in parts)
             ):
                 return
             last = desc
