@@ -163,26 +163,25 @@ class SeedSelector:
     def learn(self, selected: SeedSelected, outcome: AdaptationOutcome) -> float:
         """Fold an outcome into the statistics of the seed its decision chose. Returns the reward."""
         reward = self.reward(outcome)
+        self._fold(selected, reward, success=outcome.success, t=outcome.occurred_at.timestamp(),
+                   memory_mb=outcome.memory_mb, latency_ms=outcome.latency_ms)
+        return reward
+
+    def learn_reward(self, selected: SeedSelected, reward: float, t: float) -> float:
+        """Learn a configured reward for a decision whose outcome never came (``join.default_reward``)."""
+        self._fold(selected, reward, success=False, t=t)
+        return reward
+
+    def _fold(self, selected: SeedSelected, reward: float, **observed) -> None:
         bp = self.blueprint(selected.blueprint_id)
         a = bp.arms
         i = a.index.get(selected.seed_id)
         if i is None:
             i = int(a.rows([selected.seed_id], self._prior(a))[0])
+        # The features logged with the decision, not recomputed: replay learns exactly what the live worker learned.
         x = np.asarray(selected.features, dtype=float) if len(selected.features) == a.dim else None
-        a.learn(i, reward=reward, success=outcome.success, t=outcome.occurred_at.timestamp(),
-                memory_mb=outcome.memory_mb, latency_ms=outcome.latency_ms, x=x)
+        a.learn(i, reward=reward, x=x, **observed)
         bp.version += 1
-        return reward
-
-    def learn_reward(self, selected: SeedSelected, reward: float, t: float) -> float:
-        """Learn a configured reward for a decision whose outcome never came (``join.default_reward``)."""
-        bp = self.blueprint(selected.blueprint_id)
-        a = bp.arms
-        i = int(a.rows([selected.seed_id], self._prior(a))[0])
-        x = np.asarray(selected.features, dtype=float) if len(selected.features) == a.dim else None
-        a.learn(i, reward=reward, success=False, t=t, x=x)
-        bp.version += 1
-        return reward
 
     def load_blueprint(self, blueprint_id: str, state: dict) -> None:
         self.blueprints[blueprint_id] = BlueprintState.from_dict(state)
