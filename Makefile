@@ -23,6 +23,9 @@ $(PEERS): $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
+run: $(STAMP)
+	$(BIN)/python -m seedworker.demo --port $(KAFKA_PORT) $(DEMO_ARGS)
+
 simulate: $(STAMP)
 	$(BIN)/seedworker simulate
 
