@@ -79,6 +79,7 @@ class Worker:
         self.watermark = float("-inf")  # newest event time seen on the inputs
         self._stored_offsets: dict[tuple[str, int], int] = {}
         self._acked: list[int] = []
+        self._joined: dict[str, ev.SeedSelected] = {}  # decisions this batch resolved: no longer pending, not stored
         self._stopping = asyncio.Event()
         self.ready = asyncio.Event()
 
@@ -135,8 +136,10 @@ class Worker:
                 f"topics {t.requests!r} ({counts.get(t.requests)} partitions) and {t.outcomes!r} "
                 f"({counts.get(t.outcomes)} partitions) must have the same partition count: a blueprint's requests "
                 f"and outcomes have to land on the same partition number (co-partitioning). Refusing to start.")
-        await self._republish()
+        # The bus's producer exists once it is started; nothing is consumed before the first poll, so unsent outbox
+        # rows still go out before anything new is decided.
         await self.bus.start([t.requests, t.outcomes, t.control], self._on_assign, self._on_revoke)
+        await self._republish()
         self.ready.set()
         log.info("worker started: %s", self)
 
@@ -191,6 +194,7 @@ class Worker:
     # -- one batch -----------------------------------------------------------------------------------------------
     async def process(self, messages: list[Message]) -> None:
         b = Batch(sent=self._acked)
+        self._joined = {}
         self._acked = []
         touched: set[str] = set()
         decoded = [(m, self._decode(m, b)) for m in messages]
@@ -265,7 +269,9 @@ class Worker:
 
     def _on_request(self, req: ev.GraftRequested, b: Batch, touched: set[str], known) -> None:
         did = req.decision_id
-        answered = self.selector.pending.get(did)
+        # A retry may follow its decision's outcome in the same batch: then the decision is neither pending nor
+        # among the stored statuses looked up before the batch (it was pending then), but in _joined.
+        answered = self.selector.pending.get(did) or self._joined.get(did)
         if answered is not None or did in known:
             # A retried request: publish the stored answer again, byte for byte, and decide nothing new.
             payload = ev.encode(answered) if answered is not None else known[did][1]
@@ -316,11 +322,18 @@ class Worker:
 
     def _join(self, outcome: ev.AdaptationOutcome, b: Batch, touched: set[str]) -> None:
         did = outcome.resolved_decision_id
-        selected = self.selector.pending.pop(did)
+        selected = self._joined[did] = self.selector.pending.pop(did)
         waited = outcome.occurred_at.timestamp() - selected.request_time.timestamp() if selected.request_time else 0
         status = "resolved"
         reward = None
-        if waited > self.settings.join.reward_wait_s and not self.settings.join.learn_late:
+        if outcome.seed_id != selected.seed_id:
+            # The graft went into another seed than the one chosen (e.g. Tamiyo fell back to seed 0 after a timeout):
+            # crediting the chosen seed would be wrong, and the other seed's pick had no logged propensity.
+            status = "mismatched"
+            b.count("mismatched_outcomes")
+            log.warning("outcome for %s reports seed %s but %s was chosen: not learned", did, outcome.seed_id,
+                        selected.seed_id)
+        elif waited > self.settings.join.reward_wait_s and not self.settings.join.learn_late:
             status = "late"
             b.count("late_outcomes")
             log.info("late outcome for %s after %.0fs: logged, not learned", did, waited)

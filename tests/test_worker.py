@@ -145,3 +145,38 @@ async def test_store_file_is_private(settings):
     await store.close()
     import os
     assert os.stat(settings.db).st_mode & 0o777 == 0o600
+
+
+async def test_outcome_for_another_seed_is_not_credited_to_the_chosen_one(settings):
+    bus = MemoryBus()
+    await bus.ensure_topics({"graft.requested": 2, "adaptation.outcome": 2})
+    bus.produce("graft.requested", b"bp", request(1))
+    await drain(settings, bus)
+    (s,) = selections(bus)
+    other = next(f"layer3:{j}" for j in range(4) if f"layer3:{j}" != s.seed_id)
+    bus.produce("adaptation.outcome", b"bp", ev.encode(ev.AdaptationOutcome(
+        request_id="req-1", blueprint_id="bp", seed_id=other, accuracy_delta=0.5, occurred_at=s.request_time)))
+    w = await drain(settings, bus)
+    assert w.counters["mismatched_outcomes"] == 1 and w.counters["outcomes_learned"] == 0
+    assert read_all(settings.db)["blueprints"]["bp"]["arms"]["pulls"].sum() == 0
+
+
+class OutcomesFirstBus(MemoryBus):
+    """Polls the outcomes topic before the requests topic, as a Kafka fetch may."""
+
+    async def start(self, topics, on_assign, on_revoke):
+        await super().start(sorted(topics, key=lambda t: t != "adaptation.outcome"), on_assign, on_revoke)
+
+
+async def test_retry_after_its_outcome_in_one_batch_is_not_decided_again(settings):
+    bus = OutcomesFirstBus()
+    await bus.ensure_topics({"graft.requested": 2, "adaptation.outcome": 2})
+    bus.produce("graft.requested", b"bp", request(1))
+    await drain(settings, bus)
+    (s,) = selections(bus)
+    bus.produce("adaptation.outcome", b"bp", outcome(s, 0.02))
+    bus.produce("graft.requested", b"bp", request(1))
+    w = await drain(settings, bus)
+    assert w.counters["decisions"] == 1 and w.counters["duplicate_requests"] == 1
+    first, again = bus.read("seed.selected")
+    assert first.value == again.value
