@@ -80,6 +80,8 @@ class KafkaSettings(_Section):
     replication_factor: int = Field(default=1, ge=1)
     max_batch: int = Field(default=500, ge=1)
     poll_timeout_ms: int = Field(default=200, ge=1)
+    fetch_max_wait_ms: int = Field(default=20, ge=0)
+    group_commit_interval_s: float = Field(default=1.0, ge=0, description="Kafka group commit period (lag only)")
     connect_timeout_s: float = Field(default=60.0, gt=0)
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str | None = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import uuid
+from functools import cached_property
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal, Union
 
@@ -155,9 +156,9 @@ class GraftRequested(Envelope):
             raise ValueError(f"seeds: duplicate seed_idx {dup}")
         return self
 
-    @property
+    @cached_property
     def decision_id(self) -> str:
-        return decision_id_for(self.request_id)
+        return decision_id_for(self.request_id)  # uuid5 costs ~3 µs; the worker asks several times per event
 
 
 class CandidateScore(_Model):

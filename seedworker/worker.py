@@ -79,6 +79,8 @@ class Worker:
         self.watermark = float("-inf")  # newest event time seen on the inputs
         self._stored_offsets: dict[tuple[str, int], int] = {}
         self._acked: list[int] = []
+        self._uncommitted: dict[tuple[str, int], int] = {}
+        self._last_group_commit = 0.0
         self._joined: dict[str, ev.SeedSelected] = {}  # decisions this batch resolved: no longer pending, not stored
         self._stopping = asyncio.Event()
         self.ready = asyncio.Event()
@@ -146,6 +148,8 @@ class Worker:
     async def close(self) -> None:
         try:
             await self._flush_acks()
+            if self.ready.is_set():
+                await self._group_commit()
         finally:
             await self.bus.stop()
             await self.store.close()
@@ -185,6 +189,7 @@ class Worker:
 
     async def _on_revoke(self, tps: list[tuple[str, int]]) -> None:
         await self._flush_acks()
+        await self._group_commit()
 
     async def _flush_acks(self) -> None:
         if self._acked:
@@ -221,7 +226,18 @@ class Worker:
         if b.outbox:
             await self.bus.send(_outgoing(row) for row in b.outbox)
             self._acked.extend(ids)
-        await self.bus.commit(b.offsets)
+        self._uncommitted.update(b.offsets)
+        now = time.monotonic()
+        if now - self._last_group_commit >= self.settings.kafka.group_commit_interval_s:
+            await self._group_commit()
+
+    async def _group_commit(self) -> None:
+        """Kafka's group offsets only feed lag monitoring (SQLite's are the truth), so they are committed
+        periodically rather than after every batch."""
+        self._last_group_commit = time.monotonic()
+        if self._uncommitted:
+            offsets, self._uncommitted = self._uncommitted, {}
+            await self.bus.commit(offsets)
 
     def _decode(self, m: Message, b: Batch) -> ev.Envelope | None:
         expected = {self.topics.requests: ev.GRAFT_REQUESTED, self.topics.outcomes: ev.ADAPTATION_OUTCOME,
