@@ -8,15 +8,22 @@ Recency. With a half-life ``h`` (seconds of *event* time), an outcome observed a
 reference: a newer outcome rescales the sums and moves ``T``, an older one enters with a weight below one. Either way
 the result is ``sum_i 2 ** ((t_i - T) / h) * s_i`` — the newest outcome weighs most and the order in which outcomes
 arrive does not matter, so a replay reproduces the live state. Raw (undecayed) sums are kept beside the decayed ones.
+Without a half-life every weight is one, so the decayed count, reward, squared-reward and success sums *are* the raw
+ones: those columns are then the same arrays (one update instead of two, and they cannot drift apart).
 
 Contextual statistics (disjoint ridge regression per arm): ``A = lam*I + G`` with ``G = sum w x x^T``, ``b = sum w r x``.
 ``A^-1`` is maintained by Sherman–Morrison on each outcome; when decay rescales ``G`` the inverse is recomputed (the
-prior does not decay, so a rescaled ``A`` is not a multiple of the old one).
+prior does not decay, so a rescaled ``A`` is not a multiple of the old one). ``G`` itself is only needed for that
+re-inversion, so without a half-life its updates are deferred (see ``gram``).
+
+The blueprint's pooled within-arm reward variance (the exploration scale of every strategy) is kept as two running
+totals updated in O(1) per outcome, so reading it does not re-sum every arm.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 
@@ -37,6 +44,13 @@ _SCALARS = (
     "prior_w",  # warm-start pseudo-count
     "prior_mean",
 )
+_MATRICES = ("gram", "a_inv", "b", "theta")
+Prior = tuple[float, float] | None  # warm start of a new seed: (pseudo_count, mean)
+# Without a half-life these decayed columns equal the raw ones, so they are the same arrays.
+_UNDECAYED = {"w": "pulls", "w_reward": "reward_sum", "w_reward_sq": "reward_sq_sum", "w_success": "success_sum"}
+# Deferred Gram updates (no half-life) of an arm are folded in once it has this many: memory stays bounded and the
+# fold (one small matrix product) stays a few microseconds, so it never stands out in the latency of one outcome.
+_GRAM_BATCH = 32
 
 
 class ArmTable:
@@ -49,41 +63,65 @@ class ArmTable:
         self.seed_ids: list[str] = []
         self.index: dict[str, int] = {}
         self.clock = -math.inf  # newest outcome time seen by any arm of this blueprint
+        self.pooled_n = 0.0  # outcomes over all arms
+        self.pooled_m2 = 0.0  # sum over arms of the squared deviations from the arm's mean (Welford, per outcome)
+        self._priors = 0  # seeds with a warm-start prior: reads skip the prior terms while there are none
+        self._pending: list[list[np.ndarray]] = []  # per arm: contexts whose x x^T is not yet in the Gram matrix
+        self._pending_n = 0
         self._alloc(capacity)
 
     # -- storage -------------------------------------------------------------------------------------------------
     def _alloc(self, capacity: int) -> None:
-        old = {name: getattr(self, name, None) for name in (*_SCALARS, "gram", "a_inv", "b", "theta")}
+        self._pending += [[] for _ in range(capacity - len(self._pending))]
+        old = {name: getattr(self, name, None) for name in (*_SCALARS, "a_inv", "b", "theta")}
+        old["gram"] = getattr(self, "_gram", None)
         n = len(self.seed_ids)
+        decays = self.half_life_s is not None
         for name in _SCALARS:
+            if not decays and name in _UNDECAYED:
+                continue
             col = np.zeros(capacity)
             if name in ("t_ref", "last_selected"):
                 col[:] = -np.inf
             if old[name] is not None:
                 col[:n] = old[name][:n]
             setattr(self, name, col)
+        if not decays:
+            for name, raw in _UNDECAYED.items():
+                setattr(self, name, getattr(self, raw))
         d = self.dim
-        self.gram = np.zeros((capacity, d, d))
+        self._gram = np.zeros((capacity, d, d))
         self.a_inv = np.tile(np.eye(d) / self.ridge, (capacity, 1, 1))
         self.b = np.zeros((capacity, d))
         self.theta = np.zeros((capacity, d))
-        for name in ("gram", "a_inv", "b", "theta"):
+        for name in _MATRICES:
             if old[name] is not None:
-                getattr(self, name)[:n] = old[name][:n]
+                getattr(self, "_gram" if name == "gram" else name)[:n] = old[name][:n]
+        # Scalar updates go through memoryviews: item access on them is plain float arithmetic, without the
+        # numpy-scalar boxing that makes ``col[i] += v`` cost several times more. Same IEEE operations, same values.
+        self._learn_views = tuple(memoryview(getattr(self, name)) for name in (
+            "pulls", "reward_sum", "reward_sq_sum", "success_sum", "w", "w_reward", "w_reward_sq", "w_success",
+            "w_memory", "w_latency", "t_ref"))
+        self._select_views = memoryview(self.selections), memoryview(self.last_selected)
 
     def __len__(self) -> int:
         return len(self.seed_ids)
 
-    def rows(self, seed_ids: list[str], prior: tuple[float, float] | None = None) -> np.ndarray:
-        """Row numbers of these seeds, adding unknown ones (optionally warm-started with (pseudo_count, mean))."""
+    def rows(self, seed_ids: list[str], prior: Prior | Callable[[], Prior] = None) -> np.ndarray:
+        """Row numbers of these seeds, adding unknown ones (optionally warm-started with (pseudo_count, mean)).
+
+        ``prior`` may also be a function returning it: it is then called only when a seed is new (the warm-start
+        prior sums the whole table, which a decision over known seeds does not need)."""
         index = self.index
         try:
-            return np.fromiter((index[s] for s in seed_ids), dtype=np.intp, count=len(seed_ids))
+            return np.array([index[s] for s in seed_ids], dtype=np.intp)
         except KeyError:
+            if callable(prior):
+                prior = prior()
             for s in seed_ids:
                 if s not in index:
                     self._add(s, prior)
-            return np.fromiter((index[s] for s in seed_ids), dtype=np.intp, count=len(seed_ids))
+            return np.array([index[s] for s in seed_ids], dtype=np.intp)
 
     def _add(self, seed_id: str, prior: tuple[float, float] | None) -> None:
         i = len(self.seed_ids)
@@ -93,6 +131,7 @@ class ArmTable:
         self.index[seed_id] = i
         if prior is not None:
             self.prior_w[i], self.prior_mean[i] = prior
+            self._priors += 1
 
     def blueprint_prior(self, pseudo_count: float) -> tuple[float, float] | None:
         """Warm start for a new seed: the blueprint's pooled mean reward, worth ``pseudo_count`` outcomes."""
@@ -104,9 +143,10 @@ class ArmTable:
 
     # -- learning ------------------------------------------------------------------------------------------------
     def select(self, i: int, t: float) -> None:
-        self.selections[i] += 1
-        if t > self.last_selected[i]:
-            self.last_selected[i] = t
+        selections, last = self._select_views
+        selections[i] += 1
+        if t > last[i]:
+            last[i] = t
 
     def learn(
         self,
@@ -120,69 +160,133 @@ class ArmTable:
         x: np.ndarray | None = None,
     ) -> None:
         """Fold one outcome observed at event time ``t`` (epoch seconds) into arm ``i``."""
-        self.pulls[i] += 1
-        self.reward_sum[i] += reward
-        self.reward_sq_sum[i] += reward * reward
-        self.success_sum[i] += success
+        pulls, rsum, rsq, succ, w, w_reward, w_reward_sq, w_success, w_memory, w_latency, t_ref = self._learn_views
+        n0, s0 = pulls[i], rsum[i]
+        n1, s1 = n0 + 1.0, s0 + reward
+        pulls[i], rsum[i] = n1, s1
+        rsq[i] += reward * reward
+        succ[i] += success
+        if n0 > 0.0:  # Welford: the pooled sum of squared deviations grows by (r - old mean)(r - new mean)
+            self.pooled_m2 += (reward - s0 / n0) * (reward - s1 / n1)
+        self.pooled_n += 1.0
         weight = 1.0
         h = self.half_life_s
         if h is None:
-            if t > self.t_ref[i]:
-                self.t_ref[i] = t
-        elif self.t_ref[i] == -np.inf:
-            self.t_ref[i] = t
-        elif t > self.t_ref[i]:
-            self._rescale(i, 2.0 ** (-(t - self.t_ref[i]) / h))
-            self.t_ref[i] = t
+            # w, w_reward, w_reward_sq and w_success are the raw columns (weight 1): already updated above.
+            if t > t_ref[i]:
+                t_ref[i] = t
+            w_memory[i] += memory_mb
+            w_latency[i] += latency_ms
         else:
-            weight = 2.0 ** ((t - self.t_ref[i]) / h)
+            ref = t_ref[i]
+            if ref == -math.inf:
+                t_ref[i] = t
+            elif t > ref:
+                self._rescale(i, 2.0 ** (-(t - ref) / h))
+                t_ref[i] = t
+            else:
+                weight = 2.0 ** ((t - ref) / h)
+            w[i] += weight
+            w_reward[i] += weight * reward
+            w_reward_sq[i] += weight * reward * reward
+            w_success[i] += weight * success
+            w_memory[i] += weight * memory_mb
+            w_latency[i] += weight * latency_ms
         if t > self.clock:
             self.clock = t
-        self.w[i] += weight
-        self.w_reward[i] += weight * reward
-        self.w_reward_sq[i] += weight * reward * reward
-        self.w_success[i] += weight * success
-        self.w_memory[i] += weight * memory_mb
-        self.w_latency[i] += weight * latency_ms
         if x is not None and weight > 0.0:
             self._learn_linear(i, x, reward, weight)
 
     def _rescale(self, i: int, factor: float) -> None:
         for col in (self.w, self.w_reward, self.w_reward_sq, self.w_success, self.w_memory, self.w_latency):
             col[i] *= factor
-        self.gram[i] *= factor
+        self._gram[i] *= factor
         self.b[i] *= factor
         # The ridge prior does not decay, so A = lam*I + factor*G needs a fresh inverse.
-        self.a_inv[i] = np.linalg.inv(self.gram[i] + self.ridge * np.eye(self.dim))
+        self.a_inv[i] = np.linalg.inv(self._gram[i] + self.ridge * np.eye(self.dim))
         self.theta[i] = self.a_inv[i] @ self.b[i]
 
     def _learn_linear(self, i: int, x: np.ndarray, reward: float, weight: float) -> None:
         a_inv = self.a_inv[i]
-        ax = a_inv @ x
-        # Sherman–Morrison: (A + w x x^T)^-1 = A^-1 - w (A^-1 x)(A^-1 x)^T / (1 + w x^T A^-1 x)
-        a_inv -= np.outer(ax, ax) * (weight / (1.0 + weight * (x @ ax)))
-        self.gram[i] += weight * np.outer(x, x)
-        self.b[i] += (weight * reward) * x
-        self.theta[i] = a_inv @ self.b[i]
+        ax = a_inv.dot(x)
+        # Sherman–Morrison: (A + w x x^T)^-1 = A^-1 - w (A^-1 x)(A^-1 x)^T / (1 + w x^T A^-1 x). Scaling A^-1 x by
+        # sqrt(w / (1 + w x^T A^-1 x)) first makes the correction one outer product of a vector with itself: exactly
+        # symmetric, so A^-1 stays symmetric however many outcomes it absorbs.
+        ax *= math.sqrt(weight / (1.0 + weight * float(x.dot(ax))))
+        a_inv -= ax[:, None] * ax
+        b = self.b[i]
+        if weight == 1.0:
+            b += reward * x
+        else:
+            b += (weight * reward) * x
+        np.dot(a_inv, b, out=self.theta[i])
+        if self.half_life_s is None:
+            # G is only read to re-invert A after a decay rescale, which never happens without a half-life: keep x
+            # and fold an arm's contexts in as one product X^T X when it has a batch of them or when G is read.
+            pending = self._pending[i]
+            pending.append(x.copy())  # a copy: the caller may reuse its array
+            self._pending_n += 1
+            if len(pending) == _GRAM_BATCH:
+                self._fold_gram(i)
+        else:
+            self._gram[i] += weight * np.outer(x, x)
+
+    def _fold_gram(self, i: int) -> None:
+        pending = self._pending[i]
+        xs = np.array(pending)
+        self._gram[i] += xs.T @ xs
+        self._pending_n -= len(pending)
+        pending.clear()
+
+    @property
+    def gram(self) -> np.ndarray:
+        """``G = sum w x x^T`` per arm (capacity, d, d), with any deferred updates folded in."""
+        if self._pending_n:
+            for i, pending in enumerate(self._pending):
+                if pending:
+                    self._fold_gram(i)
+        return self._gram
 
     # -- reading -------------------------------------------------------------------------------------------------
+    def pooled_scale(self) -> float:
+        """Pooled within-arm standard deviation of the raw rewards (1 before two outcomes, at least 1e-3)."""
+        if self.pooled_n < 2:
+            return 1.0
+        return max(math.sqrt(max(self.pooled_m2, 0.0) / self.pooled_n), 1e-3)
+
     def counts(self, rows: np.ndarray, discounted: bool = False) -> np.ndarray:
         """Outcome counts, raw or decayed to the blueprint's clock (the newest outcome time it has seen)."""
         if not discounted or self.half_life_s is None:
-            return self.pulls[rows] + self.prior_w[rows]
+            n = self.pulls[rows]
+            return n + self.prior_w[rows] if self._priors else n
         with np.errstate(invalid="ignore"):  # -inf - -inf before any outcome: NaN, zeroed below
             age = self.clock - self.t_ref[rows]
         age[~np.isfinite(age)] = 0.0
         return self.w[rows] * np.exp2(-age / self.half_life_s) + self.prior_w[rows]
 
     def means(self, rows: np.ndarray, discounted: bool = False) -> np.ndarray:
-        pw = self.prior_w[rows]
-        prior = pw * self.prior_mean[rows]
-        if discounted and self.half_life_s is not None:
-            n, s = self.w[rows] + pw, self.w_reward[rows] + prior
+        return self._means(rows, discounted and self.half_life_s is not None)[1]
+
+    def counts_means(self, rows: np.ndarray, discounted: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """``(counts(rows, discounted), means(rows, discounted))`` computed together (they share the raw reads)."""
+        decayed = discounted and self.half_life_s is not None
+        n, mean = self._means(rows, decayed)
+        return (self.counts(rows, True) if decayed else n), mean
+
+    def _means(self, rows: np.ndarray, decayed: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(the count each mean divides by, the means) including the warm-start prior."""
+        if decayed:
+            n, s = self.w[rows], self.w_reward[rows]
         else:
-            n, s = self.pulls[rows] + pw, self.reward_sum[rows] + prior
-        return np.divide(s, n, out=np.zeros_like(s), where=n > 0)
+            n, s = self.pulls[rows], self.reward_sum[rows]
+        if self._priors:
+            pw = self.prior_w[rows]
+            n, s = n + pw, s + pw * self.prior_mean[rows]
+        if np.count_nonzero(n) == len(n):
+            mean = s / n
+        else:
+            mean = np.divide(s, n, out=np.zeros_like(s), where=n > 0)
+        return n, mean
 
     def variances(self, rows: np.ndarray, discounted: bool = False) -> np.ndarray:
         if discounted and self.half_life_s is not None:
@@ -190,8 +294,9 @@ class ArmTable:
         else:
             n, s, s2 = self.pulls[rows], self.reward_sum[rows], self.reward_sq_sum[rows]
         safe = np.maximum(n, 1e-12)
-        var = s2 / safe - (s / safe) ** 2
-        return np.maximum(var, 0.0)
+        m = s / safe
+        var = s2 / safe - m * m
+        return np.maximum(var, 0.0, out=var)
 
     def successes(self, rows: np.ndarray, discounted: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(successes, failures), raw or decayed."""
@@ -202,6 +307,20 @@ class ArmTable:
             return s, n - s
         s = self.success_sum[rows]
         return s, self.pulls[rows] - s
+
+    def linear_fit(self, rows: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Predicted reward ``theta·x`` and variance factor ``x^T A^-1 x`` (clipped at 0) for these rows."""
+        n, d = len(self), self.dim
+        if 2 * len(rows) >= n:
+            # Most arms are candidates: two matrix-vector products over the table's own storage (views, no copy of
+            # the K d×d inverses), then pick the rows.
+            mean = self.theta[:n].dot(x)[rows]
+            width = self.a_inv[:n].reshape(n * d, d).dot(x).reshape(n, d).dot(x)[rows]
+        else:
+            k = len(rows)
+            mean = self.theta[rows].dot(x)
+            width = self.a_inv[rows].reshape(k * d, d).dot(x).reshape(k, d).dot(x)
+        return mean, np.maximum(width, 0.0, out=width)
 
     def tracked(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(has outcomes, mean memory_mb, mean latency_ms) for the constraint check."""
@@ -220,8 +339,11 @@ class ArmTable:
             "half_life_s": self.half_life_s,
             "clock": self.clock,
             "seed_ids": list(self.seed_ids),
+            # (outcomes, sum of squared deviations): running totals, an array because like the columns they
+            # depend on the order outcomes arrived in only up to rounding.
+            "pooled": np.array([self.pooled_n, self.pooled_m2]),
         }
-        for name in (*_SCALARS, "gram", "a_inv", "b", "theta"):
+        for name in (*_SCALARS, *_MATRICES):
             out[name] = getattr(self, name)[:n].copy()
         return out
 
@@ -232,8 +354,18 @@ class ArmTable:
         table.seed_ids = list(data["seed_ids"])
         table.index = {s: i for i, s in enumerate(table.seed_ids)}
         table.clock = data["clock"]
-        for name in (*_SCALARS, "gram", "a_inv", "b", "theta"):
+        for name in (*_SCALARS, "a_inv", "b", "theta"):
+            if table.half_life_s is None and name in _UNDECAYED:
+                continue  # the same array as its raw column (equal values in any state written without decay)
             getattr(table, name)[:n] = data[name]
+        table._gram[:n] = data["gram"]
+        table._priors = int(np.count_nonzero(table.prior_w[:n]))
+        if "pooled" in data:
+            table.pooled_n, table.pooled_m2 = (float(v) for v in data["pooled"])
+        else:  # a state saved before the running totals existed: sum them once
+            pulls, sums = table.pulls[:n], table.reward_sum[:n]
+            table.pooled_n = float(pulls.sum())
+            table.pooled_m2 = float(table.reward_sq_sum[:n].sum() - (sums * sums / np.maximum(pulls, 1)).sum())
         return table
 
     def __getstate__(self) -> dict:

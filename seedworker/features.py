@@ -7,8 +7,6 @@ what a replay learns does not depend on when the outcome arrives.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 DEFAULT_FEATURES = (
@@ -36,6 +34,7 @@ class FeatureMap:
         self.count = np.zeros(k)
         self.mean = np.zeros(k)
         self.m2 = np.zeros(k)
+        self._std_cache: np.ndarray | None = None
 
     @property
     def dim(self) -> int:
@@ -43,28 +42,50 @@ class FeatureMap:
 
     def transform(self, context: dict[str, float]) -> np.ndarray:
         raw, present = self._raw(context)
-        std = np.sqrt(np.divide(self.m2, self.count - 1, out=np.ones_like(self.m2), where=self.count > 1))
-        std[std < 1e-12] = 1.0
-        # A missing signal sits at the mean (z = 0): it neither pushes nor pulls the estimate.
-        z = np.where(present, (raw - self.mean) / std, 0.0)
-        np.clip(z, -self.clip, self.clip, out=z)
         x = np.empty(self.dim)
         x[0] = 1.0
-        x[1:] = z
+        z = x[1:]
+        np.subtract(raw, self.mean, out=z)
+        z /= self._std()
+        if present is not None:
+            # A missing signal sits at the mean (z = 0): it neither pushes nor pulls the estimate.
+            z[~present] = 0.0
+        np.minimum(z, self.clip, out=z)
+        np.maximum(z, -self.clip, out=z)
         return x
+
+    def _std(self) -> np.ndarray:
+        # Cached between updates: a decision reads it, the next update changes it.
+        std = self._std_cache
+        if std is None:
+            std = np.sqrt(np.divide(self.m2, self.count - 1, out=np.ones_like(self.m2), where=self.count > 1))
+            std[std < 1e-12] = 1.0
+            self._std_cache = std
+        return std
 
     def update(self, context: dict[str, float]) -> None:
         raw, present = self._raw(context)
+        self._std_cache = None
+        if present is None:  # every signal present: the general update below with all masks true
+            self.count += 1.0
+            delta = raw - self.mean
+            self.mean += delta / self.count
+            delta *= raw - self.mean
+            self.m2 += delta
+            return
         self.count += present
         delta = np.where(present, raw - self.mean, 0.0)
         self.mean += np.divide(delta, self.count, out=np.zeros_like(delta), where=self.count > 0)
         self.m2 += delta * np.where(present, raw - self.mean, 0.0)
 
-    def _raw(self, context: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+    def _raw(self, context: dict[str, float]) -> tuple[np.ndarray, np.ndarray | None]:
+        """(values with missing ones as 0, mask of present ones or None when all are present)."""
         get = context.get
-        values = [get(n) for n in self.names]
-        present = np.fromiter((v is not None and math.isfinite(v) for v in values), dtype=bool, count=len(values))
-        raw = np.fromiter((v if p else 0.0 for v, p in zip(values, present)), dtype=float, count=len(values))
+        raw = np.array([get(n) for n in self.names], dtype=float)  # a missing (None) signal becomes NaN
+        present = np.isfinite(raw)
+        if np.count_nonzero(present) == len(raw):
+            return raw, None
+        raw[~present] = 0.0
         return raw, present
 
     def to_dict(self) -> dict:

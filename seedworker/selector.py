@@ -150,7 +150,9 @@ class SeedSelector:
         """Fold a decision into the state: counts, the context standardizer, the decision counter."""
         bp = self.blueprint(selected.blueprint_id)
         a = bp.arms
-        a.rows([c.seed_id for c in selected.scores], self._prior(a))  # registers seeds first seen here
+        ids = [c.seed_id for c in selected.scores]
+        if not all(map(a.index.__contains__, ids)):  # registers seeds first seen here (on replay: as decide did)
+            a.rows(ids, self._prior(a))
         i = a.index[selected.seed_id]
         t = selected.request_time.timestamp() if selected.request_time else -math.inf
         a.select(i, t)
@@ -215,21 +217,28 @@ class SeedSelector:
         bp = self.blueprint(request.blueprint_id)
         a = bp.arms
         seeds = request.seeds
-        rows = a.rows([c.seed_id for c in seeds], self._prior(a))
+        rows = a.rows([c.seed_id for c in seeds], lambda: self._prior(a))  # the prior is only needed for a new seed
         context = request.context.values()
         x = bp.features.transform(context)
         draw = Draw(self.settings.salt, request.request_id)
-        viable, notes = self._viability(request, a, rows)
+        viable, notes, all_viable = self._viability(request, a, rows)
         strategy = self.strategy_for(request, bp)
         k = len(seeds)
         scores: list[float | None] = [None] * k
         probs: list[float | None] = [None] * k
 
-        vidx = np.flatnonzero(viable)
         # Viable candidates in seed_idx order, whatever the request's order: seed0 ("lowest seed_idx") and
-        # round-robin ("in seed_idx order") pick by position in this list.
-        vidx = vidx[np.argsort([seeds[j].seed_idx for j in vidx.tolist()], kind="stable")]
-        if len(vidx) == 0:
+        # round-robin ("in seed_idx order") pick by position in this list. Usually every seed is viable and the
+        # request lists them in seed_idx order: then position j is request seed j (vidx None) and nothing is copied.
+        order = [c.seed_idx for c in seeds]
+        if all_viable and order == sorted(order):
+            vidx = None
+            vrows = rows
+        else:
+            vidx = np.flatnonzero(viable)
+            vidx = vidx[np.argsort([order[j] for j in vidx.tolist()], kind="stable")]
+            vrows = rows[vidx]
+        if len(vrows) == 0:
             # Nothing viable: fall back to the lowest seed_idx, as Tamiyo did, and say why.
             pick = min(range(k), key=lambda j: seeds[j].seed_idx)
             why = "; ".join(f"{seeds[j].seed_id} {notes[j]}" for j in range(k) if notes[j])
@@ -238,15 +247,17 @@ class SeedSelector:
 
         if self.logging_only:
             strategy_name = self.policy(strategy).name
-            shadow = self._choose(bp, a, rows, vidx, x, draw, strategy)
-            pick = int(min(vidx, key=lambda j: seeds[j].seed_idx))
+            shadow = self._choose(bp, a, vrows, x, draw, strategy)
+            pick = 0 if vidx is None else int(vidx[0])  # the lowest viable seed_idx
             self._fill(shadow, vidx, scores, probs)
+            would = shadow.index if vidx is None else int(vidx[shadow.index])
             return self._event(request, bp, pick, "seed0", f"logging-only mode: lowest viable seed_idx; {strategy_name} "
-                               f"would have chosen {seeds[int(vidx[shadow.index])].seed_id}", 1.0, "exact", False,
+                               f"would have chosen {seeds[would].seed_id}", 1.0, "exact", False,
                                scores, probs, viable, notes, context, x)
 
-        untried = vidx[a.selections[rows[vidx]] < self.settings.min_samples]
-        if len(untried):
+        fresh = a.selections[vrows] < self.settings.min_samples
+        if np.count_nonzero(fresh):
+            untried = np.flatnonzero(fresh) if vidx is None else vidx[fresh]
             # Burn-in: a uniform pick among the untried, so its propensity is exact.
             j = int(untried[draw.rng.integers(len(untried))]) if len(untried) > 1 else int(untried[0])
             p = 1.0 / len(untried)
@@ -256,33 +267,48 @@ class SeedSelector:
                                f"far; untried viable seeds are tried first ({len(untried)} untried)", p, "exact",
                                True, scores, [q or 0.0 for q in probs], viable, notes, context, x)
 
-        choice = self._choose(bp, a, rows, vidx, x, draw, strategy)
+        choice = self._choose(bp, a, vrows, x, draw, strategy)
         self._fill(choice, vidx, scores, probs)
-        pick = int(vidx[choice.index])
+        pick = choice.index if vidx is None else int(vidx[choice.index])
         return self._event(request, bp, pick, strategy, choice.reason, choice.propensity, choice.method,
                            choice.explored, scores, probs, viable, notes, context, x)
 
-    def _choose(self, bp, a, rows, vidx, x, draw, strategy):
-        return self.policy(strategy).choose(Situation(a, rows[vidx], x, bp.decisions, draw))
+    def _choose(self, bp, a, vrows, x, draw, strategy):
+        return self.policy(strategy).choose(Situation(a, vrows, x, bp.decisions, draw))
 
     @staticmethod
     def _fill(choice, vidx, scores, probs) -> None:
+        """Copy a choice's per-candidate scores (non-finite ones as None) and probabilities to request positions."""
         if choice.scores is not None:
-            for v, s in zip(vidx, choice.scores.tolist()):
-                scores[v] = s if math.isfinite(s) else None
+            values = choice.scores.tolist()
+            if not math.isfinite(sum(values)):  # rare (an untried arm's infinite bound): check each
+                values = [v if math.isfinite(v) else None for v in values]
+            if vidx is None:
+                scores[:] = values
+            else:
+                for v, s in zip(vidx.tolist(), values):
+                    scores[v] = s
         if choice.probabilities is not None:
-            for v, p in zip(vidx, choice.probabilities.tolist()):
-                probs[v] = p
+            values = choice.probabilities.tolist()
+            if vidx is None:
+                probs[:] = values
+            else:
+                for v, p in zip(vidx.tolist(), values):
+                    probs[v] = p
 
-    def _viability(self, request: GraftRequested, a: ArmTable, rows: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    def _viability(self, request: GraftRequested, a: ArmTable, rows: np.ndarray) -> tuple[np.ndarray, list[str], bool]:
+        """(viable mask, note per seed, whether every seed is viable)."""
         k = len(rows)
         viable = np.ones(k, dtype=bool)
         notes = [""] * k
         sel = self._selectable
-        for j, c in enumerate(request.seeds):
-            if c.state is not None and c.state not in sel:
-                viable[j] = False
-                notes[j] = f"is {c.state}, not selectable"
+        every = True
+        if not {c.state for c in request.seeds} <= sel | {None}:  # some seed is in a state that cannot be selected
+            every = False
+            for j, c in enumerate(request.seeds):
+                if c.state is not None and c.state not in sel:
+                    viable[j] = False
+                    notes[j] = f"is {c.state}, not selectable"
         cons = request.constraints
         if cons is not None and (cons.memory_budget_mb is not None or cons.max_latency_ms is not None):
             seen, mem, lat = a.tracked(rows)
@@ -290,24 +316,18 @@ class SeedSelector:
                 if not (viable[j] and seen[j]):
                     continue  # untried seeds stay eligible: nothing is known against them
                 if cons.memory_budget_mb is not None and mem[j] > cons.memory_budget_mb:
-                    viable[j] = False
+                    viable[j] = every = False
                     notes[j] = f"uses {mem[j]:.0f} MB > budget {cons.memory_budget_mb:.0f} MB"
                 elif cons.max_latency_ms is not None and lat[j] > cons.max_latency_ms:
-                    viable[j] = False
+                    viable[j] = every = False
                     notes[j] = f"adds {lat[j]:.1f} ms > limit {cons.max_latency_ms:.1f} ms"
-        return viable, notes
+        return viable, notes, every
 
     def _event(self, request, bp, pick, strategy, reason, propensity, method, explored, scores, probs, viable, notes,
                context, x) -> SeedSelected:
         seeds = request.seeds
         chosen = seeds[pick]
-        candidates = [
-            CandidateScore.model_construct(seed_id=c.seed_id, seed_idx=c.seed_idx, score=scores[j],
-                                           probability=probs[j], viable=bool(viable[j]), note=notes[j] or None)
-            for j, c in enumerate(seeds)
-        ]
-        # Built without re-validation: every field comes from validated input or from this function.
-        return SeedSelected.model_construct(
+        fields = dict(
             **_envelope(request, self.clock()),
             decision_id=decision_id_for(request.request_id),
             request_id=request.request_id,
@@ -319,13 +339,47 @@ class SeedSelector:
             selection_reason=f"{chosen.seed_id} (seed_idx {chosen.seed_idx}) chosen by {strategy}: {reason}",
             propensity=float(min(1.0, max(propensity, 1e-12))),
             propensity_method=method,
-            scores=candidates,
+            scores=None,
             explored=bool(explored),
             context=context,
             features=x.tolist(),
             state_version=bp.version,
             request_time=request.occurred_at,
         )
+        # Built without re-validation: every field comes from validated input or from this function. When both
+        # models are plain (no post-init hook, no private attributes, exactly the fields given here), the instances
+        # are assembled directly: the same __dict__, fields-set, extra and private slots model_construct writes, at
+        # a fraction of its per-field cost (it walks aliases and defaults; here every field is given). Otherwise
+        # model_construct.
+        plain = (CandidateScore.__pydantic_post_init__ is None and SeedSelected.__pydantic_post_init__ is None
+                 and not CandidateScore.__private_attributes__ and not SeedSelected.__private_attributes__
+                 and len(CandidateScore.__pydantic_fields__) == 6 and len(SeedSelected.__pydantic_fields__) == len(fields))
+        viable = viable.tolist()
+        if not plain:
+            fields["scores"] = [
+                CandidateScore.model_construct(seed_id=c.seed_id, seed_idx=c.seed_idx, score=scores[j],
+                                               probability=probs[j], viable=viable[j], note=notes[j] or None)
+                for j, c in enumerate(seeds)
+            ]
+            return SeedSelected.model_construct(**fields)
+        new, put = object.__new__, object.__setattr__
+        names = {"seed_id", "seed_idx", "score", "probability", "viable", "note"}
+        candidates = []
+        for j, c in enumerate(seeds):
+            m = new(CandidateScore)
+            put(m, "__dict__", {"seed_id": c.seed_id, "seed_idx": c.seed_idx, "score": scores[j],
+                                "probability": probs[j], "viable": viable[j], "note": notes[j] or None})
+            put(m, "__pydantic_fields_set__", set(names))
+            put(m, "__pydantic_extra__", None)
+            put(m, "__pydantic_private__", None)
+            candidates.append(m)
+        fields["scores"] = candidates
+        event = new(SeedSelected)
+        put(event, "__dict__", fields)
+        put(event, "__pydantic_fields_set__", set(fields))
+        put(event, "__pydantic_extra__", None)
+        put(event, "__pydantic_private__", None)
+        return event
 
     # -- persistence ---------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -9,6 +9,9 @@ Three families share the selection mechanics, so a strategy writes only what dif
 - ``IndexPolicy``: a score per candidate, the highest wins (ties broken at random); propensity 1/ties.
 - ``SamplingPolicy``: a random draw per candidate, the highest wins; propensity estimated by Monte Carlo.
 - ``ProbabilityPolicy``: an explicit distribution over candidates; propensity exact.
+
+Each family computes a candidate's estimate once per decision: the arrays that give the scores also give the greedy
+values (for the exploration flag) and the numbers quoted in the reason.
 """
 
 from __future__ import annotations
@@ -23,14 +26,25 @@ from ..arms import ArmTable
 
 
 class Draw:
-    """The decision's random generator, seeded by (salt, request_id) and built only when a policy needs it."""
+    """The decision's random generator, seeded by (salt, request_id) and built only when a policy needs it.
 
-    __slots__ = ("seed", "_rng")
+    Both the seed (a blake2b digest) and the generator are computed on first use: an index policy with a unique
+    best score never draws, and then pays for neither. (A shared generator whose state is set from the digest
+    would cost about 1 µs instead of 9 µs per drawing decision, but it changes every random stream — burn-in
+    order, ties, Thompson draws — and with it paths that tests and the simulator's claims were measured on.)
+    """
+
+    __slots__ = ("salt", "request_id", "_rng")
 
     def __init__(self, salt: str, request_id: str):
-        digest = hashlib.blake2b(f"{salt}\x00{request_id}".encode(), digest_size=8).digest()
-        self.seed = int.from_bytes(digest, "little")
+        self.salt = salt
+        self.request_id = request_id
         self._rng: np.random.Generator | None = None
+
+    @property
+    def seed(self) -> int:
+        digest = hashlib.blake2b(f"{self.salt}\x00{self.request_id}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "little")
 
     @property
     def rng(self) -> np.random.Generator:
@@ -55,18 +69,10 @@ class Situation:
         """Reward noise scale of the blueprint: the pooled within-arm standard deviation.
 
         Exploration bonuses are multiplied by it so that one setting works whether rewards are accuracy gains of
-        0.01 or scores of 100. Before two outcomes exist it is 1.
+        0.01 or scores of 100. Before two outcomes exist it is 1. (Kept as running totals by ``ArmTable.learn``.)
         """
         if self._scale is None:
-            a, n = self.arms, len(self.arms)
-            pulls = a.pulls[:n]
-            total = pulls.sum()
-            if total < 2:
-                self._scale = 1.0
-            else:
-                sums = a.reward_sum[:n]
-                within = a.reward_sq_sum[:n].sum() - (sums * sums / np.maximum(pulls, 1)).sum()
-                self._scale = max(float(np.sqrt(max(within, 0.0) / total)), 1e-3)
+            self._scale = self.arms.pooled_scale()
         return self._scale
 
 
@@ -111,29 +117,37 @@ class Policy:
 
 
 def _argmax_ties(values: np.ndarray, draw: Draw) -> tuple[int, int]:
-    best = values.max()
-    top = np.flatnonzero(values == best)
-    if len(top) == 1:
-        return int(top[0]), 1
-    return int(top[draw.rng.integers(len(top))]), len(top)
+    """(position of the highest value, number of positions sharing it); ties are broken by the decision's draw."""
+    if len(values) <= 16:  # a Python list is cheaper than three numpy calls at this size; same answer
+        listed = values.tolist()
+        best = max(listed)
+        i, ties = listed.index(best), listed.count(best)
+    else:
+        i = int(values.argmax())
+        ties = int(np.count_nonzero(values == values[i]))
+    if ties <= 1:  # the usual case: a unique maximum, no random draw (and no generator) needed
+        return i, 1
+    top = np.flatnonzero(values == values[i])
+    return int(top[draw.rng.integers(ties)]), ties
 
 
 def _explored(values: np.ndarray, i: int) -> bool:
-    return bool(values[i] < values.max())
+    return bool(values[i] < values[values.argmax()])
 
 
 class IndexPolicy(Policy):
-    def _scores(self, s: Situation) -> np.ndarray:
+    def _evaluate(self, s: Situation) -> tuple[np.ndarray, np.ndarray, Any]:
+        """(scores, greedy values, anything else the reason quotes) of the candidates."""
         raise NotImplementedError
 
-    def _why(self, s: Situation, i: int, scores: np.ndarray) -> str:
+    def _why(self, s: Situation, i: int, scores: np.ndarray, values: np.ndarray, aux: Any) -> str:
         return f"highest {self.name} score {scores[i]:.4g}"
 
     def choose(self, s: Situation) -> Choice:
-        scores = self._scores(s)
+        scores, values, aux = self._evaluate(s)
         i, ties = _argmax_ties(scores, s.draw)
-        explored = _explored(self.greedy(s), i)
-        return Choice(i, scores, None, 1.0 / ties, "exact", explored, self._why(s, i, scores))
+        return Choice(i, scores, None, 1.0 / ties, "exact", _explored(values, i),
+                      self._why(s, i, scores, values, aux))
 
 
 class SamplingPolicy(Policy):
@@ -141,32 +155,35 @@ class SamplingPolicy(Policy):
 
     def _sample(self, s: Situation, rng: np.random.Generator, size: int) -> np.ndarray:
         """``size`` independent draws of every candidate's score, shape (size, K)."""
+        return self._sample_values(s, rng, size)[0]
+
+    def _sample_values(self, s: Situation, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """(``_sample(s, rng, size)``, greedy values), from one read of the statistics."""
         raise NotImplementedError
 
     def choose(self, s: Situation) -> Choice:
-        rng = s.draw.rng
         k = len(s.rows)
-        draws = self._sample(s, rng, 1 + self.propensity_samples)
+        draws, values = self._sample_values(s, s.draw.rng, 1 + self.propensity_samples)
         winners = draws.argmax(axis=1)
         i = int(winners[0])
         # The decision's own draw is one of the Monte-Carlo samples, so the estimate is never zero for the pick.
         probs = np.bincount(winners, minlength=k) / len(winners)
-        explored = _explored(self.greedy(s), i)
-        reason = f"highest sampled {self.name} value {draws[0, i]:.4g} (P(best)≈{probs[i]:.2f})"
-        return Choice(i, draws[0], probs, float(probs[i]), "monte_carlo", explored, reason)
+        p = float(probs[i])
+        reason = f"highest sampled {self.name} value {draws[0, i]:.4g} (P(best)≈{p:.2f})"
+        return Choice(i, draws[0], probs, p, "monte_carlo", _explored(values, i), reason)
 
 
 class ProbabilityPolicy(Policy):
-    def _probabilities(self, s: Situation) -> np.ndarray:
+    def _distribution(self, s: Situation) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities, greedy values) of the candidates."""
         raise NotImplementedError
 
     def _why(self, s: Situation, i: int, probs: np.ndarray, explored: bool) -> str:
         return f"drawn with probability {probs[i]:.3f}"
 
     def choose(self, s: Situation) -> Choice:
-        probs = self._probabilities(s)
+        probs, values = self._distribution(s)
         cdf = np.cumsum(probs)
         i = min(int(np.searchsorted(cdf, s.draw.rng.random() * cdf[-1], side="right")), len(probs) - 1)
-        values = self.greedy(s)
         explored = _explored(values, i)
         return Choice(i, values, probs, float(probs[i]), "exact", explored, self._why(s, i, probs, explored))

@@ -30,12 +30,12 @@ class EpsilonGreedy(ProbabilityPolicy):
             return self.epsilon
         return max(self.min_epsilon, self.epsilon / (1.0 + decisions / self.decay_steps))
 
-    def _probabilities(self, s: Situation) -> np.ndarray:
+    def _distribution(self, s: Situation) -> tuple[np.ndarray, np.ndarray]:
         eps = self.current_epsilon(s.decisions)
         values = self.greedy(s)
-        best = values == values.max()
+        best = values == values[values.argmax()]
         k = len(values)
-        return eps / k + (1.0 - eps) * best / best.sum()
+        return eps / k + (1.0 - eps) * best / np.count_nonzero(best), values
 
     def _why(self, s, i, probs, explored):
         eps = self.current_epsilon(s.decisions)

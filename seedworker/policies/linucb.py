@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import IndexPolicy, SamplingPolicy, Situation
+from .base import IndexPolicy, Situation
+from .thompson import GaussianSampling
 
 
 def _fit(s: Situation) -> tuple[np.ndarray, np.ndarray]:
     """Predicted reward and its variance factor x^T A^-1 x for every candidate, in two batched products."""
-    a = s.arms
-    x = s.x
-    mean = a.theta[s.rows] @ x
-    width = (a.a_inv[s.rows] @ x) @ x
-    return mean, np.maximum(width, 0.0)
+    return s.arms.linear_fit(s.rows, s.x)
 
 
 class LinUCB(IndexPolicy):
@@ -32,13 +29,15 @@ class LinUCB(IndexPolicy):
     def greedy(self, s: Situation) -> np.ndarray:
         return s.arms.theta[s.rows] @ s.x
 
-    def _scores(self, s: Situation) -> np.ndarray:
+    def _evaluate(self, s: Situation) -> tuple[np.ndarray, np.ndarray, None]:
+        # The predicted reward is computed once: it is the greedy value (exploration flag) and the reason's number.
         mean, width = _fit(s)
-        return mean + (self.alpha * s.scale) * np.sqrt(width)
+        np.sqrt(width, out=width)
+        width *= self.alpha * s.scale
+        return np.add(mean, width, out=width), mean, None
 
-    def _why(self, s: Situation, i: int, scores: np.ndarray) -> str:
-        pred = float(s.arms.theta[s.rows[i]] @ s.x)
-        return f"highest LinUCB bound {scores[i]:.4g} for this context (predicted reward {pred:.4g})"
+    def _why(self, s: Situation, i: int, scores: np.ndarray, mean: np.ndarray, aux: None) -> str:
+        return f"highest LinUCB bound {scores[i]:.4g} for this context (predicted reward {mean[i]:.4g})"
 
     @classmethod
     def _unit_test_params(cls):
@@ -46,7 +45,7 @@ class LinUCB(IndexPolicy):
         yield {"alpha": 0.3}
 
 
-class LinearThompson(SamplingPolicy):
+class LinearThompson(GaussianSampling):
     """Linear Thompson sampling (Agrawal & Goyal, 2013) with disjoint arms.
 
     Sampling ``theta ~ N(theta_a, v^2 A_a^-1)`` and scoring ``theta·x`` is the same as drawing the score from
@@ -57,14 +56,16 @@ class LinearThompson(SamplingPolicy):
     name = "lin-thompson"
     contextual = True
 
-    def __init__(self, *, scale: float = 1.0, propensity_samples: int = 200):
+    def __init__(self, *, scale: float = 1.0, propensity_samples: int = 200, propensity: str = "monte_carlo"):
         self.scale = scale
         self.propensity_samples = propensity_samples
+        self.propensity = self._check_propensity(propensity)
 
     def greedy(self, s: Situation) -> np.ndarray:
         return s.arms.theta[s.rows] @ s.x
 
-    def _sample(self, s: Situation, rng: np.random.Generator, size: int) -> np.ndarray:
+    def _posterior(self, s: Situation) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         mean, width = _fit(s)
-        sd = (self.scale * s.scale) * np.sqrt(width)
-        return mean + sd * rng.standard_normal((size, len(s.rows)))
+        sd = np.sqrt(width, out=width)
+        sd *= self.scale * s.scale
+        return mean, sd, mean

@@ -19,10 +19,11 @@ class Softmax(ProbabilityPolicy):
         self.temperature = temperature
         self.discounted = discounted
 
-    def _probabilities(self, s: Situation) -> np.ndarray:
-        z = self.greedy(s) / (self.temperature * s.scale)
-        e = np.exp(z - z.max())
-        return e / e.sum()
+    def _distribution(self, s: Situation) -> tuple[np.ndarray, np.ndarray]:
+        values = self.greedy(s)
+        z = values / (self.temperature * s.scale)
+        e = np.exp(z - z[z.argmax()])
+        return e / e.sum(), values
 
     def _why(self, s, i, probs, explored):
         return f"softmax draw with probability {probs[i]:.3f} (temperature {self.temperature} pooled sd)"
@@ -56,8 +57,8 @@ class UniformRandom(ProbabilityPolicy):
 
     name = "random"
 
-    def _probabilities(self, s: Situation) -> np.ndarray:
-        return np.full(len(s.rows), 1.0 / len(s.rows))
+    def _distribution(self, s: Situation) -> tuple[np.ndarray, np.ndarray]:
+        return np.full(len(s.rows), 1.0 / len(s.rows)), self.greedy(s)
 
     def _why(self, s, i, probs, explored):
         return f"uniform random pick among {len(s.rows)} candidates"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .base import IndexPolicy, Situation
@@ -21,20 +23,22 @@ class UCB(IndexPolicy):
         self.exploration = exploration
         self.discounted = discounted
 
-    def _bonus(self, s: Situation, n: np.ndarray) -> np.ndarray:
-        total = max(float(n.sum()), 1.0)
-        with np.errstate(divide="ignore"):
-            return self.exploration * s.scale * np.sqrt(2.0 * np.log(max(total, np.e)) / n)
+    def _evaluate(self, s: Situation) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n, mean = s.arms.counts_means(s.rows, self.discounted)
+        total = max(float(np.add.reduce(n)), 1.0)
+        # c * scale * sqrt(2 ln N / n) as one constant over sqrt(n); an untried arm (n = 0) gets an infinite bonus.
+        coef = self.exploration * s.scale * math.sqrt(2.0 * math.log(max(total, math.e)))
+        root = np.sqrt(n)
+        if np.count_nonzero(n) == len(n):
+            bonus = np.divide(coef, root, out=root)
+        else:
+            bonus = np.divide(coef, root, out=np.full(len(n), np.inf), where=n > 0)
+        return np.add(mean, bonus, out=bonus), mean, n
 
-    def _scores(self, s: Situation) -> np.ndarray:
-        n = s.arms.counts(s.rows, self.discounted)
-        return self.greedy(s) + self._bonus(s, n)
-
-    def _why(self, s: Situation, i: int, scores: np.ndarray) -> str:
-        n = s.arms.counts(s.rows, self.discounted)[i]
-        mean = self.greedy(s)[i]
+    def _why(self, s: Situation, i: int, scores: np.ndarray, values: np.ndarray, n: np.ndarray) -> str:
         kind = "decayed " if self.discounted else ""
-        return f"highest {self.name} bound {scores[i]:.4g} ({kind}mean reward {mean:.4g} over {n:.3g} outcomes)"
+        return (f"highest {self.name} bound {scores[i]:.4g} ({kind}mean reward {values[i]:.4g} over "
+                f"{n[i]:.3g} outcomes)")
 
     @classmethod
     def _unit_test_params(cls):
@@ -64,11 +68,11 @@ class UCBV(UCB):
 
     name = "ucb-v"
 
-    def _scores(self, s: Situation) -> np.ndarray:
-        n = s.arms.counts(s.rows, self.discounted)
+    def _evaluate(self, s: Situation) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n, mean = s.arms.counts_means(s.rows, self.discounted)
         var = s.arms.variances(s.rows, self.discounted)
-        log_n = np.log(max(float(n.sum()), np.e))
+        log_n = math.log(max(float(np.add.reduce(n)), math.e))
         with np.errstate(divide="ignore", invalid="ignore"):
             bonus = np.sqrt(2.0 * var * log_n / n) + self.exploration * 3.0 * (3.0 * s.scale) * log_n / n
         bonus[n <= 0] = np.inf
-        return self.greedy(s) + bonus
+        return mean + bonus, mean, n

@@ -1,0 +1,169 @@
+"""The fast paths of the learning core give the answers of the plain computations they replace.
+
+Pooled scale as running totals, deferred Gram updates, the lazily seeded Draw, the directly assembled seed.selected
+event, and the quadrature propensity of Gaussian sampling (opt-in; see seedworker/policies/propensity.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+
+from seedworker.arms import ArmTable
+from seedworker.config import Settings
+from seedworker.events import CandidateScore, GraftRequested, SeedSelected, encode
+from seedworker.policies import Draw, Situation, make_policy
+from seedworker.policies.linucb import LinearThompson
+from seedworker.policies.propensity import gaussian_max_probability, ncdf
+from seedworker.policies.thompson import GaussianThompson
+from seedworker.selector import SeedSelector
+
+
+def _two_pass_scale(table: ArmTable) -> float:
+    n = len(table)
+    pulls, sums = table.pulls[:n], table.reward_sum[:n]
+    if pulls.sum() < 2:
+        return 1.0
+    within = table.reward_sq_sum[:n].sum() - (sums * sums / np.maximum(pulls, 1)).sum()
+    return max(math.sqrt(max(within, 0.0) / pulls.sum()), 1e-3)
+
+
+@pytest.mark.parametrize("half_life_s", [None, 50.0])
+def test_pooled_scale_running_totals_match_the_two_pass_sum(half_life_s):
+    rng = np.random.default_rng(3)
+    table = ArmTable(dim=2, half_life_s=half_life_s)
+    table.rows([f"s{i}" for i in range(5)])
+    assert table.pooled_scale() == 1.0
+    for step in range(400):
+        table.learn(int(rng.integers(5)), reward=float(rng.normal(3.0, 0.7)), success=True, t=float(step))
+        if step % 37 == 0:
+            assert table.pooled_scale() == pytest.approx(_two_pass_scale(table), rel=1e-9)
+    # A state written before the running totals existed gets them summed once on load.
+    old = table.to_dict()
+    del old["pooled"]
+    assert ArmTable.from_dict(old).pooled_scale() == pytest.approx(table.pooled_scale(), rel=1e-12)
+
+
+def test_deferred_gram_equals_the_sum_of_outer_products():
+    rng = np.random.default_rng(4)
+    table = ArmTable(dim=3, ridge=0.5)
+    table.rows(["a", "b"])
+    xs = {0: [], 1: []}
+    for step in range(150):  # more than one batch for arm 0, a partial batch pending for both at the end
+        i = 0 if step % 3 else 1
+        x = np.concatenate([[1.0], rng.normal(size=2)])
+        xs[i].append(x.copy())
+        table.learn(i, reward=0.1, success=True, t=0.0, x=x)
+        x[:] = 99.0  # the caller reusing its array must not change what was learned
+    for i in (0, 1):
+        m = np.array(xs[i])
+        assert_allclose(table.gram[i], m.T @ m, rtol=1e-12)
+        assert_allclose(table.a_inv[i], np.linalg.inv(0.5 * np.eye(3) + m.T @ m), rtol=1e-9)
+
+
+def test_draw_is_the_seeded_generator_it_always_was():
+    draw = Draw("salt", "req-1")
+    seed = int.from_bytes(hashlib.blake2b(b"salt\x00req-1", digest_size=8).digest(), "little")
+    assert draw.seed == seed
+    expected = np.random.Generator(np.random.PCG64(seed)).standard_normal(5)
+    assert_allclose(draw.rng.standard_normal(5), expected, rtol=0, atol=0)
+
+
+def test_directly_built_event_equals_model_construct():
+    sel = SeedSelector(Settings(default_strategy="thompson"))
+    req = GraftRequested.model_validate({
+        "request_id": "r1", "blueprint_id": "bp", "context": {"current_loss": 1.0},
+        "seeds": [{"seed_id": f"s{i}", "seed_idx": i, "state": "dormant" if i else "fossilized"} for i in range(4)]})
+    fast = sel.decide(req)
+    fields = dict(fast.__dict__)
+    fields["scores"] = [CandidateScore.model_construct(**c.__dict__) for c in fast.scores]
+    slow = SeedSelected.model_construct(**fields)
+    assert fast == slow and encode(fast) == encode(slow) and repr(fast) == repr(slow)
+    assert list(fast.__dict__) == list(slow.__dict__) and fast.model_fields_set == slow.model_fields_set
+    for a, b in zip(fast.scores, slow.scores):
+        assert list(a.__dict__) == list(b.__dict__) and a.model_fields_set == b.model_fields_set
+    assert SeedSelected.model_validate(fast.model_dump()) == fast
+
+
+# -- quadrature propensity --------------------------------------------------------------------------------------
+def _exact_ncdf(t: np.ndarray) -> np.ndarray:
+    return np.vectorize(lambda v: 0.5 * math.erfc(-v / math.sqrt(2.0)))(t)
+
+
+def _reference(loc: np.ndarray, sd: np.ndarray, i: int) -> float:
+    """The same integral with exact Φ on a grid 16 times finer over [-9, 9]."""
+    u = np.linspace(-9.0, 9.0, 4001)
+    f = np.exp(-0.5 * u * u) / math.sqrt(2.0 * math.pi)
+    for j in range(len(loc)):
+        if j != i:
+            f = f * _exact_ncdf((loc[i] + sd[i] * u - loc[j]) / sd[j])
+    return float(f.sum() * (u[1] - u[0]))
+
+
+def test_ncdf_table():
+    t = np.linspace(-10.0, 10.0, 2001)
+    assert np.abs(ncdf(t) - _exact_ncdf(t)).max() < 2e-7
+
+
+def test_quadrature_propensity_two_candidates_closed_form():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        loc, sd = rng.normal(size=2), np.exp(rng.normal(size=2))
+        exact = 0.5 * math.erfc(-(loc[0] - loc[1]) / math.hypot(sd[0], sd[1]) / math.sqrt(2.0))
+        assert gaussian_max_probability(loc, sd, 0, budget=10**6) == pytest.approx(exact, abs=1e-6)
+
+
+def test_quadrature_propensity_many_candidates():
+    rng = np.random.default_rng(1)
+    for trial in range(40):
+        k = int(rng.choice([3, 8, 20]))
+        loc = rng.normal(0.5, rng.choice([0.02, 0.1, 0.5]), size=k)
+        sd = np.exp(rng.normal(-2.0, rng.choice([0.1, 0.5, 1.0]), size=k))
+        i = int((loc + sd * rng.normal(size=k)).argmax())
+        p = gaussian_max_probability(loc, sd, i, budget=10**6)
+        assert p == pytest.approx(_reference(loc, sd, i), abs=1e-5), trial
+    # All candidates' probabilities sum to one.
+    loc, sd = rng.normal(size=6), np.exp(rng.normal(size=6) * 0.3)
+    assert sum(gaussian_max_probability(loc, sd, i, budget=10**6) for i in range(6)) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_quadrature_declines_what_it_cannot_resolve_cheaply():
+    assert gaussian_max_probability(np.array([0.0, 1.0]), np.array([1.0, 0.0]), 0) is None  # a point mass
+    wide_vs_narrow = gaussian_max_probability(np.array([0.0, 0.0, 0.1]), np.array([1.0, 1e-4, 1e-4]), 0)
+    assert wide_vs_narrow is None  # would need ~10^5 grid points: Monte Carlo is cheaper
+    assert gaussian_max_probability(np.array([5.0]), np.array([1.0]), 0) == 1.0
+    assert gaussian_max_probability(np.array([100.0, 0.0]), np.array([1.0, 1.0]), 0) == 1.0  # out of reach
+
+
+@pytest.mark.parametrize("cls", [GaussianThompson, LinearThompson])
+def test_quadrature_is_refused_until_the_event_contract_accepts_it(cls):
+    with pytest.raises(ValueError, match="quadrature"):
+        cls(propensity="quadrature")
+    with pytest.raises(ValueError, match="propensity must be one of"):
+        cls(propensity="bogus")
+
+
+@pytest.mark.parametrize("name", ["thompson", "lin-thompson"])
+def test_quadrature_mode_picks_as_monte_carlo_does(name):
+    rng = np.random.default_rng(7)
+    table = ArmTable(dim=3)
+    rows = table.rows([f"s{i}" for i in range(5)])
+    for step in range(60):
+        i = step % 5
+        x = np.concatenate([[1.0], rng.normal(size=2)])
+        table.learn(i, reward=float(rng.normal(0.4 + 0.05 * i, 0.2)), success=True, t=float(step), x=x)
+    mc, quad = make_policy(name), make_policy(name)
+    quad.propensity = "quadrature"  # bypasses the contract check: the computation is what is tested here
+    x = np.array([1.0, 0.3, -0.2])
+    for r in range(30):
+        a = mc.choose(Situation(table, rows, x, 60, Draw("salt", f"q{r}")))
+        b = quad.choose(Situation(table, rows, x, 60, Draw("salt", f"q{r}")))
+        assert a.index == b.index and a.explored == b.explored
+        assert_allclose(a.scores, b.scores, rtol=0, atol=0)
+        assert b.method == "quadrature" and b.probabilities is None
+        # Monte Carlo with 201 draws is within its sampling error of the integral.
+        assert abs(a.propensity - b.propensity) <= 4.5 * math.sqrt(b.propensity * (1 - b.propensity) / 201) + 1 / 201
