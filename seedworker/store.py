@@ -245,12 +245,13 @@ def open_readonly(path: str | Path) -> sqlite3.Connection:
 
 
 def read_all(path: str | Path) -> dict[str, Any]:
-    """Blueprint states and counters from a snapshot, read-only."""
+    """Blueprint states, counters, offsets and meta from a snapshot, read-only."""
     db = open_readonly(path)
     try:
         states = {b: load_state(s) for b, s in db.execute("SELECT blueprint_id, state FROM blueprints")}
         counters = dict(db.execute("SELECT name, value FROM counters"))
         offsets = {(t, p): o for t, p, o in db.execute("SELECT topic, partition, next_offset FROM offsets")}
-        return {"blueprints": states, "counters": counters, "offsets": offsets}
+        meta = dict(db.execute("SELECT key, value FROM meta"))
+        return {"blueprints": states, "counters": counters, "offsets": offsets, "meta": meta}
     finally:
         db.close()
