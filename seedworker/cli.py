@@ -1,10 +1,12 @@
-"""Command line: `seedworker run | simulate | schemas | inspect`. Only turns flags into settings and calls the code."""
+"""Command line: `seedworker run | simulate | schemas | inspect | export | import | evaluate | replay`.
+
+Only turns flags into settings and calls the code."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
+import importlib
 import sys
 
 from .config import ConfigError, load_settings
@@ -12,66 +14,42 @@ from .config import ConfigError, load_settings
 
 def _run(args: argparse.Namespace) -> int:
     from .bus import BusError
+    from .http_server import run_with_endpoint
+    from .logs import configure
     from .store import StoreError
     from .worker import Worker
 
     settings = load_settings(args.config, overrides={
         "kafka.bootstrap_servers": args.bootstrap_servers, "db": args.db, "kafka.group_id": args.group_id,
-        "default_strategy": args.strategy,
+        "default_strategy": args.strategy, "log_format": args.log_format, "metrics.port": args.metrics_port,
     })
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure(args.log_level, settings.log_format)
     try:
-        asyncio.run(Worker(settings, burst=args.burst).run())
+        asyncio.run(run_with_endpoint(Worker(settings, burst=args.burst), settings.metrics))
     except (BusError, StoreError, ConfigError) as exc:
         print(f"seedworker: {exc}", file=sys.stderr)
         return 1
     return 0
 
 
-def _inspect(args: argparse.Namespace) -> int:
-    import json
-
-    import numpy as np
-
-    from .arms import ArmTable
-    from .store import read_all
-
-    snap = read_all(args.db)
-    out = {"counters": snap["counters"],
-           "offsets": {f"{t}[{p}]": o for (t, p), o in sorted(snap["offsets"].items())}, "blueprints": {}}
-    for bp_id, state in sorted(snap["blueprints"].items()):
-        a = ArmTable.from_dict(state["arms"])
-        rows = np.arange(len(a))
-        means, counts = a.means(rows), a.pulls[rows]
-        sd = np.sqrt(a.variances(rows))
-        total = max(a.selections[rows].sum(), 1)
-        out["blueprints"][bp_id] = {
-            "strategy": state["strategy"], "decisions": state["decisions"],
-            "seeds": [{"seed_id": s, "pulls": int(counts[i]), "selections": int(a.selections[i]),
-                       "share": float(a.selections[i] / total), "mean_reward": float(means[i]),
-                       "ci95": float(1.96 * sd[i] / np.sqrt(counts[i])) if counts[i] > 1 else None,
-                       "decayed_mean": float(a.means(rows[i:i + 1], True)[0])}
-                      for i, s in enumerate(a.seed_ids)],
-        }
-    if args.json:
-        print(json.dumps(out, indent=2))
-        return 0
-    print("counters: " + ", ".join(f"{k}={v}" for k, v in sorted(out["counters"].items())))
-    print("offsets:  " + ", ".join(f"{k}={v}" for k, v in out["offsets"].items()))
-    for bp_id, bp in out["blueprints"].items():
-        print(f"\nblueprint {bp_id}  (decisions {bp['decisions']}, strategy {bp['strategy'] or 'default'})")
-        print(f"  {'seed':<14}{'pulls':>7}{'share':>8}{'mean':>10}{'±95%':>9}{'decayed':>10}")
-        for s in bp["seeds"]:
-            ci = f"{s['ci95']:.4f}" if s["ci95"] is not None else "-"
-            print(f"  {s['seed_id']:<14}{s['pulls']:>7}{s['share']:>8.1%}{s['mean_reward']:>10.4f}{ci:>9}"
-                  f"{s['decayed_mean']:>10.4f}")
-    return 0
+# The other subcommands: (name, module, its add_arguments function, its run function, help). Each module owns its
+# flags and its logic; this file only routes.
+COMMANDS = [
+    ("simulate", ".simulation.command", "add_arguments", "run",
+     "run strategies against simulated Tamiyo environments (no broker)"),
+    ("schemas", ".schemas", "add_arguments", "run", "check or regenerate schemas/ (JSON Schema + AsyncAPI)"),
+    ("inspect", ".inspect", "add_arguments", "run", "read a SQLite snapshot (read-only, safe while the worker runs)"),
+    ("export", ".snapshot", "add_export_arguments", "run_export",
+     "write the store as one JSON document (read-only, safe while running)"),
+    ("import", ".snapshot", "add_import_arguments", "run_import", "load an exported JSON document into a new store"),
+    ("evaluate", ".evaluate", "add_arguments", "run",
+     "off-policy evaluation of the strategies from the logged decisions"),
+    ("replay", ".replay", "add_arguments", "run",
+     "rebuild the state into a new store from the Kafka topics (recovery)"),
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .schemas import add_arguments as schema_args
-    from .simulation.command import add_arguments as sim_args
-
     p = argparse.ArgumentParser(prog="seedworker", description="Seed selection for Esper by bandit learning.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -83,33 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--strategy", help="default strategy")
     run.add_argument("--burst", action="store_true", help="stop once the input topics are drained")
     run.add_argument("--log-level", default="INFO")
+    run.add_argument("--log-format", choices=("plain", "json"), help="log lines as text or JSON (default plain)")
+    run.add_argument("--metrics-port", type=int,
+                     help="serve /metrics, /healthz, /readyz on this port (metrics.host, default 127.0.0.1); 0: off")
     run.set_defaults(func=_run)
 
-    sim = sub.add_parser("simulate", help="run strategies against simulated Tamiyo environments (no broker)")
-    sim_args(sim)
-    sim.set_defaults(func=_simulate)
-
-    sch = sub.add_parser("schemas", help="check or regenerate schemas/ (JSON Schema + AsyncAPI)")
-    schema_args(sch)
-    sch.set_defaults(func=_schemas)
-
-    ins = sub.add_parser("inspect", help="read a SQLite snapshot (read-only, safe while the worker runs)")
-    ins.add_argument("--db", default="var/seedworker.sqlite", help="SQLite state file")
-    ins.add_argument("--json", action="store_true", help="machine-readable output")
-    ins.set_defaults(func=_inspect)
+    for name, module, add_arguments, run_name, help_text in COMMANDS:
+        mod = importlib.import_module(module, __package__)
+        cmd = sub.add_parser(name, help=help_text)
+        getattr(mod, add_arguments)(cmd)
+        cmd.set_defaults(func=getattr(mod, run_name))
     return p
-
-
-def _simulate(args: argparse.Namespace) -> int:
-    from .simulation.command import run
-
-    return run(args)
-
-
-def _schemas(args: argparse.Namespace) -> int:
-    from .schemas import run
-
-    return run(args)
 
 
 def main(argv: list[str] | None = None) -> int:

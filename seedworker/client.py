@@ -49,7 +49,9 @@ from datetime import datetime
 from typing import Any, Iterable, Mapping
 
 from . import events as ev
+from .bus import AuthenticationError
 from .config import KafkaSettings, Topics
+from .kafka_security import client_options, describe, refusal, refusal_reason
 
 log = logging.getLogger("seedworker.client")
 
@@ -65,7 +67,9 @@ class SeedClient:
     """Async context manager: ``async with SeedClient(bootstrap_servers=...) as client: ...``.
 
     ``timeout_s`` is the default of ``request_seed(timeout=...)`` and also bounds connecting to Kafka at start.
-    ``kafka_options`` go to both aiokafka clients unchanged (e.g. ``security_protocol``, ``sasl_mechanism``).
+    ``kafka_options`` go to both aiokafka clients unchanged (e.g. ``security_protocol``, ``sasl_mechanism``;
+    :meth:`from_settings` builds them from ``KafkaSettings``). Credentials or a TLS handshake the broker refuses
+    raise :class:`~seedworker.bus.AuthenticationError` (a ``ConnectionError``) at start, without retrying.
     """
 
     def __init__(self, *, bootstrap_servers: str = "127.0.0.1:9092", topics: Topics | None = None,
@@ -90,16 +94,8 @@ class SeedClient:
 
     @classmethod
     def from_settings(cls, kafka: KafkaSettings, **kwargs: Any) -> "SeedClient":
-        """A client for the broker and topics of a worker's ``settings.kafka``."""
-        opts: dict[str, Any] = {"security_protocol": kafka.security_protocol}
-        if kafka.sasl_mechanism:
-            opts.update(sasl_mechanism=kafka.sasl_mechanism, sasl_plain_username=kafka.sasl_username,
-                        sasl_plain_password=kafka.sasl_password)
-        if kafka.security_protocol in ("SSL", "SASL_SSL"):
-            import ssl
-
-            opts["ssl_context"] = ssl.create_default_context(cafile=kafka.ssl_cafile)
-        kwargs.setdefault("kafka_options", opts)
+        """A client for the broker, topics and security settings (SASL, TLS) of a worker's ``settings.kafka``."""
+        kwargs.setdefault("kafka_options", client_options(kafka))
         return cls(bootstrap_servers=kafka.bootstrap_servers, topics=kafka.topics, **kwargs)
 
     def __repr__(self) -> str:
@@ -144,6 +140,13 @@ class SeedClient:
                 await start()
                 return
             except (KafkaConnectionError, KafkaError, OSError) as exc:
+                # aiokafka reports refused credentials like an unreachable broker; ask once, they will not heal.
+                reason = refusal_reason(exc) or await refusal(self.bootstrap_servers, self.kafka_options,
+                                                              max(min(deadline - time.monotonic(), 10.0), 1.0))
+                if reason is not None:
+                    where = describe(self.bootstrap_servers, self.kafka_options)
+                    raise AuthenticationError(f"SeedClient: Kafka refused the {what} ({where}): {reason}; "
+                                              "not retried") from exc
                 if time.monotonic() + delay > deadline:
                     raise ConnectionError(f"SeedClient: cannot reach Kafka at {self.bootstrap_servers} "
                                           f"({what}) within {self.timeout_s:g}s: {exc}") from exc

@@ -13,9 +13,9 @@ import os
 import tomllib
 from pathlib import Path
 from types import UnionType
-from typing import Any, Mapping, Union, get_args, get_origin
+from typing import Any, Literal, Mapping, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from .features import DEFAULT_FEATURES
 from .policies import STRATEGIES, make_policy
@@ -35,7 +35,8 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # hide_input_in_errors: a validation error would otherwise echo the whole input, secrets included.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, hide_input_in_errors=True)
 
 
 class DecaySettings(_Section):
@@ -70,6 +71,10 @@ class Topics(_Section):
     control: str = "seedworker.control"
 
 
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+
 class KafkaSettings(_Section):
     bootstrap_servers: str = "127.0.0.1:9092"
     group_id: str = "seedworker"
@@ -83,11 +88,42 @@ class KafkaSettings(_Section):
     fetch_max_wait_ms: int = Field(default=20, ge=0)
     group_commit_interval_s: float = Field(default=1.0, ge=0, description="Kafka group commit period (lag only)")
     connect_timeout_s: float = Field(default=60.0, gt=0)
-    security_protocol: str = "PLAINTEXT"
-    sasl_mechanism: str | None = None
+    # How fast the group notices a dead worker (session) and a joining one (heartbeats), i.e. how long partitions
+    # wait for a new owner; the broker bounds the session by group.min/max.session.timeout.ms.
+    session_timeout_ms: int = Field(default=10_000, ge=1)
+    heartbeat_interval_ms: int = Field(default=3_000, ge=1)
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    sasl_mechanism: SaslMechanism | None = None
     sasl_username: str | None = None
-    sasl_password: str | None = Field(default=None, repr=False)
-    ssl_cafile: str | None = None
+    sasl_password: SecretStr | None = Field(default=None, description="prints as '**********'")
+    ssl_cafile: str | None = Field(default=None, description="CA bundle (PEM) for the broker; default: the system's")
+    ssl_certfile: str | None = Field(default=None, description="client certificate (PEM) for mutual TLS")
+    ssl_keyfile: str | None = Field(default=None, description="its private key (PEM), if not in ssl_certfile")
+    ssl_keyfile_password: SecretStr | None = None
+    ssl_check_hostname: bool = True
+
+    @field_validator("security_protocol", "sasl_mechanism", mode="before")
+    @classmethod
+    def _upper_case(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _security_consistent(self) -> "KafkaSettings":
+        protocol = self.security_protocol
+        sasl = ("sasl_mechanism", "sasl_username", "sasl_password")
+        if protocol.startswith("SASL_"):
+            missing = [key for key in sasl if not getattr(self, key)]
+            if missing:
+                raise ValueError(f"security_protocol {protocol} needs {', '.join(missing)}")
+        elif given := [key for key in sasl if getattr(self, key)]:
+            raise ValueError(f"{', '.join(given)}: only used with security_protocol SASL_PLAINTEXT or SASL_SSL, "
+                             f"not {protocol}")
+        tls = ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_keyfile_password")
+        if not protocol.endswith("SSL") and (given := [key for key in tls if getattr(self, key)]):
+            raise ValueError(f"{', '.join(given)}: only used with security_protocol SSL or SASL_SSL, not {protocol}")
+        if (self.ssl_keyfile or self.ssl_keyfile_password) and not self.ssl_certfile:
+            raise ValueError("ssl_keyfile, ssl_keyfile_password: only used with ssl_certfile (the client certificate)")
+        return self
 
 
 class JoinSettings(_Section):
@@ -95,6 +131,14 @@ class JoinSettings(_Section):
     reward_wait_s: float = Field(default=3600.0, gt=0, description="how long a decision waits for its outcome")
     default_reward: float | None = Field(default=None, description="reward for a decision whose outcome never came")
     learn_late: bool = Field(default=False, description="learn from outcomes that arrive after reward_wait_s")
+
+
+class MetricsSettings(_Section):
+    """The HTTP endpoint for /metrics, /healthz and /readyz. Off by default: binding a port is a side effect a
+    library user or a test run should not get unasked; deployments set the port (deploy/)."""
+
+    host: str = Field(default="127.0.0.1", min_length=1, description="address the endpoint listens on")
+    port: int = Field(default=0, ge=0, le=65535, description="0 disables the endpoint")
 
 
 class Settings(_Section):
@@ -113,6 +157,8 @@ class Settings(_Section):
     reward: RewardSettings = RewardSettings()
     kafka: KafkaSettings = KafkaSettings()
     join: JoinSettings = JoinSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    log_format: Literal["plain", "json"] = "plain"
     db: str = "var/seedworker.sqlite"
     dedup_window: int = Field(default=100_000, ge=1)
 
@@ -145,7 +191,7 @@ def _parse_env_value(value: str, keys: tuple[str, ...] = ()) -> Any:
 
 
 def _is_text_setting(keys: tuple[str, ...]) -> bool:
-    """Whether the setting at this key path is declared as a string (``str`` or ``str | None``)."""
+    """Whether the setting at this key path is declared as a string (``str``, ``SecretStr``, or either ``| None``)."""
     model: Any = Settings
     annotation: Any = None
     for key in keys:
@@ -153,8 +199,9 @@ def _is_text_setting(keys: tuple[str, ...]) -> bool:
         if field is None:
             return False
         annotation = model = field.annotation
-    return annotation is str or (get_origin(annotation) in (Union, UnionType)
-                                 and set(get_args(annotation)) == {str, type(None)})
+    return annotation in (str, SecretStr) or (get_origin(annotation) in (Union, UnionType)
+                                              and set(get_args(annotation)) in ({str, type(None)},
+                                                                                {SecretStr, type(None)}))
 
 
 def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:

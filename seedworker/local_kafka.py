@@ -23,11 +23,17 @@ whatever the current directory is.  The CLI resolves ``--workdir`` against the c
 directory, like any other command-line path.
 
 Listeners: ``PLAINTEXT://127.0.0.1:<port>`` (clients) and ``CONTROLLER://127.0.0.1:<controller
-port>`` (KRaft quorum), nothing else.  ``port`` must stay a PLAINTEXT listener (the readiness
-probe speaks plain Kafka protocol to it); extra listeners (e.g. SASL_PLAINTEXT with SCRAM) are
-added through ``extra_config`` (which overrides any generated key) and SCRAM users through
-``format_args=["--add-scram", "SCRAM-SHA-256=[name=alice,password=alice-secret]"]`` (applied
-when the storage is formatted, i.e. on the first start of a fresh workdir).
+port>`` (KRaft quorum), and with ``sasl_port`` a ``SASL_PLAINTEXT://127.0.0.1:<sasl_port>``
+listener offering SCRAM-SHA-256, SCRAM-SHA-512 and PLAIN to the ``scram_users`` ({name:
+password}; their SCRAM credentials are written when the storage is formatted, i.e. on the
+first start of a fresh workdir, and the PLAIN ones into server.properties, mode 0600); with
+``ssl_port`` an ``SSL://127.0.0.1:<ssl_port>`` listener presenting ``ssl_keystore`` (PEM: an
+unencrypted PKCS#8 key and the certificate chain) and, with ``ssl_truststore`` (PEM CA
+certificates), requiring a client certificate signed by them.  The broker talks to itself over
+PLAINTEXT on loopback.  ``port`` must stay a PLAINTEXT listener (the
+readiness probe speaks plain Kafka protocol to it); other listeners go in through
+``extra_config`` (which overrides any generated key), other format options through
+``format_args``.  Passwords are masked in the format command line written to ``kafka.log``.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -81,6 +88,13 @@ _LOG_FILE = "kafka.log"
 _CONFIG_FILE = "server.properties"
 _LOG4J_FILE = "log4j2.properties"
 _DATA_DIR = "data"
+
+SASL_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN")
+_SCRAM_LOGIN = "org.apache.kafka.common.security.scram.ScramLoginModule"
+_PLAIN_LOGIN = "org.apache.kafka.common.security.plain.PlainLoginModule"
+_SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
+_SAFE_PASSWORD = re.compile(r"[!#-+\--<>-Z^-~]+")  # printable ASCII without space " , = [ \ ]
+_PASSWORD_ARG = re.compile(r"(password=)[^,\]]*")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -281,8 +295,25 @@ class LocalKafka:
         format_args: Sequence[str] = (),
         host: str = "127.0.0.1",
         die_with_parent: bool = False,
+        sasl_port: int | None = None,
+        scram_users: Mapping[str, str] | None = None,
+        ssl_port: int | None = None,
+        ssl_keystore: Path | str | None = None,
+        ssl_truststore: Path | str | None = None,
     ) -> None:
         self.port = int(port)
+        self.sasl_port = int(sasl_port) if sasl_port is not None else None
+        self.ssl_port = int(ssl_port) if ssl_port is not None else None
+        if self.ssl_port is not None and ssl_keystore is None:
+            raise ValueError("an SSL listener (ssl_port) needs ssl_keystore")
+        self.ssl_keystore = self._abs(ssl_keystore) if ssl_keystore is not None else None
+        self.ssl_truststore = self._abs(ssl_truststore) if ssl_truststore is not None else None
+        self.scram_users = dict(scram_users or {})
+        for name, password in self.scram_users.items():
+            # Both go verbatim into `--add-scram 'SCRAM-SHA-256=[name=..,password=..]'` and a JAAS line.
+            if not _SAFE_NAME.fullmatch(name) or not _SAFE_PASSWORD.fullmatch(password):
+                raise ValueError(f"SCRAM user {name!r}: names are [A-Za-z0-9._-]+, passwords printable ASCII "
+                                 "without spaces, quotes, backslashes, commas, '=' or brackets")
         self._requested_controller_port = controller_port
         self.controller_port: int | None = controller_port
         self.workdir = self._abs(workdir)
@@ -306,6 +337,16 @@ class LocalKafka:
     @property
     def bootstrap_servers(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def sasl_bootstrap_servers(self) -> str | None:
+        """The SASL_PLAINTEXT listener (SCRAM-SHA-256/512, PLAIN), if ``sasl_port`` was given."""
+        return f"{self.host}:{self.sasl_port}" if self.sasl_port is not None else None
+
+    @property
+    def ssl_bootstrap_servers(self) -> str | None:
+        """The SSL listener, if ``ssl_port`` was given."""
+        return f"{self.host}:{self.ssl_port}" if self.ssl_port is not None else None
 
     @property
     def config_path(self) -> Path:
@@ -410,15 +451,16 @@ class LocalKafka:
     def _pick_controller_port(self) -> int:
         if self._requested_controller_port is not None:
             return int(self._requested_controller_port)
+        taken = (self.port, self.sasl_port, self.ssl_port)
         previous = self.controller_port  # keep the port across restart()
-        if previous and previous != self.port and _port_is_free(previous, self.host):
+        if previous and previous not in taken and _port_is_free(previous, self.host):
             return int(previous)
         candidate = self.port + 1000
-        if candidate < 65536 and _port_is_free(candidate, self.host):
+        if candidate < 65536 and candidate not in taken and _port_is_free(candidate, self.host):
             return candidate
         while True:
             p = free_port(self.host)
-            if p != self.port:
+            if p not in taken:
                 return p
 
     def server_properties(self) -> dict[str, str]:
@@ -461,14 +503,54 @@ class LocalKafka:
             "log.retention.hours": "24",
             "log.cleaner.dedupe.buffer.size": str(8 * 1024 * 1024),
         }
+        props.update(self._listener_properties())
         props.update(self.extra_config)
         return props
+
+    def _listener_properties(self) -> dict[str, str]:
+        """SASL_PLAINTEXT and SSL listeners next to PLAINTEXT; the broker's own traffic stays on PLAINTEXT."""
+        extra = {name: port for name, port in (("SASL_PLAINTEXT", self.sasl_port), ("SSL", self.ssl_port))
+                 if port is not None}
+        if not extra:
+            return {}
+        h = self.host
+        client = [f"PLAINTEXT://{h}:{self.port}", *(f"{name}://{h}:{port}" for name, port in extra.items())]
+        props = {
+            "listeners": ",".join([*client, f"CONTROLLER://{h}:{self.controller_port}"]),
+            "advertised.listeners": ",".join(client),
+            "listener.security.protocol.map": ",".join(
+                ["CONTROLLER:PLAINTEXT", "PLAINTEXT:PLAINTEXT", *(f"{name}:{name}" for name in extra)]),
+        }
+        if self.sasl_port is not None:
+            sasl = "listener.name.sasl_plaintext."
+            plain_users = "".join(f' user_{name}="{pw}"' for name, pw in self.scram_users.items())
+            props.update({
+                sasl + "sasl.enabled.mechanisms": ",".join(SASL_MECHANISMS),
+                # SCRAM users live in the cluster metadata (added at format time); the login modules take no options.
+                sasl + "scram-sha-256.sasl.jaas.config": f"{_SCRAM_LOGIN} required;",
+                sasl + "scram-sha-512.sasl.jaas.config": f"{_SCRAM_LOGIN} required;",
+                sasl + "plain.sasl.jaas.config": f"{_PLAIN_LOGIN} required{plain_users};",
+            })
+        if self.ssl_port is not None:
+            tls = "listener.name.ssl.ssl."
+            props.update({tls + "keystore.type": "PEM", tls + "keystore.location": str(self.ssl_keystore)})
+            if self.ssl_truststore is not None:
+                props.update({tls + "truststore.type": "PEM", tls + "truststore.location": str(self.ssl_truststore),
+                              tls + "client.auth": "required"})
+        return props
+
+    def _scram_format_args(self) -> list[str]:
+        return [arg for name, pw in self.scram_users.items() for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512")
+                for arg in ("--add-scram", f"{mechanism}=[name={name},password={pw}]")]
 
     def _write_config(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         lines = ["# generated by seedworker.local_kafka; rewritten on every start"]
         lines += [f"{k}={v}" for k, v in self.server_properties().items()]
-        self.config_path.write_text("\n".join(lines) + "\n")
+        # It may hold the PLAIN users' passwords: readable by us only, from its creation on.
+        fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("\n".join(lines) + "\n")
         (self.workdir / _LOG4J_FILE).write_text(_LOG4J2_PROPERTIES)
 
     def _is_formatted(self) -> bool:
@@ -493,11 +575,13 @@ class LocalKafka:
             "-c",
             str(self.config_path),
             *self.format_args,
+            *self._scram_format_args(),
         ]
         res = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
         out = res.stdout.decode("utf-8", "replace")
+        shown = _PASSWORD_ARG.sub(r"\1***", " ".join(cmd))
         with open(self.log_path, "a") as f:
-            f.write(f"$ {' '.join(cmd)}\n{out}\n")
+            f.write(f"$ {shown}\n{out}\n")
         if res.returncode != 0:
             raise RuntimeError(f"kafka storage format failed (exit {res.returncode}):\n{out[-4000:]}")
 
@@ -544,6 +628,8 @@ class LocalKafka:
             if state.get("port"):
                 self.port = int(state["port"])
                 self.controller_port = state.get("controller_port", self.controller_port)
+                self.sasl_port = state.get("sasl_port", self.sasl_port)
+                self.ssl_port = state.get("ssl_port", self.ssl_port)
             self._wait_ready(timeout)
             return self
         if shutil.which(self.java) is None:
@@ -552,6 +638,9 @@ class LocalKafka:
             raise RuntimeError(f"Kafka jars missing in {self.libs_dir}: call ensure_jars() first")
         if not _port_is_free(self.port, self.host):
             raise RuntimeError(f"cannot start Kafka: {self.host}:{self.port} is already in use")
+        for what, extra_port in (("SASL", self.sasl_port), ("SSL", self.ssl_port)):
+            if extra_port is not None and (extra_port == self.port or not _port_is_free(extra_port, self.host)):
+                raise RuntimeError(f"cannot start Kafka: {what} port {self.host}:{extra_port} is in use")
         self._clear_state()
         self.controller_port = self._pick_controller_port()
         if not _port_is_free(self.controller_port, self.host):
@@ -591,6 +680,8 @@ class LocalKafka:
                     "pid": self._proc.pid,
                     "port": self.port,
                     "controller_port": self.controller_port,
+                    "sasl_port": self.sasl_port,
+                    "ssl_port": self.ssl_port,
                     "bootstrap_servers": self.bootstrap_servers,
                     "kafka_version": self.kafka_version(),
                     "started_at": time.time(),

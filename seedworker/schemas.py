@@ -49,6 +49,11 @@ HEADER_SCHEMA_VERSION = "schema_version"
 HEADER_TRACE_ID = "trace_id"
 HEADER_CONTENT_TYPE = "content-type"
 HEADER_DECISION_ID = "decision_id"  # seed.selected only
+# seed.selected only: which graft.requested record it answers, and the warm-start prior of seeds it registered, so
+# `seedworker replay` can rebuild offsets and priors exactly from the decision log.
+HEADER_SOURCE_PARTITION = "source.partition"
+HEADER_SOURCE_OFFSET = "source.offset"
+HEADER_WARM_START = "seed.warm_start"
 EVENT_HEADERS = (HEADER_EVENT_TYPE, HEADER_SCHEMA_VERSION, HEADER_TRACE_ID, HEADER_CONTENT_TYPE)
 # Kafka headers of a dead letter (added to the original headers, which are kept).
 HEADER_DLQ_REASON = "dlq.reason"
@@ -153,6 +158,19 @@ def _event_headers(event_type: str) -> dict[str, Any]:
     if event_type == SEED_SELECTED:
         headers["properties"][HEADER_DECISION_ID] = {
             "type": "string", "description": "the payload's decision_id, so consumers can join without parsing it",
+        }
+        headers["properties"][HEADER_SOURCE_PARTITION] = {
+            "type": "string", "pattern": "^[0-9]+$",
+            "description": "partition of the graft.requested record this selection answers",
+        }
+        headers["properties"][HEADER_SOURCE_OFFSET] = {
+            "type": "string", "pattern": "^[0-9]+$",
+            "description": "offset of that record (a retried request's answer names the retry's record)",
+        }
+        headers["properties"][HEADER_WARM_START] = {
+            "type": "string",
+            "description": "only on the decision that first saw new seeds: 'none', or '<pseudo_count>,<mean>' of "
+                           "the blueprint prior they started from (exact floats), for replay",
         }
     return headers
 

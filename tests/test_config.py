@@ -124,10 +124,12 @@ def test_environment_is_only_read_from_the_environ_argument(monkeypatch):
 
 def test_numeric_looking_values_of_string_settings_stay_strings():
     s = load_settings(environ={"SEEDWORKER_GROUP_ID": "42", "SEEDWORKER_SALT": "1.50",
-                               "SEEDWORKER_KAFKA__SASL_PASSWORD": "000123", "SEEDWORKER_DB": "true"})
+                               "SEEDWORKER_KAFKA__SASL_PASSWORD": "000123", "SEEDWORKER_DB": "true",
+                               "SEEDWORKER_KAFKA__SECURITY_PROTOCOL": "SASL_SSL",
+                               "SEEDWORKER_KAFKA__SASL_MECHANISM": "PLAIN", "SEEDWORKER_KAFKA__SASL_USERNAME": "7"})
     assert s.kafka.group_id == "42"
     assert s.salt == "1.50"
-    assert s.kafka.sasl_password == "000123"
+    assert s.kafka.sasl_password.get_secret_value() == "000123"
     assert s.db == "true"
 
 

@@ -294,7 +294,7 @@ def test_asyncapi_messages_keys_and_headers():
         assert "blueprint_id" in key["description"]
         expected = {"event_type", "schema_version", "trace_id", "content-type"}
         if message_id == "seedSelected":
-            expected.add("decision_id")
+            expected |= {"decision_id", "source.partition", "source.offset", "seed.warm_start"}
         assert set(headers) == expected, message_id
         assert headers["content-type"]["const"] == "application/json"
         event_type = headers["event_type"]["const"]
@@ -319,7 +319,8 @@ def test_header_constants_match_document():
     doc = load("asyncapi.json")
     messages = doc["components"]["messages"]
     assert set(contract.EVENT_HEADERS) == set(messages["graftRequested"]["headers"]["properties"])
-    assert set(contract.EVENT_HEADERS) | {contract.HEADER_DECISION_ID} == set(
+    assert set(contract.EVENT_HEADERS) | {contract.HEADER_DECISION_ID, contract.HEADER_SOURCE_PARTITION,
+                                          contract.HEADER_SOURCE_OFFSET, contract.HEADER_WARM_START} == set(
         messages["seedSelected"]["headers"]["properties"])
     assert set(contract.DEAD_LETTER_HEADERS) == set(messages["deadLetter"]["headers"]["required"])
 
@@ -328,7 +329,8 @@ def test_worker_selection_headers_are_documented():
     from seedworker.worker import selection_headers
 
     selected = SeedSelector().select(request_payload())
-    sent = {name for name, _ in selection_headers(selected)}
+    sent = {name for name, _ in selection_headers(selected, (0, 17), b"none")}
     documented = load("asyncapi.json")["components"]["messages"]["seedSelected"]["headers"]["properties"]
     assert sent <= set(documented), f"worker sends undocumented headers {sorted(sent - set(documented))}"
-    assert {"event_type", "schema_version", "content-type"} <= sent
+    assert {"event_type", "schema_version", "content-type", "source.partition", "source.offset",
+            "seed.warm_start"} <= sent

@@ -92,7 +92,8 @@ async def test_duplicates_unknown_and_retried_requests(settings):
     # outcome twice (distinct event ids), an outcome for a decision that only comes later, a retried request
     bus.produce("adaptation.outcome", b"bp", outcome(s, 0.02))
     bus.produce("adaptation.outcome", b"bp", outcome(s, 0.02))
-    early = ev.GraftRequested.model_validate(json.loads(request(2)))
+    # Request 2 offers one candidate, so its decision (and the early outcome's seed) is known before it is made.
+    early = ev.GraftRequested.model_validate(json.loads(request(2, k=1)))
     bus.produce("adaptation.outcome", b"bp", ev.encode(ev.AdaptationOutcome(
         request_id="req-2", blueprint_id="bp", seed_id="layer3:0", accuracy_delta=0.1,
         occurred_at=early.occurred_at)))
@@ -103,7 +104,7 @@ async def test_duplicates_unknown_and_retried_requests(settings):
     assert w.counters["duplicate_requests"] == 1
     again = selections(bus)
     assert len(again) == 2 and again[1].model_dump() == again[0].model_dump()
-    bus.produce("graft.requested", b"bp", request(2))
+    bus.produce("graft.requested", b"bp", request(2, k=1))
     w = await drain(settings, bus)
     assert w.counters["outcomes_learned"] == 2  # the held outcome joined its late decision
 

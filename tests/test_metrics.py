@@ -1,0 +1,503 @@
+"""Operations: Prometheus metrics, the health/readiness endpoint, JSON logs, the trace id carried to the selection.
+
+The worker runs for real (MemoryBus, burst mode) and /metrics is scraped over HTTP on 127.0.0.1; the text is read
+with prometheus_client's parser and with a strict line check of our own. Two tests use the real broker: the bus's
+lag against known offsets, and ``seedworker run`` as a subprocess serving its endpoint with JSON logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from datetime import timedelta
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
+
+from seedworker import events as ev
+from seedworker.bus import KafkaBus, MemoryBus
+from seedworker.cli import build_parser
+from seedworker.config import ConfigError, KafkaSettings, Settings, load_settings
+from seedworker.http_server import HttpServer, endpoint_for
+from seedworker.local_kafka import REPO_ROOT, free_port
+from seedworker.logs import JsonFormatter, configure
+from seedworker.metrics import COUNTER_HELP, Gauge, Histogram, Registry
+from seedworker.worker import Worker
+from tests.kafka_broker import unique_topic
+from tests.test_worker import T0, outcome, request
+
+REQ, OUT, CTL = "graft.requested", "adaptation.outcome", "seedworker.control"
+SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*",?)*\})? '
+                    r'(-?[0-9.e+-]+|\+Inf|-Inf|NaN)$')
+
+
+# -- helpers -----------------------------------------------------------------------------------------------------
+async def http_get(port: int, path: str, method: str = "GET") -> tuple[int, str, dict]:
+    """A plain HTTP client (urllib, no proxy) in a thread, so the server on this loop can answer."""
+    def fetch():
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method)
+        try:
+            with opener.open(req, timeout=10) as r:
+                return r.status, r.read().decode(), dict(r.headers)
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode(), dict(e.headers)
+
+    return await asyncio.to_thread(fetch)
+
+
+def check_format(text: str) -> None:
+    """Text format 0.0.4, strictly: HELP then TYPE once per family, samples of that family after it."""
+    assert text.endswith("\n")
+    typed: dict[str, str] = {}
+    family = None
+    for line in text.splitlines():
+        if line.startswith("# HELP "):
+            family = line.split()[2]
+            assert family not in typed, f"{family} described twice"
+        elif line.startswith("# TYPE "):
+            _, _, name, kind = line.split()
+            assert name == family and kind in ("counter", "gauge", "histogram"), line
+            typed[name] = kind
+        else:
+            m = SAMPLE.match(line)
+            assert m, f"not a sample line: {line!r}"
+            name = m.group(1)
+            suffixes = ("_bucket", "_sum", "_count") if typed[family] == "histogram" else ("",)
+            assert any(name == family + s for s in suffixes), f"{name} outside its family {family}"
+
+
+def samples(text: str) -> dict[tuple[str, tuple], float]:
+    check_format(text)
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+async def scrape(port: int) -> dict[tuple[str, tuple], float]:
+    status, body, headers = await http_get(port, "/metrics")
+    assert status == 200, body
+    assert headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    return samples(body)
+
+
+def value(s: dict, name: str, **labels) -> float:
+    return s[(name, tuple(sorted(labels.items())))]
+
+
+async def eventually(cond, what: str, timeout: float = 60.0):
+    """A hang guard, not a speed assertion."""
+    deadline = time.monotonic() + timeout
+    while not await cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def serve(worker: Worker) -> HttpServer:
+    return HttpServer(port=0, exposition=worker.metrics.exposition, readiness=worker.readiness)
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return Settings(db=str(tmp_path / "state.sqlite"), kafka={"partitions": 2, "max_batch": 4},
+                    join={"hold_unknown_s": 60, "reward_wait_s": 600})
+
+
+# -- the registry and the format ---------------------------------------------------------------------------------
+def test_histogram_buckets_are_cumulative_and_inclusive():
+    h = Histogram("x_seconds", "a histogram", (1, 2, 5))
+    for v in (0.5, 1, 1.5, 2, 7):
+        h.observe(v)
+    reg = Registry()
+    reg.register(h)
+    s = samples(reg.exposition())
+    # "le": a value equal to a bound counts in that bound's bucket.
+    assert [value(s, "x_seconds_bucket", le=b) for b in ("1.0", "2.0", "5.0", "+Inf")] == [2, 4, 4, 5]
+    assert value(s, "x_seconds_count") == 5 == h.count
+    assert value(s, "x_seconds_sum") == pytest.approx(12.0)
+
+
+def test_label_values_and_help_are_escaped():
+    g = Gauge("odd_gauge", 'help with a \\ and a\nnewline', ("a", "b"))
+    g.set(3, 'q"uote', "back\\slash\nnewline")
+    reg = Registry()
+    reg.register(g)
+    text = reg.exposition()
+    (fam,) = list(text_string_to_metric_families(text))
+    assert fam.documentation == "help with a \\ and a\nnewline"
+    assert fam.samples[0].labels == {"a": 'q"uote', "b": "back\\slash\nnewline"}
+    check_format(text)
+
+
+def test_bad_names_and_duplicates_are_refused():
+    with pytest.raises(ValueError, match="invalid metric name"):
+        Gauge("bad-name", "x")
+    with pytest.raises(ValueError, match="invalid label name"):
+        Gauge("good", "x", ("__reserved",))
+    reg = Registry()
+    reg.register(Gauge("same", "x"))
+    reg.register(Gauge("same", "y"))
+    with pytest.raises(ValueError, match="registered twice"):
+        reg.exposition()
+
+
+# -- the worker's metrics over HTTP --------------------------------------------------------------------------------
+async def test_scrape_counts_match_the_events_fed(settings):
+    bus = MemoryBus()
+    await bus.ensure_topics({REQ: 2, OUT: 2})
+    for i in range(10):
+        bus.produce(REQ, b"bp", request(i))
+    bus.produce(REQ, b"bp", b"not json")
+    bus.produce(REQ, b"bp", b'{"event_type": "graft.requested", "request_id": "x", "blueprint_id": "bp", "seeds": []}')
+
+    w1 = Worker(settings, bus=bus, burst=True, idle_polls=1)
+    server = serve(w1)
+    await server.start()
+    try:
+        await w1.run()
+        s = await scrape(server.port)
+    finally:
+        await server.stop()
+    assert value(s, "seedworker_decisions_total") == 10 == w1.counters["decisions"]
+    assert value(s, "seedworker_dead_letters_total") == 2
+    assert value(s, "seedworker_decisions_pending") == 10
+    assert value(s, "seedworker_selection_latency_seconds_count") == 10
+    assert value(s, "seedworker_selection_latency_seconds_sum") > 0
+    assert value(s, "seedworker_transaction_latency_seconds_count") == 3  # 12 messages in batches of 4
+    assert value(s, "seedworker_ready") == 0  # a burst run has stopped: its store is closed
+
+    sel = {x.request_id: x for x in (ev.decode(m.value) for m in bus.read("seed.selected"))}
+    bus.produce(REQ, b"bp", request(0))  # two retried requests: answered again, not decided again
+    bus.produce(REQ, b"bp", request(1))
+    for i in range(6):
+        bus.produce(OUT, b"bp", outcome(sel[f"req-{i}"], 0.01))
+    bus.produce(OUT, b"bp", outcome(sel["req-0"], 0.01))  # a second outcome for a resolved decision
+    other = next(f"layer3:{j}" for j in range(4) if f"layer3:{j}" != sel["req-6"].seed_id)
+    bus.produce(OUT, b"bp", ev.encode(ev.AdaptationOutcome(
+        decision_id=sel["req-6"].decision_id, blueprint_id="bp", seed_id=other, accuracy_delta=0.1,
+        occurred_at=T0 + timedelta(seconds=7))))
+    bus.produce(OUT, b"bp", ev.encode(ev.AdaptationOutcome(  # its decision never comes: held, then dangling
+        request_id="ghost", blueprint_id="bp", seed_id="layer3:0", occurred_at=T0 + timedelta(seconds=20))))
+    bus.produce(OUT, b"bp", b"{broken")
+    # After reward_wait_s (600 s): late. It also moves event time on, expiring req-8/9 and releasing the ghost.
+    bus.produce(OUT, b"bp", outcome(sel["req-7"], 0.01, dt=700))
+    bus.produce(CTL, None, ev.encode(ev.StrategySwitch(strategy="ucb")))
+
+    w2 = Worker(settings, bus=bus, burst=True, idle_polls=1)
+    server = serve(w2)
+    await server.start()
+    try:
+        await w2.run()
+        s = await scrape(server.port)
+    finally:
+        await server.stop()
+    expected = {"decisions": 10, "dead_letters": 3, "duplicate_requests": 2, "outcomes_learned": 6,
+                "duplicate_outcomes": 1, "mismatched_outcomes": 1, "held_outcomes": 1, "dangling_outcomes": 1,
+                "late_outcomes": 1, "expired_decisions": 2, "strategy_switches": 1}
+    assert set(expected) == set(COUNTER_HELP)
+    for name, n in expected.items():
+        assert value(s, f"seedworker_{name}_total") == n == w2.counters[name], name
+    assert value(s, "seedworker_decisions_pending") == 0
+    assert value(s, "seedworker_outcomes_held") == 0
+    # Counters come from the worker (restored from SQLite); histograms measure this process only.
+    assert value(s, "seedworker_selection_latency_seconds_count") == 0
+    assert value(s, "seedworker_transaction_latency_seconds_count") == 4  # 14 messages in batches of 4
+    assert value(s, "seedworker_transaction_latency_seconds_bucket", le="+Inf") == 4
+
+
+async def test_readiness_follows_the_worker_and_lag_is_exported(settings):
+    bus = MemoryBus()
+    await bus.ensure_topics({REQ: 2, OUT: 2})
+    worker = Worker(settings, bus=bus)
+    server = serve(worker)
+    await server.start()
+    try:
+        status, body, headers = await http_get(server.port, "/readyz")
+        assert status == 503 and headers["Content-Type"] == "application/json"
+        assert json.loads(body) == {"ready": False, "store_open": False, "consumer_started": False, "running": True}
+        assert (await http_get(server.port, "/healthz"))[:2] == (200, "ok\n")
+
+        task = asyncio.create_task(worker.run())
+        await asyncio.wait_for(worker.ready.wait(), 30)
+        status, body, _ = await http_get(server.port, "/readyz")
+        assert status == 200 and json.loads(body)["ready"] is True
+        for i in range(5):
+            bus.produce(REQ, f"bp-{i}".encode(), request(i, bp=f"bp-{i}"))
+
+        async def decided():
+            return worker.counters["decisions"] == 5
+        await eventually(decided, "5 decisions")
+        s = await scrape(server.port)
+        assert value(s, "seedworker_decisions_total") == 5
+        assert value(s, "seedworker_ready") == 1
+        lag = {k: v for k, v in s.items() if k[0] == "seedworker_consumer_lag_messages"}
+        assert {dict(k[1])["topic"] + f"[{dict(k[1])['partition']}]" for k in lag} == {
+            f"{REQ}[0]", f"{REQ}[1]", f"{OUT}[0]", f"{OUT}[1]", f"{CTL}[0]"}
+        assert set(lag.values()) == {0}
+
+        assert (await http_get(server.port, "/metrics", method="HEAD"))[:2] == (200, "")
+        assert (await http_get(server.port, "/nope"))[0] == 404
+        assert (await http_get(server.port, "/metrics", method="POST"))[0] == 405
+
+        worker.stop()
+        await asyncio.wait_for(task, 30)
+        status, body, _ = await http_get(server.port, "/readyz")
+        assert status == 503
+        assert json.loads(body) == {"ready": False, "store_open": False, "consumer_started": True, "running": False}
+        assert (await http_get(server.port, "/healthz"))[0] == 200
+    finally:
+        await server.stop()
+
+
+async def test_a_failing_scrape_answers_500_and_the_server_goes_on():
+    async def broken() -> str:
+        raise RuntimeError("boom")
+
+    server = HttpServer(port=0, exposition=broken, readiness=lambda: {"ok": True})
+    await server.start()
+    try:
+        assert (await http_get(server.port, "/metrics"))[0] == 500
+        assert (await http_get(server.port, "/readyz"))[0] == 200
+    finally:
+        await server.stop()
+
+
+async def test_memory_bus_lag_counts_unconsumed_messages():
+    bus = MemoryBus()
+    await bus.ensure_topics({"t": 1})
+    for i in range(5):
+        bus.produce("t", b"k", b"%d" % i)
+
+    async def noop(tps):
+        pass
+
+    await bus.start(["t"], noop, noop)
+    assert len(await bus.poll(10, 2)) == 2
+    assert await bus.lag() == {("t", 0): 3}
+    await bus.stop()
+    assert await bus.lag() == {}
+
+
+def test_endpoint_is_off_when_the_port_is_zero(settings):
+    worker = Worker(settings, bus=MemoryBus())
+    assert endpoint_for(worker, settings.metrics) is None
+    server = endpoint_for(worker, Settings(metrics={"port": 9464}).metrics)
+    assert (server.host, server.port) == ("127.0.0.1", 9464)
+
+
+# -- settings and flags ----------------------------------------------------------------------------------------------
+def test_metrics_settings_from_environment_and_flags():
+    s = load_settings(environ={"SEEDWORKER_METRICS__PORT": "9464", "SEEDWORKER_METRICS__HOST": "0.0.0.0",
+                               "SEEDWORKER_LOG_FORMAT": "json"})
+    assert (s.metrics.host, s.metrics.port, s.log_format) == ("0.0.0.0", 9464, "json")
+    assert Settings().metrics.port == 0 and Settings().log_format == "plain"
+    with pytest.raises(ConfigError, match="metrics.port"):
+        load_settings(environ={"SEEDWORKER_METRICS__PORT": "70000"})
+    with pytest.raises(ConfigError, match="log_format"):
+        load_settings(environ={"SEEDWORKER_LOG_FORMAT": "xml"})
+    args = build_parser().parse_args(["run", "--metrics-port", "9100", "--log-format", "json"])
+    assert (args.metrics_port, args.log_format) == (9100, "json")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--log-format", "yaml"])
+
+
+# -- trace id ------------------------------------------------------------------------------------------------------
+async def test_trace_id_is_carried_from_the_body_or_the_header(settings):
+    bus = MemoryBus()
+    await bus.ensure_topics({REQ: 2, OUT: 2})
+
+    def req(i: int, trace: str | None) -> bytes:
+        r = ev.decode(request(i))
+        return ev.encode(r.model_copy(update={"trace_id": trace}))
+
+    bus.produce(REQ, b"bp", req(1, "body-1"))
+    bus.produce(REQ, b"bp", req(2, None), headers=(("trace_id", b"hdr-2"),))
+    bus.produce(REQ, b"bp", req(3, None))
+    bus.produce(REQ, b"bp", req(4, "body-4"), headers=(("trace_id", b"hdr-4"),))
+    bus.produce(REQ, b"bp", req(2, None), headers=(("trace_id", b"hdr-2"),))  # a retry: the same answer again
+    await Worker(settings, bus=bus, burst=True, idle_polls=1).run()
+    out = [(ev.decode(m.value), dict(m.headers)) for m in bus.read("seed.selected")]
+    assert [(s.request_id, s.trace_id, h.get("trace_id")) for s, h in out] == [
+        ("req-1", "body-1", b"body-1"),
+        ("req-2", "hdr-2", b"hdr-2"),
+        ("req-3", None, None),
+        ("req-4", "body-4", b"body-4"),  # the body wins over the header
+        ("req-2", "hdr-2", b"hdr-2"),
+    ]
+    assert out[1][0].decision_id == ev.decision_id_for("req-2")
+
+
+# -- logs ----------------------------------------------------------------------------------------------------------
+def test_json_formatter_writes_one_object_per_line():
+    record = logging.LogRecord("seedworker.x", logging.WARNING, __file__, 1, "value %s", ("v",), None)
+    record.trace_id = "t-1"
+    record.path = REPO_ROOT  # not JSON-serializable: written as text
+    try:
+        raise ValueError("bad")
+    except ValueError:
+        record.exc_info = sys.exc_info()
+    line = JsonFormatter().format(record)
+    assert "\n" not in line
+    obj = json.loads(line)
+    assert obj["level"] == "WARNING" and obj["logger"] == "seedworker.x" and obj["message"] == "value v"
+    assert obj["trace_id"] == "t-1" and obj["path"] == str(REPO_ROOT)
+    assert "ValueError: bad" in obj["exception"]
+    assert obj["time"].endswith("+00:00")
+    assert not {"args", "msg", "levelno", "pathname"} & set(obj)
+
+
+async def test_worker_log_lines_in_json_carry_their_fields(settings):
+    bus = MemoryBus()
+    await bus.ensure_topics({REQ: 2, OUT: 2})
+    bus.produce(REQ, b"bp", b"not json", headers=(("trace_id", b"t-bad"),))
+    bus.produce(REQ, b"bp", request(1))
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("seedworker.worker")
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        await Worker(settings, bus=bus, burst=True, idle_polls=1).run()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    (dead,) = [x for x in lines if x["message"].startswith("dead letter")]
+    assert dead["level"] == "WARNING" and dead["logger"] == "seedworker.worker"
+    assert (dead["trace_id"], dead["topic"], dead["offset"]) == ("t-bad", REQ, 0)
+    assert isinstance(dead["partition"], int)
+    assert any(x["message"].startswith("worker started") for x in lines)
+
+
+def test_configure_replaces_only_its_own_handler():
+    root = logging.getLogger()
+    others = list(root.handlers)
+    level = root.level
+    a, b = io.StringIO(), io.StringIO()
+    try:
+        configure("INFO", "plain", a)
+        configure("INFO", "json", b)
+        logging.getLogger("seedworker.test").info("hello %d", 1, extra={"trace_id": "t"})
+    finally:
+        for h in [h for h in root.handlers if h not in others]:
+            root.removeHandler(h)
+        root.setLevel(level)
+    assert root.handlers == others  # pytest's own handlers were left alone
+    assert a.getvalue() == ""
+    obj = json.loads(b.getvalue())
+    assert (obj["message"], obj["trace_id"]) == ("hello 1", "t")
+    with pytest.raises(ValueError, match="log format"):
+        configure("INFO", "xml", io.StringIO())
+
+
+# -- against the real broker -----------------------------------------------------------------------------------------
+@pytest.mark.kafka
+async def test_kafka_bus_lag_is_high_watermark_minus_position(kafka_bootstrap, kafka_topic_factory):
+    topic = await kafka_topic_factory("lag", 1)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        for i in range(10):
+            await producer.send(topic, b"%d" % i, partition=0)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+    bus = KafkaBus(KafkaSettings(bootstrap_servers=kafka_bootstrap, group_id=unique_topic("group")))
+
+    async def on_assign(tps):
+        for tp in tps:
+            bus.seek(tp, 0)
+
+    async def on_revoke(tps):
+        pass
+
+    assert await bus.lag() == {}  # not started: nothing to report
+    await bus.start([topic], on_assign, on_revoke)
+    try:
+        got = []
+        deadline = time.monotonic() + 60
+        while not got:
+            assert time.monotonic() < deadline, "no records within 60 s"
+            got = await bus.poll(200, 3)
+        assert [m.offset for m in got] == [0, 1, 2]
+        assert await bus.lag() == {(topic, 0): 7}
+        got += await bus.poll(5000, 7)
+        assert await bus.lag() == {(topic, 0): 10 - len(got)}
+    finally:
+        await bus.stop()
+
+
+@pytest.mark.kafka
+async def test_seedworker_run_serves_metrics_health_and_json_logs(kafka_bootstrap, kafka_topic_factory, tmp_path):
+    topics = {kind: await kafka_topic_factory(f"ops-{kind.replace('_', '-')}", 1 if kind == "control" else 3)
+              for kind in ("requests", "outcomes", "selections", "dead_letters", "control")}
+    port = free_port()
+    env = {**os.environ, "SEEDWORKER_GROUP_ID": unique_topic("group"), "SEEDWORKER_KAFKA__PARTITIONS": "3",
+           "SEEDWORKER_KAFKA__OUTPUT_PARTITIONS": "3",
+           **{f"SEEDWORKER_KAFKA__TOPICS__{kind.upper()}": name for kind, name in topics.items()}}
+    cmd = [sys.executable, "-m", "seedworker", "run", "--bootstrap-servers", kafka_bootstrap,
+           "--db", str(tmp_path / "state.sqlite"), "--metrics-port", str(port), "--log-format", "json"]
+    log_path = tmp_path / "worker.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        async def ready():
+            try:
+                return (await http_get(port, "/readyz"))[0] == 200
+            except (urllib.error.URLError, ConnectionError):
+                assert proc.poll() is None, log_path.read_text()
+                return False
+        await eventually(ready, "the worker's /readyz")
+        assert (await http_get(port, "/healthz"))[0] == 200
+
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+        await producer.start()
+        try:
+            for i in range(30):
+                await producer.send(topics["requests"], request(i, bp=f"bp-{i % 10}"), key=f"bp-{i % 10}".encode())
+            await producer.flush()
+        finally:
+            await producer.stop()
+
+        last: dict = {}
+
+        async def drained():
+            last.update(await scrape(port))
+            lag = {(dict(k[1])["topic"], dict(k[1])["partition"]): v for k, v in last.items()
+                   if k[0] == "seedworker_consumer_lag_messages"}
+            wanted = {(topics[k], str(p)) for k in ("requests", "outcomes") for p in range(3)}
+            return (last.get(("seedworker_decisions_total", ())) == 30 and wanted <= set(lag)
+                    and all(lag[tp] == 0 for tp in wanted))
+        await eventually(drained, "30 decisions and zero lag on every input partition")
+        assert value(last, "seedworker_selection_latency_seconds_count") == 30
+        assert value(last, "seedworker_transaction_latency_seconds_count") >= 1
+        assert value(last, "seedworker_ready") == 1
+        assert value(last, "seedworker_consumer_lag_messages", topic=topics["control"], partition="0") == 0
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines = [line for line in log_path.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]  # every line is one JSON object
+    assert any(r["logger"] == "seedworker.worker" and r["message"].startswith("worker started") for r in records)
+    assert any(r["logger"] == "seedworker.http" and str(port) in r["message"] for r in records)
