@@ -241,10 +241,11 @@ async def _worker(cfg: dict) -> dict:
                 st.t_done, st.cpu_done = t1, time.process_time()
                 holder["worker"].stop()
 
-        async def commit(self, offsets):
+        async def commit(self, offsets, owner=""):
             t0 = pc()
-            await super().commit(offsets)
+            done = await super().commit(offsets, owner)
             st.commit += pc() - t0
+            return done
 
     class TimedWorker(Worker):
         async def process(self, messages):
