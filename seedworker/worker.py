@@ -5,7 +5,8 @@ Per batch (one ``poll``):
 2. requests are decided from the current state; outcomes are joined to their decision and learned;
 3. ONE SQLite transaction stores the decisions, the outbox rows (selections and dead letters), the outcome
    resolutions, the changed blueprint states, the counters and the consumed offsets;
-4. the outbox rows are published (idempotent producer, acks=all) and marked sent in the next transaction;
+4. the outbox rows are published (idempotent producer, acks=all) and, acknowledged, deleted from the outbox in the
+   next transaction;
 5. Kafka's group commit follows, for lag monitoring only: the offsets in SQLite are the truth the consumer seeks to.
 
 A crash before (3) leaves no trace and the batch is consumed again, giving the same decisions (the same request
