@@ -288,6 +288,26 @@ class ArmTable:
             mean = np.divide(s, n, out=np.zeros_like(s), where=n > 0)
         return n, mean
 
+    def moments(self, rows: np.ndarray, discounted: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(counts, means, variances)(rows, discounted)`` from one read of the columns: the same values as the
+        three calls, in fewer array operations (without decay or a prior, the variance's mean is the mean)."""
+        decayed = discounted and self.half_life_s is not None
+        if decayed:
+            n, s, s2 = self.w[rows], self.w_reward[rows], self.w_reward_sq[rows]
+        else:
+            n, s, s2 = self.pulls[rows], self.reward_sum[rows], self.reward_sq_sum[rows]
+        safe = np.maximum(n, 1e-12)
+        m = s / safe
+        var = s2 / safe
+        var -= m * m
+        np.maximum(var, 0.0, out=var)
+        if decayed or self._priors:
+            counts, mean = self.counts_means(rows, discounted)
+            return counts, mean, var
+        # Raw counts are whole numbers: where n > 0, max(n, 1e-12) is n, so m is s / n; where n = 0, s = 0 and m is
+        # 0. Either way m is the mean ``counts_means`` gives.
+        return n, m, var
+
     def variances(self, rows: np.ndarray, discounted: bool = False) -> np.ndarray:
         if discounted and self.half_life_s is not None:
             n, s, s2 = self.w[rows], self.w_reward[rows], self.w_reward_sq[rows]

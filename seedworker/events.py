@@ -28,7 +28,8 @@ from pydantic import (
 )
 
 SCHEMA_MAJOR = 1
-SCHEMA_MINOR = 0
+# 1.1: seed.selected.propensity_method may be "quadrature" (additive: 1.0 readers that validate the enum need 1.1).
+SCHEMA_MINOR = 1
 SCHEMA_VERSION = f"{SCHEMA_MAJOR}.{SCHEMA_MINOR}"
 MAX_CANDIDATES = 256
 
@@ -181,7 +182,9 @@ class SeedSelected(Envelope):
     strategy: str
     selection_reason: str
     propensity: float = Field(gt=0, le=1)
-    propensity_method: Literal["exact", "monte_carlo", "fallback"] = "exact"
+    # exact; monte_carlo: an estimate from sampled draws; quadrature: a numerical integral (about 1e-6 accurate,
+    # see policies/propensity.py); fallback: no strategy ran.
+    propensity_method: Literal["exact", "monte_carlo", "quadrature", "fallback"] = "exact"
     scores: list[CandidateScore]
     explored: bool
     context: dict[str, float] = Field(default_factory=dict)

@@ -279,8 +279,8 @@ class SeedSelector:
     @staticmethod
     def _fill(choice, vidx, scores, probs) -> None:
         """Copy a choice's per-candidate scores (non-finite ones as None) and probabilities to request positions."""
-        if choice.scores is not None:
-            values = choice.scores.tolist()
+        values = choice.score_list()
+        if values is not None:
             if not math.isfinite(sum(values)):  # rare (an untried arm's infinite bound): check each
                 values = [v if math.isfinite(v) else None for v in values]
             if vidx is None:

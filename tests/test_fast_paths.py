@@ -1,7 +1,9 @@
 """The fast paths of the learning core give the answers of the plain computations they replace.
 
 Pooled scale as running totals, deferred Gram updates, the lazily seeded Draw, the directly assembled seed.selected
-event, and the quadrature propensity of Gaussian sampling (opt-in; see seedworker/policies/propensity.py).
+event, the quadrature propensity of Gaussian sampling (see seedworker/policies/propensity.py), the Python-float path
+of UCB for a few candidates, the one-read moments of the Gaussian posterior, the Monte-Carlo propensity drawn after
+the pick, and the lazily formatted reason.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from numpy.testing import assert_allclose
 from seedworker.arms import ArmTable
 from seedworker.config import Settings
 from seedworker.events import CandidateScore, GraftRequested, SeedSelected, encode
-from seedworker.policies import Draw, Situation, make_policy
+from seedworker.policies import Draw, Situation, base, make_policy, thompson, ucb
+from seedworker.policies.base import Choice
 from seedworker.policies.linucb import LinearThompson
 from seedworker.policies.propensity import gaussian_max_probability, ncdf
 from seedworker.policies.thompson import GaussianThompson
@@ -71,6 +74,15 @@ def test_draw_is_the_seeded_generator_it_always_was():
     assert draw.seed == seed
     expected = np.random.Generator(np.random.PCG64(seed)).standard_normal(5)
     assert_allclose(draw.rng.standard_normal(5), expected, rtol=0, atol=0)
+
+
+def test_draws_look_independent_across_requests():
+    """First uniforms of 4000 request ids: uniform (a coarse chi-square) and uncorrelated with the next id's."""
+    u = np.array([Draw("s", f"r{j}").rng.random() for j in range(4000)])
+    counts = np.bincount((u * 20).astype(int), minlength=20)
+    chi2 = float(((counts - 200.0) ** 2 / 200.0).sum())
+    assert chi2 < 45.3  # 19 degrees of freedom, p = 0.001
+    assert abs(np.corrcoef(u[:-1], u[1:])[0, 1]) < 4.0 / math.sqrt(4000)
 
 
 def test_directly_built_event_equals_model_construct():
@@ -140,11 +152,16 @@ def test_quadrature_declines_what_it_cannot_resolve_cheaply():
 
 
 @pytest.mark.parametrize("cls", [GaussianThompson, LinearThompson])
-def test_quadrature_is_refused_until_the_event_contract_accepts_it(cls):
-    with pytest.raises(ValueError, match="quadrature"):
-        cls(propensity="quadrature")
+def test_quadrature_is_the_default_and_only_logged_methods_are_accepted(cls, monkeypatch):
+    assert cls().propensity == "quadrature"
+    assert "quadrature" in SeedSelected.model_fields["propensity_method"].annotation.__args__
+    assert cls(propensity="monte_carlo").propensity == "monte_carlo"
     with pytest.raises(ValueError, match="propensity must be one of"):
         cls(propensity="bogus")
+    # A method the seed.selected contract does not list is refused, so no event can fail validation downstream.
+    monkeypatch.setattr(thompson, "LOGGED_METHODS", ("exact", "monte_carlo", "fallback"))
+    with pytest.raises(ValueError, match="not a propensity_method of the seed.selected contract"):
+        cls(propensity="quadrature")
 
 
 @pytest.mark.parametrize("name", ["thompson", "lin-thompson"])
@@ -156,14 +173,108 @@ def test_quadrature_mode_picks_as_monte_carlo_does(name):
         i = step % 5
         x = np.concatenate([[1.0], rng.normal(size=2)])
         table.learn(i, reward=float(rng.normal(0.4 + 0.05 * i, 0.2)), success=True, t=float(step), x=x)
-    mc, quad = make_policy(name), make_policy(name)
-    quad.propensity = "quadrature"  # bypasses the contract check: the computation is what is tested here
+    mc, quad = make_policy(name, {"propensity": "monte_carlo"}), make_policy(name)
     x = np.array([1.0, 0.3, -0.2])
     for r in range(30):
         a = mc.choose(Situation(table, rows, x, 60, Draw("salt", f"q{r}")))
         b = quad.choose(Situation(table, rows, x, 60, Draw("salt", f"q{r}")))
         assert a.index == b.index and a.explored == b.explored
         assert_allclose(a.scores, b.scores, rtol=0, atol=0)
-        assert b.method == "quadrature" and b.probabilities is None
+        assert a.method == "monte_carlo" and b.method == "quadrature" and b.probabilities is None
         # Monte Carlo with 201 draws is within its sampling error of the integral.
         assert abs(a.propensity - b.propensity) <= 4.5 * math.sqrt(b.propensity * (1 - b.propensity) / 201) + 1 / 201
+
+
+# -- Python floats for a few candidates -------------------------------------------------------------------------
+def _random_table(rng: np.random.Generator, k: int, half_life_s: float | None, priors: bool, ties: bool) -> ArmTable:
+    """Arms with random statistics: some untried, optionally some warm-started, optionally two identical arms."""
+    table = ArmTable(dim=2, half_life_s=half_life_s)
+    prior = (float(rng.uniform(0.1, 3.0)), float(rng.normal(0.5, 0.2))) if priors else None
+    table.rows([f"s{j}" for j in range(k)], prior)
+    tried = rng.random(k) < 0.8
+    for step in range(int(rng.integers(k, 20 * k))):
+        j = int(rng.integers(k))
+        if tried[j]:
+            table.learn(j, reward=float(rng.normal(0.4 + 0.02 * j, 0.3)), success=bool(rng.random() < 0.5),
+                        t=float(rng.uniform(0.0, 500.0)))
+    if ties and k > 2:  # a copy of arm 0's statistics in arm 1: an exact tie of any score
+        for name in ("pulls", "reward_sum", "reward_sq_sum", "success_sum", "w", "w_reward", "w_reward_sq",
+                     "w_success", "t_ref", "prior_w", "prior_mean"):
+            getattr(table, name)[1] = getattr(table, name)[0]
+    return table
+
+
+@pytest.mark.parametrize("name", ["ucb", "discounted-ucb", "ucb-v"])
+def test_index_policies_give_the_same_choice_on_lists_and_arrays(name, monkeypatch):
+    """Up to base.SMALL candidates UCB computes its bounds on Python floats: the same bounds (bit for bit), the
+    same pick, the same propensity (ties included) as the array path, on random states."""
+    rng = np.random.default_rng(11)
+    policy = make_policy(name)
+    checked = 0
+    for trial in range(150):
+        k = int(rng.integers(1, base.SMALL + 1))
+        table = _random_table(rng, k, rng.choice([None, 300.0]), bool(rng.random() < 0.3), bool(rng.random() < 0.3))
+        rows = rng.permutation(k)[:int(rng.integers(1, k + 1))].astype(np.intp)
+        s = Situation(table, rows, np.zeros(2), 5, Draw("salt", f"r{trial}"))
+        small = policy.choose(s)
+        with monkeypatch.context() as m:
+            m.setattr(ucb, "SMALL", 0)
+            m.setattr(base, "SMALL", 0)
+            big = policy.choose(Situation(table, rows, np.zeros(2), 5, Draw("salt", f"r{trial}")))
+        assert (small.index, small.propensity, small.method, small.explored, small.reason) == \
+               (big.index, big.propensity, big.method, big.explored, big.reason)
+        np.testing.assert_array_equal(small.scores, big.scores)
+        checked += small.propensity < 1.0
+    assert checked >= 10  # ties (propensity 1/ties) were among the states compared
+
+
+@pytest.mark.parametrize("half_life_s, priors", [(None, False), (None, True), (300.0, False), (300.0, True)])
+def test_moments_equal_counts_means_variances(half_life_s, priors):
+    rng = np.random.default_rng(12)
+    for trial in range(30):
+        table = _random_table(rng, int(rng.integers(1, 40)), half_life_s, priors, False)
+        rows = rng.permutation(len(table)).astype(np.intp)
+        for discounted in (False, True):
+            n, mean, var = table.moments(rows, discounted)
+            n2, mean2 = table.counts_means(rows, discounted)
+            np.testing.assert_array_equal(n, n2)
+            np.testing.assert_array_equal(mean, mean2)
+            np.testing.assert_array_equal(var, table.variances(rows, discounted))
+
+
+@pytest.mark.parametrize("name", ["beta-thompson", "thompson", "lin-thompson"])
+def test_monte_carlo_propensity_is_the_share_of_one_block_of_draws(name):
+    """The pick, then the further draws from the same generator: the estimate is what one block of 1 + S draws,
+    the pick's row first, gives."""
+    policy = make_policy(name, None if name == "beta-thompson" else {"propensity": "monte_carlo"})
+    rng = np.random.default_rng(13)
+    table = ArmTable(dim=3)
+    rows = table.rows([f"s{j}" for j in range(6)])
+    for step in range(90):
+        x = np.concatenate([[1.0], rng.normal(size=2)])
+        table.learn(step % 6, reward=float(rng.normal(0.5, 0.3)), success=bool(rng.random() < 0.5), t=float(step),
+                    x=x)
+    x = np.array([1.0, 0.2, -0.4])
+    for r in range(20):
+        choice = policy.choose(Situation(table, rows, x, 90, Draw("salt", f"m{r}")))
+        block = policy._sample(Situation(table, rows, x, 90, Draw("salt", f"m{r}")), Draw("salt", f"m{r}").rng,
+                               1 + policy.propensity_samples)
+        winners = block.argmax(axis=1)
+        assert choice.method == "monte_carlo" and choice.index == winners[0]
+        np.testing.assert_array_equal(choice.scores, block[0])
+        np.testing.assert_array_equal(choice.probabilities, np.bincount(winners, minlength=6) / len(block))
+
+
+def test_choice_formats_its_reason_once_on_first_read():
+    calls = []
+
+    def why():
+        calls.append(1)
+        return "because"
+
+    c = Choice(0, [1.0, 2.0], None, 1.0, "exact", False, why)
+    assert calls == []
+    assert c.reason == "because" and c.reason == "because" and calls == [1]
+    assert c.score_list() == [1.0, 2.0]
+    assert isinstance(c.scores, np.ndarray) and c.scores.tolist() == [1.0, 2.0] and c.score_list() == [1.0, 2.0]
+    assert Choice(0, None, None, 1.0, "exact", False, "plain").reason == "plain"

@@ -96,7 +96,7 @@ def test_contract(name, params):
         # Shape of the answer.
         assert isinstance(c1.index, int) and 0 <= c1.index < len(rows)
         assert 0.0 < c1.propensity <= 1.0
-        assert c1.method in ("exact", "monte_carlo")
+        assert c1.method in ("exact", "monte_carlo", "quadrature")
         assert isinstance(c1.explored, bool)
         assert isinstance(c1.reason, str) and c1.reason
         if c1.scores is not None:
@@ -110,7 +110,9 @@ def test_contract(name, params):
             assert c1.probabilities is not None and c1.method == "exact"
             assert c1.probabilities[c1.index] == c1.propensity
         if isinstance(policy, SamplingPolicy):
-            assert c1.method == "monte_carlo"
+            assert c1.method in ("monte_carlo", "quadrature")
+            if c1.method == "quadrature":  # an integral: no per-candidate probabilities were estimated
+                assert c1.probabilities is None
         picks.add(c1.index)
     if stochastic:
         assert len(picks) > 1, "different request ids never led to a different pick"
@@ -282,16 +284,19 @@ def test_linucb_untrained_arm_scores_its_prior_width():
 
 THOMPSON = [
     GaussianThompson(),
-    GaussianThompson(discounted=True, propensity_samples=50),
+    GaussianThompson(propensity="monte_carlo"),
+    GaussianThompson(discounted=True, propensity="monte_carlo", propensity_samples=50),
     BetaThompson(),
     LinearThompson(),
+    LinearThompson(propensity="monte_carlo"),
 ]
 
 
-@pytest.mark.parametrize("policy", THOMPSON, ids=lambda p: f"{p.name}-{p.propensity_samples}")
+@pytest.mark.parametrize("policy", THOMPSON, ids=lambda p: f"{p.name}-{p.propensity}-{p.propensity_samples}")
 def test_thompson_propensity_is_close_to_a_large_sample_estimate(policy):
-    """The Monte-Carlo propensity (1 + S draws) is within 4.5 standard errors + 1/(1+S) of P(best) estimated
-    from 400k draws (the +1/(1+S) allows for the decision's own draw, which always counts for the pick)."""
+    """A Monte-Carlo propensity (1 + S draws) is within 4.5 standard errors + 1/(1+S) of P(best) estimated
+    from 400k draws (the +1/(1+S) allows for the decision's own draw, which always counts for the pick); a
+    quadrature propensity is within 4.5 standard errors of that estimate itself (plus 1e-5 for the integral)."""
     table = _table(means=(0.45, 0.5, 0.55), n=8, sd=0.25, seed=11)
     rows = np.array([0, 1, 2])
     x = _x(np.random.default_rng(5))
@@ -302,7 +307,11 @@ def test_thompson_propensity_is_close_to_a_large_sample_estimate(policy):
     for r in range(25):
         choice = policy.choose(_situation(table, rows, x, f"t{r}"))
         p = p_best[choice.index]
-        tol = 4.5 * math.sqrt(p * (1 - p) / samples) + 1.0 / samples
+        assert choice.method == policy.propensity
+        if choice.method == "quadrature":
+            tol = 4.5 * math.sqrt(p * (1 - p) / len(big)) + 1e-5
+        else:
+            tol = 4.5 * math.sqrt(p * (1 - p) / samples) + 1.0 / samples
         assert abs(choice.propensity - p) <= tol, (r, choice.propensity, p, tol)
 
 

@@ -7,7 +7,8 @@ state at selection time; randomness comes only from the decision's own seeded ge
 
 Three families share the selection mechanics, so a strategy writes only what differs:
 - ``IndexPolicy``: a score per candidate, the highest wins (ties broken at random); propensity 1/ties.
-- ``SamplingPolicy``: a random draw per candidate, the highest wins; propensity estimated by Monte Carlo.
+- ``SamplingPolicy``: a random draw per candidate, the highest wins; propensity estimated by Monte Carlo or a
+  numerical integral.
 - ``ProbabilityPolicy``: an explicit distribution over candidates; propensity exact.
 
 Each family computes a candidate's estimate once per decision: the arrays that give the scores also give the greedy
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator
 
 import numpy as np
 
@@ -76,15 +77,51 @@ class Situation:
         return self._scale
 
 
-@dataclass(slots=True)
 class Choice:
-    index: int  # position within the situation's rows
-    scores: np.ndarray | None
-    probabilities: np.ndarray | None
-    propensity: float
-    method: str  # "exact" or "monte_carlo"
-    explored: bool
-    reason: str
+    """A policy's answer: the position of the pick among the situation's rows, the per-candidate scores and
+    probabilities (None where the policy defines none), the pick's propensity and how it was obtained ("exact",
+    "monte_carlo" or "quadrature"), whether the pick was exploratory, and a sentence saying why.
+
+    The reason may be given as a function of no arguments and the scores as a list: the sentence is formatted and
+    the array built on first read (the seed.selected event reads both; a decision nobody reports on — a benchmark
+    loop, a simulation that keeps only the pick — skips the number formatting). Whatever they quote was computed
+    at selection time and is held by the Choice, so reading later gives the same text.
+    """
+
+    __slots__ = ("index", "_scores", "probabilities", "propensity", "method", "explored", "_reason")
+
+    def __init__(self, index: int, scores: np.ndarray | list[float] | None, probabilities: np.ndarray | None,
+                 propensity: float, method: str, explored: bool, reason: str | Callable[[], str]):
+        self.index = index
+        self._scores = scores
+        self.probabilities = probabilities
+        self.propensity = propensity
+        self.method = method
+        self.explored = explored
+        self._reason = reason
+
+    @property
+    def reason(self) -> str:
+        r = self._reason
+        if not isinstance(r, str):
+            r = self._reason = r()
+        return r
+
+    @property
+    def scores(self) -> np.ndarray | None:
+        s = self._scores
+        if s is not None and not isinstance(s, np.ndarray):
+            s = self._scores = np.array(s, dtype=float)
+        return s
+
+    def score_list(self) -> list[float] | None:
+        """The scores as Python floats (what the seed.selected event carries), without an array in between."""
+        s = self._scores
+        return s if s is None or isinstance(s, list) else s.tolist()
+
+    def __repr__(self) -> str:
+        return (f"Choice(index={self.index}, propensity={self.propensity!r}, method={self.method!r}, "
+                f"explored={self.explored}, reason={self.reason!r})")
 
 
 class Policy:
@@ -116,28 +153,40 @@ class Policy:
         yield {}
 
 
-def _argmax_ties(values: np.ndarray, draw: Draw) -> tuple[int, int]:
+# Up to this many candidates a policy may compute on Python floats instead of numpy arrays: numpy's per-call
+# overhead (0.3-1 µs) then costs more than the arithmetic. Such a path does the same IEEE operations per candidate
+# as the array path, so it gives the same values (tests/test_fast_paths.py compares the two on random states).
+SMALL = 16
+
+
+def _argmax_ties(values: np.ndarray | list[float], draw: Draw) -> tuple[int, int]:
     """(position of the highest value, number of positions sharing it); ties are broken by the decision's draw."""
-    if len(values) <= 16:  # a Python list is cheaper than three numpy calls at this size; same answer
-        listed = values.tolist()
+    if isinstance(values, list) or len(values) <= SMALL:  # a Python list is cheaper than numpy calls at this size
+        listed = values if isinstance(values, list) else values.tolist()
         best = max(listed)
         i, ties = listed.index(best), listed.count(best)
-    else:
-        i = int(values.argmax())
-        ties = int(np.count_nonzero(values == values[i]))
-    if ties <= 1:  # the usual case: a unique maximum, no random draw (and no generator) needed
+        if ties <= 1:  # the usual case: a unique maximum, no random draw (and no generator) needed
+            return i, 1
+        top = [j for j, v in enumerate(listed) if v == best]
+        return top[int(draw.rng.integers(ties))], ties
+    i = int(values.argmax())
+    ties = int(np.count_nonzero(values == values[i]))
+    if ties <= 1:
         return i, 1
     top = np.flatnonzero(values == values[i])
     return int(top[draw.rng.integers(ties)]), ties
 
 
-def _explored(values: np.ndarray, i: int) -> bool:
+def _explored(values: np.ndarray | list[float], i: int) -> bool:
+    if isinstance(values, list):
+        return values[i] < max(values)
     return bool(values[i] < values[values.argmax()])
 
 
 class IndexPolicy(Policy):
-    def _evaluate(self, s: Situation) -> tuple[np.ndarray, np.ndarray, Any]:
-        """(scores, greedy values, anything else the reason quotes) of the candidates."""
+    def _evaluate(self, s: Situation) -> tuple[np.ndarray | list[float], np.ndarray | list[float], Any]:
+        """(scores, greedy values, anything else the reason quotes) of the candidates: arrays, or lists of floats
+        for at most ``SMALL`` candidates."""
         raise NotImplementedError
 
     def _why(self, s: Situation, i: int, scores: np.ndarray, values: np.ndarray, aux: Any) -> str:
@@ -147,30 +196,60 @@ class IndexPolicy(Policy):
         scores, values, aux = self._evaluate(s)
         i, ties = _argmax_ties(scores, s.draw)
         return Choice(i, scores, None, 1.0 / ties, "exact", _explored(values, i),
-                      self._why(s, i, scores, values, aux))
+                      lambda: self._why(s, i, scores, values, aux))
 
 
 class SamplingPolicy(Policy):
+    """Each candidate's score is a random draw from its distribution; the highest draw wins.
+
+    ``choose`` is ``pick`` (the draws and the winner) plus the pick's propensity, obtained by ``propensity``:
+    "monte_carlo" counts how often the pick wins ``propensity_samples`` further draws from the decision's generator
+    (plus its own); "quadrature" integrates it (strategies whose ``_probability`` can), with Monte Carlo where the
+    integral declines. The pick is the same either way: the further draws come after it in the same stream.
+    """
+
+    propensity: str = "monte_carlo"
     propensity_samples: int = 200
+
+    def _distribution(self, s: Situation) -> tuple[Any, np.ndarray]:
+        """(the parameters of every candidate's score distribution, the greedy values)."""
+        raise NotImplementedError
+
+    def _draw(self, params: Any, rng: np.random.Generator, size: int | None) -> np.ndarray:
+        """One draw of every candidate's score, shape (K,); or ``size`` of them, shape (size, K)."""
+        raise NotImplementedError
+
+    def _probability(self, params: Any, i: int) -> float | None:
+        """P(candidate ``i`` draws the highest score) by numerical integration, or None where there is none."""
+        return None
 
     def _sample(self, s: Situation, rng: np.random.Generator, size: int) -> np.ndarray:
         """``size`` independent draws of every candidate's score, shape (size, K)."""
-        return self._sample_values(s, rng, size)[0]
+        return self._draw(self._distribution(s)[0], rng, size)
 
-    def _sample_values(self, s: Situation, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
-        """(``_sample(s, rng, size)``, greedy values), from one read of the statistics."""
-        raise NotImplementedError
+    def pick(self, s: Situation) -> tuple[int, np.ndarray, Any, np.ndarray]:
+        """The decision before its propensity: (position of the highest draw, the draws, the distributions'
+        parameters, the greedy values)."""
+        params, values = self._distribution(s)
+        draw = self._draw(params, s.draw.rng, None)
+        return int(draw.argmax()), draw, params, values
 
     def choose(self, s: Situation) -> Choice:
-        k = len(s.rows)
-        draws, values = self._sample_values(s, s.draw.rng, 1 + self.propensity_samples)
-        winners = draws.argmax(axis=1)
-        i = int(winners[0])
+        i, draw, params, values = self.pick(s)
+        explored = _explored(values, i)
+        if self.propensity == "quadrature":
+            p = self._probability(params, i)
+            if p is not None:
+                return Choice(i, draw, None, p, "quadrature", explored,
+                              lambda: f"highest sampled {self.name} value {draw[i]:.4g} (P(best)={p:.2f})")
+        k = len(draw)
         # The decision's own draw is one of the Monte-Carlo samples, so the estimate is never zero for the pick.
-        probs = np.bincount(winners, minlength=k) / len(winners)
+        wins = np.bincount(self._draw(params, s.draw.rng, self.propensity_samples).argmax(axis=1), minlength=k)
+        wins[i] += 1
+        probs = wins / (1 + self.propensity_samples)
         p = float(probs[i])
-        reason = f"highest sampled {self.name} value {draws[0, i]:.4g} (P(best)≈{p:.2f})"
-        return Choice(i, draws[0], probs, p, "monte_carlo", _explored(values, i), reason)
+        return Choice(i, draw, probs, p, "monte_carlo", explored,
+                      lambda: f"highest sampled {self.name} value {draw[i]:.4g} (P(best)≈{p:.2f})")
 
 
 class ProbabilityPolicy(Policy):
@@ -186,4 +265,4 @@ class ProbabilityPolicy(Policy):
         cdf = np.cumsum(probs)
         i = min(int(np.searchsorted(cdf, s.draw.rng.random() * cdf[-1], side="right")), len(probs) - 1)
         explored = _explored(values, i)
-        return Choice(i, values, probs, float(probs[i]), "exact", explored, self._why(s, i, probs, explored))
+        return Choice(i, values, probs, float(probs[i]), "exact", explored, lambda: self._why(s, i, probs, explored))

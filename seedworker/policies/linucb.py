@@ -56,7 +56,7 @@ class LinearThompson(GaussianSampling):
     name = "lin-thompson"
     contextual = True
 
-    def __init__(self, *, scale: float = 1.0, propensity_samples: int = 200, propensity: str = "monte_carlo"):
+    def __init__(self, *, scale: float = 1.0, propensity_samples: int = 200, propensity: str = "quadrature"):
         self.scale = scale
         self.propensity_samples = propensity_samples
         self.propensity = self._check_propensity(propensity)

@@ -10,7 +10,7 @@ import typing
 import numpy as np
 
 from ..events import SeedSelected
-from .base import Choice, SamplingPolicy, Situation, _explored
+from .base import SamplingPolicy, Situation
 from .propensity import PROPENSITY_METHODS, gaussian_max_probability
 
 LOGGED_METHODS = typing.get_args(SeedSelected.model_fields["propensity_method"].annotation)
@@ -19,13 +19,14 @@ LOGGED_METHODS = typing.get_args(SeedSelected.model_fields["propensity_method"].
 class GaussianSampling(SamplingPolicy):
     """A sampling policy whose candidate scores are independent normals ``N(loc_k, sd_k^2)``.
 
-    ``propensity="monte_carlo"`` estimates P(the pick has the highest draw) from ``propensity_samples`` further
-    draws. ``propensity="quadrature"`` computes it as a one-dimensional integral on a grid (see ``propensity``),
-    accurate to about 1e-6 and much cheaper; a decision it cannot resolve on its grid falls back to Monte Carlo and
-    says so. The pick itself is the same either way: it is the first row of the Monte-Carlo draws.
+    ``propensity="quadrature"`` (the default) computes P(the pick has the highest draw) as a one-dimensional
+    integral on a grid (see ``propensity``), accurate to about 1e-6 and cheaper than sampling; a decision it cannot
+    resolve on its grid cheaply falls back to Monte Carlo and says so (``method`` "monte_carlo").
+    ``propensity="monte_carlo"`` estimates it from ``propensity_samples`` further draws (standard error up to 0.035
+    for 200). The pick is the same either way.
     """
 
-    propensity: str = "monte_carlo"
+    propensity: str = "quadrature"
 
     @staticmethod
     def _check_propensity(method: str) -> str:
@@ -41,28 +42,21 @@ class GaussianSampling(SamplingPolicy):
         """(loc, sd, greedy values) of the candidates."""
         raise NotImplementedError
 
-    def _sample_values(self, s: Situation, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+    def _distribution(self, s: Situation) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
         loc, sd, values = self._posterior(s)
-        return loc + sd * rng.standard_normal((size, len(loc))), values
+        return (loc, sd), values
 
-    def choose(self, s: Situation) -> Choice:
-        if self.propensity == "monte_carlo":
-            return super().choose(s)
-        loc, sd, values = self._posterior(s)
-        k = len(loc)
-        rng = s.draw.rng
-        draw = loc + sd * rng.standard_normal(k)
-        i = int(draw.argmax())
-        p = gaussian_max_probability(loc, sd, i)
-        if p is None:  # not resolvable on the grid: the Monte-Carlo estimate, from the same stream as that mode
-            draws = np.vstack([draw, loc + sd * rng.standard_normal((self.propensity_samples, k))])
-            winners = draws.argmax(axis=1)
-            probs = np.bincount(winners, minlength=k) / len(winners)
-            p = float(probs[i])
-            reason = f"highest sampled {self.name} value {draw[i]:.4g} (P(best)≈{p:.2f})"
-            return Choice(i, draw, probs, p, "monte_carlo", _explored(values, i), reason)
-        reason = f"highest sampled {self.name} value {draw[i]:.4g} (P(best)={p:.2f})"
-        return Choice(i, draw, None, p, "quadrature", _explored(values, i), reason)
+    def _draw(self, params: tuple[np.ndarray, np.ndarray], rng: np.random.Generator, size: int | None) -> np.ndarray:
+        loc, sd = params
+        if size is not None:
+            return loc + sd * rng.standard_normal((size, len(loc)))
+        z = rng.standard_normal(len(loc))
+        z *= sd
+        z += loc
+        return z
+
+    def _probability(self, params: tuple[np.ndarray, np.ndarray], i: int) -> float | None:
+        return gaussian_max_probability(params[0], params[1], i)
 
 
 class GaussianThompson(GaussianSampling):
@@ -76,7 +70,7 @@ class GaussianThompson(GaussianSampling):
     name = "thompson"
 
     def __init__(self, *, prior_count: float = 1.0, scale: float = 1.0, discounted: bool = False,
-                 propensity_samples: int = 200, propensity: str = "monte_carlo"):
+                 propensity_samples: int = 200, propensity: str = "quadrature"):
         self.prior_count = prior_count
         self.scale = scale
         self.discounted = discounted
@@ -84,8 +78,7 @@ class GaussianThompson(GaussianSampling):
         self.propensity = self._check_propensity(propensity)
 
     def _posterior(self, s: Situation) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        a, rows = s.arms, s.rows
-        n, mean = a.counts_means(rows, self.discounted)
+        n, mean, var = s.arms.moments(s.rows, self.discounted)
         n_sum = float(np.add.reduce(n))
         pooled_mean = float(mean.dot(n)) / n_sum if n_sum > 0 else 0.0
         n0 = self.prior_count
@@ -93,11 +86,13 @@ class GaussianThompson(GaussianSampling):
         post_mean = n * mean
         post_mean += n0 * pooled_mean
         post_mean /= nn
-        var = n * a.variances(rows, self.discounted)
+        var *= n
         var += n0 * s.scale**2
-        var /= nn * nn
+        nn *= nn
+        var /= nn
         sd = np.sqrt(var, out=var)
-        sd *= self.scale
+        if self.scale != 1.0:
+            sd *= self.scale
         return post_mean, sd, mean
 
     @classmethod
@@ -107,7 +102,14 @@ class GaussianThompson(GaussianSampling):
 
 
 class BetaThompson(SamplingPolicy):
-    """Beta-Bernoulli Thompson sampling on the outcomes' ``success`` flag: ``Beta(a + successes, b + failures)``."""
+    """Beta-Bernoulli Thompson sampling on the outcomes' ``success`` flag: ``Beta(a + successes, b + failures)``.
+
+    The propensity is a Monte-Carlo estimate (``propensity_samples`` further Beta draws). A grid integral like the
+    Gaussian one was tried and not adopted: numpy has no Beta CDF, and building the CDFs by cumulative integration
+    needs a grid that resolves the narrowest posterior across the widest one's range and special care where a
+    density does not vanish at 0 or 1; it came out slower than these draws at 8 candidates, about twice as fast at
+    64, and not yet accurate at the ends.
+    """
 
     name = "beta-thompson"
 
@@ -122,7 +124,11 @@ class BetaThompson(SamplingPolicy):
         succ, fail = s.arms.successes(s.rows, self.discounted)
         return (self.alpha + succ) / (self.alpha + self.beta + succ + fail)
 
-    def _sample_values(self, s: Situation, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+    def _distribution(self, s: Situation) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
         succ, fail = s.arms.successes(s.rows, self.discounted)
         a, b = self.alpha + succ, self.beta + fail
-        return rng.beta(a, b, size=(size, len(s.rows))), a / (a + b)
+        return (a, b), a / (a + b)
+
+    def _draw(self, params: tuple[np.ndarray, np.ndarray], rng: np.random.Generator, size: int | None) -> np.ndarray:
+        a, b = params
+        return rng.beta(a, b) if size is None else rng.beta(a, b, size=(size, len(a)))
