@@ -15,7 +15,6 @@ from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from seedworker import events as ev
@@ -26,6 +25,7 @@ from seedworker.replay import ReplayWorker
 from seedworker.store import Store, read_all
 from seedworker.worker import SOURCE_OFFSET, SOURCE_PARTITION, WARM_START
 from tests.test_worker import T0, drain, outcome, request
+from tests.test_worker_kafka import EXACT_STATE, assert_state_equal
 
 REQUESTS, OUTCOMES, SELECTIONS, CONTROL, DLQ = (
     "graft.requested", "adaptation.outcome", "seed.selected", "seedworker.control", "seedworker.dlq")
@@ -42,24 +42,13 @@ class StampedBus(MemoryBus):
 
 
 # -- comparing two stores ----------------------------------------------------------------------------------------
-EXACT = {"pulls", "selections", "success_sum", "t_ref", "last_selected", "clock", "prior_w", "seed_ids", "dim",
-         "ridge", "half_life_s", "decisions", "version", "strategy", "by_strategy", "names", "clip", "count"}
+# Replay must reproduce times, clocks and warm-start weights exactly too, not only the counts.
+EXACT = EXACT_STATE | {"t_ref", "last_selected", "clock", "prior_w"}
 
 
 def assert_same(got, want, path: str) -> None:
     """Counts, times and identities exactly; floating-point statistics within 1e-9."""
-    if isinstance(want, dict):
-        assert set(got) == set(want), f"{path}: keys {sorted(got)} != {sorted(want)}"
-        for key in want:
-            assert_same(got[key], want[key], f"{path}.{key}")
-    elif path.rsplit(".", 1)[-1] in EXACT:
-        if isinstance(want, np.ndarray):
-            np.testing.assert_array_equal(got, want, err_msg=path)
-        else:
-            assert got == want, f"{path}: {got!r} != {want!r}"
-    else:
-        np.testing.assert_allclose(np.asarray(got, dtype=float), np.asarray(want, dtype=float), rtol=1e-9,
-                                   atol=1e-9, err_msg=path)
+    assert_state_equal(got, want, path, EXACT)
 
 
 def decisions(db: str | Path) -> dict[str, tuple]:

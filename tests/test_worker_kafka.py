@@ -263,14 +263,16 @@ class WorkerProcess:
         return "\n--- worker log (tail) ---\n" + "\n".join(lines[-n:])
 
 
-def assert_state_equal(got, want, path: str) -> None:
-    """Counts exactly, floats to 1e-9."""
-    exact = {"pulls", "selections", "success_sum", "count", "decisions", "version", "dim", "seed_ids", "names",
-             "by_strategy", "strategy", "half_life_s", "ridge", "clip"}
+EXACT_STATE = frozenset({"pulls", "selections", "success_sum", "count", "decisions", "version", "dim", "seed_ids",
+                         "names", "by_strategy", "strategy", "half_life_s", "ridge", "clip"})
+
+
+def assert_state_equal(got, want, path: str, exact: frozenset[str] = EXACT_STATE) -> None:
+    """Blueprint states: the ``exact`` keys (counts, identities) exactly, floating-point statistics to 1e-9."""
     if isinstance(want, dict):
         assert set(got) == set(want), f"{path}: keys {sorted(got)} != {sorted(want)}"
         for key in want:
-            assert_state_equal(got[key], want[key], f"{path}.{key}")
+            assert_state_equal(got[key], want[key], f"{path}.{key}", exact)
     elif path.rsplit(".", 1)[-1] in exact:
         if isinstance(want, np.ndarray):
             np.testing.assert_array_equal(got, want, err_msg=path)
