@@ -525,8 +525,8 @@ def _report(report, plan: Plan, note: str, state: dict, m: dict, final: Sample, 
                 + ", ".join(f"{'file' if k == 'db' else k} {v / 2**20:,.0f} MiB"
                             for k, v in sorted(x["db_bytes"].items()))
                 + f"), {total / final.events * 1e5 / 2**20:.0f} MiB per 100k events: every decision (with its payload) "
-                f"and every published message (outbox) is kept; nothing prunes them, so the disk use grows with the "
-                f"traffic.")
+                f"is kept (acknowledged outbox rows are deleted); nothing prunes the decisions, so the disk use grows "
+                f"with the traffic.")
 
     # Exact checks against what the driver sent.
     expect = {"decisions": plan.requests, "duplicate_requests": plan.counts["retried"],
