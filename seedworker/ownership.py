@@ -51,13 +51,12 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import orjson
-
 from . import events as ev
 from .bus import TP, Bus, BusError, Committed
 from .config import Settings, Topics
 from .selector import BlueprintState
 from .store import Batch, Store, dump_state
+from .worker import headers_from_blob
 
 log = logging.getLogger("seedworker.ownership")
 
@@ -95,16 +94,12 @@ def answered_partition(topic: str, headers: Iterable[tuple[str, bytes]], topics:
 
 def outbox_partition(row: tuple, topics: Topics) -> int | None:
     """``answered_partition`` of a row of Store.unsent(): (id, topic, key, value, headers blob)."""
-    return answered_partition(row[1], _headers(row[4]), topics)
+    return answered_partition(row[1], headers_from_blob(row[4]), topics)
 
 
 def outbox_decision(row: tuple) -> str | None:
-    value = dict(_headers(row[4])).get("decision_id")
+    value = dict(headers_from_blob(row[4])).get("decision_id")
     return value.decode() if value is not None else None
-
-
-def _headers(blob: bytes) -> list[tuple[str, bytes]]:
-    return [(k, v.encode("latin-1")) for k, v in orjson.loads(blob)]  # the outbox's encoding (worker._headers_blob)
 
 
 def own_state_current(p: int, topics: Topics, stored: dict[TP, int], committed: dict[TP, Committed],

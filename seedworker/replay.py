@@ -59,7 +59,7 @@ from . import events as ev
 from .bus import Message
 from .config import Settings, load_settings
 from .store import Batch, Store, StoreError
-from .worker import SOURCE_OFFSET, SOURCE_PARTITION, Worker
+from .worker import SOURCE_OFFSET, SOURCE_PARTITION, Worker, header_value
 
 log = logging.getLogger("seedworker.replay")
 
@@ -146,15 +146,8 @@ def _event_time(event: ev.Envelope) -> float:
     return event.occurred_at.timestamp()
 
 
-def _header(headers, name: str) -> str | None:
-    for key, value in headers:
-        if key == name:
-            return value.decode("utf-8", "replace")
-    return None
-
-
 def _int_header(headers, name: str) -> int | None:
-    value = _header(headers, name)
+    value = header_value(headers, name)
     try:
         return int(value) if value is not None else None
     except ValueError:
@@ -252,7 +245,7 @@ class ReplayWorker(Worker):
 
     def dead_letter(self, m: Message) -> None:
         """A record of the dead-letter topic: a rejected request counts, and answers its offset."""
-        if _header(m.headers, "dlq.source.topic") != self.topics.requests:
+        if header_value(m.headers, "dlq.source.topic") != self.topics.requests:
             return  # outcomes and control messages are replayed themselves, and rejected again
         p, o = _int_header(m.headers, "dlq.source.partition"), _int_header(m.headers, "dlq.source.offset")
         if p is None or o is None:

@@ -466,7 +466,7 @@ class Worker:
             return None
         if expected == ev.GRAFT_REQUESTED and event.trace_id is None and m.headers:
             # A producer may carry the trace id in a header only: the selection carries it on (body and header).
-            trace_id = _header(m.headers, "trace_id")
+            trace_id = header_value(m.headers, "trace_id")
             if trace_id:
                 event = event.model_copy(update={"trace_id": trace_id})
         t = event.occurred_at.timestamp()
@@ -483,7 +483,7 @@ class Worker:
         b.count("dead_letters")
         log.warning("dead letter from %s[%d]@%d: %s", m.topic, m.partition, m.offset, reason,
                     extra={"topic": m.topic, "partition": m.partition, "offset": m.offset,
-                           "trace_id": _header(m.headers, "trace_id")})
+                           "trace_id": header_value(m.headers, "trace_id")})
 
     async def _statuses(self, decoded) -> dict[str, tuple[str, bytes]]:
         """Decisions this batch mentions that are neither pending nor recent: one query for the whole batch."""
@@ -539,7 +539,7 @@ class Worker:
         did = selected.decision_id
         if did in self.selector.pending or did in self._joined or did in known:
             return False
-        warm_start = _header(m.headers, WARM_START)
+        warm_start = header_value(m.headers, WARM_START)
         if warm_start is not None:
             # Register the seeds this decision saw first with the warm start the worker gave them, not with the
             # pooled mean of whatever outcomes the replay has read by now.
@@ -658,7 +658,8 @@ class Worker:
                 b.count("dangling_outcomes")
 
 
-def _header(headers, name: str) -> str | None:
+def header_value(headers, name: str) -> str | None:
+    """The first header called ``name``, as text (None when absent)."""
     for key, value in headers:
         if key == name:
             return value.decode("utf-8", "replace")
@@ -685,9 +686,14 @@ def _headers_blob(headers) -> bytes:
     return orjson.dumps([[k, v.decode("latin-1")] for k, v in headers])
 
 
+def headers_from_blob(blob: bytes) -> tuple[tuple[str, bytes], ...]:
+    """The inverse of _headers_blob: an outbox row's headers."""
+    return tuple((k, v.encode("latin-1")) for k, v in orjson.loads(blob))
+
+
 def _outgoing(row: tuple) -> Outgoing:
     topic, key, value, blob = row
-    return Outgoing(topic, key, value, tuple((k, v.encode("latin-1")) for k, v in orjson.loads(blob)))
+    return Outgoing(topic, key, value, headers_from_blob(blob))
 
 
 async def run_worker(settings: Settings, **kwargs) -> Worker:
