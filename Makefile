@@ -24,7 +24,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 run: $(STAMP)
-	$(BIN)/python -m seedworker.demo --port $(KAFKA_PORT) $(DEMO_ARGS)
+	$(BIN)/python -m seedworker.dev.demo --port $(KAFKA_PORT) $(DEMO_ARGS)
 
 simulate: $(STAMP)
 	$(BIN)/seedworker simulate
@@ -36,10 +36,10 @@ bench: $(PEERS)
 	$(BIN)/python -m bench
 
 kafka-up: $(STAMP)
-	$(BIN)/python -m seedworker.local_kafka up --port $(KAFKA_PORT)
+	$(BIN)/python -m seedworker.dev.local_kafka up --port $(KAFKA_PORT)
 
 kafka-down: $(STAMP)
-	$(BIN)/python -m seedworker.local_kafka down
+	$(BIN)/python -m seedworker.dev.local_kafka down
 
 clean:
 	rm -rf $(VENV) .cache var build *.egg-info

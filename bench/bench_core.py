@@ -89,7 +89,7 @@ class Stream:
     @cached_property
     def requests(self) -> list:
         """Validated ``graft.requested`` events, one per stream event (built once, shared by the full-path cases)."""
-        from seedworker.events import GraftRequested, TrainingContext
+        from seedworker.contract.events import GraftRequested, TrainingContext
 
         seeds = [{"seed_id": s, "seed_idx": i, "state": "dormant"} for i, s in enumerate(self.seed_ids)]
         template = GraftRequested.model_validate({"request_id": "template", "blueprint_id": BLUEPRINT,
@@ -137,8 +137,8 @@ def sw_core(policy: str, rewards: str, *, pick_only: bool = False) -> Callable[[
     """seedworker's core level; ``pick_only``: a sampling policy's ``pick`` (the draws and the winner) instead of
     ``choose``, i.e. the decision WITHOUT its propensity (what River's policies compute), for a labelled row."""
     def build(st: Stream) -> Step:
-        from seedworker.arms import ArmTable
-        from seedworker.policies import Draw, Situation, make_policy
+        from seedworker.core.arms import ArmTable
+        from seedworker.core.policies import Draw, Situation, make_policy
 
         arms = ArmTable(dim=st.d, capacity=st.k)
         rows = arms.rows(st.seed_ids)
@@ -182,7 +182,7 @@ def sw_core(policy: str, rewards: str, *, pick_only: bool = False) -> Callable[[
 def sw_full(policy: str, rewards: str) -> Callable[[Stream], Step]:
     def build(st: Stream) -> Step:
         from seedworker import SeedSelector, Settings
-        from seedworker.events import SCHEMA_VERSION, AdaptationOutcome
+        from seedworker.contract.events import SCHEMA_VERSION, AdaptationOutcome
 
         sel = SeedSelector(Settings(default_strategy=policy, features=st.feature_names, min_samples=1))
         reqs, rew, when = st.requests, st.rewards[rewards], st.outcome_times

@@ -48,7 +48,7 @@ def quiet_aiokafka() -> Iterator[None]:
 def broker(workdir: Path, name: str) -> Iterator[tuple[str, str, int | None]]:
     """(bootstrap servers, description, broker pid or None): ``KAFKA_BOOTSTRAP_SERVERS`` when set (its pid when it
     listens on this machine), else an own LocalKafka on a free port, stopped on exit."""
-    from seedworker.local_kafka import REPO_ROOT, LocalKafka, free_port
+    from seedworker.dev.local_kafka import REPO_ROOT, LocalKafka, free_port
 
     env = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
     if env:

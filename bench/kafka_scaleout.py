@@ -11,7 +11,7 @@ request id), and the driver computes every choice with a ``SeedSelector`` of the
 depend on the strategy (the statistics belong to the arms); only the choice itself is cheaper than Thompson's
 (tens of µs per decision, see ``core``). Each run checks that no outcome was mismatched.
 
-A run: its own topics, consumer group and SQLite file per worker; each worker is ``seedworker.worker.Worker`` in a
+A run: its own topics, consumer group and SQLite file per worker; each worker is ``seedworker.engine.worker.Worker`` in a
 child process (``python -m bench.kafka_scaleout worker CONFIG``) whose bus does not poll until released. The driver
 waits until the group has settled (every input partition assigned to exactly one worker) on still-empty input
 topics — so the rebalance that the second worker's arrival causes, and whatever a worker does when partitions
@@ -63,7 +63,7 @@ def _say(msg: str) -> None:
 
 
 def _settings(cfg: dict):
-    from seedworker.config import Settings
+    from seedworker.core.config import Settings
 
     return Settings(db=cfg["db"], default_strategy=STRATEGY,
                     kafka={"bootstrap_servers": cfg["bootstrap"], "group_id": cfg["group"],
@@ -75,8 +75,8 @@ def _settings(cfg: dict):
 # The child: one Worker, held back until the go file exists, stopped by the stop file once all are done
 # ---------------------------------------------------------------------------------------------------------------
 async def _worker(cfg: dict) -> dict:
-    from seedworker.bus import KafkaBus
-    from seedworker.worker import Worker
+    from seedworker.broker.bus import KafkaBus
+    from seedworker.engine.worker import Worker
 
     settings = _settings(cfg)
     selections = settings.kafka.topics.selections
@@ -192,9 +192,9 @@ def build_input(tag: str, n: int, seed: int):
     each outcome reports the seed a round-robin worker chooses for its request."""
     import orjson
 
-    from seedworker import events as ev
-    from seedworker.config import Settings
-    from seedworker.selector import SeedSelector
+    from seedworker.contract import events as ev
+    from seedworker.core.config import Settings
+    from seedworker.core.selector import SeedSelector
 
     msgs = build_requests(tag, n, seed)
     selector = SeedSelector(Settings(default_strategy=STRATEGY))
@@ -403,7 +403,7 @@ async def _run(report, plan: Plan, bootstrap: str, note: str, broker_pid: int | 
                     f"graft.requested (K={K} seeds, {BLUEPRINTS} blueprints, blueprint j on partition j, "
                     f"~{s.size[0]} bytes) and {plan.n} adaptation.outcome (~{s.size[1]} bytes), one per request, "
                     f"reporting the seed the worker chooses: {events} input events per run. Workers: "
-                    f"seedworker.worker.Worker in child processes, one consumer group and one SQLite file each, "
+                    f"seedworker.engine.worker.Worker in child processes, one consumer group and one SQLite file each, "
                     f"strategy {STRATEGY} (so the outcomes could be written in advance; see the module docstring), "
                     f"other settings default (max_batch 500).")
         report.section(f"two workers in one group vs one worker: {events} events per run, {plan.rounds} round(s)")

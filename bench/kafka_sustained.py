@@ -145,7 +145,7 @@ class Traffic:
         return {k: v[j] for k, v in self._chunk[1].items()}
 
     def request(self, i: int) -> tuple[bytes, bytes]:
-        from seedworker.events import SCHEMA_VERSION
+        from seedworker.contract.events import SCHEMA_VERSION
 
         rid = f"{self.tag}-{i}"
         bp = f"bp-{i % BLUEPRINTS}"
@@ -155,7 +155,7 @@ class Traffic:
         return bp.encode(), self.dumps(body)
 
     def outcome(self, i: int, decision_id: str, seed_id: str) -> tuple[bytes, bytes]:
-        from seedworker.events import SCHEMA_VERSION
+        from seedworker.contract.events import SCHEMA_VERSION
 
         rid = f"{self.tag}-{i}"
         bp = i % BLUEPRINTS
@@ -209,7 +209,7 @@ async def _run(report, plan: Plan, bootstrap: str, note: str, broker_pid: int | 
     import orjson
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-    from seedworker.local_kafka import free_port
+    from seedworker.dev.local_kafka import free_port
 
     run_id = f"{time.strftime('%H%M%S')}-{uuid.uuid4().hex[:6]}"
     admin = Admin(bootstrap, run_id)

@@ -8,7 +8,7 @@ the outputs), so the load generator never shares an event loop with the pipeline
   ``max_batch``), ``getmany`` batches, one small output per input with the same key (and the input's headers), the
   producer configured like the worker's (idempotent, acks=all, linger 1 ms), the whole batch's acks awaited, then
   the offsets committed. No decoding, no state, no SQLite: the floor any Kafka worker in Python stands on.
-- worker: ``seedworker.worker.Worker`` with the default settings (default strategy, ``max_batch``, poll timeout),
+- worker: ``seedworker.engine.worker.Worker`` with the default settings (default strategy, ``max_batch``, poll timeout),
   its own SQLite file, started like ``seedworker run`` does. Subclasses of ``KafkaBus`` and ``Worker`` only add
   timers (and, for the profile run, cProfile around ``process()``).
 
@@ -66,7 +66,7 @@ def build_requests(tag: str, n: int, seed: int) -> list[tuple[bytes, bytes, list
     would key them so a blueprint's requests stay on one partition."""
     import orjson
 
-    from seedworker.events import SCHEMA_VERSION, decision_id_for
+    from seedworker.contract.events import SCHEMA_VERSION, decision_id_for
 
     rng = np.random.default_rng([seed, n, len(tag)])
     seeds = [{"seed_id": f"seed-{j}", "seed_idx": j, "state": "dormant"} for j in range(K)]
@@ -195,9 +195,9 @@ async def _passthrough(cfg: dict) -> dict:
 async def _worker(cfg: dict) -> dict:
     import cProfile
 
-    from seedworker.bus import KafkaBus
-    from seedworker.config import Settings
-    from seedworker.worker import Worker
+    from seedworker.broker.bus import KafkaBus
+    from seedworker.core.config import Settings
+    from seedworker.engine.worker import Worker
 
     st = Clock(cfg["expect"])
     settings = Settings(db=cfg["db"], kafka={"bootstrap_servers": cfg["bootstrap"], "group_id": cfg["group"],
@@ -661,7 +661,7 @@ def report_profile(report, path: str, events: int) -> None:
 
 
 async def _run(report, plan: Plan, bootstrap: str, broker_note: str, workdir: Path) -> None:
-    from seedworker import events as ev
+    from seedworker.contract import events as ev
 
     d = Driver(bootstrap, workdir, report.options.seed)
     kinds = ("passthrough", "worker")
@@ -698,7 +698,7 @@ async def _run(report, plan: Plan, bootstrap: str, broker_note: str, workdir: Pa
         report.line(f"requests: graft.requested, K={K} seeds, {BLUEPRINTS} blueprints (key = blueprint id), 11 context "
                     f"signals, ~{size} bytes. Passthrough output: {len(OUT_VALUE)} bytes + the input's headers; worker "
                     f"output: the seed.selected event. Each pipeline runs in a child process (worker: "
-                    f"seedworker.worker.Worker, default strategy, max_batch {MAX_BATCH}, its own SQLite file); the "
+                    f"seedworker.engine.worker.Worker, default strategy, max_batch {MAX_BATCH}, its own SQLite file); the "
                     f"driver (producer, consumer) is this process. {plan.rounds} round(s) per measurement, alternating "
                     f"which pipeline goes first.")
         report.section(f"(a) throughput: {plan.n} pre-produced requests per pipeline and round")
@@ -810,7 +810,7 @@ async def _run(report, plan: Plan, bootstrap: str, broker_note: str, workdir: Pa
 
 
 def main(report) -> None:
-    from seedworker.local_kafka import REPO_ROOT, LocalKafka, free_port
+    from seedworker.dev.local_kafka import REPO_ROOT, LocalKafka, free_port
 
     report.section("kafka_worker: seedworker worker vs a no-logic aiokafka passthrough, through a real broker")
     plan = make_plan(report)

@@ -1,8 +1,8 @@
 """seedworker: seed selection for Esper by bandit learning, over Kafka."""
 
-from .config import Settings, load_settings
-from .events import AdaptationOutcome, GraftRequested, SeedSelected
-from .selector import OutcomeResult, SeedSelector
+from seedworker.core.config import Settings, load_settings
+from seedworker.contract.events import AdaptationOutcome, GraftRequested, SeedSelected
+from seedworker.core.selector import OutcomeResult, SeedSelector
 
 __all__ = [
     "SeedSelector", "OutcomeResult", "Settings", "load_settings", "GraftRequested", "SeedSelected",

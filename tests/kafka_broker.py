@@ -9,7 +9,7 @@ Fixtures:
   1. env ``KAFKA_BOOTSTRAP_SERVERS`` (checked with a Kafka ApiVersions/Metadata probe);
   2. testcontainers' ``KafkaContainer`` when a Docker engine answers within a couple of
      seconds (image: env ``KAFKA_TEST_IMAGE``, default ``confluentinc/cp-kafka:7.9.0``);
-  3. :class:`seedworker.local_kafka.LocalKafka` on a free port, workdir
+  3. :class:`seedworker.dev.local_kafka.LocalKafka` on a free port, workdir
      ``.cache/kafka-test-<port>`` (removed afterwards), jars cached in ``.cache/kafka/libs``.
   If none works the session fails (``pytest.fail``) -- Kafka tests fail, they never skip.
 * ``local_kafka`` (session) -- the :class:`LocalKafka` in use, or ``None`` when the broker
@@ -38,7 +38,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from seedworker.local_kafka import REPO_ROOT, LocalKafka, free_port, probe_kafka
+from seedworker.dev.local_kafka import REPO_ROOT, LocalKafka, free_port, probe_kafka
 
 DEFAULT_TEST_IMAGE = "confluentinc/cp-kafka:7.9.0"
 

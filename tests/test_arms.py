@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_allclose
 
-from seedworker.arms import ArmTable
+from seedworker.core.arms import ArmTable
 
 DIM = 3
 RIDGE = 0.7

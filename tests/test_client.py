@@ -8,10 +8,10 @@ import uuid
 
 import pytest
 
-from seedworker import events as ev
-from seedworker.client import SeedClient
-from seedworker.config import Settings, Topics
-from seedworker.worker import Worker
+from seedworker.contract import events as ev
+from seedworker.broker.client import SeedClient
+from seedworker.core.config import Settings, Topics
+from seedworker.engine.worker import Worker
 from tests.kafka_broker import unique_topic
 
 pytestmark = pytest.mark.kafka

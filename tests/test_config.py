@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from seedworker.config import ConfigError, RewardSettings, Settings, load_settings
-from seedworker.events import AdaptationOutcome
-from seedworker.features import DEFAULT_FEATURES
-from seedworker.reward import RewardFunction
+from seedworker.core.config import ConfigError, RewardSettings, Settings, load_settings
+from seedworker.contract.events import AdaptationOutcome
+from seedworker.core.features import DEFAULT_FEATURES
+from seedworker.core.reward import RewardFunction
 
 TOML = """
 default_strategy = "ucb"

@@ -19,10 +19,10 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from seedworker.cli import build_parser
-from seedworker.config import ENV_ALIASES, ENV_PREFIX, ConfigError, Settings, load_settings
-from seedworker.http_server import LIVENESS_PATH, METRICS_PATH, READINESS_PATH, ROUTES
-from seedworker.worker import Worker
+from seedworker.tools.cli import build_parser
+from seedworker.core.config import ENV_ALIASES, ENV_PREFIX, ConfigError, Settings, load_settings
+from seedworker.ops.http_server import LIVENESS_PATH, METRICS_PATH, READINESS_PATH, ROUTES
+from seedworker.engine.worker import Worker
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -138,7 +138,7 @@ def test_dockerfile_runs_the_worker_as_a_non_root_user():
     entry = json.loads(next(rest for w, rest in steps if w == "ENTRYPOINT"))
     assert entry == ["seedworker", "run"]
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["seedworker"] == "seedworker.cli:main"
+    assert scripts["seedworker"] == "seedworker.tools.cli:main"
     build_parser().parse_args(entry[1:])  # "run" is a subcommand
 
 

@@ -14,11 +14,11 @@ from datetime import timedelta
 import numpy as np
 import pytest
 
-from seedworker import events as ev
-from seedworker.bus import MemoryBus
-from seedworker.cli import main
-from seedworker.config import Settings
-from seedworker.estimators import (
+from seedworker.contract import events as ev
+from seedworker.broker.bus import MemoryBus
+from seedworker.tools.cli import main
+from seedworker.core.config import Settings
+from seedworker.tools.estimators import (
     Estimate,
     RunningMeanModel,
     Z95,
@@ -27,7 +27,7 @@ from seedworker.estimators import (
     ips,
     snips,
 )
-from seedworker.evaluate import (
+from seedworker.tools.evaluate import (
     BASELINES,
     MIN_ESS,
     distribution,
@@ -38,9 +38,9 @@ from seedworker.evaluate import (
     summarize,
     write_simulated_log,
 )
-from seedworker.selector import SeedSelector
-from seedworker.simulation.envs import START, make_env
-from seedworker.worker import Worker
+from seedworker.core.selector import SeedSelector
+from seedworker.tools.simulation.envs import START, make_env
+from seedworker.engine.worker import Worker
 
 ESTIMATORS = ("ips", "snips", "dr")
 

@@ -1,4 +1,4 @@
-"""The event contract v1 (`seedworker.events`): encoding, decoding, compatibility and the errors it gives."""
+"""The event contract v1 (`seedworker.contract.events`): encoding, decoding, compatibility and the errors it gives."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from seedworker.events import (
+from seedworker.contract.events import (
     DECISION_NAMESPACE,
     MAX_CANDIDATES,
     MODELS,

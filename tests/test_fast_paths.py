@@ -1,7 +1,7 @@
 """The fast paths of the learning core give the answers of the plain computations they replace.
 
 Pooled scale as running totals, deferred Gram updates, the lazily seeded Draw, the directly assembled seed.selected
-event, the quadrature propensity of Gaussian sampling (see seedworker/policies/propensity.py), the Python-float path
+event, the quadrature propensity of Gaussian sampling (see seedworker/core/policies/propensity.py), the Python-float path
 of UCB for a few candidates, the one-read moments of the Gaussian posterior, the Monte-Carlo propensity drawn after
 the pick, and the lazily formatted reason.
 """
@@ -15,15 +15,15 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from seedworker.arms import ArmTable
-from seedworker.config import Settings
-from seedworker.events import CandidateScore, GraftRequested, SeedSelected, encode
-from seedworker.policies import Draw, Situation, base, make_policy, thompson, ucb
-from seedworker.policies.base import Choice
-from seedworker.policies.linucb import LinearThompson
-from seedworker.policies.propensity import gaussian_max_probability, ncdf
-from seedworker.policies.thompson import GaussianThompson
-from seedworker.selector import SeedSelector
+from seedworker.core.arms import ArmTable
+from seedworker.core.config import Settings
+from seedworker.contract.events import CandidateScore, GraftRequested, SeedSelected, encode
+from seedworker.core.policies import Draw, Situation, base, make_policy, thompson, ucb
+from seedworker.core.policies.base import Choice
+from seedworker.core.policies.linucb import LinearThompson
+from seedworker.core.policies.propensity import gaussian_max_probability, ncdf
+from seedworker.core.policies.thompson import GaussianThompson
+from seedworker.core.selector import SeedSelector
 
 
 def _two_pass_scale(table: ArmTable) -> float:

@@ -25,11 +25,11 @@ from pathlib import Path
 
 import pytest
 
-from seedworker import events as ev
-from seedworker.bus import BusError, MemoryBus
-from seedworker.config import Settings
-from seedworker.store import Store, StoreError, read_all
-from seedworker.worker import Worker
+from seedworker.contract import events as ev
+from seedworker.broker.bus import BusError, MemoryBus
+from seedworker.core.config import Settings
+from seedworker.store.store import Store, StoreError, read_all
+from seedworker.engine.worker import Worker
 from tests.test_worker import outcome, request
 
 REQUESTS, OUTCOMES, SELECTIONS = "graft.requested", "adaptation.outcome", "seed.selected"

@@ -1,6 +1,6 @@
 """Faults against a real Kafka broker: the broker restarts mid-stream; the store cannot write.
 
-1. Broker restart: the tests run their OWN Apache Kafka (seedworker.local_kafka.LocalKafka on free ports, so the
+1. Broker restart: the tests run their OWN Apache Kafka (seedworker.dev.local_kafka.LocalKafka on free ports, so the
    session's shared broker is left alone), a ``python -m seedworker run`` subprocess on it, and a simulated Tamiyo
    that keeps asking and answers every selection with an outcome. Mid-stream the broker is stopped (controlled
    shutdown, data kept) for several seconds and started again on the same ports. In the end every request is
@@ -26,13 +26,13 @@ import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from seedworker import events as ev
-from seedworker.bus import KafkaBus, Outgoing, _pace_metadata_updates
-from seedworker.config import KafkaSettings
-from seedworker.local_kafka import REPO_ROOT, LocalKafka, free_port
-from seedworker.selector import SeedSelector
-from seedworker.store import StoreError, read_all
-from seedworker.worker import Worker
+from seedworker.contract import events as ev
+from seedworker.broker.bus import KafkaBus, Outgoing, _pace_metadata_updates
+from seedworker.core.config import KafkaSettings
+from seedworker.dev.local_kafka import REPO_ROOT, LocalKafka, free_port
+from seedworker.core.selector import SeedSelector
+from seedworker.store.store import StoreError, read_all
+from seedworker.engine.worker import Worker
 from tests.kafka_broker import unique_topic
 from tests.test_faults import FaultyStore, _chattr, disk_full
 from tests.test_worker import outcome, request
@@ -177,7 +177,7 @@ async def test_broker_restart_mid_stream_loses_nothing(own_kafka, tmp_path):
     wp = WorkerProcess(bootstrap, db, topics, unique_topic("restart-group"), tmp_path / "worker.log")
     wp.env["SEEDWORKER_KAFKA__MAX_BATCH"] = "20"  # many small batches: the outage lands between and inside them
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=2)
-    # Tamiyo's client would spin like the worker's did (see seedworker.bus): keep the machine's two cores for the
+    # Tamiyo's client would spin like the worker's did (see seedworker.broker.bus): keep the machine's two cores for the
     # broker and the worker.
     _pace_metadata_updates(producer.client)
     await producer.start()

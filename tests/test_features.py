@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from seedworker.features import DEFAULT_FEATURES, FeatureMap
+from seedworker.core.features import DEFAULT_FEATURES, FeatureMap
 
 NAMES = ("loss", "lr", "epoch")
 

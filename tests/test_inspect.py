@@ -19,13 +19,13 @@ import numpy as np
 import orjson
 import pytest
 
-from seedworker import events as ev
-from seedworker.bus import MemoryBus
-from seedworker.cli import main
-from seedworker.config import Settings
-from seedworker.inspect import SCORE_REQUEST_ID, read, rolling_mean, rolling_share, run
-from seedworker.store import Batch, Store, read_snapshot
-from seedworker.worker import Worker
+from seedworker.contract import events as ev
+from seedworker.broker.bus import MemoryBus
+from seedworker.tools.cli import main
+from seedworker.core.config import Settings
+from seedworker.tools.inspect import SCORE_REQUEST_ID, read, rolling_mean, rolling_share, run
+from seedworker.store.store import Batch, Store, read_snapshot
+from seedworker.engine.worker import Worker
 from tests.test_snapshot import (
     BLUEPRINTS,
     OUTCOMES,

@@ -21,7 +21,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaTimeoutError, UnknownTopicOrPartitionError
 from aiokafka.structs import OffsetAndMetadata
 
-from seedworker.local_kafka import REPO_ROOT, LocalKafka, free_port, probe_kafka
+from seedworker.dev.local_kafka import REPO_ROOT, LocalKafka, free_port, probe_kafka
 from tests.kafka_broker import unique_topic
 
 pytestmark = pytest.mark.asyncio
@@ -296,7 +296,7 @@ async def test_server_properties_defaults_and_overrides(tmp_path: Path) -> None:
 
 async def test_cli_status_of_idle_workdir(tmp_path: Path) -> None:
     res = subprocess.run(
-        [sys.executable, "-m", "seedworker.local_kafka", "status", "--workdir", str(tmp_path)],
+        [sys.executable, "-m", "seedworker.dev.local_kafka", "status", "--workdir", str(tmp_path)],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

@@ -25,15 +25,15 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
-from seedworker import events as ev
-from seedworker.bus import KafkaBus, MemoryBus
-from seedworker.cli import build_parser
-from seedworker.config import ConfigError, KafkaSettings, Settings, load_settings
-from seedworker.http_server import HttpServer, endpoint_for
-from seedworker.local_kafka import REPO_ROOT, free_port
-from seedworker.logs import JsonFormatter, configure
-from seedworker.metrics import COUNTER_HELP, Gauge, Histogram, Registry
-from seedworker.worker import Worker
+from seedworker.contract import events as ev
+from seedworker.broker.bus import KafkaBus, MemoryBus
+from seedworker.tools.cli import build_parser
+from seedworker.core.config import ConfigError, KafkaSettings, Settings, load_settings
+from seedworker.ops.http_server import HttpServer, endpoint_for
+from seedworker.dev.local_kafka import REPO_ROOT, free_port
+from seedworker.ops.logs import JsonFormatter, configure
+from seedworker.ops.metrics import COUNTER_HELP, Gauge, Histogram, Registry
+from seedworker.engine.worker import Worker
 from tests.kafka_broker import unique_topic
 from tests.test_worker import T0, outcome, request
 
@@ -368,7 +368,7 @@ async def test_worker_log_lines_in_json_carry_their_fields(settings):
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter())
-    logger = logging.getLogger("seedworker.worker")
+    logger = logging.getLogger("seedworker.engine.worker")
     old_level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
@@ -379,7 +379,7 @@ async def test_worker_log_lines_in_json_carry_their_fields(settings):
         logger.setLevel(old_level)
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     (dead,) = [x for x in lines if x["message"].startswith("dead letter")]
-    assert dead["level"] == "WARNING" and dead["logger"] == "seedworker.worker"
+    assert dead["level"] == "WARNING" and dead["logger"] == "seedworker.engine.worker"
     assert (dead["trace_id"], dead["topic"], dead["offset"]) == ("t-bad", REQ, 0)
     assert isinstance(dead["partition"], int)
     assert any(x["message"].startswith("worker started") for x in lines)
@@ -499,5 +499,5 @@ async def test_seedworker_run_serves_metrics_health_and_json_logs(kafka_bootstra
             proc.wait()
     lines = [line for line in log_path.read_text().splitlines() if line.strip()]
     records = [json.loads(line) for line in lines]  # every line is one JSON object
-    assert any(r["logger"] == "seedworker.worker" and r["message"].startswith("worker started") for r in records)
+    assert any(r["logger"] == "seedworker.engine.worker" and r["message"].startswith("worker started") for r in records)
     assert any(r["logger"] == "seedworker.http" and str(port) in r["message"] for r in records)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from seedworker.arms import ArmTable
-from seedworker.policies import (
+from seedworker.core.arms import ArmTable
+from seedworker.core.policies import (
     STRATEGIES,
     Draw,
     IndexPolicy,
@@ -19,11 +19,11 @@ from seedworker.policies import (
     Situation,
     make_policy,
 )
-from seedworker.policies.epsilon_greedy import EpsilonGreedy
-from seedworker.policies.linucb import LinearThompson, LinUCB
-from seedworker.policies.softmax import FirstSeed, RoundRobin, Softmax, UniformRandom
-from seedworker.policies.thompson import BetaThompson, GaussianThompson
-from seedworker.policies.ucb import UCB
+from seedworker.core.policies.epsilon_greedy import EpsilonGreedy
+from seedworker.core.policies.linucb import LinearThompson, LinUCB
+from seedworker.core.policies.softmax import FirstSeed, RoundRobin, Softmax, UniformRandom
+from seedworker.core.policies.thompson import BetaThompson, GaussianThompson
+from seedworker.core.policies.ucb import UCB
 
 SALT = "test-salt"
 DIM = 3

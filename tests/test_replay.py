@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from seedworker import events as ev
-from seedworker.bus import MemoryBus
-from seedworker.cli import main
-from seedworker.config import Settings
-from seedworker.replay import ReplayWorker
-from seedworker.store import Store, read_all
-from seedworker.worker import SOURCE_OFFSET, SOURCE_PARTITION, WARM_START
+from seedworker.contract import events as ev
+from seedworker.broker.bus import MemoryBus
+from seedworker.tools.cli import main
+from seedworker.core.config import Settings
+from seedworker.engine.replay import ReplayWorker
+from seedworker.store.store import Store, read_all
+from seedworker.engine.worker import SOURCE_OFFSET, SOURCE_PARTITION, WARM_START
 from tests.test_worker import T0, drain, outcome, request
 from tests.test_worker_kafka import EXACT_STATE, assert_state_equal
 
@@ -269,7 +269,7 @@ def test_cli_refuses_to_overwrite_a_store(tmp_path, capsys, root_logging):
 
 
 def test_from_timestamp_accepts_iso_with_a_timezone_or_epoch_milliseconds():
-    from seedworker.replay import _timestamp
+    from seedworker.engine.replay import _timestamp
 
     assert _timestamp("2026-01-01T00:00:00Z") == T0 == _timestamp(str(int(T0.timestamp() * 1000)))
     assert _timestamp("2026-01-01T01:00:00+01:00") == T0

@@ -23,11 +23,11 @@ import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
-from seedworker import events as ev
-from seedworker.cli import main
-from seedworker.config import Settings
-from seedworker.replay import replay
-from seedworker.store import read_all
+from seedworker.contract import events as ev
+from seedworker.tools.cli import main
+from seedworker.core.config import Settings
+from seedworker.engine.replay import replay
+from seedworker.store.store import read_all
 from tests.kafka_broker import unique_topic
 from tests.test_replay import assert_same, assert_same_store, root_logging, snapshot  # noqa: F401 (fixture)
 from tests.test_worker import T0, outcome, request

@@ -1,4 +1,4 @@
-"""Several workers in one consumer group, each with its own store, on the in-memory bus (seedworker.ownership).
+"""Several workers in one consumer group, each with its own store, on the in-memory bus (seedworker.engine.ownership).
 
 The MemoryBus members share the topics and the group's commits; ``assign`` moves partitions as Kafka's eager
 rebalance does. Checked: whose state of a partition is current; a partition taken over is rebuilt from the topics;
@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from seedworker import events as ev
-from seedworker.bus import BusError, Committed, MemoryBus
-from seedworker.config import Settings, Topics
-from seedworker.ownership import co_partitioned, own_state_current
-from seedworker.selector import SeedSelector
-from seedworker.store import read_all
-from seedworker.worker import Worker
+from seedworker.contract import events as ev
+from seedworker.broker.bus import BusError, Committed, MemoryBus
+from seedworker.core.config import Settings, Topics
+from seedworker.engine.ownership import co_partitioned, own_state_current
+from seedworker.core.selector import SeedSelector
+from seedworker.store.store import read_all
+from seedworker.engine.worker import Worker
 from tests.test_worker import T0, outcome, request
 from tests.test_worker_kafka import assert_state_equal
 

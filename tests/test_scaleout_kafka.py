@@ -5,7 +5,7 @@ blueprint, and an outcome for every first answer. Mid-stream one worker is SIGKI
 store) joins, and later still the killed one comes back on its old store. Each change waits until the group has
 settled after the previous one (its commits name exactly the live workers) and 150 more requests were answered, so
 every worker owns partitions and decides. Every partition that changes hands is restored by its new owner from its
-own store when that is current, or rebuilt from the topics (seedworker.ownership). At the end all workers are
+own store when that is current, or rebuilt from the topics (seedworker.engine.ownership). At the end all workers are
 stopped with SIGTERM, and:
 
 * every request was answered, and every copy of an answer has the first one's key and value: no decision id was
@@ -32,10 +32,10 @@ import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from seedworker import events as ev
-from seedworker.config import load_settings
-from seedworker.selector import SeedSelector
-from seedworker.store import read_all
+from seedworker.contract import events as ev
+from seedworker.core.config import load_settings
+from seedworker.core.selector import SeedSelector
+from seedworker.store.store import read_all
 from tests.kafka_broker import unique_topic
 from tests.test_worker import outcome, request
 from tests.test_worker_kafka import Reader, WorkerProcess, assert_state_equal, check_selection

@@ -11,9 +11,9 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 from seedworker import SeedSelector
-from seedworker import schemas as contract
-from seedworker.config import Topics
-from seedworker.events import (
+from seedworker.contract import schemas as contract
+from seedworker.core.config import Topics
+from seedworker.contract.events import (
     MODELS,
     SCHEMA_VERSION,
     AdaptationOutcome,
@@ -78,7 +78,7 @@ def outcome_payload(**changes: Any) -> dict[str, Any]:
 def test_checked_in_files_match_the_models():
     rendered = contract.render()
     drifted = contract.check(SCHEMAS)
-    assert not drifted, f"schemas/ is out of date with seedworker/events.py ({', '.join(drifted)}): run `make schemas`"
+    assert not drifted, f"schemas/ is out of date with seedworker/contract/events.py ({', '.join(drifted)}): run `make schemas`"
     on_disk = {p.name for p in SCHEMAS.iterdir() if p.is_file()}
     assert set(rendered) <= on_disk
     assert set(rendered) == {f"{t}.schema.json" for t in EVENT_TYPES} | {"asyncapi.json"}
@@ -116,7 +116,7 @@ def test_event_schema_is_valid_2020_12(event_type: str):
     schema = load(contract.schema_file(event_type))
     Draft202012Validator.check_schema(schema)
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
-    assert schema["$id"] == f"https://esper.example/seedworker/schemas/{event_type}/1.json"
+    assert schema["$id"] == f"https://esper.example/seedworker/contract/schemas/{event_type}/1.json"
     assert schema["title"] and schema["description"]
     assert schema["properties"]["event_type"]["const"] == event_type
 
@@ -326,7 +326,7 @@ def test_header_constants_match_document():
 
 
 def test_worker_selection_headers_are_documented():
-    from seedworker.worker import selection_headers
+    from seedworker.engine.worker import selection_headers
 
     selected = SeedSelector().select(request_payload())
     sent = {name for name, _ in selection_headers(selected, (0, 17), b"none")}

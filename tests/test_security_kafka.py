@@ -23,13 +23,13 @@ import trustme
 from cryptography.hazmat.primitives import serialization
 from pydantic import ValidationError
 
-from seedworker import cli
-from seedworker.bus import AuthenticationError, BusError
-from seedworker.client import SeedClient
-from seedworker.config import ConfigError, KafkaSettings, Settings, Topics, load_settings
-from seedworker.kafka_security import client_options, describe, ssl_context
-from seedworker.local_kafka import REPO_ROOT, LocalKafka, free_port
-from seedworker.worker import Worker
+from seedworker.tools import cli
+from seedworker.broker.bus import AuthenticationError, BusError
+from seedworker.broker.client import SeedClient
+from seedworker.core.config import ConfigError, KafkaSettings, Settings, Topics, load_settings
+from seedworker.broker.security import client_options, describe, ssl_context
+from seedworker.dev.local_kafka import REPO_ROOT, LocalKafka, free_port
+from seedworker.engine.worker import Worker
 from tests.kafka_broker import unique_topic
 
 USER = "alice"

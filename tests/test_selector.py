@@ -7,9 +7,9 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-from seedworker.config import Settings
-from seedworker.events import AdaptationOutcome, GraftRequested, SeedSelected, decision_id_for, decode, encode
-from seedworker.selector import FALLBACK, SeedSelector
+from seedworker.core.config import Settings
+from seedworker.contract.events import AdaptationOutcome, GraftRequested, SeedSelected, decision_id_for, decode, encode
+from seedworker.core.selector import FALLBACK, SeedSelector
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)
 SEEDS = ("a", "b", "c", "d")

@@ -12,9 +12,9 @@ import json
 import numpy as np
 import pytest
 
-from seedworker.policies import STRATEGIES
-from seedworker.simulation import BASELINE, SCENARIOS, make_env, simulate
-from seedworker.simulation import command
+from seedworker.core.policies import STRATEGIES
+from seedworker.tools.simulation import BASELINE, SCENARIOS, make_env, simulate
+from seedworker.tools.simulation import command
 
 CORE = ["ucb", "thompson", "epsilon-greedy", "softmax", "linucb", "lin-thompson"]
 LEARNERS = [name for name in STRATEGIES if name != BASELINE]

@@ -16,11 +16,11 @@ import numpy as np
 import orjson
 import pytest
 
-from seedworker import events as ev
-from seedworker.bus import BusError, MemoryBus
-from seedworker.cli import main
-from seedworker.config import Settings
-from seedworker.snapshot import (
+from seedworker.contract import events as ev
+from seedworker.broker.bus import BusError, MemoryBus
+from seedworker.tools.cli import main
+from seedworker.core.config import Settings
+from seedworker.tools.snapshot import (
     FORMAT_VERSION,
     SnapshotError,
     decode_value,
@@ -29,8 +29,8 @@ from seedworker.snapshot import (
     export_snapshot,
     import_snapshot,
 )
-from seedworker.store import Store, load_state, read_snapshot
-from seedworker.worker import Worker
+from seedworker.store.store import Store, load_state, read_snapshot
+from seedworker.engine.worker import Worker
 
 T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
 REQUESTS, OUTCOMES, CONTROL = "graft.requested", "adaptation.outcome", "seedworker.control"

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from seedworker import events as ev
-from seedworker.bus import MemoryBus
-from seedworker.config import Settings
-from seedworker.store import read_all
-from seedworker.worker import Worker
+from seedworker.contract import events as ev
+from seedworker.broker.bus import MemoryBus
+from seedworker.core.config import Settings
+from seedworker.store.store import read_all
+from seedworker.engine.worker import Worker
 from tests.test_worker import T0, drain, outcome, request, selections
 
 CONTROL = "seedworker.control"

@@ -10,11 +10,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from seedworker import events as ev
-from seedworker.bus import MemoryBus
-from seedworker.config import ConfigError, Settings
-from seedworker.store import Store, read_all
-from seedworker.worker import Worker
+from seedworker.contract import events as ev
+from seedworker.broker.bus import MemoryBus
+from seedworker.core.config import ConfigError, Settings
+from seedworker.store.store import Store, read_all
+from seedworker.engine.worker import Worker
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 

@@ -30,12 +30,12 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from seedworker import events as ev
-from seedworker.config import ConfigError, Settings, load_settings
-from seedworker.local_kafka import REPO_ROOT
-from seedworker.selector import SeedSelector
-from seedworker.store import read_all
-from seedworker.worker import Worker
+from seedworker.contract import events as ev
+from seedworker.core.config import ConfigError, Settings, load_settings
+from seedworker.dev.local_kafka import REPO_ROOT
+from seedworker.core.selector import SeedSelector
+from seedworker.store.store import read_all
+from seedworker.engine.worker import Worker
 from tests.kafka_broker import unique_topic
 from tests.test_worker import outcome, request
 

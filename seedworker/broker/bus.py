@@ -1,0 +1,595 @@
+"""The message bus the worker talks to: Kafka through aiokafka, or an in-memory bus for unit tests and `simulate`.
+
+Both implement the same small contract (``Bus``): start/stop, ensure topics, poll a batch, seek, send a batch and
+wait for the acknowledgements, commit offsets. The worker never sees aiokafka types.
+
+Several workers share the input partitions as one consumer group; partitions every worker must read (the control
+topic) are read outside the group (``broadcast``). A group commit carries the committing worker's id as its
+metadata, so whoever is assigned a partition next can tell who processed it last (``fetch_committed``). ``reader``
+gives a group-less reader for rebuilding a partition's state from the topics (seedworker.engine.ownership).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import zlib
+from dataclasses import dataclass, field
+from typing import AsyncContextManager, AsyncIterator, Awaitable, Callable, Iterable, Iterator, NamedTuple, Protocol
+
+from seedworker.core.config import KafkaSettings
+from seedworker.broker.security import client_options, describe, refusal, refusal_reason
+
+log = logging.getLogger("seedworker.broker.bus")
+
+Headers = tuple[tuple[str, bytes], ...]
+TP = tuple[str, int]
+OnAssign = Callable[[list[TP]], Awaitable[None]]
+
+
+class Committed(NamedTuple):
+    """A group's committed offset of a partition and who committed it (commit metadata; "" when not recorded)."""
+
+    offset: int
+    owner: str
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Headers = ()
+    timestamp_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: Headers = ()
+
+
+class BusError(RuntimeError):
+    pass
+
+
+class AuthenticationError(BusError, ConnectionError):
+    """The broker refused the credentials, the SASL mechanism or the TLS handshake: retrying will not help."""
+
+
+class Bus(Protocol):
+    async def start(self, topics: list[str], on_assign: OnAssign, on_revoke: OnAssign) -> None: ...
+    async def stop(self) -> None: ...
+    async def ensure_topics(self, partitions: dict[str, int]) -> dict[str, int]: ...
+    async def poll(self, timeout_ms: int, max_records: int) -> list[Message]: ...
+    def seek(self, tp: TP, offset: int) -> None: ...
+    async def send(self, messages: Iterable[Outgoing]) -> None: ...
+    async def commit(self, offsets: dict[TP, int], owner: str = "") -> bool: ...
+    async def lag(self) -> dict[TP, int]: ...
+    # scale-out: partitions read by every member, committed offsets with their owner, pausing, a group-less reader
+    def broadcast(self, offsets: dict[TP, int]) -> None: ...
+    async def fetch_committed(self, tps: list[TP]) -> dict[TP, Committed]: ...
+    def pause(self, tps: list[TP]) -> None: ...
+    def resume(self, tps: list[TP]) -> None: ...
+    def reader(self) -> AsyncContextManager: ...
+
+
+def partition_for(key: bytes | None, partitions: int) -> int:
+    # Only the in-memory bus uses this; Kafka's producer uses murmur2 itself.
+    return zlib.crc32(key or b"") % partitions
+
+
+@dataclass
+class MemoryBus:
+    """An in-process stand-in for Kafka with the same contract: partitions, offsets, a consumer group.
+
+    One MemoryBus is one member of the group. ``member()`` is another member reading the same topics and committing to
+    the same group; ``assign(partitions)`` hands a member other partitions the way Kafka's eager rebalance does (all
+    of its partitions revoked, then the new ones assigned). A record's timestamp is the order it was produced in."""
+
+    topics: dict[str, list[list[Message]]] = field(default_factory=dict)
+    committed: dict[TP, int] = field(default_factory=dict)
+    owners: dict[TP, str] = field(default_factory=dict)  # commit metadata: who committed each offset
+    assignment: set[int] | None = None  # the partition numbers of the subscribed topics this member owns; None: all
+    clock: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+    _positions: dict[TP, int] = field(default_factory=dict)
+    _subscribed: list[str] = field(default_factory=list)
+    _broadcast: list[TP] = field(default_factory=list)
+    _paused: set[TP] = field(default_factory=set)
+    _listeners: tuple = ()
+
+    def member(self, assignment: Iterable[int] | None = None) -> "MemoryBus":
+        """Another consumer in this group, on the same topics."""
+        return MemoryBus(topics=self.topics, committed=self.committed, owners=self.owners, clock=self.clock,
+                         assignment=None if assignment is None else set(assignment))
+
+    def _owned(self) -> list[TP]:
+        return [(t, p) for t in self._subscribed for p in range(len(self.topics.get(t, [])))
+                if self.assignment is None or p in self.assignment]
+
+    async def start(self, topics: list[str], on_assign: OnAssign, on_revoke: OnAssign) -> None:
+        self._subscribed = list(topics)
+        self._listeners = (on_assign, on_revoke)
+        await self._assigned()
+
+    async def assign(self, partitions: Iterable[int]) -> None:
+        """A rebalance as this member sees it: everything it had is revoked, then ``partitions`` are assigned."""
+        await self._listeners[1](self._owned())
+        self.assignment = set(partitions)
+        await self._assigned()
+
+    async def _assigned(self) -> None:
+        self._paused.clear()
+        tps = self._owned()
+        for tp in tps:
+            self._positions[tp] = self.committed.get(tp, 0)
+        await self._listeners[0](tps)
+
+    def broadcast(self, offsets: dict[TP, int]) -> None:
+        self._broadcast = list(offsets)
+        self._positions.update(offsets)
+
+    async def stop(self) -> None:
+        self._subscribed = []
+        self._broadcast = []
+
+    async def ensure_topics(self, partitions: dict[str, int]) -> dict[str, int]:
+        for name, n in partitions.items():
+            self.topics.setdefault(name, [[] for _ in range(n)])
+        return {name: len(parts) for name, parts in self.topics.items()}
+
+    def produce(self, topic: str, key: bytes | None, value: bytes, headers: Headers = ()) -> Message:
+        parts = self.topics.setdefault(topic, [[]])
+        p = partition_for(key, len(parts))
+        msg = Message(topic, p, len(parts[p]), key, value, headers, next(self.clock))
+        parts[p].append(msg)
+        return msg
+
+    async def poll(self, timeout_ms: int, max_records: int) -> list[Message]:
+        out: list[Message] = []
+        for t, p in self._owned() + self._broadcast:  # the control topic last, as it was when subscribed
+            if (t, p) in self._paused:
+                continue
+            part = self.topics[t][p]
+            pos = self._positions.get((t, p), 0)
+            take = part[pos: pos + max_records - len(out)]
+            out.extend(take)
+            self._positions[(t, p)] = pos + len(take)
+        if not out:
+            await asyncio.sleep(min(timeout_ms, 5) / 1000)
+        return out
+
+    def seek(self, tp: TP, offset: int) -> None:
+        self._positions[tp] = offset
+
+    def pause(self, tps: list[TP]) -> None:
+        self._paused.update(tps)
+
+    def resume(self, tps: list[TP]) -> None:
+        self._paused.difference_update(tps)
+
+    async def send(self, messages: Iterable[Outgoing]) -> None:
+        for m in messages:
+            self.produce(m.topic, m.key, m.value, m.headers)
+
+    async def commit(self, offsets: dict[TP, int], owner: str = "") -> bool:
+        self.committed.update(offsets)
+        self.owners.update(dict.fromkeys(offsets, owner))
+        return True
+
+    async def fetch_committed(self, tps: list[TP]) -> dict[TP, Committed]:
+        return {tp: Committed(self.committed[tp], self.owners.get(tp, "")) for tp in tps if tp in self.committed}
+
+    @contextlib.asynccontextmanager
+    async def reader(self) -> AsyncIterator["_MemoryReader"]:
+        yield _MemoryReader(self)
+
+    def read(self, topic: str) -> list[Message]:
+        return [m for part in self.topics.get(topic, []) for m in part]
+
+    async def lag(self) -> dict[TP, int]:
+        """Messages not consumed yet, per assigned partition."""
+        return {(t, p): len(self.topics[t][p]) - self._positions.get((t, p), 0)
+                for t, p in self._owned() + self._broadcast}
+
+
+class _Record(NamedTuple):
+    """The attributes of aiokafka's ConsumerRecord that a reader of whole partitions uses."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
+
+
+class _MemoryReader:
+    """The part of a group-less aiokafka consumer that seedworker.engine.replay.merged reads with, over a MemoryBus."""
+
+    def __init__(self, bus: MemoryBus):
+        self.bus = bus
+        self._positions: dict[TP, int] = {}
+
+    def _part(self, tp) -> list[Message]:
+        return self.bus.topics[tp[0]][tp[1]]
+
+    def assign(self, tps) -> None:
+        self._positions = dict.fromkeys(tps, 0)
+
+    async def beginning_offsets(self, tps) -> dict:
+        return dict.fromkeys(tps, 0)
+
+    async def end_offsets(self, tps) -> dict:
+        return {tp: len(self._part(tp)) for tp in tps}
+
+    def seek(self, tp, offset: int) -> None:
+        self._positions[tp] = offset
+
+    async def position(self, tp) -> int:
+        return self._positions[tp]
+
+    async def getmany(self, *tps, timeout_ms: int = 0, max_records: int = 500) -> dict:
+        out = {}
+        for tp in tps:
+            pos = self._positions[tp]
+            records = [_Record(m.topic, m.partition, m.offset, m.timestamp_ms, m.key, m.value, m.headers)
+                       for m in self._part(tp)[pos: pos + max_records]]
+            if records:
+                out[tp] = records
+                self._positions[tp] = pos + len(records)
+        return out
+
+
+class KafkaBus:
+    """aiokafka underneath: a consumer in a group with manual commits, an idempotent producer with acks=all.
+
+    A broker outage is waited out: the consumer reconnects by itself, and ``send`` returns only once every message
+    is acknowledged, sending again what the producer gave up on, until ``connect_timeout_s`` passes without any
+    acknowledgement (then BusError; the worker's outbox still has the messages). ``producer_options`` go to
+    AIOKafkaProducer as they are (tests shorten ``request_timeout_ms`` with it).
+    """
+
+    def __init__(self, settings: KafkaSettings, *, producer_options: dict | None = None):
+        self.settings = settings
+        self.producer_options = dict(producer_options or {})
+        self.producer_renewals = 0  # producers replaced after they gave up on messages
+        self._consumer = None
+        self._producer = None
+        self._security: dict | None = None
+        self._broadcast_offsets: dict[TP, int] = {}
+        self._broadcast = None  # a group-less consumer of the partitions every member reads
+        self._admin = None  # reads the group's committed offsets with their metadata
+
+    def _common(self) -> dict:
+        s = self.settings
+        if self._security is None:  # built once: the three clients share one TLS context
+            self._security = client_options(s)
+        return {"bootstrap_servers": s.bootstrap_servers, "client_id": s.client_id, **self._security}
+
+    async def _retry(self, what: str, fn):
+        """Connect with exponential backoff, saying where it is trying, until connect_timeout_s runs out."""
+        from aiokafka.errors import KafkaConnectionError, KafkaError
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.connect_timeout_s
+        delay = 0.25
+        while True:
+            try:
+                return await fn()
+            except (KafkaConnectionError, KafkaError, OSError) as exc:
+                # aiokafka reports refused credentials like an unreachable broker; ask once, they will not heal.
+                reason = refusal_reason(exc) or await refusal(self.settings.bootstrap_servers, self._common(),
+                                                              max(min(deadline - loop.time(), 10.0), 1.0))
+                if reason is not None:
+                    where = describe(self.settings.bootstrap_servers, self._security or {})
+                    raise AuthenticationError(f"Kafka refused {what} ({where}): {reason}; not retried") from exc
+                if loop.time() + delay > deadline:
+                    raise BusError(f"cannot reach Kafka at {self.settings.bootstrap_servers} for {what}: {exc}") from exc
+                log.warning("Kafka at %s not reachable for %s (%s); retrying in %.1fs",
+                            self.settings.bootstrap_servers, what, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def ensure_topics(self, partitions: dict[str, int]) -> dict[str, int]:
+        """Create missing topics; return the partition count of every topic asked for."""
+        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+        from aiokafka.errors import TopicAlreadyExistsError
+
+        admin = AIOKafkaAdminClient(**self._common())
+        await self._retry("the admin client", admin.start)
+        try:
+            existing = await self._describe(admin, list(partitions))
+            missing = [NewTopic(name, n, self.settings.replication_factor)
+                       for name, n in partitions.items() if name not in existing]
+            if missing:
+                try:
+                    await admin.create_topics(missing)
+                except TopicAlreadyExistsError:
+                    pass  # another worker created it first
+                for _ in range(50):
+                    existing = await self._describe(admin, list(partitions))
+                    if all(name in existing for name in partitions):
+                        break
+                    await asyncio.sleep(0.1)
+            return existing
+        finally:
+            await admin.close()
+
+    @staticmethod
+    async def _describe(admin, names: list[str]) -> dict[str, int]:
+        out = {}
+        topics = set(await admin.list_topics())
+        for desc in await admin.describe_topics([n for n in names if n in topics]):
+            if desc.get("error_code", 0) == 0 and desc.get("partitions"):
+                out[desc["topic"]] = len(desc["partitions"])
+        return out
+
+    async def start(self, topics: list[str], on_assign: OnAssign, on_revoke: OnAssign) -> None:
+        from aiokafka import AIOKafkaConsumer
+        from aiokafka.abc import ConsumerRebalanceListener
+
+        s = self.settings
+
+        class Listener(ConsumerRebalanceListener):
+            async def on_partitions_revoked(self, revoked):
+                await on_revoke([(tp.topic, tp.partition) for tp in revoked])
+
+            async def on_partitions_assigned(self, assigned):
+                await on_assign([(tp.topic, tp.partition) for tp in assigned])
+
+        from aiokafka import TopicPartition
+        from aiokafka.admin import AIOKafkaAdminClient
+        from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+
+        self._producer = self._new_producer()
+        await self._retry("the producer", self._producer.start)
+        self._admin = AIOKafkaAdminClient(**self._common())
+        await self._retry("the admin client", self._admin.start)
+        if self._broadcast_offsets:
+            self._broadcast = AIOKafkaConsumer(**self._common(), group_id=None, enable_auto_commit=False,
+                                               auto_offset_reset="earliest", fetch_max_wait_ms=s.fetch_max_wait_ms)
+            await self._retry("the consumer of the control topic", self._broadcast.start)
+            self._broadcast.assign([TopicPartition(*tp) for tp in self._broadcast_offsets])
+            for tp, offset in self._broadcast_offsets.items():
+                self._broadcast.seek(TopicPartition(*tp), offset)
+        self._consumer = AIOKafkaConsumer(
+            **self._common(), group_id=s.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
+            max_poll_records=s.max_batch, isolation_level="read_uncommitted",
+            # Idle partitions (at times the outcomes): with the default 500 ms the broker parks a fetch for them and
+            # the busy partitions wait behind it (measured: p99 poll lag 160 -> 600 ms).
+            fetch_max_wait_ms=s.fetch_max_wait_ms,
+            # Range assignment gives a member the same partition numbers of every topic (they have equal counts),
+            # so a blueprint's requests and outcomes go to the same worker; round robin would split them.
+            partition_assignment_strategy=(RangePartitionAssignor,),
+            session_timeout_ms=s.session_timeout_ms, heartbeat_interval_ms=s.heartbeat_interval_ms,
+        )
+        await self._retry("the consumer", self._consumer.start)
+        self._consumer.subscribe(topics, listener=Listener())
+
+    def broadcast(self, offsets: dict[TP, int]) -> None:
+        """Before start: partitions every worker reads itself, outside the group (by assignment), from these
+        offsets."""
+        self._broadcast_offsets = dict(offsets)
+
+    def _new_producer(self):
+        from aiokafka import AIOKafkaProducer
+
+        # A batch of decisions is ~2 KB each and sent at once: with the default 16 KB producer batches a 500-event
+        # batch becomes ~70 produce requests in turn; 512 KB batches make it a few.
+        producer = AIOKafkaProducer(**{**self._common(), "enable_idempotence": True, "acks": "all", "linger_ms": 1,
+                                       "max_batch_size": 512 * 1024, **self.producer_options})
+        _pace_metadata_updates(producer.client)
+        return producer
+
+    async def stop(self) -> None:
+        for client in (self._consumer, self._broadcast, self._producer):
+            if client is not None:
+                try:
+                    # The producer's stop waits for unacknowledged messages, forever while the broker is away: they
+                    # are still in the outbox, so do not wait long.
+                    await asyncio.wait_for(client.stop(), 10.0)
+                except (Exception, asyncio.TimeoutError) as exc:  # closing must not hide the reason we are closing
+                    log.warning("error while closing a Kafka client: %r", exc)
+        if self._admin is not None:
+            try:
+                await asyncio.wait_for(self._admin.close(), 10.0)
+            except (Exception, asyncio.TimeoutError) as exc:
+                log.warning("error while closing a Kafka client: %r", exc)
+        self._consumer = self._broadcast = self._producer = self._admin = None
+
+    async def poll(self, timeout_ms: int, max_records: int) -> list[Message]:
+        batches: dict = {}
+        if self._broadcast is not None:
+            # What the control consumer has fetched goes first; then the group's partitions, without waiting if
+            # there was any.
+            batches = await self._broadcast.getmany(timeout_ms=0)
+        batches.update(await self._consumer.getmany(timeout_ms=0 if batches else timeout_ms, max_records=max_records))
+        out = []
+        for records in batches.values():
+            for r in records:
+                out.append(Message(r.topic, r.partition, r.offset, r.key, r.value, tuple(r.headers or ()),
+                                   r.timestamp))
+        return out
+
+    def seek(self, tp: TP, offset: int) -> None:
+        from aiokafka import TopicPartition
+
+        (self._broadcast if tp in self._broadcast_offsets else self._consumer).seek(TopicPartition(*tp), offset)
+
+    def pause(self, tps: list[TP]) -> None:
+        from aiokafka import TopicPartition
+
+        self._consumer.pause(*(TopicPartition(*tp) for tp in tps))
+
+    def resume(self, tps: list[TP]) -> None:
+        from aiokafka import TopicPartition
+
+        self._consumer.resume(*(TopicPartition(*tp) for tp in tps))
+
+    async def fetch_committed(self, tps: list[TP]) -> dict[TP, Committed]:
+        """The group's committed offsets with their metadata (who committed them), from the group coordinator."""
+        from aiokafka import TopicPartition
+
+        found = await self._retry("the group's committed offsets", lambda: self._admin.list_consumer_group_offsets(
+            self.settings.group_id, partitions=[TopicPartition(*tp) for tp in tps]))
+        return {(tp.topic, tp.partition): Committed(om.offset, om.metadata or "")
+                for tp, om in found.items() if om.offset >= 0}
+
+    @contextlib.asynccontextmanager
+    async def reader(self):
+        """A group-less consumer (nothing assigned yet) for reading whole partitions; stopped afterwards."""
+        from aiokafka import AIOKafkaConsumer
+
+        consumer = AIOKafkaConsumer(**self._common(), group_id=None, enable_auto_commit=False,
+                                    auto_offset_reset="earliest", fetch_max_wait_ms=self.settings.fetch_max_wait_ms)
+        await self._retry("a reader", consumer.start)
+        try:
+            yield consumer
+        finally:
+            await consumer.stop()
+
+    async def send(self, messages: Iterable[Outgoing]) -> None:
+        """Return once Kafka acknowledged every message.
+
+        While the broker is away the idempotent producer keeps retrying, and we wait. It gives up on a message
+        whose partition had no known leader for ``request_timeout_ms`` (after a controlled broker shutdown the
+        leaders are gone); such a message also spent a sequence number, so that producer then fails every later
+        message for the partition with OutOfOrderSequenceNumber (measured with aiokafka 0.14). So what it gave up
+        on is sent again on a new producer, with backoff. A message that was written but whose acknowledgement was
+        lost can so appear twice, byte for byte; readers join selections by decision id. Raises BusError once
+        ``connect_timeout_s`` passes without an acknowledgement, or at once for an error that retrying cannot fix.
+        """
+        from aiokafka.errors import KafkaError
+
+        pending = list(messages)
+        loop = asyncio.get_running_loop()
+        limit = self.settings.connect_timeout_s
+        deadline = loop.time() + limit
+        delay = 0.25
+        while pending:
+            futures = []
+            error: BaseException | None = None
+            try:
+                for m in pending:
+                    futures.append(await self._producer.send(m.topic, m.value, key=m.key, headers=list(m.headers)))
+            except KafkaError as exc:  # no metadata for the topic, or the buffer stayed full, for request_timeout_ms
+                error = exc
+            if futures:
+                _, waiting = await asyncio.wait(futures, timeout=max(deadline - loop.time(), 0.0))
+                if waiting:
+                    raise BusError(f"Kafka at {self.settings.bootstrap_servers} did not acknowledge {len(waiting)} "
+                                   f"of {len(pending)} messages within {limit:g}s")
+            failed = [m for m, f in zip(pending, futures) if _failure(f)] + pending[len(futures):]
+            if not failed:
+                return
+            if error is None:
+                error = next(_failure(f) for f in futures if _failure(f))
+            if not _retriable(error):
+                raise BusError(f"Kafka at {self.settings.bootstrap_servers} refused {len(failed)} messages: "
+                               f"{error!r}; not retried") from error
+            if len(failed) < len(pending):
+                deadline = loop.time() + limit  # progress: the time limit counts from the last acknowledgement
+            if loop.time() + delay > deadline:
+                raise BusError(f"Kafka at {self.settings.bootstrap_servers} did not take {len(failed)} messages "
+                               f"within {limit:g}s: {error!r}") from error
+            log.warning("Kafka did not take %d of %d messages (%r); sending them again on a new producer in %.2fs",
+                        len(failed), len(pending), error, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            await self._renew_producer()
+            pending = failed
+
+    async def _renew_producer(self) -> None:
+        old, self._producer = self._producer, self._new_producer()
+        try:
+            await asyncio.wait_for(old.stop(), 10.0)  # every message it had is settled: this does not wait
+        except (Exception, asyncio.TimeoutError) as exc:
+            log.warning("error while closing the old producer: %r", exc)
+        await self._retry("a new producer", self._producer.start)
+        self.producer_renewals += 1
+
+    async def commit(self, offsets: dict[TP, int], owner: str = "") -> bool:
+        """Commit ``offsets`` with ``owner`` as their metadata; False (logged) when it did not go through."""
+        from aiokafka import TopicPartition
+        from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+
+        try:
+            # aiokafka retries a commit until the group coordinator answers, i.e. for as long as the broker is away.
+            await asyncio.wait_for(self._consumer.commit({TopicPartition(*tp): (off, owner)
+                                                          for tp, off in offsets.items()}),
+                                   min(self.settings.connect_timeout_s, 5.0))
+        except (CommitFailedError, IllegalStateError, KafkaError, asyncio.TimeoutError) as exc:
+            # SQLite holds the true offsets; a group commit that did not go through costs a stale lag figure, or
+            # (seedworker.engine.ownership) a rebuild by the partition's next owner, nothing else.
+            log.info("Kafka group commit skipped: %r", exc)
+            return False
+        return True
+
+    async def lag(self) -> dict[TP, int]:
+        """High watermark minus position, per assigned partition. A partition without a fetch response yet has no
+        known high watermark and is left out (unknown is not zero)."""
+        from aiokafka.errors import IllegalStateError
+
+        if self._consumer is None:
+            return {}
+        out = {}
+        for consumer in (self._consumer, self._broadcast):
+            if consumer is None:
+                continue
+            # High watermarks first, with no await in between: the assignment cannot change under us here.
+            highs = {tp: consumer.highwater(tp) for tp in consumer.assignment()}
+            for tp, high in highs.items():
+                if high is None:
+                    continue
+                try:
+                    # Returns at once for a partition with a valid position; one being reset would wait, so bound it.
+                    position = await asyncio.wait_for(consumer.position(tp), 1.0)
+                except (IllegalStateError, asyncio.TimeoutError):
+                    continue  # revoked meanwhile, or its position is being reset
+                out[(tp.topic, tp.partition)] = max(high - position, 0)
+        return out
+
+
+def _failure(future: asyncio.Future) -> BaseException | None:
+    return asyncio.CancelledError() if future.cancelled() else future.exception()
+
+
+def _retriable(exc: BaseException) -> bool:
+    """Whether sending again (on a new producer) may succeed."""
+    from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, OutOfOrderSequenceNumber
+
+    return isinstance(exc, (KafkaTimeoutError, KafkaConnectionError, OutOfOrderSequenceNumber, asyncio.TimeoutError,
+                            OSError)) or bool(getattr(exc, "retriable", False))
+
+
+def _pace_metadata_updates(client, first_s: float = 0.1, cap_s: float = 1.0) -> None:
+    """Wait between failed metadata updates of an aiokafka client.
+
+    While a batch waits for a partition without a known leader, aiokafka's sender asks for new metadata again as
+    soon as an update fails. With the broker down after a controlled shutdown (which takes the leaders away) every
+    attempt fails at once, and the sender spins: measured ~4,000 failed connects a second, each logged twice (58,000
+    attempts and 12 MB of log in a 15 s outage). Pausing here (exponentially, up to ``cap_s``) turns that into a few
+    attempts a second. Only a private method of aiokafka's client offers this hook; without it nothing changes.
+    """
+    update = getattr(client, "_metadata_update", None)
+    if update is None:
+        return
+    delay = 0.0
+
+    async def paced(cluster_metadata, topics):
+        nonlocal delay
+        if delay:
+            await asyncio.sleep(delay)
+        ok = await update(cluster_metadata, topics)
+        delay = 0.0 if ok else min(max(delay * 2, first_s), cap_s)
+        return ok
+
+    client._metadata_update = paced

@@ -1,0 +1,134 @@
+"""Thompson sampling: Gaussian posterior for real-valued rewards, Beta for success-only rewards.
+
+Samples are drawn at selection time from the current posterior, never cached at update time.
+"""
+
+from __future__ import annotations
+
+import typing
+
+import numpy as np
+
+from seedworker.contract.events import SeedSelected
+from seedworker.core.policies.base import SamplingPolicy, Situation
+from seedworker.core.policies.propensity import PROPENSITY_METHODS, gaussian_max_probability
+
+LOGGED_METHODS = typing.get_args(SeedSelected.model_fields["propensity_method"].annotation)
+
+
+class GaussianSampling(SamplingPolicy):
+    """A sampling policy whose candidate scores are independent normals ``N(loc_k, sd_k^2)``.
+
+    ``propensity="quadrature"`` (the default) computes P(the pick has the highest draw) as a one-dimensional
+    integral on a grid (see ``propensity``), accurate to about 1e-6 and cheaper than sampling; a decision it cannot
+    resolve on its grid cheaply falls back to Monte Carlo and says so (``method`` "monte_carlo").
+    ``propensity="monte_carlo"`` estimates it from ``propensity_samples`` further draws (standard error up to 0.035
+    for 200). The pick is the same either way.
+    """
+
+    propensity: str = "quadrature"
+
+    @staticmethod
+    def _check_propensity(method: str) -> str:
+        if method not in PROPENSITY_METHODS:
+            raise ValueError(f"propensity must be one of {', '.join(PROPENSITY_METHODS)}, got {method!r}")
+        if method not in LOGGED_METHODS:
+            # A seed.selected event must validate for its consumers: no method the event contract does not know.
+            raise ValueError(f"propensity {method!r} is not a propensity_method of the seed.selected contract "
+                             f"(events.SeedSelected accepts {', '.join(LOGGED_METHODS)})")
+        return method
+
+    def _posterior(self, s: Situation) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(loc, sd, greedy values) of the candidates."""
+        raise NotImplementedError
+
+    def _distribution(self, s: Situation) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
+        loc, sd, values = self._posterior(s)
+        return (loc, sd), values
+
+    def _draw(self, params: tuple[np.ndarray, np.ndarray], rng: np.random.Generator, size: int | None) -> np.ndarray:
+        loc, sd = params
+        if size is not None:
+            return loc + sd * rng.standard_normal((size, len(loc)))
+        z = rng.standard_normal(len(loc))
+        z *= sd
+        z += loc
+        return z
+
+    def _probability(self, params: tuple[np.ndarray, np.ndarray], i: int) -> float | None:
+        return gaussian_max_probability(params[0], params[1], i)
+
+
+class GaussianThompson(GaussianSampling):
+    """Posterior of each seed's mean reward: ``N(m, sigma^2 / (n + n0))``.
+
+    ``m`` shrinks the empirical mean toward the blueprint's pooled mean with ``prior_count`` pseudo-outcomes;
+    ``sigma`` is the arm's standard deviation blended with the pooled one by the same weights. ``scale`` widens or
+    narrows the posterior (1 is Bayesian).
+    """
+
+    name = "thompson"
+
+    def __init__(self, *, prior_count: float = 1.0, scale: float = 1.0, discounted: bool = False,
+                 propensity_samples: int = 200, propensity: str = "quadrature"):
+        self.prior_count = prior_count
+        self.scale = scale
+        self.discounted = discounted
+        self.propensity_samples = propensity_samples
+        self.propensity = self._check_propensity(propensity)
+
+    def _posterior(self, s: Situation) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n, mean, var = s.arms.moments(s.rows, self.discounted)
+        n_sum = float(np.add.reduce(n))
+        pooled_mean = float(mean.dot(n)) / n_sum if n_sum > 0 else 0.0
+        n0 = self.prior_count
+        nn = n + n0
+        post_mean = n * mean
+        post_mean += n0 * pooled_mean
+        post_mean /= nn
+        var *= n
+        var += n0 * s.scale**2
+        nn *= nn
+        var /= nn
+        sd = np.sqrt(var, out=var)
+        if self.scale != 1.0:
+            sd *= self.scale
+        return post_mean, sd, mean
+
+    @classmethod
+    def _unit_test_params(cls):
+        yield {}
+        yield {"discounted": True, "propensity_samples": 50}
+
+
+class BetaThompson(SamplingPolicy):
+    """Beta-Bernoulli Thompson sampling on the outcomes' ``success`` flag: ``Beta(a + successes, b + failures)``.
+
+    The propensity is a Monte-Carlo estimate (``propensity_samples`` further Beta draws). A grid integral like the
+    Gaussian one was tried and not adopted: numpy has no Beta CDF, and building the CDFs by cumulative integration
+    needs a grid that resolves the narrowest posterior across the widest one's range and special care where a
+    density does not vanish at 0 or 1; it came out slower than these draws at 8 candidates, about twice as fast at
+    64, and not yet accurate at the ends.
+    """
+
+    name = "beta-thompson"
+
+    def __init__(self, *, alpha: float = 1.0, beta: float = 1.0, discounted: bool = False,
+                 propensity_samples: int = 200):
+        self.alpha = alpha
+        self.beta = beta
+        self.discounted = discounted
+        self.propensity_samples = propensity_samples
+
+    def greedy(self, s: Situation) -> np.ndarray:
+        succ, fail = s.arms.successes(s.rows, self.discounted)
+        return (self.alpha + succ) / (self.alpha + self.beta + succ + fail)
+
+    def _distribution(self, s: Situation) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
+        succ, fail = s.arms.successes(s.rows, self.discounted)
+        a, b = self.alpha + succ, self.beta + fail
+        return (a, b), a / (a + b)
+
+    def _draw(self, params: tuple[np.ndarray, np.ndarray], rng: np.random.Generator, size: int | None) -> np.ndarray:
+        a, b = params
+        return rng.beta(a, b) if size is None else rng.beta(a, b, size=(size, len(a)))

@@ -1,0 +1,84 @@
+"""Upper confidence bound strategies: UCB1, variance-aware UCB-V, and discounted UCB."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from seedworker.core.policies.base import SMALL, IndexPolicy, Situation
+
+
+class UCB(IndexPolicy):
+    """UCB1 (Auer et al., 2002): ``mean + c * scale * sqrt(2 ln N / n)``.
+
+    ``scale`` is the blueprint's pooled reward standard deviation (see ``Situation.scale``), so ``exploration``
+    is unit-free. ``N`` is the outcome count over the candidates. With ``discounted=True`` the counts and means are
+    the decayed ones (discounted UCB, Garivier & Moulines, 2011) and recent outcomes count more.
+    """
+
+    name = "ucb"
+
+    def __init__(self, *, exploration: float = 1.0, discounted: bool = False):
+        self.exploration = exploration
+        self.discounted = discounted
+
+    def _evaluate(self, s: Situation) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n, mean = s.arms.counts_means(s.rows, self.discounted)
+        counts = n.tolist()
+        total = max(math.fsum(counts), 1.0)  # N, exactly rounded (and cheaper than a numpy reduction at a few arms)
+        coef = self.exploration * s.scale * math.sqrt(2.0 * math.log(max(total, math.e)))
+        if len(counts) <= SMALL:
+            # The same operations per candidate on Python floats (see base.SMALL).
+            sqrt, inf = math.sqrt, math.inf
+            means = mean.tolist()
+            return [m + coef / sqrt(c) if c > 0.0 else inf for m, c in zip(means, counts)], means, counts
+        # c * scale * sqrt(2 ln N / n) as one constant over sqrt(n); an untried arm (n = 0) gets an infinite bonus.
+        root = np.sqrt(n)
+        if np.count_nonzero(n) == len(n):
+            bonus = np.divide(coef, root, out=root)
+        else:
+            bonus = np.divide(coef, root, out=np.full(len(n), np.inf), where=n > 0)
+        return np.add(mean, bonus, out=bonus), mean, n
+
+    def _why(self, s: Situation, i: int, scores: np.ndarray, values: np.ndarray, n: np.ndarray) -> str:
+        kind = "decayed " if self.discounted else ""
+        return (f"highest {self.name} bound {scores[i]:.4g} ({kind}mean reward {values[i]:.4g} over "
+                f"{n[i]:.3g} outcomes)")
+
+    @classmethod
+    def _unit_test_params(cls):
+        yield {}
+        yield {"exploration": 0.5}
+
+
+class DiscountedUCB(UCB):
+    """UCB1 on statistics decayed with the configured half-life: the strategy for drifting seed qualities."""
+
+    name = "discounted-ucb"
+
+    def __init__(self, *, exploration: float = 1.0):
+        super().__init__(exploration=exploration, discounted=True)
+
+    @classmethod
+    def _unit_test_params(cls):
+        yield {}
+
+
+class UCBV(UCB):
+    """Variance-aware UCB-V (Audibert, Munos & Szepesvári, 2009): ``mean + sqrt(2 V ln N / n) + 3 c b ln N / n``.
+
+    ``V`` is the arm's empirical reward variance and ``b`` the reward range, taken as three pooled standard
+    deviations; an arm whose rewards barely vary is explored less than UCB1 would.
+    """
+
+    name = "ucb-v"
+
+    def _evaluate(self, s: Situation) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n, mean = s.arms.counts_means(s.rows, self.discounted)
+        var = s.arms.variances(s.rows, self.discounted)
+        log_n = math.log(max(float(np.add.reduce(n)), math.e))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            bonus = np.sqrt(2.0 * var * log_n / n) + self.exploration * 3.0 * (3.0 * s.scale) * log_n / n
+        bonus[n <= 0] = np.inf
+        return mean + bonus, mean, n

@@ -1,0 +1,403 @@
+"""The in-process seed selector: the whole learning core behind four methods, no I/O.
+
+``select(request)`` returns the ``seed.selected`` event; ``record_outcome(outcome)`` learns from a graft's result;
+``switch_strategy(name)`` changes the strategy and keeps what was learned; ``stats()`` summarizes.
+
+State is kept per blueprint (arms, context standardizer, counters), because a blueprint is a Kafka key: one
+partition holds all of a blueprint's events, so a worker can own, persist and rebuild blueprints independently.
+
+Every change to the state goes through two functions, ``apply_selection`` and ``learn``, which a replay of the
+logged ``seed.selected`` and ``adaptation.outcome`` events calls the same way — the live state and the replayed
+state are the same computation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Callable
+
+import numpy as np
+
+from seedworker.core.arms import ArmTable
+from seedworker.core.config import Settings
+from seedworker.contract.events import (
+    AdaptationOutcome,
+    CandidateScore,
+    SCHEMA_VERSION,
+    GraftRequested,
+    SeedSelected,
+    decision_id_for,
+    from_dict,
+    utc_now,
+)
+from seedworker.core.features import FeatureMap
+from seedworker.core.policies import STRATEGIES, Draw, Policy, Situation
+
+FALLBACK = "fallback"
+
+
+@dataclass
+class BlueprintState:
+    arms: ArmTable
+    features: FeatureMap
+    decisions: int = 0
+    version: int = 0
+    strategy: str | None = None  # per-blueprint override of the default strategy
+    by_strategy: Counter = field(default_factory=Counter)
+
+    def to_dict(self) -> dict:
+        return {"arms": self.arms.to_dict(), "features": self.features.to_dict(), "decisions": self.decisions,
+                "version": self.version, "strategy": self.strategy, "by_strategy": dict(self.by_strategy)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "BlueprintState":
+        return cls(ArmTable.from_dict(data["arms"]), FeatureMap.from_dict(data["features"]), data["decisions"],
+                   data["version"], data["strategy"], Counter(data["by_strategy"]))
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeResult:
+    status: str  # "learned", "duplicate", "unknown"
+    decision_id: str
+    reward: float | None = None
+
+
+class SeedSelector:
+    """Chooses a seed for each graft request and learns from each outcome.
+
+    >>> from seedworker import SeedSelector
+    >>> sel = SeedSelector()
+    >>> req = {"request_id": "r1", "blueprint_id": "bp", "seeds": [{"seed_id": "a", "seed_idx": 0}]}
+    >>> sel.select(req).seed_id
+    'a'
+    """
+
+    def __init__(self, settings: Settings | None = None, *, clock: Callable[[], datetime] = utc_now):
+        self.settings = settings or Settings()
+        self.clock = clock
+        self.reward = self.settings.reward.function()
+        self.default_strategy = self.settings.default_strategy
+        self.logging_only = self.settings.logging_only
+        self.blueprints: dict[str, BlueprintState] = {}
+        self.pending: dict[str, SeedSelected] = {}
+        self._resolved: OrderedDict[str, None] = OrderedDict()
+        self._policies: dict[str, Policy] = {}
+        self._selectable = frozenset(self.settings.selectable_states)
+
+    # -- the public API ------------------------------------------------------------------------------------------
+    def select(self, request: GraftRequested | dict, *, track: bool = True) -> SeedSelected:
+        if not isinstance(request, GraftRequested):
+            request = from_dict(request, "graft.requested")  # type: ignore[assignment]
+        selected = self.decide(request)
+        self.apply_selection(selected)
+        if track:
+            self.pending[selected.decision_id] = selected
+        return selected
+
+    def record_outcome(self, outcome: AdaptationOutcome | dict) -> OutcomeResult:
+        if not isinstance(outcome, AdaptationOutcome):
+            outcome = from_dict(outcome, "adaptation.outcome")  # type: ignore[assignment]
+        did = outcome.resolved_decision_id
+        selected = self.pending.pop(did, None)
+        if selected is None:
+            status = "duplicate" if did in self._resolved else "unknown"
+            return OutcomeResult(status, did)
+        reward = self.learn(selected, outcome)
+        self._resolved[did] = None
+        if len(self._resolved) > self.settings.dedup_window:
+            self._resolved.popitem(last=False)
+        return OutcomeResult("learned", did, reward)
+
+    def switch_strategy(self, name: str, blueprint_id: str | None = None) -> None:
+        """Change the strategy of one blueprint, or the default; learned statistics are untouched."""
+        self.policy(name)  # validates the name before anything changes
+        if blueprint_id is None:
+            self.default_strategy = name
+        else:
+            self.blueprint(blueprint_id).strategy = name
+
+    def stats(self, top: int = 3) -> dict[str, Any]:
+        by_strategy: Counter = Counter()
+        unique = 0
+        performers = []
+        for bp_id, bp in self.blueprints.items():
+            by_strategy.update(bp.by_strategy)
+            a = bp.arms
+            n = len(a)
+            unique += int((a.selections[:n] > 0).sum())
+            rows = np.arange(n)
+            means = a.means(rows)
+            for i in rows:
+                if a.pulls[i] > 0:
+                    performers.append({"blueprint_id": bp_id, "seed_id": a.seed_ids[i], "mean_reward": float(means[i]),
+                                       "outcomes": int(a.pulls[i]), "selections": int(a.selections[i])})
+        performers.sort(key=lambda p: p["mean_reward"], reverse=True)
+        return {
+            "selections_per_strategy": dict(by_strategy),
+            "total_selections": sum(by_strategy.values()),
+            "unique_seeds_selected": unique,
+            "blueprints": len(self.blueprints),
+            "pending_decisions": len(self.pending),
+            "top_performers": performers[:top],
+            "default_strategy": self.default_strategy,
+        }
+
+    # -- the two state transitions -------------------------------------------------------------------------------
+    def apply_selection(self, selected: SeedSelected) -> None:
+        """Fold a decision into the state: counts, the context standardizer, the decision counter."""
+        bp = self.blueprint(selected.blueprint_id)
+        a = bp.arms
+        ids = [c.seed_id for c in selected.scores]
+        if not all(map(a.index.__contains__, ids)):  # registers seeds first seen here (on replay: as decide did)
+            a.rows(ids, self._prior(a))
+        i = a.index[selected.seed_id]
+        t = selected.request_time.timestamp() if selected.request_time else -math.inf
+        a.select(i, t)
+        if selected.context:
+            bp.features.update(selected.context)
+        bp.decisions += 1
+        bp.version += 1
+        bp.by_strategy[selected.strategy] += 1
+
+    def learn(self, selected: SeedSelected, outcome: AdaptationOutcome) -> float:
+        """Fold an outcome into the statistics of the seed its decision chose. Returns the reward."""
+        reward = self.reward(outcome)
+        self._fold(selected, reward, success=outcome.success, t=outcome.occurred_at.timestamp(),
+                   memory_mb=outcome.memory_mb, latency_ms=outcome.latency_ms)
+        return reward
+
+    def learn_reward(self, selected: SeedSelected, reward: float, t: float) -> float:
+        """Learn a configured reward for a decision whose outcome never came (``join.default_reward``)."""
+        self._fold(selected, reward, success=False, t=t)
+        return reward
+
+    def _fold(self, selected: SeedSelected, reward: float, **observed) -> None:
+        bp = self.blueprint(selected.blueprint_id)
+        a = bp.arms
+        i = a.index.get(selected.seed_id)
+        if i is None:
+            i = int(a.rows([selected.seed_id], self._prior(a))[0])
+        # The features logged with the decision, not recomputed: replay learns exactly what the live worker learned.
+        x = np.asarray(selected.features, dtype=float) if len(selected.features) == a.dim else None
+        a.learn(i, reward=reward, x=x, **observed)
+        bp.version += 1
+
+    def load_blueprint(self, blueprint_id: str, state: dict) -> None:
+        self.blueprints[blueprint_id] = BlueprintState.from_dict(state)
+
+    # -- deciding ------------------------------------------------------------------------------------------------
+    def blueprint(self, blueprint_id: str) -> BlueprintState:
+        bp = self.blueprints.get(blueprint_id)
+        if bp is None:
+            s = self.settings
+            fm = FeatureMap(names=tuple(s.features))
+            arms = ArmTable(dim=fm.dim, ridge=s.ridge, half_life_s=s.decay.half_life_s)
+            bp = self.blueprints[blueprint_id] = BlueprintState(arms, fm, strategy=s.blueprint_strategies.get(blueprint_id))
+        return bp
+
+    def policy(self, name: str) -> Policy:
+        p = self._policies.get(name)
+        if p is None:
+            p = self._policies[name] = self.settings.policy(name)
+        return p
+
+    def _prior(self, arms: ArmTable):
+        return arms.blueprint_prior(self.settings.prior_count) if self.settings.warm_start else None
+
+    def strategy_for(self, request: GraftRequested, bp: BlueprintState) -> str:
+        if request.strategy is not None and request.strategy in STRATEGIES:
+            return request.strategy
+        return bp.strategy or self.default_strategy
+
+    def decide(self, request: GraftRequested) -> SeedSelected:
+        """Choose a seed for the request from the current state, without changing the state."""
+        bp = self.blueprint(request.blueprint_id)
+        a = bp.arms
+        seeds = request.seeds
+        rows = a.rows([c.seed_id for c in seeds], lambda: self._prior(a))  # the prior is only needed for a new seed
+        context = request.context.values()
+        x = bp.features.transform(context)
+        draw = Draw(self.settings.salt, request.request_id)
+        viable, notes, all_viable = self._viability(request, a, rows)
+        strategy = self.strategy_for(request, bp)
+        k = len(seeds)
+        scores: list[float | None] = [None] * k
+        probs: list[float | None] = [None] * k
+
+        # Viable candidates in seed_idx order, whatever the request's order: seed0 ("lowest seed_idx") and
+        # round-robin ("in seed_idx order") pick by position in this list. Usually every seed is viable and the
+        # request lists them in seed_idx order: then position j is request seed j (vidx None) and nothing is copied.
+        order = [c.seed_idx for c in seeds]
+        if all_viable and order == sorted(order):
+            vidx = None
+            vrows = rows
+        else:
+            vidx = np.flatnonzero(viable)
+            vidx = vidx[np.argsort([order[j] for j in vidx.tolist()], kind="stable")]
+            vrows = rows[vidx]
+        if len(vrows) == 0:
+            # Nothing viable: fall back to the lowest seed_idx, as Tamiyo did, and say why.
+            pick = min(range(k), key=lambda j: seeds[j].seed_idx)
+            why = "; ".join(f"{seeds[j].seed_id} {notes[j]}" for j in range(k) if notes[j])
+            return self._event(request, bp, pick, FALLBACK, f"no viable seed ({why}); fell back to the lowest "
+                               f"seed_idx", 1.0, "fallback", False, scores, probs, viable, notes, context, x)
+
+        if self.logging_only:
+            strategy_name = self.policy(strategy).name
+            shadow = self._choose(bp, a, vrows, x, draw, strategy)
+            pick = 0 if vidx is None else int(vidx[0])  # the lowest viable seed_idx
+            self._fill(shadow, vidx, scores, probs)
+            would = shadow.index if vidx is None else int(vidx[shadow.index])
+            return self._event(request, bp, pick, "seed0", f"logging-only mode: lowest viable seed_idx; {strategy_name} "
+                               f"would have chosen {seeds[would].seed_id}", 1.0, "exact", False,
+                               scores, probs, viable, notes, context, x)
+
+        fresh = a.selections[vrows] < self.settings.min_samples
+        if np.count_nonzero(fresh):
+            untried = np.flatnonzero(fresh) if vidx is None else vidx[fresh]
+            # Burn-in: a uniform pick among the untried, so its propensity is exact.
+            j = int(untried[draw.rng.integers(len(untried))]) if len(untried) > 1 else int(untried[0])
+            p = 1.0 / len(untried)
+            for u in untried.tolist():
+                probs[u] = p
+            return self._event(request, bp, j, strategy, f"fewer than {self.settings.min_samples} selections so "
+                               f"far; untried viable seeds are tried first ({len(untried)} untried)", p, "exact",
+                               True, scores, [q or 0.0 for q in probs], viable, notes, context, x)
+
+        choice = self._choose(bp, a, vrows, x, draw, strategy)
+        self._fill(choice, vidx, scores, probs)
+        pick = choice.index if vidx is None else int(vidx[choice.index])
+        return self._event(request, bp, pick, strategy, choice.reason, choice.propensity, choice.method,
+                           choice.explored, scores, probs, viable, notes, context, x)
+
+    def _choose(self, bp, a, vrows, x, draw, strategy):
+        return self.policy(strategy).choose(Situation(a, vrows, x, bp.decisions, draw))
+
+    @staticmethod
+    def _fill(choice, vidx, scores, probs) -> None:
+        """Copy a choice's per-candidate scores (non-finite ones as None) and probabilities to request positions."""
+        values = choice.score_list()
+        if values is not None:
+            if not math.isfinite(sum(values)):  # rare (an untried arm's infinite bound): check each
+                values = [v if math.isfinite(v) else None for v in values]
+            if vidx is None:
+                scores[:] = values
+            else:
+                for v, s in zip(vidx.tolist(), values):
+                    scores[v] = s
+        if choice.probabilities is not None:
+            values = choice.probabilities.tolist()
+            if vidx is None:
+                probs[:] = values
+            else:
+                for v, p in zip(vidx.tolist(), values):
+                    probs[v] = p
+
+    def _viability(self, request: GraftRequested, a: ArmTable, rows: np.ndarray) -> tuple[np.ndarray, list[str], bool]:
+        """(viable mask, note per seed, whether every seed is viable)."""
+        k = len(rows)
+        viable = np.ones(k, dtype=bool)
+        notes = [""] * k
+        sel = self._selectable
+        every = True
+        if not {c.state for c in request.seeds} <= sel | {None}:  # some seed is in a state that cannot be selected
+            every = False
+            for j, c in enumerate(request.seeds):
+                if c.state is not None and c.state not in sel:
+                    viable[j] = False
+                    notes[j] = f"is {c.state}, not selectable"
+        cons = request.constraints
+        if cons is not None and (cons.memory_budget_mb is not None or cons.max_latency_ms is not None):
+            seen, mem, lat = a.tracked(rows)
+            for j in range(k):
+                if not (viable[j] and seen[j]):
+                    continue  # untried seeds stay eligible: nothing is known against them
+                if cons.memory_budget_mb is not None and mem[j] > cons.memory_budget_mb:
+                    viable[j] = every = False
+                    notes[j] = f"uses {mem[j]:.0f} MB > budget {cons.memory_budget_mb:.0f} MB"
+                elif cons.max_latency_ms is not None and lat[j] > cons.max_latency_ms:
+                    viable[j] = every = False
+                    notes[j] = f"adds {lat[j]:.1f} ms > limit {cons.max_latency_ms:.1f} ms"
+        return viable, notes, every
+
+    def _event(self, request, bp, pick, strategy, reason, propensity, method, explored, scores, probs, viable, notes,
+               context, x) -> SeedSelected:
+        seeds = request.seeds
+        chosen = seeds[pick]
+        fields = dict(
+            **_envelope(request, self.clock()),
+            decision_id=decision_id_for(request.request_id),
+            request_id=request.request_id,
+            blueprint_id=request.blueprint_id,
+            layer_name=request.layer_name,
+            seed_id=chosen.seed_id,
+            seed_idx=chosen.seed_idx,
+            strategy=strategy,
+            selection_reason=f"{chosen.seed_id} (seed_idx {chosen.seed_idx}) chosen by {strategy}: {reason}",
+            propensity=float(min(1.0, max(propensity, 1e-12))),
+            propensity_method=method,
+            scores=None,
+            explored=bool(explored),
+            context=context,
+            features=x.tolist(),
+            state_version=bp.version,
+            request_time=request.occurred_at,
+        )
+        # Built without re-validation: every field comes from validated input or from this function. When both
+        # models are plain (no post-init hook, no private attributes, exactly the fields given here), the instances
+        # are assembled directly: the same __dict__, fields-set, extra and private slots model_construct writes, at
+        # a fraction of its per-field cost (it walks aliases and defaults; here every field is given). Otherwise
+        # model_construct.
+        plain = (CandidateScore.__pydantic_post_init__ is None and SeedSelected.__pydantic_post_init__ is None
+                 and not CandidateScore.__private_attributes__ and not SeedSelected.__private_attributes__
+                 and len(CandidateScore.__pydantic_fields__) == 6 and len(SeedSelected.__pydantic_fields__) == len(fields))
+        viable = viable.tolist()
+        if not plain:
+            fields["scores"] = [
+                CandidateScore.model_construct(seed_id=c.seed_id, seed_idx=c.seed_idx, score=scores[j],
+                                               probability=probs[j], viable=viable[j], note=notes[j] or None)
+                for j, c in enumerate(seeds)
+            ]
+            return SeedSelected.model_construct(**fields)
+        new, put = object.__new__, object.__setattr__
+        names = {"seed_id", "seed_idx", "score", "probability", "viable", "note"}
+        candidates = []
+        for j, c in enumerate(seeds):
+            m = new(CandidateScore)
+            put(m, "__dict__", {"seed_id": c.seed_id, "seed_idx": c.seed_idx, "score": scores[j],
+                                "probability": probs[j], "viable": viable[j], "note": notes[j] or None})
+            put(m, "__pydantic_fields_set__", set(names))
+            put(m, "__pydantic_extra__", None)
+            put(m, "__pydantic_private__", None)
+            candidates.append(m)
+        fields["scores"] = candidates
+        event = new(SeedSelected)
+        put(event, "__dict__", fields)
+        put(event, "__pydantic_fields_set__", set(fields))
+        put(event, "__pydantic_extra__", None)
+        put(event, "__pydantic_private__", None)
+        return event
+
+    # -- persistence ---------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"default_strategy": self.default_strategy,
+                "blueprints": {k: v.to_dict() for k, v in self.blueprints.items()}}
+
+    def load_state_dict(self, data: dict) -> None:
+        self.default_strategy = data["default_strategy"]
+        self.blueprints = {k: BlueprintState.from_dict(v) for k, v in data["blueprints"].items()}
+
+
+def _envelope(request: GraftRequested, now: datetime) -> dict:
+    return {
+        "event_id": decision_id_for("seed.selected:" + request.request_id),
+        "event_type": "seed.selected",
+        "schema_version": SCHEMA_VERSION,
+        "occurred_at": now,
+        "source": "seedworker",
+        "trace_id": request.trace_id,
+        "correlation_id": request.correlation_id or request.request_id,
+    }

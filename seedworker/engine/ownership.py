@@ -1,0 +1,206 @@
+"""Partition ownership: several workers in one consumer group, each with its own SQLite.
+
+The inputs are keyed by blueprint id, so a blueprint's requests and outcomes carry the same partition number, and
+the group's range assignment gives both partitions to the same worker. A worker's store holds the state of the
+partitions it owns and of those it owned before; only the first are live.
+
+**Who processed a partition last.** Every group commit carries the committing worker's id (kept in its store) as
+metadata, and a worker *claims* each partition it is assigned before it processes anything of it: it commits its
+starting offsets for the partition under its own id. So when partition p is assigned to worker W, the group's
+commits for p tell whether anybody else processed p since W last did:
+
+* they name W (nobody claimed p since) and W's stored offsets are at least the committed ones (a SIGKILLed worker's
+  group commit lags its SQLite; the batches after it are still its own): W's state of p is **current**. W goes on
+  from its store and publishes its unsent outbox rows for p now, byte for byte (as a lone worker does at start);
+* nobody ever committed p (a new group, or one whose offsets expired): the store is trusted, as a lone worker's
+  always was;
+* they name another worker: W's state of p is **stale**. W rebuilds p from the topics (``rebuild``: the replay
+  machinery, seedworker.engine.replay, fed only the selections answering p's requests — header ``source.partition`` — the
+  dead letters of p's requests and p's outcomes) into a scratch store, then replaces its rows of p's blueprints
+  (states, decisions, held outcomes) and p's offsets in ONE transaction. Its unsent outbox rows for p are dropped as
+  superseded (counted ``superseded_outbox_rows``, logged with their decision ids): the other worker answered those
+  requests, or W answers them again from the rebuilt state; publishing W's stored answers could give one decision
+  id two different answers.
+
+Unsent rows of a partition W is not assigned stay unpublished; once the group's commits for it name another worker
+they are dropped as superseded. A claim that does not go through (the group is rebalancing again) leaves the
+partition paused until it does. Strategy switches are not per partition: every worker reads the whole control topic
+itself (seedworker.broker.bus ``broadcast``), so a rebuilt blueprint keeps the per-blueprint strategy the worker's own state
+has. Counters stay per worker (what this worker did); a rebuild adds only ``rebuilt_partitions``. Pending decisions
+and held outcomes of partitions a worker no longer owns still expire by its event-time clock, as a lone worker's do
+for a lagging partition: if the worker gets the partition back with a current state nobody else touched it
+meanwhile, and if the state is stale those rows are replaced.
+
+Limits (double failures):
+
+* a *zombie*, a worker cut off from the group coordinator (a long pause, a network partition) that has not noticed
+  yet that it lost its partitions, can publish answers for requests its successor also answers, until its next
+  heartbeat fails; a consumer group without transactions cannot fence it;
+* the group's offsets expire once the whole group has been gone for ``offsets.retention.minutes`` (Kafka's default:
+  7 days); a worker then trusts a stale state of a partition another worker processed after it;
+* a rebuild reads all of ``seed.selected`` and the partition's outcomes: it needs those records (retention; a
+  rebuild from partly deleted topics is logged as incomplete) and takes time in proportion to the decision log;
+* a dead letter for a bad *outcome* that a worker stored but had not published when it died is lost (its successor
+  reads the outcome during the rebuild, counts it and does not dead-letter it again); requests are dead-lettered
+  again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from seedworker.contract import events as ev
+from seedworker.broker.bus import TP, Bus, BusError, Committed
+from seedworker.core.config import Settings, Topics
+from seedworker.core.selector import BlueprintState
+from seedworker.store.store import Batch, Store, dump_state
+from seedworker.engine.worker import headers_from_blob
+
+log = logging.getLogger("seedworker.engine.ownership")
+
+# The headers that tie a published record to the input partition it answers (set by seedworker.engine.worker).
+SOURCE_PARTITION = "source.partition"
+DLQ_TOPIC, DLQ_PARTITION = "dlq.source.topic", "dlq.source.partition"
+
+
+def co_partitioned(tps: Iterable[TP], topics: Topics) -> list[int]:
+    """The partition numbers of an assignment, which must hold the same numbers of the requests and outcomes."""
+    requests = {p for t, p in tps if t == topics.requests}
+    outcomes = {p for t, p in tps if t == topics.outcomes}
+    if requests != outcomes:
+        raise BusError(f"the group assigned this worker {topics.requests} partitions {sorted(requests)} but "
+                       f"{topics.outcomes} partitions {sorted(outcomes)}: a blueprint's outcomes would not reach "
+                       f"the worker holding its decisions (do all workers use the range assignor?)")
+    return sorted(requests)
+
+
+def answered_partition(topic: str, headers: Iterable[tuple[str, bytes]], topics: Topics) -> int | None:
+    """The input partition a published record answers: a selection's request partition, a dead letter's source
+    partition; None for anything else (a dead letter of the control topic, a selection without the header)."""
+    h = dict(headers)
+    if topic == topics.selections:
+        value = h.get(SOURCE_PARTITION)
+    elif topic == topics.dead_letters and h.get(DLQ_TOPIC) in (topics.requests.encode(), topics.outcomes.encode()):
+        value = h.get(DLQ_PARTITION)
+    else:
+        return None
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def outbox_partition(row: tuple, topics: Topics) -> int | None:
+    """``answered_partition`` of a row of Store.unsent(): (id, topic, key, value, headers blob)."""
+    return answered_partition(row[1], headers_from_blob(row[4]), topics)
+
+
+def outbox_decision(row: tuple) -> str | None:
+    value = dict(headers_from_blob(row[4])).get("decision_id")
+    return value.decode() if value is not None else None
+
+
+def own_state_current(p: int, topics: Topics, stored: dict[TP, int], committed: dict[TP, Committed],
+                      me: str) -> tuple[bool, str]:
+    """Whether this worker's stored state of partition ``p`` is the latest, and why (for the log)."""
+    tps = [(topics.requests, p), (topics.outcomes, p)]
+    commits = {tp: committed[tp] for tp in tps if tp in committed}
+    if not commits:
+        return True, "no group commit yet: the store is trusted"
+    others = {c.owner for c in commits.values()} - {me, ""}
+    if others:
+        return False, f"worker {', '.join(sorted(others))} processed it since"
+    behind = [f"{t}[{q}] stored {stored.get((t, q), 0)} < committed {c.offset}" for (t, q), c in commits.items()
+              if stored.get((t, q), 0) < c.offset]
+    if behind:
+        return False, "the store is behind the group: " + ", ".join(behind)
+    return True, "this worker processed it last"
+
+
+@dataclass
+class Rebuilt:
+    """The state of some input partitions, rebuilt from the topics."""
+
+    partitions: list[int]
+    blueprints: dict[str, BlueprintState]
+    decisions: list[tuple]  # Batch.decisions rows + (status, reward, outcome_time)
+    pending: list[ev.SeedSelected]
+    held: list[tuple[ev.AdaptationOutcome, float]]  # (outcome, held since)
+    offsets: dict[TP, int]  # the requests and outcomes offsets of the partitions
+    watermark: float
+    seen: set[str]  # every blueprint id the rebuild read a record of
+    records: int
+    complete: bool  # nothing it needed had been deleted (retention)
+
+    def batch(self, replaced: Iterable[str], superseded: list[int], strategies: dict[str, str | None]) -> Batch:
+        """The one transaction that replaces the worker's rows of ``replaced`` blueprints with these, drops the
+        ``superseded`` outbox rows and stores the partitions' offsets. ``strategies``: the per-blueprint strategy of
+        the worker's own state, kept (switches are read by every worker, not rebuilt)."""
+        b = Batch(replaced=sorted(set(replaced)), superseded=list(superseded), offsets=dict(self.offsets))
+        for bp_id, state in self.blueprints.items():
+            if bp_id in strategies:
+                state.strategy = strategies[bp_id]
+            b.blueprints[bp_id] = (dump_state(state.to_dict()), state.version)
+        for *row, status, reward, outcome_time in self.decisions:
+            b.decisions.append(tuple(row))
+            if status != "pending":
+                b.resolutions.append((status, reward, outcome_time, row[0]))
+        b.held = [(o.event_id, o.resolved_decision_id, o.blueprint_id, since, ev.encode(o)) for o, since in self.held]
+        b.count("rebuilt_partitions", len(self.partitions))
+        if superseded:
+            b.count("superseded_outbox_rows", len(superseded))
+        return b
+
+
+async def rebuild(settings: Settings, bus: Bus, partitions: Iterable[int], counts: dict[str, int],
+                  request_floors: dict[TP, int]) -> Rebuilt:
+    """Rebuild the state of ``partitions`` (input partition numbers) from the topics, as ``seedworker replay`` does,
+    keeping only their records. ``counts``: partition counts of the topics; ``request_floors``: graft.requested
+    offsets not to go below (the group's committed ones: whatever lies before them was processed)."""
+    from aiokafka import TopicPartition
+
+    from seedworker.engine.replay import ReplayWorker, Span, merged  # the replay imports the worker, which imports this module
+
+    t = settings.kafka.topics
+    wanted = sorted(set(partitions))
+    tps = ([TopicPartition(t.selections, q) for q in range(counts[t.selections])]
+           + [TopicPartition(t.dead_letters, q) for q in range(counts[t.dead_letters])]
+           + [TopicPartition(t.outcomes, p) for p in wanted])
+    seen: set[str] = set()
+    records = 0
+    store = await Store(":memory:").open()
+    try:
+        replay = ReplayWorker(settings, store)
+        async with bus.reader() as reader:
+            reader.assign(tps)
+            first, end = await reader.beginning_offsets(tps), await reader.end_offsets(tps)
+            spans = [Span(tp.topic, tp.partition, first[tp], end[tp], first[tp]) for tp in tps]
+            async for m in merged(reader, spans, {t.selections: 0, t.outcomes: 1, t.dead_letters: 2}):
+                if m.topic != t.outcomes and answered_partition(m.topic, m.headers, t) not in wanted:
+                    continue
+                records += 1
+                if m.key is not None and m.topic != t.dead_letters:
+                    seen.add(m.key.decode("utf-8", "replace"))  # inputs and selections are keyed by blueprint
+                await replay.feed(m)
+        floors = {(t.outcomes, tp.partition): first[tp] for tp in tps if tp.topic == t.outcomes}
+        floors.update({(t.requests, p): request_floors.get((t.requests, p), 0) for p in wanted})
+        await replay.finish(floors)
+        rows = await store.decision_rows()
+        stored = await store.offsets()
+        offsets = {tp: stored.get(tp, 0) for tp in floors}
+    finally:
+        await store.close()
+    sel = replay.selector
+    seen.update(sel.blueprints)
+    seen.update(row[2] for row in rows)
+    held = [(h.outcome, h.since) for hs in replay.held.values() for h in hs]
+    seen.update(o.blueprint_id for o, _ in held)
+    gaps = [f"{tp.topic}[{tp.partition}] starts at {first[tp]}" for tp in tps if first[tp] > 0]
+    if gaps:
+        log.warning("rebuilding partitions %s: records were deleted (%s); the rebuilt state lacks them", wanted,
+                    ", ".join(gaps))
+    return Rebuilt(partitions=wanted, blueprints=dict(sel.blueprints), decisions=rows,
+                   pending=list(sel.pending.values()), held=held, offsets=offsets, watermark=replay.watermark,
+                   seen=seen, records=records, complete=not gaps)

@@ -1,0 +1,300 @@
+"""``seedworker export`` / ``seedworker import``: a store as one JSON document, to move state between machines.
+
+The document carries what a worker restores from, and nothing it does not: the learned state of every blueprint,
+every decision (its columns, its payload as JSON), held outcomes, unsent outbox rows, counters, the consumed offsets
+and the meta values. Sent outbox rows (already on Kafka) and bookkeeping times (``updated_at``, ``created_at``) are
+left out, so exporting an imported document gives the same bytes.
+
+Floats are exact: orjson writes the shortest text that reads back as the same double. JSON has no ±inf or NaN, so a
+non-finite float is written as ``{"$float": "-Infinity"}`` (``"Infinity"``, ``"NaN"``), and inside an array as the
+string itself. A numpy array is ``{"$array": dtype, "shape": [...], "data": [flat values]}``. Binary outbox keys and
+values (a dead letter keeps the original bytes) are base64.
+
+Import goes through the Store: a new file, its migrations, then ONE transaction with everything. It refuses a target
+that holds state unless ``--force``, and a target another process has open (stop the worker first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from seedworker.contract import events as ev
+from seedworker.core.config import load_settings
+from seedworker.store.store import MIGRATIONS, Batch, Store, StoreError, dump_state, in_use, load_state, read_snapshot
+
+FORMAT = "seedworker-snapshot"
+FORMAT_VERSION = 1
+SCHEMA_VERSION = max(version for version, _, _ in MIGRATIONS)
+_NON_FINITE = {"Infinity": math.inf, "-Infinity": -math.inf, "NaN": math.nan}
+_STATE_TABLES = ("blueprints", "decisions", "held_outcomes", "outbox", "counters", "offsets", "meta")
+_DECISION_COLUMNS = ("decision_id", "request_id", "blueprint_id", "seed_id", "seed_idx", "strategy", "propensity",
+                     "explored", "state_version", "request_time", "status", "reward", "outcome_time")
+
+
+class SnapshotError(ValueError):
+    """A document that cannot be imported, or a target that must not be overwritten; the message says which."""
+
+
+# -- values --------------------------------------------------------------------------------------------------------
+def _float_text(x: float) -> str:
+    return "NaN" if math.isnan(x) else "Infinity" if x > 0 else "-Infinity"
+
+
+def encode_value(value: Any) -> Any:
+    """Blueprint state (dicts, lists, numpy arrays, floats) as plain JSON values, exactly."""
+    if isinstance(value, np.ndarray):
+        data = value.ravel().tolist()
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            data = [v if math.isfinite(v) else _float_text(v) for v in data]
+        return {"$array": value.dtype.str, "shape": list(value.shape), "data": data}
+    if isinstance(value, dict):
+        return {str(k): encode_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [encode_value(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        x = float(value)
+        return x if math.isfinite(x) else {"$float": _float_text(x)}
+    if value is None or isinstance(value, str):
+        return value
+    raise TypeError(f"cannot export a value of type {type(value).__name__}")
+
+
+def decode_value(value: Any) -> Any:
+    if isinstance(value, dict):
+        if "$array" in value:
+            data = [_NON_FINITE[v] if isinstance(v, str) else v for v in value["data"]]
+            return np.array(data, dtype=np.dtype(value["$array"])).reshape(value["shape"])
+        if "$float" in value:
+            return _NON_FINITE[value["$float"]]
+        return {k: decode_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [decode_value(v) for v in value]
+    return value
+
+
+def _b64(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: str | None) -> bytes | None:
+    return None if text is None else base64.b64decode(text, validate=True)
+
+
+# -- export --------------------------------------------------------------------------------------------------------
+def export_snapshot(path: str | Path) -> dict[str, Any]:
+    """The store at ``path`` as a JSON-ready document, from one read-only snapshot (safe while the worker runs)."""
+    return read_snapshot(path, _export)
+
+
+def _export(db) -> dict[str, Any]:
+    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not {*_STATE_TABLES, "schema_migrations"} <= tables:
+        raise StoreError("not a seedworker store (its tables are missing)")
+    # Row order is kept where the worker depends on it: pending decisions are restored in insertion order.
+    decisions = []
+    for *cols, payload in db.execute(f"SELECT {', '.join(_DECISION_COLUMNS)}, payload FROM decisions ORDER BY rowid"):
+        row = dict(zip(_DECISION_COLUMNS, cols))
+        row["explored"] = bool(row["explored"])
+        row["payload"] = orjson.loads(payload)
+        decisions.append(row)
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "schema_version": db.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0],
+        "meta": dict(db.execute("SELECT key, value FROM meta ORDER BY key")),
+        "counters": dict(db.execute("SELECT name, value FROM counters ORDER BY name")),
+        "offsets": [{"topic": t, "partition": p, "next_offset": o} for t, p, o in db.execute(
+            "SELECT topic, partition, next_offset FROM offsets ORDER BY topic, partition")],
+        "blueprints": {bp: {"version": version, "state": encode_value(load_state(blob))} for bp, version, blob in
+                       db.execute("SELECT blueprint_id, version, state FROM blueprints ORDER BY rowid")},
+        "decisions": decisions,
+        "held_outcomes": [{"event_id": e, "decision_id": d, "blueprint_id": b, "held_since": t,
+                           "payload": orjson.loads(p)} for e, d, b, t, p in db.execute(
+            "SELECT event_id, decision_id, blueprint_id, held_since, payload FROM held_outcomes ORDER BY rowid")],
+        "outbox": [{"topic": t, "key": _b64(k), "value": _b64(v), "headers": orjson.loads(h)} for t, k, v, h in
+                   db.execute("SELECT topic, key, value, headers FROM outbox WHERE sent_at IS NULL ORDER BY id")],
+    }
+
+
+def dumps(doc: dict[str, Any]) -> bytes:
+    return orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n"
+
+
+# -- import --------------------------------------------------------------------------------------------------------
+def to_batch(doc: dict[str, Any]) -> Batch:
+    """Check the document and turn it into the one Batch the Store writes."""
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise SnapshotError(f"format: not a {FORMAT} document")
+    if doc.get("format_version") != FORMAT_VERSION:
+        raise SnapshotError(f"format_version: this seedworker reads version {FORMAT_VERSION}, "
+                            f"got {doc.get('format_version')!r}")
+    schema = doc.get("schema_version")
+    if schema != SCHEMA_VERSION:
+        # Rows are written with the columns of this schema; another one needs its own conversion, which none has yet.
+        raise SnapshotError(f"schema_version: exported from store schema {schema!r}, this seedworker has "
+                            f"{SCHEMA_VERSION}")
+    b = Batch()
+    where = "document"
+    try:
+        where = "meta"
+        b.meta = {str(k): _text(v, k) for k, v in doc["meta"].items()}
+        where = "counters"
+        b.counters = {str(k): _int(v, k) for k, v in doc["counters"].items()}
+        where = "offsets"
+        b.offsets = {(str(o["topic"]), _int(o["partition"], "partition")): _int(o["next_offset"], "next_offset")
+                     for o in doc["offsets"]}
+        for bp_id, entry in doc["blueprints"].items():
+            where = f"blueprints.{bp_id}"
+            b.blueprints[bp_id] = (dump_state(decode_value(entry["state"])), _int(entry["version"], "version"))
+        for n, d in enumerate(doc["decisions"]):
+            where = f"decisions[{n}]"
+            payload = orjson.dumps(d["payload"])
+            selected: ev.SeedSelected = ev.decode(payload, ev.SEED_SELECTED)  # type: ignore[assignment]
+            if selected.decision_id != d["decision_id"]:
+                raise SnapshotError(f"{where}: payload is the decision {selected.decision_id}")
+            b.decisions.append((d["decision_id"], d["request_id"], d["blueprint_id"], d["seed_id"], d["seed_idx"],
+                                d["strategy"], d["propensity"], int(d["explored"]), d["state_version"],
+                                d["request_time"], payload))
+            if (d["status"], d["reward"], d["outcome_time"]) != ("pending", None, None):
+                b.resolutions.append((d["status"], d["reward"], d["outcome_time"], d["decision_id"]))
+        for n, h in enumerate(doc["held_outcomes"]):
+            where = f"held_outcomes[{n}]"
+            payload = orjson.dumps(h["payload"])
+            ev.decode(payload, ev.ADAPTATION_OUTCOME)
+            b.held.append((h["event_id"], h["decision_id"], h["blueprint_id"], h["held_since"], payload))
+        for n, o in enumerate(doc["outbox"]):
+            where = f"outbox[{n}]"
+            b.outbox.append((o["topic"], _unb64(o["key"]), _unb64(o["value"]), orjson.dumps(o["headers"])))
+    except SnapshotError:
+        raise
+    except ev.EventError as exc:
+        raise SnapshotError(f"{where}: payload: {exc}") from None
+    except KeyError as exc:
+        raise SnapshotError(f"{where}: missing {exc}") from None
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise SnapshotError(f"{where}: {exc}") from None
+    return b
+
+
+def _int(value: Any, name: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SnapshotError(f"{name}: expected an integer, got {value!r}")
+    return value
+
+
+def _text(value: Any, name: Any) -> str:
+    if not isinstance(value, str):
+        raise SnapshotError(f"{name}: expected a string, got {value!r}")
+    return value
+
+
+def holds_state(path: str | Path) -> bool:
+    """Whether the file at ``path`` has anything a worker would restore (or is not an empty store at all)."""
+    p = Path(path)
+    if not p.exists() or p.stat().st_size == 0:
+        return False
+
+    def read(db) -> bool:
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not tables <= {*_STATE_TABLES, "schema_migrations", "sqlite_sequence"}:
+            return True  # some other database: not ours to overwrite without --force
+        return any(db.execute(f"SELECT 1 FROM {t} LIMIT 1").fetchone() for t in _STATE_TABLES if t in tables)
+
+    try:
+        return read_snapshot(p, read)
+    except StoreError:
+        return True  # not readable as SQLite: treat as precious
+
+
+async def import_snapshot(doc: dict[str, Any], path: str | Path, *, force: bool = False) -> None:
+    """Write the document into a new store at ``path``: the Store's migrations, then one transaction.
+
+    The store is built next to the target and moved over it, so a failed import leaves the target as it was."""
+    batch = to_batch(doc)
+    target = Path(path)
+    if holds_state(target) and not force:
+        raise SnapshotError(f"{target} already holds state; use --force to replace it")
+    if in_use(target):
+        raise SnapshotError(f"{target} is open in another process (a running worker?); stop it first")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.import-{os.getpid()}")
+    _remove_side_files(tmp)
+    tmp.unlink(missing_ok=True)
+    try:
+        store = await Store(tmp).open()
+        try:
+            await store.write(batch)
+        finally:
+            await store.close()
+        # The target's side files belong to the old database: left next to the new one, SQLite would read them.
+        _remove_side_files(target)
+        os.replace(tmp, target)
+    finally:
+        _remove_side_files(tmp)
+        tmp.unlink(missing_ok=True)
+
+
+def _remove_side_files(db: Path) -> None:
+    for suffix in ("-wal", "-shm", "-journal"):
+        db.with_name(db.name + suffix).unlink(missing_ok=True)
+
+
+# -- commands ------------------------------------------------------------------------------------------------------
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = "Write the store as one JSON document (read-only; safe while the worker runs)."
+    parser.add_argument("--db", help="SQLite state file (default: the `db` setting, var/seedworker.sqlite)")
+    parser.add_argument("--config", help="TOML settings file (only its `db` is used)")
+    parser.add_argument("-o", "--output", default="-", metavar="FILE", help="where to write it (default: stdout)")
+
+
+def add_import_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Load an exported JSON document into a new store (the worker must not be running on "
+                          "the target).")
+    parser.add_argument("input", metavar="FILE", help="the exported document ('-' for stdin)")
+    parser.add_argument("--db", help="SQLite state file to create (default: the `db` setting)")
+    parser.add_argument("--config", help="TOML settings file (only its `db` is used)")
+    parser.add_argument("--force", action="store_true", help="replace a target that already holds state")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    db = load_settings(args.config, overrides={"db": args.db}).db
+    try:
+        data = dumps(export_snapshot(db))
+    except StoreError as exc:
+        print(f"seedworker export: {exc}", file=sys.stderr)
+        return 1
+    if args.output == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    else:
+        # The document holds what the store holds, so it is as private as the store (0600).
+        fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+    return 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    db = load_settings(args.config, overrides={"db": args.db}).db
+    try:
+        raw = sys.stdin.buffer.read() if args.input == "-" else Path(args.input).read_bytes()
+        doc = orjson.loads(raw)
+        asyncio.run(import_snapshot(doc, db, force=args.force))
+    except (OSError, orjson.JSONDecodeError, SnapshotError, StoreError) as exc:
+        print(f"seedworker import: {exc}", file=sys.stderr)
+        return 1
+    return 0
