@@ -116,7 +116,7 @@ def test_event_schema_is_valid_2020_12(event_type: str):
     schema = load(contract.schema_file(event_type))
     Draft202012Validator.check_schema(schema)
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
-    assert schema["$id"] == f"https://esper.example/seedworker/contract/schemas/{event_type}/1.json"
+    assert schema["$id"] == f"https://esper.example/seedworker/schemas/{event_type}/1.json"
     assert schema["title"] and schema["description"]
     assert schema["properties"]["event_type"]["const"] == event_type
 
