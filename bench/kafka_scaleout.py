@@ -75,7 +75,7 @@ def _settings(cfg: dict):
 # The child: one Worker, held back until the go file exists, stopped by the stop file once all are done
 # ---------------------------------------------------------------------------------------------------------------
 async def _worker(cfg: dict) -> dict:
-    from seedworker.broker.bus import KafkaBus
+    from seedworker.broker.kafka import KafkaBus
     from seedworker.engine.worker import Worker
 
     settings = _settings(cfg)

@@ -195,7 +195,7 @@ async def _passthrough(cfg: dict) -> dict:
 async def _worker(cfg: dict) -> dict:
     import cProfile
 
-    from seedworker.broker.bus import KafkaBus
+    from seedworker.broker.kafka import KafkaBus
     from seedworker.core.config import Settings
     from seedworker.engine.worker import Worker
 

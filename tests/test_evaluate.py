@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from seedworker.contract import events as ev
-from seedworker.broker.bus import MemoryBus
+from seedworker.broker.memory import MemoryBus
 from seedworker.tools.cli import main
 from seedworker.core.config import Settings
 from seedworker.tools.estimators import (

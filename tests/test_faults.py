@@ -26,7 +26,8 @@ from pathlib import Path
 import pytest
 
 from seedworker.contract import events as ev
-from seedworker.broker.bus import BusError, MemoryBus
+from seedworker.broker.base import BusError
+from seedworker.broker.memory import MemoryBus
 from seedworker.core.config import Settings
 from seedworker.store.store import Store, StoreError, read_all
 from seedworker.engine.worker import Worker

@@ -27,7 +27,8 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from seedworker.contract import events as ev
-from seedworker.broker.bus import KafkaBus, Outgoing, _pace_metadata_updates
+from seedworker.broker.base import Outgoing
+from seedworker.broker.kafka import KafkaBus, _pace_metadata_updates
 from seedworker.core.config import KafkaSettings
 from seedworker.dev.local_kafka import REPO_ROOT, LocalKafka, free_port
 from seedworker.core.selector import SeedSelector
@@ -177,7 +178,7 @@ async def test_broker_restart_mid_stream_loses_nothing(own_kafka, tmp_path):
     wp = WorkerProcess(bootstrap, db, topics, unique_topic("restart-group"), tmp_path / "worker.log")
     wp.env["SEEDWORKER_KAFKA__MAX_BATCH"] = "20"  # many small batches: the outage lands between and inside them
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=2)
-    # Tamiyo's client would spin like the worker's did (see seedworker.broker.bus): keep the machine's two cores for the
+    # Tamiyo's client would spin like the worker's did (see seedworker.broker.kafka): keep the machine's two cores for the
     # broker and the worker.
     _pace_metadata_updates(producer.client)
     await producer.start()

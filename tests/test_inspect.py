@@ -20,7 +20,7 @@ import orjson
 import pytest
 
 from seedworker.contract import events as ev
-from seedworker.broker.bus import MemoryBus
+from seedworker.broker.memory import MemoryBus
 from seedworker.tools.cli import main
 from seedworker.core.config import Settings
 from seedworker.tools.inspect import SCORE_REQUEST_ID, read, rolling_mean, rolling_share, run

@@ -26,7 +26,8 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
 from seedworker.contract import events as ev
-from seedworker.broker.bus import KafkaBus, MemoryBus
+from seedworker.broker.kafka import KafkaBus
+from seedworker.broker.memory import MemoryBus
 from seedworker.tools.cli import build_parser
 from seedworker.core.config import ConfigError, KafkaSettings, Settings, load_settings
 from seedworker.ops.http_server import HttpServer, endpoint_for

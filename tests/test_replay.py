@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from seedworker.contract import events as ev
-from seedworker.broker.bus import MemoryBus
+from seedworker.broker.memory import MemoryBus
 from seedworker.tools.cli import main
 from seedworker.core.config import Settings
 from seedworker.engine.replay import ReplayWorker

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from seedworker.contract import events as ev
-from seedworker.broker.bus import BusError, Committed, MemoryBus
+from seedworker.broker.base import BusError, Committed
+from seedworker.broker.memory import MemoryBus
 from seedworker.core.config import Settings, Topics
 from seedworker.engine.ownership import co_partitioned, own_state_current
 from seedworker.core.selector import SeedSelector

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from pydantic import ValidationError
 
 from seedworker.tools import cli
-from seedworker.broker.bus import AuthenticationError, BusError
+from seedworker.broker.base import AuthenticationError, BusError
 from seedworker.broker.client import SeedClient
 from seedworker.core.config import ConfigError, KafkaSettings, Settings, Topics, load_settings
 from seedworker.broker.security import client_options, describe, ssl_context

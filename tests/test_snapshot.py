@@ -17,7 +17,8 @@ import orjson
 import pytest
 
 from seedworker.contract import events as ev
-from seedworker.broker.bus import BusError, MemoryBus
+from seedworker.broker.base import BusError
+from seedworker.broker.memory import MemoryBus
 from seedworker.tools.cli import main
 from seedworker.core.config import Settings
 from seedworker.tools.snapshot import (

@@ -8,7 +8,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from seedworker.contract import events as ev
-from seedworker.broker.bus import MemoryBus
+from seedworker.broker.memory import MemoryBus
 from seedworker.core.config import Settings
 from seedworker.store.store import read_all
 from seedworker.engine.worker import Worker

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from seedworker.contract import events as ev
-from seedworker.broker.bus import MemoryBus
+from seedworker.broker.memory import MemoryBus
 from seedworker.core.config import ConfigError, Settings
 from seedworker.store.store import Store, read_all
 from seedworker.engine.worker import Worker

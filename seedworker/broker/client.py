@@ -49,7 +49,7 @@ from datetime import datetime
 from typing import Any, Iterable, Mapping
 
 from seedworker.contract import events as ev
-from seedworker.broker.bus import AuthenticationError
+from seedworker.broker.base import AuthenticationError
 from seedworker.core.config import KafkaSettings, Topics
 from seedworker.broker.security import client_options, describe, refusal, refusal_reason
 
@@ -69,7 +69,7 @@ class SeedClient:
     ``timeout_s`` is the default of ``request_seed(timeout=...)`` and also bounds connecting to Kafka at start.
     ``kafka_options`` go to both aiokafka clients unchanged (e.g. ``security_protocol``, ``sasl_mechanism``;
     :meth:`from_settings` builds them from ``KafkaSettings``). Credentials or a TLS handshake the broker refuses
-    raise :class:`~seedworker.broker.bus.AuthenticationError` (a ``ConnectionError``) at start, without retrying.
+    raise :class:`~seedworker.broker.kafka.AuthenticationError` (a ``ConnectionError``) at start, without retrying.
     """
 
     def __init__(self, *, bootstrap_servers: str = "127.0.0.1:9092", topics: Topics | None = None,

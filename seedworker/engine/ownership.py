@@ -25,7 +25,7 @@ commits for p tell whether anybody else processed p since W last did:
 Unsent rows of a partition W is not assigned stay unpublished; once the group's commits for it name another worker
 they are dropped as superseded. A claim that does not go through (the group is rebalancing again) leaves the
 partition paused until it does. Strategy switches are not per partition: every worker reads the whole control topic
-itself (seedworker.broker.bus ``broadcast``), so a rebuilt blueprint keeps the per-blueprint strategy the worker's own state
+itself (``Bus.broadcast``), so a rebuilt blueprint keeps the per-blueprint strategy the worker's own state
 has. Counters stay per worker (what this worker did); a rebuild adds only ``rebuilt_partitions``. Pending decisions
 and held outcomes of partitions a worker no longer owns still expire by its event-time clock, as a lone worker's do
 for a lagging partition: if the worker gets the partition back with a current state nobody else touched it
@@ -52,7 +52,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from seedworker.contract import events as ev
-from seedworker.broker.bus import TP, Bus, BusError, Committed
+from seedworker.broker.base import TP, Bus, BusError, Committed
 from seedworker.core.config import Settings, Topics
 from seedworker.core.selector import BlueprintState
 from seedworker.store.store import Batch, Store, dump_state

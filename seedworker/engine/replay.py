@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import AsyncIterator
 
 from seedworker.contract import events as ev
-from seedworker.broker.bus import Message
+from seedworker.broker.base import Message
 from seedworker.core.config import Settings, load_settings
 from seedworker.store.store import Batch, Store, StoreError
 from seedworker.engine.worker import SOURCE_OFFSET, SOURCE_PARTITION, Worker, header_value
@@ -536,7 +536,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from seedworker.broker.bus import BusError
+    from seedworker.broker.base import BusError
     from seedworker.ops.logs import configure
 
     settings = load_settings(args.config, overrides={"kafka.bootstrap_servers": args.bootstrap_servers})

@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 import orjson
 
 from seedworker.contract import events as ev
-from seedworker.broker.bus import TP, Bus, BusError, Committed, KafkaBus, Message, Outgoing
+from seedworker.broker.base import TP, Bus, BusError, Committed, Message, Outgoing
+from seedworker.broker.kafka import KafkaBus
 from seedworker.core.config import ConfigError, Settings
 from seedworker.ops.metrics import WorkerMetrics
 from seedworker.core.selector import SeedSelector
@@ -119,6 +120,16 @@ class Worker:
         c = self.counters
         return (f"<Worker decisions={c['decisions']} outcomes={c['outcomes_learned']} dead_letters={c['dead_letters']} "
                 f"pending={len(self.selector.pending)} held={sum(map(len, self.held.values()))}>")
+
+    @property
+    def pending_decisions(self) -> int:
+        """Decisions waiting for their outcome (a gauge of /metrics)."""
+        return len(self.selector.pending)
+
+    @property
+    def held_outcomes(self) -> int:
+        """Outcomes waiting for their decision (a gauge of /metrics)."""
+        return sum(map(len, self.held.values()))
 
     # -- life cycle ----------------------------------------------------------------------------------------------
     def readiness(self) -> dict[str, bool]:

@@ -214,10 +214,10 @@ class WorkerMetrics:
                                         lambda: [((), int(all(worker.readiness().values())))]))
         self.registry.register(Callback(PREFIX + "decisions_pending", "gauge",
                                         "Decisions waiting for their outcome.",
-                                        lambda: [((), len(worker.selector.pending))]))
+                                        lambda: [((), worker.pending_decisions)]))
         self.registry.register(Callback(PREFIX + "outcomes_held", "gauge",
                                         "Outcomes held until their decision is known.",
-                                        lambda: [((), sum(map(len, worker.held.values())))]))
+                                        lambda: [((), worker.held_outcomes)]))
         self.registry.register(self.selection)
         self.registry.register(self.transaction)
         self.registry.register(self.lag)

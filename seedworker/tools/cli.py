@@ -13,7 +13,7 @@ from seedworker.core.config import ConfigError, load_settings
 
 
 def _run(args: argparse.Namespace) -> int:
-    from seedworker.broker.bus import BusError
+    from seedworker.broker.base import BusError
     from seedworker.ops.http_server import run_with_endpoint
     from seedworker.ops.logs import configure
     from seedworker.store.store import StoreError

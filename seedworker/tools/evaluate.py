@@ -363,7 +363,7 @@ async def write_simulated_log(path: str | Path, env, *, strategy: str, settings:
     """Run the worker (on a MemoryBus, with a real Store at ``path``) against a simulated environment, logging with
     ``strategy``: ``batch`` requests at a time, then their outcomes, stamped after the batch's last request so the
     event-time order is the order the worker learned in. Returns each request's expected reward per seed_idx."""
-    from seedworker.broker.bus import MemoryBus
+    from seedworker.broker.memory import MemoryBus
     from seedworker.engine.worker import Worker
 
     options = (settings or Settings()).model_dump()

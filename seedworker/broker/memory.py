@@ -1,0 +1,175 @@
+"""An in-memory bus with the Kafka bus's contract: unit tests, property tests, `simulate` and users' own Tamiyo
+integration tests (``Worker(settings, bus=MemoryBus(), burst=True)``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Iterable, Iterator, NamedTuple
+
+from seedworker.broker.base import TP, Committed, Headers, Message, OnAssign, Outgoing, partition_for
+
+@dataclass
+class MemoryBus:
+    """An in-process stand-in for Kafka with the same contract: partitions, offsets, a consumer group.
+
+    One MemoryBus is one member of the group. ``member()`` is another member reading the same topics and committing to
+    the same group; ``assign(partitions)`` hands a member other partitions the way Kafka's eager rebalance does (all
+    of its partitions revoked, then the new ones assigned). A record's timestamp is the order it was produced in."""
+
+    topics: dict[str, list[list[Message]]] = field(default_factory=dict)
+    committed: dict[TP, int] = field(default_factory=dict)
+    owners: dict[TP, str] = field(default_factory=dict)  # commit metadata: who committed each offset
+    assignment: set[int] | None = None  # the partition numbers of the subscribed topics this member owns; None: all
+    clock: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+    _positions: dict[TP, int] = field(default_factory=dict)
+    _subscribed: list[str] = field(default_factory=list)
+    _broadcast: list[TP] = field(default_factory=list)
+    _paused: set[TP] = field(default_factory=set)
+    _listeners: tuple = ()
+
+    def member(self, assignment: Iterable[int] | None = None) -> "MemoryBus":
+        """Another consumer in this group, on the same topics."""
+        return MemoryBus(topics=self.topics, committed=self.committed, owners=self.owners, clock=self.clock,
+                         assignment=None if assignment is None else set(assignment))
+
+    def _owned(self) -> list[TP]:
+        return [(t, p) for t in self._subscribed for p in range(len(self.topics.get(t, [])))
+                if self.assignment is None or p in self.assignment]
+
+    async def start(self, topics: list[str], on_assign: OnAssign, on_revoke: OnAssign) -> None:
+        self._subscribed = list(topics)
+        self._listeners = (on_assign, on_revoke)
+        await self._assigned()
+
+    async def assign(self, partitions: Iterable[int]) -> None:
+        """A rebalance as this member sees it: everything it had is revoked, then ``partitions`` are assigned."""
+        await self._listeners[1](self._owned())
+        self.assignment = set(partitions)
+        await self._assigned()
+
+    async def _assigned(self) -> None:
+        self._paused.clear()
+        tps = self._owned()
+        for tp in tps:
+            self._positions[tp] = self.committed.get(tp, 0)
+        await self._listeners[0](tps)
+
+    def broadcast(self, offsets: dict[TP, int]) -> None:
+        self._broadcast = list(offsets)
+        self._positions.update(offsets)
+
+    async def stop(self) -> None:
+        self._subscribed = []
+        self._broadcast = []
+
+    async def ensure_topics(self, partitions: dict[str, int]) -> dict[str, int]:
+        for name, n in partitions.items():
+            self.topics.setdefault(name, [[] for _ in range(n)])
+        return {name: len(parts) for name, parts in self.topics.items()}
+
+    def produce(self, topic: str, key: bytes | None, value: bytes, headers: Headers = ()) -> Message:
+        parts = self.topics.setdefault(topic, [[]])
+        p = partition_for(key, len(parts))
+        msg = Message(topic, p, len(parts[p]), key, value, headers, next(self.clock))
+        parts[p].append(msg)
+        return msg
+
+    async def poll(self, timeout_ms: int, max_records: int) -> list[Message]:
+        out: list[Message] = []
+        for t, p in self._owned() + self._broadcast:  # the control topic last, as it was when subscribed
+            if (t, p) in self._paused:
+                continue
+            part = self.topics[t][p]
+            pos = self._positions.get((t, p), 0)
+            take = part[pos: pos + max_records - len(out)]
+            out.extend(take)
+            self._positions[(t, p)] = pos + len(take)
+        if not out:
+            await asyncio.sleep(min(timeout_ms, 5) / 1000)
+        return out
+
+    def seek(self, tp: TP, offset: int) -> None:
+        self._positions[tp] = offset
+
+    def pause(self, tps: list[TP]) -> None:
+        self._paused.update(tps)
+
+    def resume(self, tps: list[TP]) -> None:
+        self._paused.difference_update(tps)
+
+    async def send(self, messages: Iterable[Outgoing]) -> None:
+        for m in messages:
+            self.produce(m.topic, m.key, m.value, m.headers)
+
+    async def commit(self, offsets: dict[TP, int], owner: str = "") -> bool:
+        self.committed.update(offsets)
+        self.owners.update(dict.fromkeys(offsets, owner))
+        return True
+
+    async def fetch_committed(self, tps: list[TP]) -> dict[TP, Committed]:
+        return {tp: Committed(self.committed[tp], self.owners.get(tp, "")) for tp in tps if tp in self.committed}
+
+    @contextlib.asynccontextmanager
+    async def reader(self) -> AsyncIterator["_MemoryReader"]:
+        yield _MemoryReader(self)
+
+    def read(self, topic: str) -> list[Message]:
+        return [m for part in self.topics.get(topic, []) for m in part]
+
+    async def lag(self) -> dict[TP, int]:
+        """Messages not consumed yet, per assigned partition."""
+        return {(t, p): len(self.topics[t][p]) - self._positions.get((t, p), 0)
+                for t, p in self._owned() + self._broadcast}
+
+
+class _Record(NamedTuple):
+    """The attributes of aiokafka's ConsumerRecord that a reader of whole partitions uses."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
+
+
+class _MemoryReader:
+    """The part of a group-less aiokafka consumer that seedworker.engine.replay.merged reads with, over a MemoryBus."""
+
+    def __init__(self, bus: MemoryBus):
+        self.bus = bus
+        self._positions: dict[TP, int] = {}
+
+    def _part(self, tp) -> list[Message]:
+        return self.bus.topics[tp[0]][tp[1]]
+
+    def assign(self, tps) -> None:
+        self._positions = dict.fromkeys(tps, 0)
+
+    async def beginning_offsets(self, tps) -> dict:
+        return dict.fromkeys(tps, 0)
+
+    async def end_offsets(self, tps) -> dict:
+        return {tp: len(self._part(tp)) for tp in tps}
+
+    def seek(self, tp, offset: int) -> None:
+        self._positions[tp] = offset
+
+    async def position(self, tp) -> int:
+        return self._positions[tp]
+
+    async def getmany(self, *tps, timeout_ms: int = 0, max_records: int = 500) -> dict:
+        out = {}
+        for tp in tps:
+            pos = self._positions[tp]
+            records = [_Record(m.topic, m.partition, m.offset, m.timestamp_ms, m.key, m.value, m.headers)
+                       for m in self._part(tp)[pos: pos + max_records]]
+            if records:
+                out[tp] = records
+                self._positions[tp] = pos + len(records)
+        return out
+
