@@ -167,15 +167,22 @@ class Settings(_Section):
         keyed = [("default_strategy", self.default_strategy),
                  *((f"blueprint_strategies.{bp}", n) for bp, n in self.blueprint_strategies.items()),
                  *((f"strategies.{n}", n) for n in self.strategies)]
-        names = [name for _, name in keyed]
         for key, name in keyed:
-            if name not in STRATEGIES:
-                raise ValueError(f"{key}: unknown strategy {name!r}; known: {', '.join(sorted(STRATEGIES))}")
+            problem = self.strategy_problem(name)
+            if problem:
+                raise ValueError(f"{key}: {problem}")
         for name, options in self.strategies.items():
             make_policy(name, options)
-        if self.decay.half_life_s is None and "discounted-ucb" in names:
-            raise ValueError("strategy 'discounted-ucb' needs decay.half_life_s")
         return self
+
+    def strategy_problem(self, name: str) -> str | None:
+        """Why ``name`` cannot be used with these settings, or None. One rule for the configuration and for a
+        ``strategy.switch`` at run time, so a switch cannot install what the configuration refuses."""
+        if name not in STRATEGIES:
+            return f"unknown strategy {name!r}; known: {', '.join(sorted(STRATEGIES))}"
+        if name == "discounted-ucb" and self.decay.half_life_s is None:
+            return "strategy 'discounted-ucb' needs decay.half_life_s"
+        return None
 
     def policy(self, name: str):
         return make_policy(name, self.strategies.get(name))
