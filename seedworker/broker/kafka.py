@@ -151,7 +151,8 @@ class KafkaBus:
         # A batch of decisions is ~2 KB each and sent at once: with the default 16 KB producer batches a 500-event
         # batch becomes ~70 produce requests in turn; 512 KB batches make it a few.
         producer = AIOKafkaProducer(**{**self._common(), "enable_idempotence": True, "acks": "all", "linger_ms": 1,
-                                       "max_batch_size": 512 * 1024, **self.producer_options})
+                                       "max_batch_size": 512 * 1024, "max_request_size": self.settings.max_request_size,
+                                       **self.producer_options})
         _pace_metadata_updates(producer.client)
         return producer
 

@@ -261,8 +261,12 @@ def encode(event: Envelope) -> bytes:
     return orjson.dumps(event.model_dump(mode="json", exclude_none=True))
 
 
-def decode(data: bytes | str, expected: str | None = None) -> Envelope:
-    """The one place bytes become an event. Raises EventError with a message that names the field."""
+def decode(data: bytes | str, expected: str | None = None, *, default_time: datetime | None = None) -> Envelope:
+    """The one place bytes become an event. Raises EventError with a message that names the field.
+
+    ``default_time`` is the ``occurred_at`` of a message that has none: the worker passes the Kafka record's
+    timestamp, which a later replay reads again, so a missing time means the same thing live and replayed (the
+    decoder's own clock would not)."""
     try:
         raw = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
@@ -272,12 +276,14 @@ def decode(data: bytes | str, expected: str | None = None) -> Envelope:
             raw = json.loads(data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data)
         except (ValueError, TypeError):
             raise EventError(f"invalid JSON: {exc}") from None
-    return from_dict(raw, expected)
+    return from_dict(raw, expected, default_time=default_time)
 
 
-def from_dict(raw: Any, expected: str | None = None) -> Envelope:
+def from_dict(raw: Any, expected: str | None = None, *, default_time: datetime | None = None) -> Envelope:
     if not isinstance(raw, dict):
         raise EventError(f"event: expected a JSON object, got {type(raw).__name__}")
+    if default_time is not None and raw.get("occurred_at") is None:
+        raw = {**raw, "occurred_at": default_time}
     event_type = raw.get("event_type", expected)
     if expected is not None and event_type != expected:
         raise EventError(f"event_type: expected {expected!r}, got {event_type!r}")
@@ -297,3 +303,24 @@ def from_dict(raw: Any, expected: str | None = None) -> Envelope:
 
 def epoch_seconds(ts: datetime) -> float:
     return ts.timestamp()
+
+
+def check_selection(selected: SeedSelected, *, max_bytes: int | None = None, payload: bytes | None = None) -> None:
+    """Check a selection the selector built (without re-validation, see the selector) against the contract before
+    it is stored or sent: every number finite, probabilities in range, and the encoded size within ``max_bytes``.
+    Raises EventError naming the field. The inputs were validated, so this only catches what the computation made
+    of them (an overflow in the feature scaling, a NaN score) — cheaply, instead of decoding the payload again."""
+    if not (0.0 < selected.propensity <= 1.0):
+        raise EventError(f"propensity: {selected.propensity!r} is not in (0, 1]")
+    for name, values in (("features", selected.features), ("context", selected.context.values())):
+        bad = [v for v in values if not math.isfinite(v)]
+        if bad:
+            raise EventError(f"{name}: not finite ({bad[0]!r})")
+    for j, c in enumerate(selected.scores):
+        if c.score is not None and not math.isfinite(c.score):
+            raise EventError(f"scores.{j}.score: not finite ({c.score!r})")
+        if c.probability is not None and not (0.0 <= c.probability <= 1.0):
+            raise EventError(f"scores.{j}.probability: {c.probability!r} is not in [0, 1]")
+    if max_bytes is not None and payload is not None and len(payload) > max_bytes:
+        raise EventError(f"the answer is {len(payload)} bytes, more than kafka.max_request_size ({max_bytes}): it "
+                         f"cannot be published")

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from seedworker import __version__
-from seedworker.core.config import KafkaSettings, Topics
+from seedworker.contract import headers
+from seedworker.contract import topics as default_topics
 from seedworker.contract.events import (
     ADAPTATION_OUTCOME,
     GRAFT_REQUESTED,
@@ -42,25 +43,21 @@ KAFKA_BINDING_VERSION = "0.5.0"
 # schema_version values this major accepts ("1" or "1.<minor>"); newer minors only add fields.
 SCHEMA_VERSION_PATTERN = rf"^{SCHEMA_MAJOR}(\.[0-9]+)?$"
 
-# Kafka headers seedworker sets on every event it produces (values are UTF-8 strings); the names match
-# seedworker.engine.worker.selection_headers and Worker._dead_letter.
-HEADER_EVENT_TYPE = "event_type"
-HEADER_SCHEMA_VERSION = "schema_version"
-HEADER_TRACE_ID = "trace_id"
-HEADER_CONTENT_TYPE = "content-type"
-HEADER_DECISION_ID = "decision_id"  # seed.selected only
-# seed.selected only: which graft.requested record it answers, and the warm-start prior of seeds it registered, so
-# `seedworker replay` can rebuild offsets and priors exactly from the decision log.
-HEADER_SOURCE_PARTITION = "source.partition"
-HEADER_SOURCE_OFFSET = "source.offset"
-HEADER_WARM_START = "seed.warm_start"
-EVENT_HEADERS = (HEADER_EVENT_TYPE, HEADER_SCHEMA_VERSION, HEADER_TRACE_ID, HEADER_CONTENT_TYPE)
-# Kafka headers of a dead letter (added to the original headers, which are kept).
-HEADER_DLQ_REASON = "dlq.reason"
-HEADER_DLQ_TOPIC = "dlq.source.topic"
-HEADER_DLQ_PARTITION = "dlq.source.partition"
-HEADER_DLQ_OFFSET = "dlq.source.offset"
-DEAD_LETTER_HEADERS = (HEADER_DLQ_REASON, HEADER_DLQ_TOPIC, HEADER_DLQ_PARTITION, HEADER_DLQ_OFFSET)
+# Kafka header names: one definition, in seedworker.contract.headers.
+HEADER_EVENT_TYPE = headers.EVENT_TYPE
+HEADER_SCHEMA_VERSION = headers.SCHEMA_VERSION
+HEADER_TRACE_ID = headers.TRACE_ID
+HEADER_CONTENT_TYPE = headers.CONTENT_TYPE
+HEADER_DECISION_ID = headers.DECISION_ID
+HEADER_SOURCE_PARTITION = headers.SOURCE_PARTITION
+HEADER_SOURCE_OFFSET = headers.SOURCE_OFFSET
+HEADER_WARM_START = headers.WARM_START
+EVENT_HEADERS = headers.EVENT_HEADERS
+HEADER_DLQ_REASON = headers.DLQ_REASON
+HEADER_DLQ_TOPIC = headers.DLQ_TOPIC
+HEADER_DLQ_PARTITION = headers.DLQ_PARTITION
+HEADER_DLQ_OFFSET = headers.DLQ_OFFSET
+DEAD_LETTER_HEADERS = headers.DEAD_LETTER_HEADERS
 
 DESCRIPTIONS = {
     GRAFT_REQUESTED: (
@@ -233,14 +230,15 @@ def _dead_letter_message() -> dict[str, Any]:
 
 def asyncapi() -> dict[str, Any]:
     """The AsyncAPI 3.0.0 document of seedworker's topics, as a dict."""
-    topics = Topics()
-    kafka = KafkaSettings()
+    topics = {"requests": default_topics.REQUESTS, "outcomes": default_topics.OUTCOMES,
+              "selections": default_topics.SELECTIONS, "dead_letters": default_topics.DEAD_LETTERS,
+              "control": default_topics.CONTROL}
     messages: dict[str, Any] = {}
     channels: dict[str, Any] = {}
     for channel_id, (field, message_id, event_type, description) in _CHANNELS.items():
         messages[message_id] = _event_message(event_type) if event_type else _dead_letter_message()
         channels[channel_id] = {
-            "address": getattr(topics, field),
+            "address": topics[field],
             "description": description,
             "messages": {message_id: {"$ref": f"#/components/messages/{message_id}"}},
         }
@@ -256,8 +254,8 @@ def asyncapi() -> dict[str, Any]:
         if action == "receive":
             operation["bindings"] = {"kafka": {
                 "bindingVersion": KAFKA_BINDING_VERSION,
-                "groupId": {"type": "string", "enum": [kafka.group_id]},
-                "clientId": {"type": "string", "enum": [kafka.client_id]},
+                "groupId": {"type": "string", "enum": [default_topics.GROUP_ID]},
+                "clientId": {"type": "string", "enum": [default_topics.CLIENT_ID]},
             }}
         operations[operation_id] = operation
     operations["receiveGraftRequested"]["reply"] = {
@@ -281,7 +279,7 @@ def asyncapi() -> dict[str, Any]:
         "defaultContentType": CONTENT_TYPE,
         "servers": {
             "local": {
-                "host": kafka.bootstrap_servers,
+                "host": default_topics.BOOTSTRAP_SERVERS,
                 "protocol": "kafka",
                 "description": "The broker `make kafka-up` starts for development.",
             },

@@ -17,6 +17,7 @@ from typing import Any, Literal, Mapping, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from seedworker.contract import topics
 from seedworker.core.features import DEFAULT_FEATURES
 from seedworker.core.policies import STRATEGIES, make_policy
 from seedworker.core.reward import RewardFunction
@@ -64,11 +65,11 @@ class RewardSettings(_Section):
 
 
 class Topics(_Section):
-    requests: str = "graft.requested"
-    outcomes: str = "adaptation.outcome"
-    selections: str = "seed.selected"
-    dead_letters: str = "seedworker.dlq"
-    control: str = "seedworker.control"
+    requests: str = topics.REQUESTS
+    outcomes: str = topics.OUTCOMES
+    selections: str = topics.SELECTIONS
+    dead_letters: str = topics.DEAD_LETTERS
+    control: str = topics.CONTROL
 
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
@@ -76,14 +77,17 @@ SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 
 
 class KafkaSettings(_Section):
-    bootstrap_servers: str = "127.0.0.1:9092"
-    group_id: str = "seedworker"
-    client_id: str = "seedworker"
+    bootstrap_servers: str = topics.BOOTSTRAP_SERVERS
+    group_id: str = topics.GROUP_ID
+    client_id: str = topics.CLIENT_ID
     topics: Topics = Topics()
     partitions: int = Field(default=3, ge=1)
     output_partitions: int = Field(default=3, ge=1)
     replication_factor: int = Field(default=1, ge=1)
     max_batch: int = Field(default=500, ge=1)
+    # The producer's limit on one request (aiokafka's default, 1 MiB); an answer that cannot fit is dead-lettered
+    # with its request instead of failing to publish on every start.
+    max_request_size: int = Field(default=1_048_576, ge=1024)
     poll_timeout_ms: int = Field(default=200, ge=1)
     fetch_max_wait_ms: int = Field(default=20, ge=0)
     group_commit_interval_s: float = Field(default=1.0, ge=0, description="Kafka group commit period (lag only)")
@@ -131,6 +135,11 @@ class JoinSettings(_Section):
     reward_wait_s: float = Field(default=3600.0, gt=0, description="how long a decision waits for its outcome")
     default_reward: float | None = Field(default=None, description="reward for a decision whose outcome never came")
     learn_late: bool = Field(default=False, description="learn from outcomes that arrive after reward_wait_s")
+    # A message dated after its Kafka record's timestamp (or the wall clock, if that is earlier) by more than this
+    # is dead-lettered: one such message would otherwise move its partition's event-time clock into the future and
+    # expire everything pending there. Clocks of the hosts of one deployment agree to well under a minute with NTP;
+    # five minutes leaves room for a host whose time daemon is slow to catch up.
+    max_clock_skew_s: float = Field(default=300.0, ge=0, description="how far an event's time may run ahead")
 
 
 class MetricsSettings(_Section):
