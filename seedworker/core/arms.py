@@ -197,6 +197,55 @@ class ArmTable:
         if x is not None and weight > 0.0:
             self._learn_linear(i, x, reward, weight)
 
+    def forget(
+        self,
+        i: int,
+        *,
+        reward: float,
+        success: bool,
+        t: float,
+        memory_mb: float = 0.0,
+        latency_ms: float = 0.0,
+        x: np.ndarray | None = None,
+    ) -> None:
+        """Take out of arm ``i`` an outcome that ``learn`` folded in with these values (a default reward that the
+        real outcome replaces, seedworker.core.join): the inverse of ``learn``, equal to never having learned it up
+        to rounding. Every sum is linear in the outcome's weight, so the inverse subtracts what was added; the
+        decayed weight is the one it has now against the arm's reference time."""
+        pulls, rsum, rsq, succ, w, w_reward, w_reward_sq, w_success, w_memory, w_latency, t_ref = self._learn_views
+        n1, s1 = pulls[i], rsum[i]
+        n0, s0 = n1 - 1.0, s1 - reward
+        if n0 > 0.0:  # Welford backwards: learn added (r - old mean)(r - new mean)
+            self.pooled_m2 -= (reward - s0 / n0) * (reward - s1 / n1)
+        pulls[i], rsum[i] = n0, s0
+        rsq[i] -= reward * reward
+        succ[i] -= success
+        self.pooled_n -= 1.0
+        weight = 1.0
+        h = self.half_life_s
+        if h is None:
+            w_memory[i] -= memory_mb
+            w_latency[i] -= latency_ms
+        else:
+            weight = 2.0 ** ((t - t_ref[i]) / h)  # t <= t_ref: learning it moved the reference to t at least
+            w[i] -= weight
+            w_reward[i] -= weight * reward
+            w_reward_sq[i] -= weight * reward * reward
+            w_success[i] -= weight * success
+            w_memory[i] -= weight * memory_mb
+            w_latency[i] -= weight * latency_ms
+        if x is not None and weight > 0.0:
+            gram = self.gram  # deferred updates folded in first, so the subtraction meets the sum it came from
+            gram[i] -= weight * np.outer(x, x)
+            a_inv = self.a_inv[i]
+            ax = a_inv.dot(x)
+            # Sherman–Morrison for a removal: (A - w x x^T)^-1 = A^-1 + w (A^-1 x)(A^-1 x)^T / (1 - w x^T A^-1 x).
+            # The denominator is positive while A - w x x^T is positive definite, as it is after learning x.
+            ax *= math.sqrt(weight / (1.0 - weight * float(x.dot(ax))))
+            a_inv += ax[:, None] * ax
+            self.b[i] -= (weight * reward) * x
+            np.dot(a_inv, self.b[i], out=self.theta[i])
+
     def _rescale(self, i: int, factor: float) -> None:
         for col in (self.w, self.w_reward, self.w_reward_sq, self.w_success, self.w_memory, self.w_latency):
             col[i] *= factor

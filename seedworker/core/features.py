@@ -24,6 +24,13 @@ DEFAULT_FEATURES = (
 )
 
 
+# Raw signals are bounded to ±RAW_LIMIT before they enter the running moments: the contract allows any finite
+# float, and two requests at ±1.7e308 made ``raw - mean`` overflow to inf and the variance to NaN, and every later
+# feature vector with it. At 1e100 a squared deviation is at most ~4e200, so the sum of squares stays finite for
+# any number of requests this process could see; a signal that large standardizes to the clip anyway.
+RAW_LIMIT = 1e100
+
+
 class FeatureMap:
     """Turns a context mapping into ``[1, z_1, ..., z_k]`` (a bias, then standardized signals clipped to ±clip)."""
 
@@ -84,8 +91,11 @@ class FeatureMap:
         raw = np.array([get(n) for n in self.names], dtype=float)  # a missing (None) signal becomes NaN
         present = np.isfinite(raw)
         if np.count_nonzero(present) == len(raw):
+            if np.abs(raw).max(initial=0.0) > RAW_LIMIT:
+                np.clip(raw, -RAW_LIMIT, RAW_LIMIT, out=raw)
             return raw, None
         raw[~present] = 0.0
+        np.clip(raw, -RAW_LIMIT, RAW_LIMIT, out=raw)
         return raw, present
 
     def to_dict(self) -> dict:

@@ -14,7 +14,7 @@ state are the same computation.
 from __future__ import annotations
 
 import math
-from collections import Counter, OrderedDict
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable
@@ -34,6 +34,7 @@ from seedworker.contract.events import (
     utc_now,
 )
 from seedworker.core.features import FeatureMap
+from seedworker.core.join import Discard, Join, Rules
 from seedworker.core.policies import STRATEGIES, Draw, Policy, Situation
 
 FALLBACK = "fallback"
@@ -60,7 +61,10 @@ class BlueprintState:
 
 @dataclass(frozen=True, slots=True)
 class OutcomeResult:
-    status: str  # "learned", "duplicate", "unknown"
+    # What the join made of the outcome (seedworker.core.join): "learned", "replaced" (it replaced a default
+    # reward), "late" (after the deadline, not learned), "mismatched" (another seed than the chosen one),
+    # "duplicate", or "unknown" (no such decision yet: held, and dropped as dangling after join.hold_unknown_s).
+    status: str
     decision_id: str
     reward: float | None = None
 
@@ -82,8 +86,10 @@ class SeedSelector:
         self.default_strategy = self.settings.default_strategy
         self.logging_only = self.settings.logging_only
         self.blueprints: dict[str, BlueprintState] = {}
-        self.pending: dict[str, SeedSelected] = {}
-        self._resolved: OrderedDict[str, None] = OrderedDict()
+        # The in-process API runs the worker's join rules on one partition (0), with event times from the events
+        # (a request or outcome without occurred_at takes the selector's clock).
+        self.join = Join(Rules.from_settings(self.settings.join), self, window=self.settings.dedup_window)
+        self.join_counters = Discard()
         self._policies: dict[str, Policy] = {}
         self._selectable = frozenset(self.settings.selectable_states)
 
@@ -91,29 +97,46 @@ class SeedSelector:
     def select(self, request: GraftRequested | dict, *, track: bool = True) -> SeedSelected:
         if not isinstance(request, GraftRequested):
             request = from_dict(request, "graft.requested")  # type: ignore[assignment]
+        known = self.join.pending.get(request.decision_id)
+        if known is not None and track:
+            return known.selected  # a retried request: the same answer, nothing decided again
         selected = self.decide(request)
         self.apply_selection(selected)
         if track:
-            self.pending[selected.decision_id] = selected
+            sink = self.join_counters
+            self.join.advance(0, request.occurred_at.timestamp(), sink)
+            self.join.decision(selected, 0, sink)
+            self.join.expire(sink)
         return selected
 
     def record_outcome(self, outcome: AdaptationOutcome | dict) -> OutcomeResult:
+        """Join an outcome to its decision by the worker's rules (seedworker.core.join): learned at most once,
+        only for the chosen seed, within ``join.reward_wait_s`` of the request (or later with ``join.learn_late``);
+        decisions whose outcome does not come expire."""
         if not isinstance(outcome, AdaptationOutcome):
-            outcome = from_dict(outcome, "adaptation.outcome")  # type: ignore[assignment]
+            outcome = from_dict(outcome, "adaptation.outcome", default_time=self.clock())  # type: ignore[assignment]
         did = outcome.resolved_decision_id
-        selected = self.pending.pop(did, None)
-        if selected is None:
-            status = "duplicate" if did in self._resolved else "unknown"
-            return OutcomeResult(status, did)
-        reward = self.learn(selected, outcome)
-        self._resolved[did] = None
-        if len(self._resolved) > self.settings.dedup_window:
-            self._resolved.popitem(last=False)
-        return OutcomeResult("learned", did, reward)
+        sink = self.join_counters
+        learned = sink.counters.get("outcomes_learned", 0)
+        self.join.advance(0, outcome.occurred_at.timestamp(), sink)
+        verdict = self.join.outcome(outcome, 0, sink)
+        self.join.expire(sink)
+        reward = None
+        if sink.counters.get("outcomes_learned", 0) > learned:
+            reward = self.reward(outcome)
+        return OutcomeResult("unknown" if verdict == "held" else verdict, did, reward)
+
+    @property
+    def pending(self) -> dict[str, SeedSelected]:
+        """Decisions waiting for their outcome, by decision id."""
+        return {did: p.selected for did, p in self.join.pending.items()}
 
     def switch_strategy(self, name: str, blueprint_id: str | None = None) -> None:
-        """Change the strategy of one blueprint, or the default; learned statistics are untouched."""
-        self.policy(name)  # validates the name before anything changes
+        """Change the strategy of one blueprint, or the default; learned statistics are untouched. Refused
+        (ValueError) for a strategy the settings refuse too (seedworker.core.config.Settings.strategy_problem)."""
+        problem = self.settings.strategy_problem(name)
+        if problem:
+            raise ValueError(problem)
         if blueprint_id is None:
             self.default_strategy = name
         else:
@@ -174,7 +197,13 @@ class SeedSelector:
         self._fold(selected, reward, success=False, t=t)
         return reward
 
-    def _fold(self, selected: SeedSelected, reward: float, **observed) -> None:
+    def forget_reward(self, selected: SeedSelected, reward: float, t: float) -> None:
+        """Take a reward learned by ``learn_reward`` out again: the real outcome came after all and replaces it.
+        The state version does not move, so a decision counts one change whether its outcome replaced a default or
+        came in time."""
+        self._fold(selected, reward, success=False, t=t, forget=True)
+
+    def _fold(self, selected: SeedSelected, reward: float, *, forget: bool = False, **observed) -> None:
         bp = self.blueprint(selected.blueprint_id)
         a = bp.arms
         i = a.index.get(selected.seed_id)
@@ -182,6 +211,9 @@ class SeedSelector:
             i = int(a.rows([selected.seed_id], self._prior(a))[0])
         # The features logged with the decision, not recomputed: replay learns exactly what the live worker learned.
         x = np.asarray(selected.features, dtype=float) if len(selected.features) == a.dim else None
+        if forget:
+            a.forget(i, reward=reward, x=x, **observed)
+            return
         a.learn(i, reward=reward, x=x, **observed)
         bp.version += 1
 

@@ -1,0 +1,355 @@
+"""The reward join: which outcome is learned for which decision, once, whatever the order they come in.
+
+One set of rules for the worker (and so the replay and a partition rebuild, which run the worker's batch
+processor) and for the in-process ``SeedSelector.record_outcome``.
+
+Time is event time, kept per input partition: a decision's requests and outcomes are keyed by its blueprint, so
+they share a partition number, and each partition's *watermark* is the newest event time read from it. Nothing
+one partition carries (a lagging consumer, a clock that runs ahead) changes what happens on another, so a rebuild
+of one partition reproduces what the live worker did with it. Control messages have no partition: they move no
+watermark.
+
+A decision made at request time ``r`` waits for its outcome until its deadline ``D = r + reward_wait_s``:
+
+* an outcome for the chosen seed dated ``t <= D`` is **on time** and learned (``resolved``); one dated later is
+  learned only with ``learn_late`` (``late``), and is otherwise counted and ignored — the decision goes on waiting;
+* when the partition's watermark passes ``D`` without a learned outcome the decision **expires**; with
+  ``default_reward`` that reward is learned for it, at event time ``D``;
+* an outcome that is learned after its decision expired (it was on time but delivered late, or ``learn_late``)
+  *replaces* the default reward: the default is taken out of the statistics again (``Learner.forget_reward``), so
+  whether the outcome came before or after the expiry, the decision counts once, with the outcome's reward;
+* an outcome for another seed than the chosen one (Tamiyo fell back to another seed) is ``mismatched``: not learned,
+  and it ends the wait (no default reward; one already learned is taken out). An outcome for the chosen seed still
+  wins over it, in either order;
+* any further outcome of a learned decision is a duplicate: counted, not learned.
+
+So the learned state is a function of the outcomes and decisions, not of their order. The one exception is the
+hold: an outcome whose decision is not known yet (the request is still on its way) is held until its partition's
+watermark passes ``t + hold_unknown_s``, and then dropped as *dangling*; a decision that arrives later than that
+finds nothing to join.
+
+State changes go to a ``Changes`` sink (the store's batch, or nothing for the in-process API), so the caller
+persists exactly what the join did.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol
+
+from seedworker.contract.events import SEED_SELECTED, AdaptationOutcome, SeedSelected, decode
+
+PENDING = "pending"
+RESOLVED = "resolved"  # the chosen seed's outcome, on time, learned
+LATE = "late"  # the chosen seed's outcome, after the deadline, learned (join.learn_late)
+EXPIRED = "expired"  # no outcome learned; the reward column holds the default reward learned, if any
+MISMATCHED = "mismatched"  # the outcome named another seed: nothing learned
+LEARNED = frozenset({RESOLVED, LATE})
+
+
+class JoinError(ValueError):
+    """An outcome the join cannot accept (it names another blueprint than its decision): dead-lettered."""
+
+
+class Resolution(NamedTuple):
+    """A decision's new status, the reward learned for it (None: nothing) and the outcome's event time."""
+
+    decision_id: str
+    status: str
+    reward: float | None
+    outcome_time: float | None
+
+
+class HeldOutcome(NamedTuple):
+    """An outcome waiting for its decision, on input partition ``partition`` since event time ``since``."""
+
+    outcome: AdaptationOutcome
+    partition: int
+    since: float
+
+    @property
+    def event_id(self) -> str:
+        return self.outcome.event_id
+
+
+class Known(NamedTuple):
+    """A decision that is neither pending nor recent, as the store has it."""
+
+    status: str
+    reward: float | None
+    payload: bytes
+    partition: int
+
+
+class Changes(Protocol):
+    """Where the join writes what it changed (seedworker.store's Batch, or ``Discard``)."""
+
+    def resolve(self, resolution: Resolution) -> None: ...
+    def hold(self, held: HeldOutcome) -> None: ...
+    def release(self, event_id: str) -> None: ...
+    def count(self, name: str, n: int = 1) -> None: ...
+    def touch(self, blueprint_id: str, partition: int) -> None: ...
+    def watermark(self, partition: int, t: float) -> None: ...
+
+
+class Discard:
+    """A sink for the in-process API: nothing is persisted; counters are kept for ``stats``."""
+
+    def __init__(self) -> None:
+        self.counters: dict[str, int] = {}
+
+    def resolve(self, resolution: Resolution) -> None:
+        pass
+
+    def hold(self, held: HeldOutcome) -> None:
+        pass
+
+    def release(self, event_id: str) -> None:
+        pass
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    def touch(self, blueprint_id: str, partition: int) -> None:
+        pass
+
+    def watermark(self, partition: int, t: float) -> None:
+        pass
+
+
+class Learner(Protocol):
+    """What the join needs of the selector: fold an outcome or a reward into the chosen seed's statistics, and take a
+    reward folded by ``learn_reward`` out again."""
+
+    def learn(self, selected: SeedSelected, outcome: AdaptationOutcome) -> float: ...
+    def learn_reward(self, selected: SeedSelected, reward: float, t: float) -> float: ...
+    def forget_reward(self, selected: SeedSelected, reward: float, t: float) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    reward_wait_s: float = 3600.0
+    hold_unknown_s: float = 300.0
+    learn_late: bool = False
+    default_reward: float | None = None
+
+    @classmethod
+    def from_settings(cls, join) -> "Rules":
+        return cls(reward_wait_s=join.reward_wait_s, hold_unknown_s=join.hold_unknown_s, learn_late=join.learn_late,
+                   default_reward=join.default_reward)
+
+
+class Pending(NamedTuple):
+    selected: SeedSelected
+    partition: int
+
+
+class _Recent(NamedTuple):
+    status: str
+    # For a decision that may still learn an outcome (expired, mismatched): the decision and the reward learned for
+    # it (the default), so that outcome needs no store lookup.
+    selected: SeedSelected | None = None
+    reward: float | None = None
+    partition: int = 0
+
+
+def request_time(selected: SeedSelected) -> float:
+    return (selected.request_time or selected.occurred_at).timestamp()
+
+
+@dataclass
+class Join:
+    rules: Rules
+    learner: Learner
+    window: int = 100_000  # statuses of resolved decisions kept in memory (older ones: the store, via ``known``)
+    pending: dict[str, Pending] = field(default_factory=dict)
+    held: dict[str, list[HeldOutcome]] = field(default_factory=dict)
+    watermarks: dict[int, float] = field(default_factory=dict)
+    recent: OrderedDict[str, _Recent] = field(default_factory=OrderedDict)
+    # Per partition, (deadline, decision id) and (drop time, event id): what expires next is at the top. A heap,
+    # not the insertion order, so decisions and outcomes read out of time order expire when their time says.
+    _deadlines: dict[int, list[tuple[float, str]]] = field(default_factory=dict)
+    _drops: dict[int, list[tuple[float, str, str]]] = field(default_factory=dict)
+    _moved: set[int] = field(default_factory=set)
+
+    # -- state ---------------------------------------------------------------------------------------------------
+    @property
+    def held_count(self) -> int:
+        return sum(map(len, self.held.values()))
+
+    def load(self, *, pending: Iterable[Pending] = (), held: Iterable[HeldOutcome] = (),
+             watermarks: Mapping[int, float] | None = None) -> None:
+        """Add stored state (a restart, a rebuilt partition)."""
+        for p in pending:
+            self._add_pending(p.selected, p.partition)
+        for h in held:
+            self._add_held(h)
+        if watermarks:
+            for p, t in watermarks.items():
+                self.watermarks[p] = max(t, self.watermarks.get(p, -math.inf))
+
+    def drop_partitions(self, partitions: Iterable[int]) -> None:
+        """Forget everything of these input partitions (their state is being replaced by a rebuild)."""
+        gone = set(partitions)
+        self.pending = {d: p for d, p in self.pending.items() if p.partition not in gone}
+        self.held = {d: kept for d, hs in self.held.items() if (kept := [h for h in hs if h.partition not in gone])}
+        for p in gone:
+            self.watermarks.pop(p, None)
+            self._deadlines.pop(p, None)
+            self._drops.pop(p, None)
+        self.recent.clear()  # statuses of replaced decisions: the store has them again
+
+    def _add_pending(self, selected: SeedSelected, partition: int) -> None:
+        self.pending[selected.decision_id] = Pending(selected, partition)
+        heapq.heappush(self._deadlines.setdefault(partition, []),
+                       (request_time(selected) + self.rules.reward_wait_s, selected.decision_id))
+
+    def _add_held(self, h: HeldOutcome) -> None:
+        self.held.setdefault(h.outcome.resolved_decision_id, []).append(h)
+        heapq.heappush(self._drops.setdefault(h.partition, []),
+                       (h.since + self.rules.hold_unknown_s, h.event_id, h.outcome.resolved_decision_id))
+
+    def _remember(self, did: str, entry: _Recent) -> None:
+        self.recent[did] = entry
+        self.recent.move_to_end(did)
+        if len(self.recent) > self.window:
+            self.recent.popitem(last=False)
+
+    def advance(self, partition: int, t: float, changes: Changes) -> None:
+        """An input event of ``partition`` at event time ``t``."""
+        if t > self.watermarks.get(partition, -math.inf):
+            self.watermarks[partition] = t
+            self._moved.add(partition)
+            changes.watermark(partition, t)
+
+    def status(self, did: str, known: Mapping[str, Known] | None = None) -> str | None:
+        if did in self.pending:
+            return PENDING
+        r = self.recent.get(did)
+        if r is not None:
+            return r.status
+        k = known.get(did) if known else None
+        return k.status if k is not None else None
+
+    # -- decisions -----------------------------------------------------------------------------------------------
+    def decision(self, selected: SeedSelected, partition: int, changes: Changes) -> None:
+        """A decision (new, or replayed from the log): it waits for its outcome; outcomes held for it are joined
+        now, in the order they came."""
+        self._add_pending(selected, partition)
+        changes.touch(selected.blueprint_id, partition)
+        for h in self.held.pop(selected.decision_id, ()):
+            changes.release(h.event_id)
+            self.outcome(h.outcome, h.partition, changes)
+
+    # -- outcomes ------------------------------------------------------------------------------------------------
+    def outcome(self, outcome: AdaptationOutcome, partition: int, changes: Changes,
+                known: Mapping[str, Known] | None = None) -> str:
+        """Join one outcome; returns what became of it: learned, replaced (a default reward), late, mismatched,
+        duplicate or held. Raises JoinError for an outcome that names another blueprint than its decision."""
+        did = outcome.resolved_decision_id
+        p = self.pending.get(did)
+        if p is not None:
+            return self._join(outcome, p.selected, p.partition, None, PENDING, changes)
+        r = self.recent.get(did)
+        if r is not None:
+            if r.status in LEARNED or r.selected is None:
+                changes.count("duplicate_outcomes")
+                return "duplicate"
+            return self._join(outcome, r.selected, r.partition, r.reward, r.status, changes)
+        k = known.get(did) if known else None
+        if k is not None:
+            if k.status in LEARNED or k.status == PENDING:
+                # PENDING in the store but not in memory: a decision of a partition this worker does not hold
+                # (its outcome went elsewhere); counted like a duplicate rather than learned from a stale copy.
+                changes.count("duplicate_outcomes")
+                return "duplicate"
+            selected = decode(k.payload, SEED_SELECTED)
+            return self._join(outcome, selected, k.partition, k.reward if k.status == EXPIRED else None,  # type: ignore[arg-type]
+                              k.status, changes)
+        # Its decision is not known yet (the request may still be on its way): hold it.
+        if any(h.event_id == outcome.event_id for h in self.held.get(did, ())):
+            changes.count("duplicate_outcomes")
+            return "duplicate"
+        h = HeldOutcome(outcome, partition, outcome.occurred_at.timestamp())
+        self._add_held(h)
+        changes.hold(h)
+        changes.count("held_outcomes")
+        return "held"
+
+    def _join(self, outcome: AdaptationOutcome, selected: SeedSelected, partition: int, default: float | None,
+              status: str, changes: Changes) -> str:
+        did = selected.decision_id
+        if outcome.blueprint_id != selected.blueprint_id:
+            raise JoinError(f"outcome {outcome.event_id} names blueprint {outcome.blueprint_id!r}, but decision "
+                            f"{did} was made for blueprint {selected.blueprint_id!r}")
+        t = outcome.occurred_at.timestamp()
+        if outcome.seed_id != selected.seed_id:
+            # Tamiyo grafted another seed than the chosen one (e.g. seed 0 after a timeout): crediting the chosen
+            # seed would be wrong, and the other seed's pick had no logged propensity.
+            changes.count("mismatched_outcomes")
+            if status == MISMATCHED:
+                return "mismatched"
+            if default is not None:
+                self.learner.forget_reward(selected, default, request_time(selected) + self.rules.reward_wait_s)
+                changes.touch(selected.blueprint_id, partition)
+            self.pending.pop(did, None)
+            changes.resolve(Resolution(did, MISMATCHED, None, t))
+            self._remember(did, _Recent(MISMATCHED, selected, None, partition))
+            return "mismatched"
+        on_time = t - request_time(selected) <= self.rules.reward_wait_s
+        if not on_time and not self.rules.learn_late:
+            changes.count("late_outcomes")
+            return "late"
+        if default is not None:
+            self.learner.forget_reward(selected, default, request_time(selected) + self.rules.reward_wait_s)
+        reward = self.learner.learn(selected, outcome)
+        self.pending.pop(did, None)
+        new = RESOLVED if on_time else LATE
+        changes.resolve(Resolution(did, new, reward, t))
+        changes.touch(selected.blueprint_id, partition)
+        changes.count("outcomes_learned")
+        if not on_time:
+            changes.count("late_outcomes")
+        self._remember(did, _Recent(new))
+        return "replaced" if default is not None else "learned"
+
+    # -- expiry --------------------------------------------------------------------------------------------------
+    def expire(self, changes: Changes) -> None:
+        """Decisions whose deadline the watermark of their partition passed, and held outcomes past their hold."""
+        rules = self.rules
+        for part in sorted(self._moved):
+            wm = self.watermarks[part]
+            heap = self._deadlines.get(part, [])
+            while heap and heap[0][0] < wm:
+                deadline, did = heapq.heappop(heap)
+                p = self.pending.get(did)
+                if p is None or p.partition != part:
+                    continue  # resolved meanwhile (the heap keeps stale entries rather than searching)
+                del self.pending[did]
+                reward = None
+                if rules.default_reward is not None:
+                    reward = self.learner.learn_reward(p.selected, rules.default_reward, deadline)
+                    changes.touch(p.selected.blueprint_id, part)
+                changes.resolve(Resolution(did, EXPIRED, reward, None))
+                changes.count("expired_decisions")
+                self._remember(did, _Recent(EXPIRED, p.selected, reward, part))
+            drops = self._drops.get(part, [])
+            while drops and drops[0][0] < wm:
+                _, event_id, did = heapq.heappop(drops)
+                hs = self.held.get(did)
+                if not hs:
+                    continue
+                kept = [h for h in hs if h.event_id != event_id]
+                if len(kept) == len(hs):
+                    continue
+                if kept:
+                    self.held[did] = kept
+                else:
+                    del self.held[did]
+                changes.release(event_id)
+                changes.count("dangling_outcomes")
+        self._moved.clear()
