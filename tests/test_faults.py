@@ -29,7 +29,8 @@ from seedworker.contract import events as ev
 from seedworker.broker.base import BusError
 from seedworker.broker.memory import MemoryBus
 from seedworker.core.config import Settings
-from seedworker.store.store import Store, StoreError, read_all
+from seedworker.store.readers import read_all
+from seedworker.store.store import Store, StoreError
 from seedworker.engine.worker import Worker
 from tests.test_worker import outcome, request
 

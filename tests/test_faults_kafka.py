@@ -32,7 +32,8 @@ from seedworker.broker.kafka import KafkaBus, _pace_metadata_updates
 from seedworker.core.config import KafkaSettings
 from seedworker.dev.local_kafka import REPO_ROOT, LocalKafka, free_port
 from seedworker.core.selector import SeedSelector
-from seedworker.store.store import StoreError, read_all
+from seedworker.store.readers import read_all
+from seedworker.store.store import StoreError
 from seedworker.engine.worker import Worker
 from tests.kafka_broker import unique_topic
 from tests.test_faults import FaultyStore, _chattr, disk_full

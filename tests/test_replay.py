@@ -1,14 +1,13 @@
-"""`seedworker replay` on the in-memory bus: the worker runs live, then a ReplayWorker rebuilds its state into a new
+"""`seedworker replay` on the in-memory bus: the worker runs live, then a Replay rebuilds its state into a new
 store from the topics alone, and the two stores must agree. The real-broker version (merge by Kafka timestamp,
 retention, from a timestamp, a worker continuing from the rebuilt store) is in test_replay_kafka.py.
 
-The memory bus has no clock, so StampedBus stamps each record with the order it was produced in, like Kafka's
-CreateTime; the replay's merge by timestamp is then that order.
+The memory bus stamps each record with the wall clock in milliseconds, strictly increasing, like Kafka's
+CreateTime; the replay's merge by timestamp is then the order they were produced in.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import sqlite3
 from dataclasses import replace
@@ -21,24 +20,15 @@ from seedworker.contract import events as ev
 from seedworker.broker.memory import MemoryBus
 from seedworker.tools.cli import main
 from seedworker.core.config import Settings
-from seedworker.engine.replay import ReplayWorker
-from seedworker.store.store import Store, read_all
-from seedworker.engine.worker import SOURCE_OFFSET, SOURCE_PARTITION, WARM_START
+from seedworker.engine.replay import Replay
+from seedworker.store.readers import read_all
+from seedworker.store.store import Store
+from seedworker.contract.headers import SOURCE_OFFSET, SOURCE_PARTITION, WARM_START
 from tests.test_worker import T0, drain, outcome, request
 from tests.test_worker_kafka import EXACT_STATE, assert_state_equal
 
 REQUESTS, OUTCOMES, SELECTIONS, CONTROL, DLQ = (
     "graft.requested", "adaptation.outcome", "seed.selected", "seedworker.control", "seedworker.dlq")
-_clock = itertools.count(1)
-
-
-class StampedBus(MemoryBus):
-    """A MemoryBus whose records carry the order they were produced in as their timestamp."""
-
-    def produce(self, topic, key, value, headers=()):
-        m = replace(super().produce(topic, key, value, headers), timestamp_ms=next(_clock))
-        self.topics[topic][m.partition][m.offset] = m
-        return m
 
 
 # -- comparing two stores ----------------------------------------------------------------------------------------
@@ -91,13 +81,13 @@ def snapshot(db: str | Path) -> dict:
     return {**read_all(db), "decisions": decisions(db), "held": held(db)}
 
 
-async def rebuild(settings: Settings, bus: MemoryBus, db: Path, order=None) -> ReplayWorker:
+async def rebuild(settings: Settings, bus: MemoryBus, db: Path, order=None) -> Replay:
     """What `seedworker replay` does, with the memory bus's records merged by their stamp."""
     t = settings.kafka.topics
     records = sorted((m for name in (t.selections, t.outcomes, t.control, t.dead_letters) for m in bus.read(name)),
                      key=lambda m: m.timestamp_ms)
     store = await Store(db).open()
-    worker = ReplayWorker(settings, store)
+    worker = await Replay(settings, store).start()
     try:
         for m in (order(records) if order else records):
             await worker.feed(m)
@@ -115,7 +105,7 @@ def settings(tmp_path):
 
 @pytest.fixture
 async def bus():
-    b = StampedBus()
+    b = MemoryBus()
     await b.ensure_topics({REQUESTS: 2, OUTCOMES: 2})
     return b
 
@@ -173,7 +163,7 @@ async def test_rebuilt_store_equals_the_live_one(settings, bus, tmp_path):
 
     replayed = await rebuild(settings, bus, tmp_path / "rebuilt.sqlite")
     assert_same_store(tmp_path / "rebuilt.sqlite", live)
-    assert replayed.resent == 1 and replayed.unreadable == 0
+    assert replayed.resent == 1 and replayed.processor.unreadable_selections == 0
 
 
 async def test_warm_start_comes_from_the_log_not_from_the_replay_order(settings, bus, tmp_path):
@@ -269,7 +259,7 @@ def test_cli_refuses_to_overwrite_a_store(tmp_path, capsys, root_logging):
 
 
 def test_from_timestamp_accepts_iso_with_a_timezone_or_epoch_milliseconds():
-    from seedworker.engine.replay import _timestamp
+    from seedworker.tools.replay import _timestamp
 
     assert _timestamp("2026-01-01T00:00:00Z") == T0 == _timestamp(str(int(T0.timestamp() * 1000)))
     assert _timestamp("2026-01-01T01:00:00+01:00") == T0

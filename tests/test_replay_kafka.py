@@ -27,7 +27,7 @@ from seedworker.contract import events as ev
 from seedworker.tools.cli import main
 from seedworker.core.config import Settings
 from seedworker.engine.replay import replay
-from seedworker.store.store import read_all
+from seedworker.store.readers import read_all
 from tests.kafka_broker import unique_topic
 from tests.test_replay import assert_same, assert_same_store, root_logging, snapshot  # noqa: F401 (fixture)
 from tests.test_worker import T0, outcome, request

@@ -24,7 +24,7 @@ from seedworker.broker.memory import MemoryBus
 from seedworker.core.config import Settings, Topics
 from seedworker.engine.ownership import co_partitioned, own_state_current
 from seedworker.core.selector import SeedSelector
-from seedworker.store.store import read_all
+from seedworker.store.readers import read_all
 from seedworker.engine.worker import Worker
 from tests.test_worker import T0, outcome, request
 from tests.test_worker_kafka import assert_state_equal
@@ -288,7 +288,7 @@ async def test_unsent_answers_go_out_when_nobody_took_the_partitions_over(tmp_pa
         flaky.fail_sends = True
         with pytest.raises(BusError):
             await g.pump()
-        stored = [row[3] for row in await b.store.unsent()]
+        stored = [row.message.value for row in await b.store.unsent()]
         assert stored
         await g.leave("b")
         flaky.fail_sends = False

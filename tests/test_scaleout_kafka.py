@@ -35,7 +35,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from seedworker.contract import events as ev
 from seedworker.core.config import load_settings
 from seedworker.core.selector import SeedSelector
-from seedworker.store.store import read_all
+from seedworker.store.readers import read_all
 from tests.kafka_broker import unique_topic
 from tests.test_worker import outcome, request
 from tests.test_worker_kafka import Reader, WorkerProcess, assert_state_equal, check_selection

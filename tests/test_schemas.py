@@ -326,10 +326,12 @@ def test_header_constants_match_document():
 
 
 def test_worker_selection_headers_are_documented():
-    from seedworker.engine.worker import selection_headers
+    from seedworker.contract import headers
 
     selected = SeedSelector().select(request_payload())
-    sent = {name for name, _ in selection_headers(selected, (0, 17), b"none")}
+    sent = {name for name, _ in headers.selection(decision_id=selected.decision_id,
+                                                  schema_version=selected.schema_version,
+                                                  trace_id="t-1", source=(0, 17), warm_start=b"none")}
     documented = load("asyncapi.json")["components"]["messages"]["seedSelected"]["headers"]["properties"]
     assert sent <= set(documented), f"worker sends undocumented headers {sorted(sent - set(documented))}"
     assert {"event_type", "schema_version", "content-type", "source.partition", "source.offset",

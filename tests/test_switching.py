@@ -10,7 +10,7 @@ from aiokafka import AIOKafkaProducer
 from seedworker.contract import events as ev
 from seedworker.broker.memory import MemoryBus
 from seedworker.core.config import Settings
-from seedworker.store.store import read_all
+from seedworker.store.readers import read_all
 from seedworker.engine.worker import Worker
 from tests.test_worker import T0, drain, outcome, request, selections
 

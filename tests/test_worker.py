@@ -13,7 +13,8 @@ import pytest
 from seedworker.contract import events as ev
 from seedworker.broker.memory import MemoryBus
 from seedworker.core.config import ConfigError, Settings
-from seedworker.store.store import Store, read_all
+from seedworker.store.readers import read_all
+from seedworker.store.store import Store
 from seedworker.engine.worker import Worker
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)

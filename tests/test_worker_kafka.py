@@ -34,7 +34,7 @@ from seedworker.contract import events as ev
 from seedworker.core.config import ConfigError, Settings, load_settings
 from seedworker.dev.local_kafka import REPO_ROOT
 from seedworker.core.selector import SeedSelector
-from seedworker.store.store import read_all
+from seedworker.store.readers import read_all
 from seedworker.engine.worker import Worker
 from tests.kafka_broker import unique_topic
 from tests.test_worker import outcome, request

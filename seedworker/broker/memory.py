@@ -5,11 +5,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
+import time
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Iterable, Iterator, NamedTuple
+from typing import AsyncIterator, Callable, Iterable, Iterator, NamedTuple
 
 from seedworker.broker.base import TP, Committed, Headers, Message, OnAssign, Outgoing, partition_for
+
+class RecordClock:
+    """Record timestamps: the wall clock in ms, one more than the last one when the clock has not moved on."""
+
+    def __init__(self, now: Callable[[], float] = time.time):
+        self.now = now
+        self.last = 0
+
+    def __iter__(self) -> "RecordClock":
+        return self
+
+    def __next__(self) -> int:
+        self.last = max(int(self.now() * 1000), self.last + 1)
+        return self.last
+
 
 @dataclass
 class MemoryBus:
@@ -17,13 +32,14 @@ class MemoryBus:
 
     One MemoryBus is one member of the group. ``member()`` is another member reading the same topics and committing to
     the same group; ``assign(partitions)`` hands a member other partitions the way Kafka's eager rebalance does (all
-    of its partitions revoked, then the new ones assigned). A record's timestamp is the order it was produced in."""
+    of its partitions revoked, then the new ones assigned). A record's timestamp is the wall clock in milliseconds,
+    as a producer's CreateTime, kept strictly increasing across the group so it also gives the produce order."""
 
     topics: dict[str, list[list[Message]]] = field(default_factory=dict)
     committed: dict[TP, int] = field(default_factory=dict)
     owners: dict[TP, str] = field(default_factory=dict)  # commit metadata: who committed each offset
     assignment: set[int] | None = None  # the partition numbers of the subscribed topics this member owns; None: all
-    clock: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+    clock: Iterator[int] = field(default_factory=lambda: RecordClock())
     _positions: dict[TP, int] = field(default_factory=dict)
     _subscribed: list[str] = field(default_factory=list)
     _broadcast: list[TP] = field(default_factory=list)

@@ -305,11 +305,11 @@ def epoch_seconds(ts: datetime) -> float:
     return ts.timestamp()
 
 
-def check_selection(selected: SeedSelected, *, max_bytes: int | None = None, payload: bytes | None = None) -> None:
+def check_selection(selected: SeedSelected) -> None:
     """Check a selection the selector built (without re-validation, see the selector) against the contract before
-    it is stored or sent: every number finite, probabilities in range, and the encoded size within ``max_bytes``.
-    Raises EventError naming the field. The inputs were validated, so this only catches what the computation made
-    of them (an overflow in the feature scaling, a NaN score) — cheaply, instead of decoding the payload again."""
+    it is stored or sent: every number finite, probabilities in range. Raises EventError naming the field. The
+    inputs were validated, so this only catches what the computation made of them (an overflow in the feature
+    scaling, a NaN score) — cheaply, instead of decoding the payload again."""
     if not (0.0 < selected.propensity <= 1.0):
         raise EventError(f"propensity: {selected.propensity!r} is not in (0, 1]")
     for name, values in (("features", selected.features), ("context", selected.context.values())):
@@ -321,6 +321,3 @@ def check_selection(selected: SeedSelected, *, max_bytes: int | None = None, pay
             raise EventError(f"scores.{j}.score: not finite ({c.score!r})")
         if c.probability is not None and not (0.0 <= c.probability <= 1.0):
             raise EventError(f"scores.{j}.probability: {c.probability!r} is not in [0, 1]")
-    if max_bytes is not None and payload is not None and len(payload) > max_bytes:
-        raise EventError(f"the answer is {len(payload)} bytes, more than kafka.max_request_size ({max_bytes}): it "
-                         f"cannot be published")

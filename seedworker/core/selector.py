@@ -199,9 +199,10 @@ class SeedSelector:
 
     def forget_reward(self, selected: SeedSelected, reward: float, t: float) -> None:
         """Take a reward learned by ``learn_reward`` out again: the real outcome came after all and replaces it.
-        The state version does not move, so a decision counts one change whether its outcome replaced a default or
-        came in time."""
+        The state version goes back by the one change the default made, so a decision whose outcome replaced a
+        default ends at the version of one whose outcome came in time."""
         self._fold(selected, reward, success=False, t=t, forget=True)
+        self.blueprints[selected.blueprint_id].version -= 1
 
     def _fold(self, selected: SeedSelected, reward: float, *, forget: bool = False, **observed) -> None:
         bp = self.blueprint(selected.blueprint_id)

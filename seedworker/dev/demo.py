@@ -294,7 +294,7 @@ async def wait_until_learned(db: Path, run_id: str, expected: int, worker: Worke
 
 def run_statuses(db: Path, run_id: str) -> dict[str, int]:
     """This run's decisions in the worker's state file, by status (pending, resolved, ...)."""
-    from seedworker.store.store import open_readonly
+    from seedworker.store.readers import open_readonly
 
     try:
         con = open_readonly(db)
@@ -308,7 +308,7 @@ def run_statuses(db: Path, run_id: str) -> dict[str, int]:
 
 
 def snapshot(db: Path) -> dict:
-    from seedworker.store.store import read_all
+    from seedworker.store.readers import read_all
 
     if not db.exists():
         return {"blueprints": {}, "counters": {}}

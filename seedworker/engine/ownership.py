@@ -40,6 +40,8 @@ Limits (double failures):
   7 days); a worker then trusts a stale state of a partition another worker processed after it;
 * a rebuild reads all of ``seed.selected`` and the partition's outcomes: it needs those records (retention; a
   rebuild from partly deleted topics is logged as incomplete) and takes time in proportion to the decision log;
+* a request id reused by a blueprint of a partition another worker owns is not recognised as reused (each worker
+  knows the decisions of its own partitions): both workers answer it under the same decision id;
 * a dead letter for a bad *outcome* that a worker stored but had not published when it died is lost (its successor
   reads the outcome during the rebuild, counts it and does not dead-letter it again); requests are dead-lettered
   again.
@@ -51,18 +53,18 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from seedworker.contract import events as ev
-from seedworker.broker.base import TP, Bus, BusError, Committed
+from aiokafka import TopicPartition
+
+from seedworker.broker.base import TP, Bus, BusError, Committed, Headers
+from seedworker.contract import headers as hdr
 from seedworker.core.config import Settings, Topics
-from seedworker.core.selector import BlueprintState
-from seedworker.store.store import Batch, Store, dump_state
-from seedworker.engine.worker import headers_from_blob
+from seedworker.core.join import HeldOutcome, Resolution
+from seedworker.contract import events as ev
+from seedworker.engine.replay import Replay, Span, merged
+from seedworker.store.rows import Batch, BlueprintRow, StoredDecision, dump_state, load_state
+from seedworker.store.store import Store
 
 log = logging.getLogger("seedworker.engine.ownership")
-
-# The headers that tie a published record to the input partition it answers (set by seedworker.engine.worker).
-SOURCE_PARTITION = "source.partition"
-DLQ_TOPIC, DLQ_PARTITION = "dlq.source.topic", "dlq.source.partition"
 
 
 def co_partitioned(tps: Iterable[TP], topics: Topics) -> list[int]:
@@ -76,30 +78,15 @@ def co_partitioned(tps: Iterable[TP], topics: Topics) -> list[int]:
     return sorted(requests)
 
 
-def answered_partition(topic: str, headers: Iterable[tuple[str, bytes]], topics: Topics) -> int | None:
+def answered_partition(topic: str, headers: Headers, topics: Topics) -> int | None:
     """The input partition a published record answers: a selection's request partition, a dead letter's source
-    partition; None for anything else (a dead letter of the control topic, a selection without the header)."""
-    h = dict(headers)
+    partition when it came from an input topic; None for anything else (a dead letter of the control topic, a
+    selection without the header)."""
     if topic == topics.selections:
-        value = h.get(SOURCE_PARTITION)
-    elif topic == topics.dead_letters and h.get(DLQ_TOPIC) in (topics.requests.encode(), topics.outcomes.encode()):
-        value = h.get(DLQ_PARTITION)
-    else:
-        return None
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
-        return None
-
-
-def outbox_partition(row: tuple, topics: Topics) -> int | None:
-    """``answered_partition`` of a row of Store.unsent(): (id, topic, key, value, headers blob)."""
-    return answered_partition(row[1], headers_from_blob(row[4]), topics)
-
-
-def outbox_decision(row: tuple) -> str | None:
-    value = dict(headers_from_blob(row[4])).get("decision_id")
-    return value.decode() if value is not None else None
+        return hdr.int_value(headers, hdr.SOURCE_PARTITION)
+    if topic == topics.dead_letters and hdr.value(headers, hdr.DLQ_TOPIC) in (topics.requests, topics.outcomes):
+        return hdr.int_value(headers, hdr.DLQ_PARTITION)
+    return None
 
 
 def own_state_current(p: int, topics: Topics, stored: dict[TP, int], committed: dict[TP, Committed],
@@ -124,30 +111,30 @@ class Rebuilt:
     """The state of some input partitions, rebuilt from the topics."""
 
     partitions: list[int]
-    blueprints: dict[str, BlueprintState]
-    decisions: list[tuple]  # Batch.decisions rows + (status, reward, outcome_time)
-    pending: list[ev.SeedSelected]
-    held: list[tuple[ev.AdaptationOutcome, float]]  # (outcome, held since)
+    blueprints: dict[str, BlueprintRow]
+    decisions: list[StoredDecision]
+    held: list[HeldOutcome]
+    watermarks: dict[int, float]
     offsets: dict[TP, int]  # the requests and outcomes offsets of the partitions
-    watermark: float
-    seen: set[str]  # every blueprint id the rebuild read a record of
     records: int
     complete: bool  # nothing it needed had been deleted (retention)
 
-    def batch(self, replaced: Iterable[str], superseded: list[int], strategies: dict[str, str | None]) -> Batch:
-        """The one transaction that replaces the worker's rows of ``replaced`` blueprints with these, drops the
-        ``superseded`` outbox rows and stores the partitions' offsets. ``strategies``: the per-blueprint strategy of
-        the worker's own state, kept (switches are read by every worker, not rebuilt)."""
-        b = Batch(replaced=sorted(set(replaced)), superseded=list(superseded), offsets=dict(self.offsets))
-        for bp_id, state in self.blueprints.items():
+    def batch(self, superseded: list[int], strategies: dict[str, str | None]) -> Batch:
+        """The one transaction that replaces the worker's rows of these partitions with these, drops the
+        ``superseded`` outbox rows and stores the partitions' offsets. ``strategies``: the per-blueprint strategy
+        of the worker's own state, kept (switches are read by every worker, not rebuilt)."""
+        b = Batch(replaced_partitions=list(self.partitions), superseded=list(superseded), offsets=dict(self.offsets),
+                  watermarks=dict(self.watermarks), held=list(self.held))
+        for bp_id, row in self.blueprints.items():
             if bp_id in strategies:
-                state.strategy = strategies[bp_id]
-            b.blueprints[bp_id] = (dump_state(state.to_dict()), state.version)
-        for *row, status, reward, outcome_time in self.decisions:
-            b.decisions.append(tuple(row))
-            if status != "pending":
-                b.resolutions.append((status, reward, outcome_time, row[0]))
-        b.held = [(o.event_id, o.resolved_decision_id, o.blueprint_id, since, ev.encode(o)) for o, since in self.held]
+                state = load_state(row.state)
+                state["strategy"] = strategies[bp_id]
+                row = row._replace(state=dump_state(state))
+            b.blueprints[bp_id] = row
+        for d in self.decisions:
+            b.decisions.append(d.row)
+            if d.status != "pending":
+                b.resolutions.append(Resolution(d.row.decision_id, d.status, d.reward, d.outcome_time))
         b.count("rebuilt_partitions", len(self.partitions))
         if superseded:
             b.count("superseded_outbox_rows", len(superseded))
@@ -159,20 +146,15 @@ async def rebuild(settings: Settings, bus: Bus, partitions: Iterable[int], count
     """Rebuild the state of ``partitions`` (input partition numbers) from the topics, as ``seedworker replay`` does,
     keeping only their records. ``counts``: partition counts of the topics; ``request_floors``: graft.requested
     offsets not to go below (the group's committed ones: whatever lies before them was processed)."""
-    from aiokafka import TopicPartition
-
-    from seedworker.engine.replay import ReplayWorker, Span, merged  # the replay imports the worker, which imports this module
-
     t = settings.kafka.topics
     wanted = sorted(set(partitions))
     tps = ([TopicPartition(t.selections, q) for q in range(counts[t.selections])]
            + [TopicPartition(t.dead_letters, q) for q in range(counts[t.dead_letters])]
            + [TopicPartition(t.outcomes, p) for p in wanted])
-    seen: set[str] = set()
     records = 0
     store = await Store(":memory:").open()
     try:
-        replay = ReplayWorker(settings, store)
+        replay = await Replay(settings, store).start()
         async with bus.reader() as reader:
             reader.assign(tps)
             first, end = await reader.beginning_offsets(tps), await reader.end_offsets(tps)
@@ -181,26 +163,25 @@ async def rebuild(settings: Settings, bus: Bus, partitions: Iterable[int], count
                 if m.topic != t.outcomes and answered_partition(m.topic, m.headers, t) not in wanted:
                     continue
                 records += 1
-                if m.key is not None and m.topic != t.dead_letters:
-                    seen.add(m.key.decode("utf-8", "replace"))  # inputs and selections are keyed by blueprint
                 await replay.feed(m)
         floors = {(t.outcomes, tp.partition): first[tp] for tp in tps if tp.topic == t.outcomes}
         floors.update({(t.requests, p): request_floors.get((t.requests, p), 0) for p in wanted})
         await replay.finish(floors)
-        rows = await store.decision_rows()
+        blueprints = {bp: BlueprintRow(blob, 0, p) for bp, blob, p in await store.blueprint_rows()}
+        versions = {bp: state.version for bp, state in replay.selector.blueprints.items()}
+        blueprints = {bp: row._replace(version=versions.get(bp, 0)) for bp, row in blueprints.items()}
+        decisions = await store.decisions()
+        held = [HeldOutcome(ev.decode(payload, ev.ADAPTATION_OUTCOME), p, since)  # type: ignore[arg-type]
+                for _e, since, payload, p in await store.held_outcomes()]
+        watermarks = await store.watermarks()
         stored = await store.offsets()
         offsets = {tp: stored.get(tp, 0) for tp in floors}
     finally:
         await store.close()
-    sel = replay.selector
-    seen.update(sel.blueprints)
-    seen.update(row[2] for row in rows)
-    held = [(h.outcome, h.since) for hs in replay.held.values() for h in hs]
-    seen.update(o.blueprint_id for o, _ in held)
     gaps = [f"{tp.topic}[{tp.partition}] starts at {first[tp]}" for tp in tps if first[tp] > 0]
     if gaps:
         log.warning("rebuilding partitions %s: records were deleted (%s); the rebuilt state lacks them", wanted,
                     ", ".join(gaps))
-    return Rebuilt(partitions=wanted, blueprints=dict(sel.blueprints), decisions=rows,
-                   pending=list(sel.pending.values()), held=held, offsets=offsets, watermark=replay.watermark,
-                   seen=seen, records=records, complete=not gaps)
+    return Rebuilt(partitions=wanted, blueprints=blueprints, decisions=decisions, held=held,
+                   watermarks={p: w for p, w in watermarks.items() if p in wanted}, offsets=offsets,
+                   records=records, complete=not gaps)

@@ -44,7 +44,7 @@ COMMANDS = [
     ("import", "seedworker.tools.snapshot", "add_import_arguments", "run_import", "load an exported JSON document into a new store"),
     ("evaluate", "seedworker.tools.evaluate", "add_arguments", "run",
      "off-policy evaluation of the strategies from the logged decisions"),
-    ("replay", "seedworker.engine.replay", "add_arguments", "run",
+    ("replay", "seedworker.tools.replay", "add_arguments", "run",
      "rebuild the state into a new store from the Kafka topics (recovery)"),
 ]
 

@@ -57,7 +57,8 @@ from seedworker.core.config import Settings, load_settings
 from seedworker.tools.estimators import Estimate, RunningMeanModel, doubly_robust, effective_sample_size, ips, snips, unidentified
 from seedworker.core.policies import STRATEGIES, SamplingPolicy
 from seedworker.core.selector import SeedSelector
-from seedworker.store.store import StoreError, read_snapshot
+from seedworker.store.readers import read_snapshot
+from seedworker.store.store import StoreError
 
 BASELINES = ("seed0", "random")
 REWARDED = ("resolved", "late")

@@ -35,7 +35,9 @@ from seedworker.core.config import Settings, load_settings
 from seedworker.contract.events import GraftRequested, SeedCandidate, TrainingContext
 from seedworker.core.policies import Draw, Situation
 from seedworker.core.selector import SeedSelector
-from seedworker.store.store import StoreError, load_state, read_snapshot
+from seedworker.store.readers import read_snapshot
+from seedworker.store.rows import load_state
+from seedworker.store.store import StoreError
 
 SCORE_REQUEST_ID = "seedworker-inspect"  # the synthetic request the scores are computed for
 CONTEXT_NOTE = ("neutral request: no context signal, so every standardized feature sits at its running mean "

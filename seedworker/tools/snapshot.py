@@ -29,16 +29,20 @@ import numpy as np
 import orjson
 
 from seedworker.contract import events as ev
+from seedworker.contract import headers as hdr
+from seedworker.core.join import HeldOutcome, Resolution
 from seedworker.core.config import load_settings
-from seedworker.store.store import MIGRATIONS, Batch, Store, StoreError, dump_state, in_use, load_state, read_snapshot
+from seedworker.store.migrations import SCHEMA_VERSION
+from seedworker.store.readers import in_use, read_snapshot
+from seedworker.store.rows import Batch, BlueprintRow, DecisionRow, OutboxRow, dump_state, load_state
+from seedworker.store.store import Store, StoreError
 
 FORMAT = "seedworker-snapshot"
-FORMAT_VERSION = 1
-SCHEMA_VERSION = max(version for version, _, _ in MIGRATIONS)
+FORMAT_VERSION = 2  # 2: input partitions of decisions, held outcomes and blueprints; per-partition watermarks
 _NON_FINITE = {"Infinity": math.inf, "-Infinity": -math.inf, "NaN": math.nan}
-_STATE_TABLES = ("blueprints", "decisions", "held_outcomes", "outbox", "counters", "offsets", "meta")
+_STATE_TABLES = ("blueprints", "decisions", "held_outcomes", "outbox", "counters", "offsets", "meta", "watermarks")
 _DECISION_COLUMNS = ("decision_id", "request_id", "blueprint_id", "seed_id", "seed_idx", "strategy", "propensity",
-                     "explored", "state_version", "request_time", "status", "reward", "outcome_time")
+                     "explored", "state_version", "request_time", "partition", "status", "reward", "outcome_time")
 
 
 class SnapshotError(ValueError):
@@ -119,12 +123,16 @@ def _export(db) -> dict[str, Any]:
         "counters": dict(db.execute("SELECT name, value FROM counters ORDER BY name")),
         "offsets": [{"topic": t, "partition": p, "next_offset": o} for t, p, o in db.execute(
             "SELECT topic, partition, next_offset FROM offsets ORDER BY topic, partition")],
-        "blueprints": {bp: {"version": version, "state": encode_value(load_state(blob))} for bp, version, blob in
-                       db.execute("SELECT blueprint_id, version, state FROM blueprints ORDER BY rowid")},
+        "watermarks": [{"partition": p, "event_time": t} for p, t in db.execute(
+            "SELECT partition, event_time FROM watermarks ORDER BY partition")],
+        "blueprints": {bp: {"version": version, "partition": part, "state": encode_value(load_state(blob))}
+                       for bp, version, part, blob in
+                       db.execute("SELECT blueprint_id, version, partition, state FROM blueprints ORDER BY rowid")},
         "decisions": decisions,
-        "held_outcomes": [{"event_id": e, "decision_id": d, "blueprint_id": b, "held_since": t,
-                           "payload": orjson.loads(p)} for e, d, b, t, p in db.execute(
-            "SELECT event_id, decision_id, blueprint_id, held_since, payload FROM held_outcomes ORDER BY rowid")],
+        "held_outcomes": [{"event_id": e, "decision_id": d, "blueprint_id": b, "held_since": t, "partition": part,
+                           "payload": orjson.loads(p)} for e, d, b, t, part, p in db.execute(
+            "SELECT event_id, decision_id, blueprint_id, held_since, partition, payload FROM held_outcomes "
+            "ORDER BY rowid")],
         "outbox": [{"topic": t, "key": _b64(k), "value": _b64(v), "headers": orjson.loads(h)} for t, k, v, h in
                    db.execute("SELECT topic, key, value, headers FROM outbox WHERE sent_at IS NULL ORDER BY id")],
     }
@@ -157,28 +165,34 @@ def to_batch(doc: dict[str, Any]) -> Batch:
         where = "offsets"
         b.offsets = {(str(o["topic"]), _int(o["partition"], "partition")): _int(o["next_offset"], "next_offset")
                      for o in doc["offsets"]}
+        where = "watermarks"
+        b.watermarks = {_int(w["partition"], "partition"): float(w["event_time"]) for w in doc["watermarks"]}
         for bp_id, entry in doc["blueprints"].items():
             where = f"blueprints.{bp_id}"
-            b.blueprints[bp_id] = (dump_state(decode_value(entry["state"])), _int(entry["version"], "version"))
+            b.blueprints[bp_id] = BlueprintRow(dump_state(decode_value(entry["state"])),
+                                               _int(entry["version"], "version"), _int(entry["partition"], "partition"))
         for n, d in enumerate(doc["decisions"]):
             where = f"decisions[{n}]"
             payload = orjson.dumps(d["payload"])
             selected: ev.SeedSelected = ev.decode(payload, ev.SEED_SELECTED)  # type: ignore[assignment]
             if selected.decision_id != d["decision_id"]:
                 raise SnapshotError(f"{where}: payload is the decision {selected.decision_id}")
-            b.decisions.append((d["decision_id"], d["request_id"], d["blueprint_id"], d["seed_id"], d["seed_idx"],
-                                d["strategy"], d["propensity"], int(d["explored"]), d["state_version"],
-                                d["request_time"], payload))
+            b.decisions.append(DecisionRow(d["decision_id"], d["request_id"], d["blueprint_id"], d["seed_id"],
+                                           d["seed_idx"], d["strategy"], d["propensity"], int(d["explored"]),
+                                           d["state_version"], d["request_time"], payload,
+                                           _int(d["partition"], "partition")))
             if (d["status"], d["reward"], d["outcome_time"]) != ("pending", None, None):
-                b.resolutions.append((d["status"], d["reward"], d["outcome_time"], d["decision_id"]))
+                b.resolutions.append(Resolution(d["decision_id"], d["status"], d["reward"], d["outcome_time"]))
         for n, h in enumerate(doc["held_outcomes"]):
             where = f"held_outcomes[{n}]"
-            payload = orjson.dumps(h["payload"])
-            ev.decode(payload, ev.ADAPTATION_OUTCOME)
-            b.held.append((h["event_id"], h["decision_id"], h["blueprint_id"], h["held_since"], payload))
+            outcome = ev.decode(orjson.dumps(h["payload"]), ev.ADAPTATION_OUTCOME)
+            if outcome.event_id != h["event_id"]:  # type: ignore[attr-defined]
+                raise SnapshotError(f"{where}: payload is the outcome {outcome.event_id}")
+            b.held.append(HeldOutcome(outcome, _int(h["partition"], "partition"), float(h["held_since"])))  # type: ignore[arg-type]
         for n, o in enumerate(doc["outbox"]):
             where = f"outbox[{n}]"
-            b.outbox.append((o["topic"], _unb64(o["key"]), _unb64(o["value"]), orjson.dumps(o["headers"])))
+            b.outbox.append(OutboxRow(o["topic"], _unb64(o["key"]), _unb64(o["value"]) or b"",
+                                      hdr.from_blob(orjson.dumps(o["headers"]))))
     except SnapshotError:
         raise
     except ev.EventError as exc:
