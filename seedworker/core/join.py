@@ -14,7 +14,8 @@ A decision made at request time ``r`` waits for its outcome until its deadline `
 * an outcome for the chosen seed dated ``t <= D`` is **on time** and learned (``resolved``); one dated later is
   learned only with ``learn_late`` (``late``), and is otherwise counted and ignored — the decision goes on waiting;
 * when the partition's watermark passes ``D`` without a learned outcome the decision **expires**; with
-  ``default_reward`` that reward is learned for it, at event time ``D``;
+  ``default_reward`` that reward is learned for it, dated at the request (``r``: an outcome is never older than
+  its request, so a default replaced later leaves no trace in the arm's clock);
 * an outcome that is learned after its decision expired (it was on time but delivered late, or ``learn_late``)
   *replaces* the default reward: the default is taken out of the statistics again (``Learner.forget_reward``), so
   whether the outcome came before or after the expiry, the decision counts once, with the outcome's reward;
@@ -294,7 +295,7 @@ class Join:
             if status == MISMATCHED:
                 return "mismatched"
             if default is not None:
-                self.learner.forget_reward(selected, default, request_time(selected) + self.rules.reward_wait_s)
+                self.learner.forget_reward(selected, default, request_time(selected))
                 changes.touch(selected.blueprint_id, partition)
             self.pending.pop(did, None)
             changes.resolve(Resolution(did, MISMATCHED, None, t))
@@ -305,7 +306,7 @@ class Join:
             changes.count("late_outcomes")
             return "late"
         if default is not None:
-            self.learner.forget_reward(selected, default, request_time(selected) + self.rules.reward_wait_s)
+            self.learner.forget_reward(selected, default, request_time(selected))
         reward = self.learner.learn(selected, outcome)
         self.pending.pop(did, None)
         new = RESOLVED if on_time else LATE
@@ -325,14 +326,14 @@ class Join:
             wm = self.watermarks[part]
             heap = self._deadlines.get(part, [])
             while heap and heap[0][0] < wm:
-                deadline, did = heapq.heappop(heap)
+                _, did = heapq.heappop(heap)
                 p = self.pending.get(did)
                 if p is None or p.partition != part:
                     continue  # resolved meanwhile (the heap keeps stale entries rather than searching)
                 del self.pending[did]
                 reward = None
                 if rules.default_reward is not None:
-                    reward = self.learner.learn_reward(p.selected, rules.default_reward, deadline)
+                    reward = self.learner.learn_reward(p.selected, rules.default_reward, request_time(p.selected))
                     changes.touch(p.selected.blueprint_id, part)
                 changes.resolve(Resolution(did, EXPIRED, reward, None))
                 changes.count("expired_decisions")

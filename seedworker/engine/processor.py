@@ -196,7 +196,8 @@ class Processor:
             elif reason is not None:
                 self._dead_letter(m, reason, b)
             decoded.append((m, event))
-        answers, known = await self._lookups(decoded)
+        known = await self._lookups(decoded)
+        answers: dict[str, tuple[ev.SeedSelected, bytes]] = {}  # decisions made in this batch, with their payload
         for m, event in decoded:
             if event is None:
                 continue
@@ -253,39 +254,33 @@ class Processor:
                 event = event.model_copy(update={"trace_id": trace_id})
         return event
 
-    async def _lookups(self, decoded) -> tuple[dict[str, ev.SeedSelected], dict[str, Known]]:
-        """The answers of pending decisions this batch's requests may retry, and what the store knows of the
-        decisions the batch mentions that are neither pending nor recent: one query for the whole batch."""
+    async def _lookups(self, decoded) -> dict[str, Known]:
+        """What the store knows of the decisions this batch mentions — a request's stored answer (a retry gets it
+        byte for byte), an outcome's decision when it is neither pending nor recent: one query for the batch."""
         join = self.join
-        answers: dict[str, ev.SeedSelected] = {}
         ids = set()
         for _m, e in decoded:
             if isinstance(e, (ev.GraftRequested, ev.SeedSelected)):
-                did = e.decision_id
-                p = join.pending.get(did)
-                if p is not None:
-                    answers[did] = p.selected
-                else:
-                    ids.add(did)
+                ids.add(e.decision_id)
             elif isinstance(e, ev.AdaptationOutcome):
                 did = e.resolved_decision_id
                 if did not in join.pending and did not in join.recent:
                     ids.add(did)
-        return answers, (await self.store.decision_statuses(ids) if ids else {})
+        return await self.store.decision_statuses(ids) if ids else {}
 
     # -- the records ---------------------------------------------------------------------------------------------
     def _on_request(self, m: Message, req: ev.GraftRequested, b: Batch, answers, known) -> None:
         did = req.decision_id
         answered = answers.get(did)
         if answered is None and did in known:
-            answered = ev.decode(known[did].payload, ev.SEED_SELECTED)  # type: ignore[assignment]
+            answered = ev.decode(known[did].payload, ev.SEED_SELECTED), known[did].payload
         if answered is not None:
-            _same_request(req, answered)
-            # A retried request: publish the stored answer again (the same value and key; the source headers name
-            # this record) and decide nothing new.
-            payload = ev.encode(answered) if did in answers else known[did].payload
+            selected, payload = answered
+            _same_request(req, selected)
+            # A retried request: publish the stored answer again, byte for byte (the same value and key; the
+            # source headers name this record), and decide nothing new.
             b.outbox.append(OutboxRow(self.topics.selections, req.blueprint_id.encode(), payload, hdr.selection(
-                decision_id=did, schema_version=answered.schema_version, trace_id=answered.trace_id,
+                decision_id=did, schema_version=selected.schema_version, trace_id=selected.trace_id,
                 source=(m.partition, m.offset))))
             b.count("duplicate_requests")
             return
@@ -309,7 +304,7 @@ class Processor:
         if self.observe_selection is not None:
             self.observe_selection(time.perf_counter() - t0)
         self._record_decision(selected, payload, m.partition, b)
-        answers[did] = selected
+        answers[did] = selected, payload
         b.outbox.append(OutboxRow(self.topics.selections, req.blueprint_id.encode(), payload, headers))
 
     def _on_selection(self, m: Message, selected: ev.SeedSelected, b: Batch, answers, known) -> None:
@@ -329,7 +324,7 @@ class Processor:
             arms.rows([c.seed_id for c in selected.scores], prior)  # type: ignore[arg-type]
         self.selector.apply_selection(selected)
         self._record_decision(selected, m.value, -1 if partition is None else partition, b)  # type: ignore[arg-type]
-        answers[did] = selected
+        answers[did] = selected, m.value
 
     def _record_decision(self, selected: ev.SeedSelected, payload: bytes, partition: int, b: Batch) -> None:
         """A decision applied to the selector: stored, and waiting in the join. Shared by a new decision and a
