@@ -7,11 +7,15 @@ import contextlib
 import logging
 from typing import Iterable
 
+from seedworker.broker.aiokafka_internals import pace_metadata_updates
 from seedworker.broker.base import TP, AuthenticationError, BusError, Committed, Message, OnAssign, Outgoing
 from seedworker.broker.security import client_options, describe, refusal, refusal_reason
 from seedworker.core.config import KafkaSettings
 
 log = logging.getLogger("seedworker.broker.kafka")
+
+# The name tests/test_faults_kafka.py paces its own producer with; the function lives with aiokafka's other internals.
+_pace_metadata_updates = pace_metadata_updates
 
 
 class KafkaBus:
@@ -152,7 +156,8 @@ class KafkaBus:
         # batch becomes ~70 produce requests in turn; 512 KB batches make it a few.
         producer = AIOKafkaProducer(**{**self._common(), "enable_idempotence": True, "acks": "all", "linger_ms": 1,
                                        "max_batch_size": 512 * 1024, **self.producer_options})
-        _pace_metadata_updates(producer.client)
+        # Only through aiokafka's private client API (see seedworker.broker.aiokafka_internals).
+        pace_metadata_updates(producer.client)
         return producer
 
     async def stop(self) -> None:
@@ -334,28 +339,3 @@ def _retriable(exc: BaseException) -> bool:
 
     return isinstance(exc, (KafkaTimeoutError, KafkaConnectionError, OutOfOrderSequenceNumber, asyncio.TimeoutError,
                             OSError)) or bool(getattr(exc, "retriable", False))
-
-
-def _pace_metadata_updates(client, first_s: float = 0.1, cap_s: float = 1.0) -> None:
-    """Wait between failed metadata updates of an aiokafka client.
-
-    While a batch waits for a partition without a known leader, aiokafka's sender asks for new metadata again as
-    soon as an update fails. With the broker down after a controlled shutdown (which takes the leaders away) every
-    attempt fails at once, and the sender spins: measured ~4,000 failed connects a second, each logged twice (58,000
-    attempts and 12 MB of log in a 15 s outage). Pausing here (exponentially, up to ``cap_s``) turns that into a few
-    attempts a second. Only a private method of aiokafka's client offers this hook; without it nothing changes.
-    """
-    update = getattr(client, "_metadata_update", None)
-    if update is None:
-        return
-    delay = 0.0
-
-    async def paced(cluster_metadata, topics):
-        nonlocal delay
-        if delay:
-            await asyncio.sleep(delay)
-        ok = await update(cluster_metadata, topics)
-        delay = 0.0 if ok else min(max(delay * 2, first_s), cap_s)
-        return ok
-
-    client._metadata_update = paced
