@@ -5,7 +5,7 @@ by a collector rather than mirrored into prometheus_client counters, so there is
 survive restarts; only what the worker does not count itself (latencies, consumer lag) is measured here.
 
 Every worker has its own :class:`Registry`, never prometheus_client's process-global ``REGISTRY``: two workers in
-one process (tests, the demo, an embedding application) would otherwise clash on every name, and nothing of the
+one process (tests, an application that embeds workers) would otherwise clash on every name, and nothing of a
 worker outlives it in a global.
 """
 
@@ -35,8 +35,8 @@ class Registry(CollectorRegistry):
     exported under a name nobody chose; and a collector that reads its families at scrape time (the worker's
     counters) has no fixed names for ``register`` to check for clashes. Both are refused here instead, which fails
     the scrape (answered 500) rather than serving a malformed or ambiguous exposition. The ``_created`` series of
-    prometheus_client's own histograms are left out: they are OpenMetrics, nothing here reads them, and the worker
-    never exported them.
+    prometheus_client's own histograms are left out: they belong to OpenMetrics, nothing here reads them, and
+    /metrics never had them.
     """
 
     def collect(self) -> Iterator[Metric]:
