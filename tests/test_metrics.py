@@ -8,6 +8,7 @@ lag against known offsets, and ``seedworker run`` as a subprocess serving its en
 from __future__ import annotations
 
 import asyncio
+import copy
 import io
 import json
 import logging
@@ -278,6 +279,23 @@ async def test_two_workers_in_one_process_have_their_own_registries(tmp_path):
             - value(s3, "seedworker_transaction_latency_seconds_bucket", le="10.0")) == 0
     # Nothing of theirs in prometheus_client's process-global registry.
     assert not [f.name for f in REGISTRY.collect() if f.name.startswith("seedworker_")]
+
+
+async def test_a_deep_copy_of_a_worker_has_a_metric_set_of_its_own(settings):
+    bus = MemoryBus()
+    await bus.ensure_topics({REQ: 2, OUT: 2})
+    for i in range(3):
+        bus.produce(REQ, b"bp", request(i))
+    worker = Worker(settings, bus=bus, burst=True, idle_polls=1)
+    await worker.run()
+    copy.deepcopy(bus)  # the bus still holds the worker's callbacks: the worker is copied with it
+    twin = copy.deepcopy(worker)
+    assert twin.metrics.worker is twin and twin.metrics.registry is not worker.metrics.registry
+    s = samples((await twin.metrics.exposition()).decode())
+    assert value(s, "seedworker_decisions_total") == 3  # the counters are the worker's, copied with it
+    assert value(s, "seedworker_selection_latency_seconds_count") == 0  # measuring from nothing
+    s = samples((await worker.metrics.exposition()).decode())
+    assert value(s, "seedworker_selection_latency_seconds_count") == 3
 
 
 async def test_the_lag_gauge_shows_the_snapshot_taken_before_the_scrape(settings):

@@ -11,6 +11,7 @@ worker outlives it in a global.
 
 from __future__ import annotations
 
+import copy
 import re
 from typing import TYPE_CHECKING, Iterator
 
@@ -110,6 +111,18 @@ class WorkerMetrics:
         # gauge shows the snapshot that refresh() took, and exposition() takes one right before generating.
         self.lag: dict[tuple[str, int], int] = {}
         self.registry.register(_LagCollector(self))
+
+    def __deepcopy__(self, memo: dict) -> "WorkerMetrics":
+        # A worker is deep-copied along with a MemoryBus that still holds its callbacks (tests copy buses), but
+        # prometheus_client's registry and histograms hold threading locks, which cannot be copied. The copy is the
+        # metric set of the copied worker, with histograms measuring from nothing like a worker started anew.
+        worker = copy.deepcopy(self.worker, memo)
+        if id(self) in memo:  # copying the worker copied this too
+            return memo[id(self)]
+        twin = WorkerMetrics(worker)
+        twin.lag = dict(self.lag)
+        memo[id(self)] = twin
+        return twin
 
     async def refresh(self) -> None:
         """Read what needs I/O (consumer lag) before a scrape. The whole snapshot is replaced, so a partition that
