@@ -147,7 +147,8 @@ class _WorkerCollector:
             if not _NAME.match(f"{PREFIX}{name}_total"):
                 continue  # a counter whose name cannot be a metric's stays in SQLite only, rather than fail scrapes
             help = COUNTER_HELP.get(name, f"Worker counter {name}.")
-            # The name with its "_total", which CounterMetricFamily takes off again (a counter "x_total" stays so).
+            # With its "_total", which CounterMetricFamily takes off again: a worker counter named "x_total" is
+            # exported as "x_total_total", not merged into "x".
             yield CounterMetricFamily(f"{PREFIX}{name}_total", help + " Kept in SQLite, so it survives restarts.",
                                       value=values.get(name, 0))
         yield GaugeMetricFamily(PREFIX + "ready", "1 when the worker is ready (see /readyz).",
