@@ -28,7 +28,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from seedworker.contract import events as ev
 from seedworker.broker.base import Outgoing
-from seedworker.broker.kafka import KafkaBus, _pace_metadata_updates
+from seedworker.broker.aiokafka_internals import pace_metadata_updates
+from seedworker.broker.kafka import KafkaBus
 from seedworker.core.config import KafkaSettings
 from seedworker.dev.local_kafka import REPO_ROOT, LocalKafka, free_port
 from seedworker.core.selector import SeedSelector
@@ -181,7 +182,7 @@ async def test_broker_restart_mid_stream_loses_nothing(own_kafka, tmp_path):
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=2)
     # Tamiyo's client would spin like the worker's did (see seedworker.broker.kafka): keep the machine's two cores for the
     # broker and the worker.
-    _pace_metadata_updates(producer.client)
+    pace_metadata_updates(producer.client)
     await producer.start()
     tamiyo = Tamiyo(producer, topics, 20260202, {f"bp-{b}": 3 + b % 3 for b in range(5)})
     try:

@@ -8,6 +8,7 @@ lag against known offsets, and ``seedworker run`` as a subprocess serving its en
 from __future__ import annotations
 
 import asyncio
+import copy
 import io
 import json
 import logging
@@ -23,6 +24,8 @@ from datetime import timedelta
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from prometheus_client import REGISTRY, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 
 from seedworker.contract import events as ev
@@ -33,7 +36,7 @@ from seedworker.core.config import ConfigError, KafkaSettings, Settings, load_se
 from seedworker.ops.http_server import HttpServer, endpoint_for
 from seedworker.dev.local_kafka import REPO_ROOT, free_port
 from seedworker.ops.logs import JsonFormatter, configure
-from seedworker.ops.metrics import COUNTER_HELP, Gauge, Histogram, Registry
+from seedworker.ops.metrics import COUNTER_HELP, Registry, exposition
 from seedworker.engine.worker import Worker
 from tests.kafka_broker import unique_topic
 from tests.test_worker import T0, outcome, request
@@ -120,24 +123,22 @@ def settings(tmp_path):
 
 # -- the registry and the format ---------------------------------------------------------------------------------
 def test_histogram_buckets_are_cumulative_and_inclusive():
-    h = Histogram("x_seconds", "a histogram", (1, 2, 5))
+    reg = Registry()
+    h = Histogram("x_seconds", "a histogram", buckets=(1, 2, 5), registry=reg)
     for v in (0.5, 1, 1.5, 2, 7):
         h.observe(v)
-    reg = Registry()
-    reg.register(h)
-    s = samples(reg.exposition())
+    s = samples(exposition(reg).decode())
     # "le": a value equal to a bound counts in that bound's bucket.
     assert [value(s, "x_seconds_bucket", le=b) for b in ("1.0", "2.0", "5.0", "+Inf")] == [2, 4, 4, 5]
-    assert value(s, "x_seconds_count") == 5 == h.count
+    assert value(s, "x_seconds_count") == 5 == reg.get_sample_value("x_seconds_count")
     assert value(s, "x_seconds_sum") == pytest.approx(12.0)
 
 
 def test_label_values_and_help_are_escaped():
-    g = Gauge("odd_gauge", 'help with a \\ and a\nnewline', ("a", "b"))
-    g.set(3, 'q"uote', "back\\slash\nnewline")
     reg = Registry()
-    reg.register(g)
-    text = reg.exposition()
+    g = Gauge("odd_gauge", 'help with a \\ and a\nnewline', ("a", "b"), registry=reg)
+    g.labels('q"uote', "back\\slash\nnewline").set(3)
+    text = exposition(reg).decode()
     (fam,) = list(text_string_to_metric_families(text))
     assert fam.documentation == "help with a \\ and a\nnewline"
     assert fam.samples[0].labels == {"a": 'q"uote', "b": "back\\slash\nnewline"}
@@ -145,15 +146,48 @@ def test_label_values_and_help_are_escaped():
 
 
 def test_bad_names_and_duplicates_are_refused():
-    with pytest.raises(ValueError, match="invalid metric name"):
-        Gauge("bad-name", "x")
-    with pytest.raises(ValueError, match="invalid label name"):
-        Gauge("good", "x", ("__reserved",))
+    # prometheus_client (since 0.22) takes any UTF-8 name and would escape it on output; older ones refuse it when
+    # the metric is made. Either way it never reaches an exposition: the registry refuses it at the scrape.
     reg = Registry()
-    reg.register(Gauge("same", "x"))
-    reg.register(Gauge("same", "y"))
+    with pytest.raises(ValueError, match="(?i)invalid metric name"):
+        Gauge("bad-name", "x", registry=reg)
+        exposition(reg)
+    reg = Registry()
+    bad_label = GaugeMetricFamily("good", "x", labels=("bad-label",))  # families do not check their label names
+    bad_label.add_metric(("v",), 1)
+    reg.register(FixedFamilies(bad_label))
+    with pytest.raises(ValueError, match="invalid label name"):
+        exposition(reg)
+    with pytest.raises(ValueError, match="[Rr]eserved label"):  # refused by prometheus_client itself
+        Gauge("good", "x", ("__reserved",), registry=None)
+    reg = Registry()
+    Gauge("same", "x", registry=reg)
+    with pytest.raises(ValueError, match="Duplicated timeseries"):  # refused by prometheus_client when registered
+        Gauge("same", "y", registry=reg)
+    # Collectors that read their families at scrape time have no names to check when they are registered.
+    reg = Registry()
+    reg.register(FixedFamilies(GaugeMetricFamily("same", "x", value=1)))
+    reg.register(FixedFamilies(GaugeMetricFamily("same", "y", value=2)))
     with pytest.raises(ValueError, match="registered twice"):
-        reg.exposition()
+        exposition(reg)
+
+
+class FixedFamilies:
+    def __init__(self, *families):
+        self.families = families
+
+    def collect(self):
+        return self.families
+
+
+def test_histograms_leave_out_the_openmetrics_created_series():
+    reg = Registry()
+    Histogram("x_seconds", "a histogram", buckets=(1,), registry=reg).observe(0.5)
+    text = exposition(reg).decode()
+    check_format(text)
+    assert "_created" not in text
+    assert {(s.name, s.value) for f in text_string_to_metric_families(text) for s in f.samples} == {
+        ("x_seconds_bucket", 1), ("x_seconds_sum", 0.5), ("x_seconds_count", 1)}
 
 
 # -- the worker's metrics over HTTP --------------------------------------------------------------------------------
@@ -219,6 +253,71 @@ async def test_scrape_counts_match_the_events_fed(settings):
     assert value(s, "seedworker_selection_latency_seconds_count") == 0
     assert value(s, "seedworker_transaction_latency_seconds_count") == 4  # 14 messages in batches of 4
     assert value(s, "seedworker_transaction_latency_seconds_bucket", le="+Inf") == 4
+
+
+async def test_two_workers_in_one_process_have_their_own_registries(tmp_path):
+    workers = []
+    for n in (3, 5):
+        bus = MemoryBus()
+        await bus.ensure_topics({REQ: 2, OUT: 2})
+        for i in range(n):
+            bus.produce(REQ, b"bp", request(i))
+        workers.append(Worker(Settings(db=str(tmp_path / f"state-{n}.sqlite"), kafka={"partitions": 2}), bus=bus,
+                              burst=True, idle_polls=1))
+    w3, w5 = workers
+    assert w3.metrics.registry is not w5.metrics.registry
+    for w in workers:
+        await w.run()
+    w5.metrics.transaction.observe(42.0)  # only w5's histogram has a value in its +Inf bucket
+    s3, s5 = [samples((await w.metrics.exposition()).decode()) for w in workers]
+    assert set(s3) == set(s5)  # the same names and labels in both, not refused as duplicates
+    assert value(s3, "seedworker_decisions_total") == 3 and value(s5, "seedworker_decisions_total") == 5
+    assert value(s3, "seedworker_selection_latency_seconds_count") == 3
+    assert value(s5, "seedworker_selection_latency_seconds_count") == 5
+    assert (value(s5, "seedworker_transaction_latency_seconds_bucket", le="+Inf")
+            - value(s5, "seedworker_transaction_latency_seconds_bucket", le="10.0")) == 1
+    assert (value(s3, "seedworker_transaction_latency_seconds_bucket", le="+Inf")
+            - value(s3, "seedworker_transaction_latency_seconds_bucket", le="10.0")) == 0
+    # Nothing of theirs in prometheus_client's process-global registry.
+    assert not [f.name for f in REGISTRY.collect() if f.name.startswith("seedworker_")]
+
+
+async def test_a_deep_copy_of_a_worker_has_a_metric_set_of_its_own(settings):
+    bus = MemoryBus()
+    await bus.ensure_topics({REQ: 2, OUT: 2})
+    for i in range(3):
+        bus.produce(REQ, b"bp", request(i))
+    worker = Worker(settings, bus=bus, burst=True, idle_polls=1)
+    await worker.run()
+    copy.deepcopy(bus)  # the bus still holds the worker's callbacks: the worker is copied with it
+    twin = copy.deepcopy(worker)
+    assert twin.metrics.worker is twin and twin.metrics.registry is not worker.metrics.registry
+    s = samples((await twin.metrics.exposition()).decode())
+    assert value(s, "seedworker_decisions_total") == 3  # the counters are the worker's, copied with it
+    assert value(s, "seedworker_selection_latency_seconds_count") == 0  # measuring from nothing
+    s = samples((await worker.metrics.exposition()).decode())
+    assert value(s, "seedworker_selection_latency_seconds_count") == 3
+
+
+async def test_the_lag_gauge_shows_the_snapshot_taken_before_the_scrape(settings):
+    bus = MemoryBus()
+    await bus.ensure_topics({REQ: 1, OUT: 1})
+    worker = Worker(settings, bus=bus)
+    calls = []
+
+    async def lag():
+        calls.append(len(calls))
+        return {(REQ, 0): 7 + len(calls)} if len(calls) == 1 else {(OUT, 0): 2}
+
+    bus.lag = lag
+    s = samples((await worker.metrics.exposition()).decode())
+    assert {k: v for k, v in s.items() if k[0] == "seedworker_consumer_lag_messages"} == {
+        ("seedworker_consumer_lag_messages", (("partition", "0"), ("topic", REQ))): 8}
+    s = samples((await worker.metrics.exposition()).decode())
+    # The whole snapshot is replaced: a partition gone from the bus's answer (revoked) is gone from the gauge.
+    assert {k: v for k, v in s.items() if k[0] == "seedworker_consumer_lag_messages"} == {
+        ("seedworker_consumer_lag_messages", (("partition", "0"), ("topic", OUT))): 2}
+    assert calls == [0, 1]
 
 
 async def test_readiness_follows_the_worker_and_lag_is_exported(settings):

@@ -49,6 +49,7 @@ from datetime import datetime
 from typing import Any, Iterable, Mapping
 
 from seedworker.contract import events as ev
+from seedworker.broker.aiokafka_internals import fetch_all_metadata
 from seedworker.broker.base import AuthenticationError
 from seedworker.core.config import KafkaSettings, Topics
 from seedworker.broker.security import client_options, describe, refusal, refusal_reason
@@ -177,7 +178,7 @@ class SeedClient:
         consumer, topic = self._consumer, self.topics.selections
         # consumer.topics() only returns names; the metadata it fetches (all topics) also has the partitions.
         for _ in range(50):
-            cluster = await consumer._client.fetch_all_metadata()
+            cluster = await fetch_all_metadata(consumer)
             parts = set(cluster.partitions_for_topic(topic) or ())
             # A topic being created may list partitions without a leader yet: wait for them (up to 5 s).
             leaders = [cluster.leader_for_partition(TopicPartition(topic, p)) for p in parts]

@@ -7,6 +7,7 @@ import contextlib
 import logging
 from typing import Iterable
 
+from seedworker.broker.aiokafka_internals import pace_metadata_updates
 from seedworker.broker.base import TP, AuthenticationError, BusError, Committed, Message, OnAssign, Outgoing
 from seedworker.broker.security import client_options, describe, refusal, refusal_reason
 from seedworker.core.config import KafkaSettings
@@ -153,7 +154,8 @@ class KafkaBus:
         producer = AIOKafkaProducer(**{**self._common(), "enable_idempotence": True, "acks": "all", "linger_ms": 1,
                                        "max_batch_size": 512 * 1024, "max_request_size": self.settings.max_request_size,
                                        **self.producer_options})
-        _pace_metadata_updates(producer.client)
+        # Only through aiokafka's private client API (see seedworker.broker.aiokafka_internals).
+        pace_metadata_updates(producer.client)
         return producer
 
     async def stop(self) -> None:
@@ -335,28 +337,3 @@ def _retriable(exc: BaseException) -> bool:
 
     return isinstance(exc, (KafkaTimeoutError, KafkaConnectionError, OutOfOrderSequenceNumber, asyncio.TimeoutError,
                             OSError)) or bool(getattr(exc, "retriable", False))
-
-
-def _pace_metadata_updates(client, first_s: float = 0.1, cap_s: float = 1.0) -> None:
-    """Wait between failed metadata updates of an aiokafka client.
-
-    While a batch waits for a partition without a known leader, aiokafka's sender asks for new metadata again as
-    soon as an update fails. With the broker down after a controlled shutdown (which takes the leaders away) every
-    attempt fails at once, and the sender spins: measured ~4,000 failed connects a second, each logged twice (58,000
-    attempts and 12 MB of log in a 15 s outage). Pausing here (exponentially, up to ``cap_s``) turns that into a few
-    attempts a second. Only a private method of aiokafka's client offers this hook; without it nothing changes.
-    """
-    update = getattr(client, "_metadata_update", None)
-    if update is None:
-        return
-    delay = 0.0
-
-    async def paced(cluster_metadata, topics):
-        nonlocal delay
-        if delay:
-            await asyncio.sleep(delay)
-        ok = await update(cluster_metadata, topics)
-        delay = 0.0 if ok else min(max(delay * 2, first_s), cap_s)
-        return ok
-
-    client._metadata_update = paced

@@ -33,9 +33,12 @@ _MAX_HEADER_LINES = 100
 
 
 class HttpServer:
-    """``await start()``, then ``port`` is the bound port (useful with port 0 in tests); ``await stop()``."""
+    """``await start()``, then ``port`` is the bound port (useful with port 0 in tests); ``await stop()``.
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int, exposition: Callable[[], Awaitable[str]],
+    ``exposition`` returns the body of /metrics (text format 0.0.4, UTF-8); it is awaited on each scrape, so it can
+    do I/O first (``WorkerMetrics.exposition`` reads the consumer lag)."""
+
+    def __init__(self, *, host: str = "127.0.0.1", port: int, exposition: Callable[[], Awaitable[bytes]],
                  readiness: Callable[[], dict[str, bool]]):
         self.host = host
         self.port = port
@@ -99,11 +102,11 @@ class HttpServer:
             body = orjson.dumps({"ready": ready, **checks}, option=orjson.OPT_APPEND_NEWLINE)
             return (200 if ready else 503), "application/json", body, head
         try:
-            text = await self.exposition()
+            body = await self.exposition()
         except Exception:  # a scrape must not take the worker down; the failure is logged and answered
             log.exception("metrics exposition failed")
             return _text(500, "metrics exposition failed\n") + (head,)
-        return 200, CONTENT_TYPE, text.encode(), head
+        return 200, CONTENT_TYPE, body, head
 
 
 def _text(status: int, text: str) -> tuple[int, str, bytes]:

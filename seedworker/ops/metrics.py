@@ -1,175 +1,72 @@
-"""Prometheus metrics: counters, gauges and fixed-bucket histograms, and their text exposition (format 0.0.4).
+"""Prometheus metrics with prometheus_client: one registry per worker, exposed in the text format 0.0.4.
 
-No client library: the worker needs three metric kinds and one output format, and a library would bring a
-process-global registry that every test has to reset. The counts the worker already keeps (``Worker.counters``,
-persisted in SQLite with each batch) are read at scrape time rather than mirrored, so there is one source of truth;
-only what the worker does not count itself (latencies, lag) is measured here.
+The counts the worker already keeps (``Worker.counters``, persisted in SQLite with each batch) are read at scrape time
+by a collector rather than mirrored into prometheus_client counters, so there is one source of truth and the values
+survive restarts; only what the worker does not count itself (latencies, consumer lag) is measured here.
+
+Every worker has its own :class:`Registry`, never prometheus_client's process-global ``REGISTRY``: two workers in
+one process (tests, an application that embeds workers) would otherwise clash on every name, and nothing of a
+worker outlives it in a global.
 """
 
 from __future__ import annotations
 
-import math
+import copy
 import re
-from bisect import bisect_left
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Protocol
+from typing import TYPE_CHECKING, Iterator
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 if TYPE_CHECKING:
     from seedworker.engine.worker import Worker
 
+# What generate_latest writes. Not prometheus_client's CONTENT_TYPE_LATEST: since 0.22 that names format 1.0.0.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PREFIX = "seedworker_"
 
 _NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
-Labels = tuple[tuple[str, str], ...]
 
+class Registry(CollectorRegistry):
+    """prometheus_client's registry, held on every scrape to what the text format 0.0.4 allows.
 
-@dataclass(frozen=True, slots=True)
-class Family:
-    """One metric family as exposed: ``samples`` are (sample name, labels, value)."""
+    prometheus_client (since 0.22) accepts any UTF-8 name and escapes it on output, so a mistyped name would be
+    exported under a name nobody chose; and a collector that reads its families at scrape time (the worker's
+    counters) has no fixed names for ``register`` to check for clashes. Both are refused here instead, which fails
+    the scrape (answered 500) rather than serving a malformed or ambiguous exposition. The ``_created`` series of
+    prometheus_client's own histograms are left out: they belong to OpenMetrics, nothing here reads them, and
+    /metrics never had them.
+    """
 
-    name: str
-    kind: str  # counter | gauge | histogram
-    help: str
-    samples: list[tuple[str, Labels, float]]
-
-
-class Collector(Protocol):
-    def collect(self) -> Iterable[Family]: ...
-
-
-def _check_name(name: str) -> str:
-    if not _NAME.match(name):
-        raise ValueError(f"invalid metric name {name!r}")
-    return name
-
-
-class Histogram:
-    """Fixed buckets chosen up front, so ``observe`` is a bisect and three additions: cheap enough per decision."""
-
-    __slots__ = ("name", "help", "bounds", "_counts", "sum")
-
-    def __init__(self, name: str, help: str, buckets: Iterable[float]):
-        self.name = _check_name(name)
-        self.help = help
-        self.bounds = tuple(sorted({float(b) for b in buckets if math.isfinite(b)}))
-        if not self.bounds:
-            raise ValueError(f"{name}: a histogram needs at least one finite bucket bound")
-        self._counts = [0] * (len(self.bounds) + 1)  # per bucket, not cumulative; the last one is +Inf
-        self.sum = 0.0
-
-    def observe(self, value: float) -> None:
-        # bisect_left: a value equal to a bound belongs to that bucket (Prometheus buckets are "le", less or equal).
-        self._counts[bisect_left(self.bounds, value)] += 1
-        self.sum += value
-
-    @property
-    def count(self) -> int:
-        return sum(self._counts)
-
-    def collect(self) -> Iterable[Family]:
-        samples: list[tuple[str, Labels, float]] = []
-        running = 0
-        for bound, n in zip((*self.bounds, math.inf), self._counts):
-            running += n
-            samples.append((self.name + "_bucket", (("le", _number(bound)),), running))
-        samples.append((self.name + "_sum", (), self.sum))
-        samples.append((self.name + "_count", (), running))
-        yield Family(self.name, "histogram", self.help, samples)
-
-
-class Gauge:
-    """A gauge whose children (one per label set) are replaced together, so a revoked partition disappears."""
-
-    def __init__(self, name: str, help: str, labelnames: tuple[str, ...] = ()):
-        self.name = _check_name(name)
-        self.help = help
-        for label in labelnames:
-            if not _LABEL.match(label) or label.startswith("__"):
-                raise ValueError(f"{name}: invalid label name {label!r}")
-        self.labelnames = labelnames
-        self.values: dict[tuple[str, ...], float] = {}
-
-    def set(self, value: float, *labelvalues: str) -> None:
-        self.values[labelvalues] = value
-
-    def replace(self, values: Mapping[tuple[str, ...], float]) -> None:
-        self.values = dict(values)
-
-    def collect(self) -> Iterable[Family]:
-        samples = [(self.name, tuple(zip(self.labelnames, key)), v) for key, v in sorted(self.values.items())]
-        yield Family(self.name, "gauge", self.help, samples)
-
-
-class Callback:
-    """A family whose samples are read from somewhere else at scrape time: ``read()`` returns (labels, value)."""
-
-    def __init__(self, name: str, kind: str, help: str, read: Callable[[], Iterable[tuple[Labels, float]]]):
-        self.name = _check_name(name)
-        self.kind = kind
-        self.help = help
-        self.read = read
-
-    def collect(self) -> Iterable[Family]:
-        yield Family(self.name, self.kind, self.help, [(self.name, labels, v) for labels, v in self.read()])
-
-
-class Registry:
-    def __init__(self) -> None:
-        self.collectors: list[Collector] = []
-
-    def register(self, collector: Collector) -> Collector:
-        self.collectors.append(collector)
-        return collector
-
-    def collect(self) -> list[Family]:
-        families = [f for c in self.collectors for f in c.collect()]
+    def collect(self) -> Iterator[Metric]:
         seen: set[str] = set()
-        for f in families:
-            if f.name in seen:
-                raise ValueError(f"metric {f.name!r} is registered twice")
-            seen.add(f.name)
-        return families
-
-    def exposition(self) -> str:
-        return exposition(self.collect())
-
-
-def exposition(families: Iterable[Family]) -> str:
-    """The Prometheus text format: HELP and TYPE lines, then one line per sample; ends with a newline."""
-    lines = []
-    for f in families:
-        lines.append(f"# HELP {f.name} {_escape_help(f.help)}")
-        lines.append(f"# TYPE {f.name} {f.kind}")
-        for name, labels, value in f.samples:
-            if labels:
-                inner = ",".join(f'{k}="{_escape_label(v)}"' for k, v in labels)
-                lines.append(f"{name}{{{inner}}} {_number(value)}")
-            else:
-                lines.append(f"{name} {_number(value)}")
-    return "\n".join(lines) + "\n"
+        for family in super().collect():
+            # A counter family is named without its "_total"; its samples and the exposition carry it.
+            name = family.name + "_total" if family.type == "counter" else family.name
+            if not _NAME.match(name):
+                raise ValueError(f"invalid metric name {name!r}")
+            if name in seen:
+                raise ValueError(f"metric {name!r} is registered twice")
+            seen.add(name)
+            created = family.name + "_created"
+            kept = [s for s in family.samples if s.name != created]
+            for s in kept:
+                for label in s.labels:
+                    if not _LABEL.match(label) or label.startswith("__"):
+                        raise ValueError(f"{name}: invalid label name {label!r}")
+            if len(kept) != len(family.samples):
+                # A copy: a collector may hand out the same family object on every scrape.
+                trimmed = Metric(family.name, family.documentation, family.type, family.unit)
+                trimmed.samples = kept
+                family = trimmed
+            yield family
 
 
-def _escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def _escape_label(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _number(value: float) -> str:
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, int):
-        return str(value)
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value))
+def exposition(registry: CollectorRegistry) -> bytes:
+    """The text format 0.0.4 of everything in ``registry``, as served (UTF-8)."""
+    return generate_latest(registry)
 
 
 # -- the worker's metrics ----------------------------------------------------------------------------------------
@@ -192,58 +89,82 @@ COUNTER_HELP = {
 SELECTION_BUCKETS = (25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 1.0)
 # One SQLite transaction per batch: sub-millisecond for a few rows, up to seconds on a slow disk.
 TRANSACTION_BUCKETS = (500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 500e-3, 1.0, 2.5, 5.0, 10.0)
+LAG_HELP = "Messages between the consumer's position and the partition's high watermark."
 
 
 class WorkerMetrics:
-    """The worker's metric set. The worker calls ``selection.observe`` / ``transaction.observe``; everything else is
-    read from the worker when scraped."""
+    """The worker's metric set, in its own ``registry``. The worker calls ``selection.observe`` and
+    ``transaction.observe`` (seconds); everything else is read from the worker when scraped."""
 
     def __init__(self, worker: "Worker"):
         self.worker = worker
         self.registry = Registry()
+        # Registration order is exposition order: counters and gauges, the histograms, the lag.
+        self.registry.register(_WorkerCollector(worker))
         self.selection = Histogram(PREFIX + "selection_latency_seconds",
                                    "Time to decide one request (policy scores, draw, state update).",
-                                   SELECTION_BUCKETS)
+                                   buckets=SELECTION_BUCKETS, registry=self.registry)
         self.transaction = Histogram(PREFIX + "transaction_latency_seconds",
-                                     "Time of the one SQLite transaction that stores a batch.", TRANSACTION_BUCKETS)
-        self.lag = Gauge(PREFIX + "consumer_lag_messages",
-                         "Messages between the consumer's position and the partition's high watermark.",
-                         ("topic", "partition"))
-        self.registry.register(_WorkerCounters(worker))
-        self.registry.register(Callback(PREFIX + "ready", "gauge", "1 when the worker is ready (see /readyz).",
-                                        lambda: [((), int(all(worker.readiness().values())))]))
-        self.registry.register(Callback(PREFIX + "decisions_pending", "gauge",
-                                        "Decisions waiting for their outcome.",
-                                        lambda: [((), worker.pending_decisions)]))
-        self.registry.register(Callback(PREFIX + "outcomes_held", "gauge",
-                                        "Outcomes held until their decision is known.",
-                                        lambda: [((), worker.held_outcomes)]))
-        self.registry.register(self.selection)
-        self.registry.register(self.transaction)
-        self.registry.register(self.lag)
+                                     "Time of the one SQLite transaction that stores a batch.",
+                                     buckets=TRANSACTION_BUCKETS, registry=self.registry)
+        # The lag needs an await (the Kafka bus asks the consumer for positions) and collect() cannot await: the
+        # gauge shows the snapshot that refresh() took, and exposition() takes one right before generating.
+        self.lag: dict[tuple[str, int], int] = {}
+        self.registry.register(_LagCollector(self))
+
+    def __deepcopy__(self, memo: dict) -> "WorkerMetrics":
+        # A worker is deep-copied along with a MemoryBus that still holds its callbacks (tests copy buses), but
+        # prometheus_client's registry and histograms hold threading locks, which cannot be copied. The copy is the
+        # metric set of the copied worker, with histograms measuring from nothing like a worker started anew.
+        worker = copy.deepcopy(self.worker, memo)
+        if id(self) in memo:  # copying the worker copied this too
+            return memo[id(self)]
+        twin = WorkerMetrics(worker)
+        twin.lag = dict(self.lag)
+        memo[id(self)] = twin
+        return twin
 
     async def refresh(self) -> None:
-        """Read what needs I/O (consumer lag) before a scrape."""
-        lag = await self.worker.bus.lag()
-        self.lag.replace({(t, str(p)): n for (t, p), n in lag.items()})
+        """Read what needs I/O (consumer lag) before a scrape. The whole snapshot is replaced, so a partition that
+        was revoked disappears from the gauge."""
+        self.lag = dict(await self.worker.bus.lag())
 
-    async def exposition(self) -> str:
+    async def exposition(self) -> bytes:
         await self.refresh()
-        return self.registry.exposition()
+        return exposition(self.registry)
 
 
-class _WorkerCounters:
-    """One counter family per name in ``Worker.counters``, read when scraped."""
+class _WorkerCollector:
+    """One counter family per name in ``Worker.counters``, and the gauges of the worker's state, read when scraped."""
 
     def __init__(self, worker: "Worker"):
         self.worker = worker
 
-    def collect(self) -> Iterable[Family]:
-        values = self.worker.counters.values
+    def collect(self) -> Iterator[Metric]:
+        w = self.worker
+        values = w.counters.values
         for name in sorted(COUNTER_HELP.keys() | values.keys()):
-            family = f"{PREFIX}{name}_total"
-            if not _NAME.match(family):
-                continue
+            if not _NAME.match(f"{PREFIX}{name}_total"):
+                continue  # a counter whose name cannot be a metric's stays in SQLite only, rather than fail scrapes
             help = COUNTER_HELP.get(name, f"Worker counter {name}.")
-            yield Family(family, "counter", help + " Kept in SQLite, so it survives restarts.",
-                         [(family, (), values.get(name, 0))])
+            # With its "_total", which CounterMetricFamily takes off again: a worker counter named "x_total" is
+            # exported as "x_total_total", not merged into "x".
+            yield CounterMetricFamily(f"{PREFIX}{name}_total", help + " Kept in SQLite, so it survives restarts.",
+                                      value=values.get(name, 0))
+        yield GaugeMetricFamily(PREFIX + "ready", "1 when the worker is ready (see /readyz).",
+                                value=int(all(w.readiness().values())))
+        yield GaugeMetricFamily(PREFIX + "decisions_pending", "Decisions waiting for their outcome.",
+                                value=w.pending_decisions)
+        yield GaugeMetricFamily(PREFIX + "outcomes_held", "Outcomes held until their decision is known.",
+                                value=w.held_outcomes)
+
+
+class _LagCollector:
+    def __init__(self, metrics: WorkerMetrics):
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(PREFIX + "consumer_lag_messages", LAG_HELP, labels=("topic", "partition"))
+        for (topic, partition), n in sorted(self.metrics.lag.items()):
+            family.add_metric((topic, str(partition)), n)
+        yield family
