@@ -36,7 +36,7 @@ from seedworker.core.config import ConfigError, KafkaSettings, Settings, load_se
 from seedworker.ops.http_server import HttpServer, endpoint_for
 from seedworker.dev.local_kafka import REPO_ROOT, free_port
 from seedworker.ops.logs import JsonFormatter, configure
-from seedworker.ops.metrics import COUNTER_HELP, Registry, exposition
+from seedworker.ops.metrics import COUNTER_HELP, Registry, WorkerMetrics, exposition
 from seedworker.engine.worker import Worker
 from tests.kafka_broker import unique_topic
 from tests.test_worker import T0, outcome, request
@@ -112,7 +112,7 @@ async def eventually(cond, what: str, timeout: float = 60.0):
 
 
 def serve(worker: Worker) -> HttpServer:
-    return HttpServer(port=0, exposition=worker.metrics.exposition, readiness=worker.readiness)
+    return HttpServer(port=0, exposition=WorkerMetrics.of(worker).exposition, readiness=worker.readiness)
 
 
 @pytest.fixture
@@ -265,6 +265,8 @@ async def test_two_workers_in_one_process_have_their_own_registries(tmp_path):
         workers.append(Worker(Settings(db=str(tmp_path / f"state-{n}.sqlite"), kafka={"partitions": 2}), bus=bus,
                               burst=True, idle_polls=1))
     w3, w5 = workers
+    for w in workers:
+        WorkerMetrics(w)
     assert w3.metrics.registry is not w5.metrics.registry
     for w in workers:
         await w.run()
@@ -288,6 +290,7 @@ async def test_a_deep_copy_of_a_worker_has_a_metric_set_of_its_own(settings):
     for i in range(3):
         bus.produce(REQ, b"bp", request(i))
     worker = Worker(settings, bus=bus, burst=True, idle_polls=1)
+    WorkerMetrics(worker)
     await worker.run()
     copy.deepcopy(bus)  # the bus still holds the worker's callbacks: the worker is copied with it
     twin = copy.deepcopy(worker)
@@ -303,6 +306,7 @@ async def test_the_lag_gauge_shows_the_snapshot_taken_before_the_scrape(settings
     bus = MemoryBus()
     await bus.ensure_topics({REQ: 1, OUT: 1})
     worker = Worker(settings, bus=bus)
+    WorkerMetrics(worker)
     calls = []
 
     async def lag():

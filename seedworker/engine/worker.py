@@ -30,17 +30,40 @@ import signal
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from seedworker.broker.base import TP, Bus, BusError, Committed, Message, Outgoing
 from seedworker.broker.kafka import KafkaBus
 from seedworker.core.config import ConfigError, Settings
 from seedworker.engine import ownership
 from seedworker.engine.processor import Processor
-from seedworker.ops.metrics import WorkerMetrics
 from seedworker.store.rows import Batch, UnsentRow
 from seedworker.store.store import Store, StoreError
 
 log = logging.getLogger("seedworker.engine.worker")
+
+
+class Histogram(Protocol):
+    def observe(self, amount: float) -> None: ...
+
+
+class Timings(Protocol):
+    """What the worker measures (seconds): deciding one request, and the SQLite transaction of a batch. The
+    Prometheus metric set (seedworker.ops.metrics.WorkerMetrics) attaches itself as ``worker.metrics``."""
+
+    selection: Histogram
+    transaction: Histogram
+
+
+class _Unobserved:
+    def observe(self, amount: float) -> None:
+        pass
+
+
+class Unmeasured:
+    """No metrics endpoint: nothing is measured."""
+
+    selection = transaction = _Unobserved()
 
 
 @dataclass
@@ -58,7 +81,8 @@ class Worker:
     """``await Worker(settings).run()`` until SIGTERM/SIGINT; ``burst=True`` stops once the inputs are drained."""
 
     def __init__(self, settings: Settings, *, bus: Bus | None = None, store: Store | None = None,
-                 burst: bool = False, idle_polls: int = 3, shutdown_timeout_s: float = 30.0):
+                 burst: bool = False, idle_polls: int = 3, shutdown_timeout_s: float = 30.0,
+                 metrics: Timings | None = None):
         self.settings = settings
         self.topics = settings.kafka.topics
         self.bus: Bus = bus or KafkaBus(settings.kafka)
@@ -67,8 +91,8 @@ class Worker:
         self.idle_polls = idle_polls
         self.shutdown_timeout_s = shutdown_timeout_s
         self.counters = Counters()
-        self.metrics = WorkerMetrics(self)
-        self.processor = Processor(settings, self.store, observe_selection=self.metrics.selection.observe)
+        self.metrics: Timings = metrics or Unmeasured()
+        self.processor = Processor(settings, self.store, observe_selection=self._observe_selection)
         self._stored_offsets: dict[TP, int] = {}
         self.worker_id = ""  # this store's id in the group's commit metadata (seedworker.engine.ownership)
         self._counts: dict[str, int] = {}  # partitions per topic
@@ -89,6 +113,9 @@ class Worker:
         c = self.counters
         return (f"<Worker decisions={c['decisions']} outcomes={c['outcomes_learned']} dead_letters={c['dead_letters']} "
                 f"pending={self.pending_decisions} held={self.held_outcomes}>")
+
+    def _observe_selection(self, seconds: float) -> None:
+        self.metrics.selection.observe(seconds)  # through the worker: metrics may be attached after construction
 
     @property
     def selector(self):

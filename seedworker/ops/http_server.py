@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 import orjson
 
 from seedworker.core.config import ConfigError, MetricsSettings
-from seedworker.ops.metrics import CONTENT_TYPE
+from seedworker.ops.metrics import CONTENT_TYPE, WorkerMetrics
 
 if TYPE_CHECKING:
     from seedworker.engine.worker import Worker
@@ -117,7 +117,7 @@ def endpoint_for(worker: "Worker", settings: MetricsSettings) -> HttpServer | No
     """The worker's endpoint as configured; None when ``metrics.port`` is 0 (disabled)."""
     if settings.port == 0:
         return None
-    return HttpServer(host=settings.host, port=settings.port, exposition=worker.metrics.exposition,
+    return HttpServer(host=settings.host, port=settings.port, exposition=WorkerMetrics.of(worker).exposition,
                       readiness=worker.readiness)
 
 

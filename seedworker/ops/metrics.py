@@ -93,8 +93,14 @@ LAG_HELP = "Messages between the consumer's position and the partition's high wa
 
 
 class WorkerMetrics:
-    """The worker's metric set, in its own ``registry``. The worker calls ``selection.observe`` and
-    ``transaction.observe`` (seconds); everything else is read from the worker when scraped."""
+    """The worker's metric set, in its own ``registry``; it attaches itself as ``worker.metrics`` (the engine does
+    not import this layer). The worker calls ``selection.observe`` and ``transaction.observe`` (seconds);
+    everything else is read from the worker when scraped."""
+
+    @classmethod
+    def of(cls, worker: "Worker") -> "WorkerMetrics":
+        """The worker's metric set, attached now if it has none yet."""
+        return worker.metrics if isinstance(worker.metrics, cls) else cls(worker)
 
     def __init__(self, worker: "Worker"):
         self.worker = worker
@@ -111,6 +117,7 @@ class WorkerMetrics:
         # gauge shows the snapshot that refresh() took, and exposition() takes one right before generating.
         self.lag: dict[tuple[str, int], int] = {}
         self.registry.register(_LagCollector(self))
+        worker.metrics = self
 
     def __deepcopy__(self, memo: dict) -> "WorkerMetrics":
         # A worker is deep-copied along with a MemoryBus that still holds its callbacks (tests copy buses), but
