@@ -122,6 +122,24 @@ def test_environment_is_only_read_from_the_environ_argument(monkeypatch):
     assert load_settings().decay.half_life_s == 123.0  # environ=None reads the process environment
 
 
+def test_settings_objects_never_read_the_environment(monkeypatch):
+    monkeypatch.setenv("SEEDWORKER_DB", "from-the-process.sqlite")
+    assert Settings().db == "var/seedworker.sqlite"
+    assert Settings(salt="s").db == "var/seedworker.sqlite"
+
+
+def test_environment_json_sections_merge_with_nested_variables(toml_file):
+    s = load_settings(toml_file, environ={"SEEDWORKER_KAFKA": '{"client_id": "c1"}', "SEEDWORKER_KAFKA__GROUP_ID": "g2",
+                                          "SEEDWORKER_STRATEGIES": '{"softmax": {"temperature": 0.5}}'})
+    assert (s.kafka.client_id, s.kafka.group_id) == ("c1", "g2")
+    assert s.kafka.bootstrap_servers == "broker-1:9092,broker-2:9092"  # the file's key beside them stays
+    assert s.strategies["softmax"] == {"temperature": 0.5} and s.strategies["ucb"] == {"exploration": 0.5}
+
+
+def test_null_unsets_an_optional_setting(toml_file):
+    assert load_settings(toml_file, environ={"SEEDWORKER_DECAY__HALF_LIFE_S": "null"}).decay.half_life_s is None
+
+
 def test_numeric_looking_values_of_string_settings_stay_strings():
     s = load_settings(environ={"SEEDWORKER_GROUP_ID": "42", "SEEDWORKER_SALT": "1.50",
                                "SEEDWORKER_KAFKA__SASL_PASSWORD": "000123", "SEEDWORKER_DB": "true",
@@ -153,6 +171,28 @@ def test_unknown_key():
     assert "bogus: unknown setting" in _error(overrides={"bogus": 1})
     assert "kafka.topics.bogus: unknown setting" in _error(overrides={"kafka.topics.bogus": "x"})
     assert "decay.half_life: unknown setting" in _error(environ={"SEEDWORKER_DECAY__HALF_LIFE": "600"})
+
+
+def test_environment_errors_name_the_variable():
+    assert _error(environ={"SEEDWORKER_DECAY__HALF_LIFE_S": "soon"}).startswith(
+        "invalid settings: SEEDWORKER_DECAY__HALF_LIFE_S: decay.half_life_s: ")
+    assert "SEEDWORKER_HALF_LIFE_S: decay.half_life_s: " in _error(environ={"SEEDWORKER_HALF_LIFE_S": "soon"})
+    assert "SEEDWORKER_BOGUS: bogus: unknown setting" in _error(environ={"SEEDWORKER_BOGUS": "1"})
+    assert "SEEDWORKER_REWARD__CLIP_MIN: reward: clip_min" in _error(environ={"SEEDWORKER_REWARD__CLIP_MIN": "5"})
+    assert "SEEDWORKER_DEFAULT_STRATEGY: default_strategy: unknown strategy" in _error(
+        environ={"SEEDWORKER_DEFAULT_STRATEGY": "ucb2"})
+    assert "SEEDWORKER_STRATEGIES__UCB__EXPLORE: strategies.ucb" in _error(
+        environ={"SEEDWORKER_STRATEGIES__UCB__EXPLORE": "1"})
+    # Malformed JSON for a list or a section: the variable is named, and its value is not echoed.
+    msg = _error(environ={"SEEDWORKER_SELECTABLE_STATES": "[dormant", "SEEDWORKER_KAFKA__TOPICS": "{secret"})
+    assert "SEEDWORKER_SELECTABLE_STATES: selectable_states: not valid JSON" in msg
+    assert "SEEDWORKER_KAFKA__TOPICS: kafka.topics: not valid JSON" in msg and "secret" not in msg
+    # A short name and its long form at once: which one wins would be an accident of ordering.
+    assert "both set kafka.bootstrap_servers" in _error(environ={"SEEDWORKER_BOOTSTRAP_SERVERS": "a:1",
+                                                                 "SEEDWORKER_KAFKA__BOOTSTRAP_SERVERS": "b:1"})
+    # An explicit override replaces the variable, so its problem is the override's, not the variable's.
+    msg = _error(environ={"SEEDWORKER_KAFKA__PARTITIONS": "2"}, overrides={"kafka.partitions": "x"})
+    assert "kafka.partitions: Input should be a valid integer" in msg and "SEEDWORKER" not in msg
 
 
 def test_unknown_key_in_file(tmp_path):

@@ -1,9 +1,11 @@
 """Settings: a TOML file in the seed's layout, then ``SEEDWORKER_*`` environment overrides, validated.
 
-Nested keys use a double underscore in the environment (``SEEDWORKER_DECAY__HALF_LIFE_S=600``); a few common ones
-have short names (``SEEDWORKER_BOOTSTRAP_SERVERS``, ``SEEDWORKER_DB``, ``SEEDWORKER_GROUP_ID``). Values of string
-settings are taken verbatim; others are read as JSON when they parse as JSON (numbers, booleans, lists), else as
-strings. Errors name the bad key.
+The environment layer is pydantic-settings' (``_Environment``). Nested keys use a double underscore
+(``SEEDWORKER_DECAY__HALF_LIFE_S=600``); a few common ones have short names (``SEEDWORKER_BOOTSTRAP_SERVERS``,
+``SEEDWORKER_DB``, ``SEEDWORKER_GROUP_ID``). Values of string settings are taken verbatim, lists, dicts and sections
+as JSON, other values are validated from their text, and a strategy option (untyped) is read as JSON when it parses
+as JSON; the value ``null`` unsets an optional setting and empty values are ignored. Errors name the bad key, and the
+variable that set it (``SEEDWORKER_DECAY__HALF_LIFE_S: decay.half_life_s: Input should be a valid number ...``).
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ import json
 import os
 import tomllib
 from pathlib import Path
-from types import UnionType
-from typing import Any, Literal, Mapping, Union, get_args, get_origin
+from typing import Any, Literal, Mapping, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict, SettingsError
+from pydantic_settings.sources.utils import parse_env_vars
 
 from seedworker.core.features import DEFAULT_FEATURES
 from seedworker.core.policies import STRATEGIES, make_policy
@@ -141,7 +145,14 @@ class MetricsSettings(_Section):
     port: int = Field(default=0, ge=0, le=65535, description="0 disables the endpoint")
 
 
-class Settings(_Section):
+class Settings(BaseSettings):
+    """Every setting. A ``BaseSettings`` so that pydantic-settings reads the ``SEEDWORKER_*`` layer with this
+    schema, but constructing one reads nothing: ``load_settings`` hands the environment in (see ``_Environment``)."""
+
+    model_config = SettingsConfigDict(
+        extra="forbid", validate_assignment=True, hide_input_in_errors=True, env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__", case_sensitive=False, env_ignore_empty=True, env_parse_none_str="null")
+
     default_strategy: str = "thompson"
     strategies: dict[str, dict[str, Any]] = Field(default_factory=dict)
     blueprint_strategies: dict[str, str] = Field(default_factory=dict)
@@ -187,28 +198,92 @@ class Settings(_Section):
     def policy(self, name: str):
         return make_policy(name, self.strategies.get(name))
 
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        # Settings(...) holds what it is given and nothing else: no implicit os.environ, .env or secrets directory.
+        return (init_settings,)
 
-def _parse_env_value(value: str, keys: tuple[str, ...] = ()) -> Any:
-    if _is_text_setting(keys):
-        return value  # kept verbatim: SEEDWORKER_GROUP_ID=42 or a numeric password is a string, not a number
-    try:
-        return json.loads(value)
-    except ValueError:
+
+class _Environment(EnvSettingsSource):
+    """pydantic-settings' environment source (prefix, ``__`` nesting, JSON for lists, dicts and sections, empty
+    values ignored, ``null`` unsets) reading the mapping it is given instead of ``os.environ``: tests and library
+    users pass their own, and nothing is read from the process by accident."""
+
+    def __init__(self, environ: Mapping[str, str]):
+        self._environ = environ
+        super().__init__(Settings)  # prefix, delimiter, case and empty-value handling from Settings.model_config
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
+
+    def explode_env_vars(self, field_name: str, field: FieldInfo, env_vars: Mapping[str, str | None]) -> dict:
+        # pydantic-settings keeps a leaf it has no type for as text; a strategy option is declared ``Any``, so
+        # SEEDWORKER_STRATEGIES__UCB__EXPLORATION=2 would reach the policy as "2". Such leaves are read as JSON when
+        # they parse as JSON, as the hand-written layer did.
+        return _decode_untyped(field.annotation, super().explode_env_vars(field_name, field, env_vars))
+
+
+def _decode_untyped(annotation: Any, value: Any) -> Any:
+    if annotation is Any:
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except ValueError:
+                return value
         return value
+    if isinstance(value, dict):
+        if get_origin(annotation) is dict:
+            inner = get_args(annotation)[-1] if get_args(annotation) else Any
+            return {k: _decode_untyped(inner, v) for k, v in value.items()}
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            fields = annotation.model_fields
+            return {k: _decode_untyped(fields[k].annotation, v) if k in fields else v for k, v in value.items()}
+    return value
 
 
-def _is_text_setting(keys: tuple[str, ...]) -> bool:
-    """Whether the setting at this key path is declared as a string (``str``, ``SecretStr``, or either ``| None``)."""
-    model: Any = Settings
-    annotation: Any = None
-    for key in keys:
-        field = model.model_fields.get(key) if isinstance(model, type) and issubclass(model, BaseModel) else None
-        if field is None:
-            return False
-        annotation = model = field.annotation
-    return annotation in (str, SecretStr) or (get_origin(annotation) in (Union, UnionType)
-                                              and set(get_args(annotation)) in ({str, type(None)},
-                                                                                {SecretStr, type(None)}))
+def _environment_tree(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
+    """(the SEEDWORKER_* variables as a settings tree, the variable that set each key path)."""
+    origins: dict[tuple[str, ...], str] = {}
+    renamed: dict[str, str] = {}
+    unknown: dict[tuple[str, ...], str] = {}
+    prefix = ENV_PREFIX.lower()
+    for key, value in environ.items():
+        if not key.lower().startswith(prefix) or not value:
+            continue
+        name = key[len(prefix):].lower()
+        path = ENV_ALIASES.get(name) or tuple(name.split("__"))
+        if path in origins:
+            raise ConfigError(f"invalid settings: {key} and {origins[path]} both set {'.'.join(path)}")
+        origins[path] = key
+        if path[0] not in Settings.model_fields:
+            unknown[path] = value  # pydantic-settings skips what matches no field: validation names it instead
+        else:
+            # A short name becomes the nested one, so pydantic-settings reads all of them the same way.
+            renamed[ENV_PREFIX + "__".join(path).upper()] = value
+    try:
+        tree = _Environment(renamed)()
+    except SettingsError:
+        # Its message names the field, not the variable: find the variable(s) whose JSON is malformed.
+        bad = []
+        for var, value in renamed.items():
+            try:
+                _Environment({var: value})()
+            except SettingsError as exc:
+                path = tuple(var[len(ENV_PREFIX):].lower().split("__"))
+                bad.append(f"{origins[path]}: {'.'.join(path)}: not valid JSON ({exc.__cause__})")
+        raise ConfigError("invalid settings: " + "; ".join(bad or ["malformed SEEDWORKER_* JSON value"])) from None
+    for path, value in unknown.items():
+        _set(tree, path, value)
+    return tree, origins
+
+
+def _merge(into: dict, tree: dict) -> None:
+    for key, value in tree.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
 
 
 def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
@@ -218,6 +293,17 @@ def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
             node = tree[key] = {}
         tree = node
     tree[path[-1]] = value
+
+
+def _named(loc: tuple[str, ...], msg: str, origins: Mapping[tuple[str, ...], str]) -> str:
+    """The variable(s) behind a problem at ``loc``: the one that set it or a section above it, else those that set
+    keys inside it (a section-wide check such as clip_min < clip_max), else the key a model-wide message names."""
+    for n in range(len(loc), 0, -1):
+        if loc[:n] in origins:
+            return origins[loc[:n]]
+    if loc:
+        return ", ".join(sorted(v for p, v in origins.items() if p[:len(loc)] == loc))
+    return _named(tuple(msg.split(": ", 1)[0].split(".")), "", origins) if ": " in msg else ""
 
 
 def load_settings(
@@ -236,24 +322,25 @@ def load_settings(
             raise ConfigError(f"config file {p} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {p}: {exc}") from None
-    env = os.environ if environ is None else environ
-    for key, value in env.items():
-        if not key.startswith(ENV_PREFIX) or not value:
-            continue
-        name = key[len(ENV_PREFIX):].lower()
-        keys = ENV_ALIASES.get(name) or tuple(name.split("__"))
-        _set(tree, keys, _parse_env_value(value, keys))
+    env_tree, origins = _environment_tree(os.environ if environ is None else environ)
+    _merge(tree, env_tree)
     for dotted, value in (overrides or {}).items():
         if value is not None:
-            _set(tree, tuple(dotted.split(".")), value)
+            path = tuple(dotted.split("."))
+            _set(tree, path, value)
+            # An explicit override replaces what the environment said there: its problems are not the variables'.
+            origins = {p: v for p, v in origins.items() if p[:len(path)] != path}
+            origins[path] = ""
     try:
         return Settings.model_validate(tree)
     except ValidationError as exc:
         problems = []
         for e in exc.errors():
-            loc = ".".join(str(p) for p in e["loc"])
+            loc = tuple(str(p) for p in e["loc"])
             msg = e["msg"].removeprefix("Value error, ")
             if e["type"] == "extra_forbidden":
                 msg = "unknown setting"
-            problems.append(f"{loc}: {msg}" if loc else msg)
+            text = f"{'.'.join(loc)}: {msg}" if loc else msg
+            origin = _named(loc, msg, origins)
+            problems.append(f"{origin}: {text}" if origin else text)
         raise ConfigError("invalid settings: " + "; ".join(problems)) from None
