@@ -11,10 +11,15 @@ variable that set it (``SEEDWORKER_DECAY__HALF_LIFE_S: decay.half_life_s: Input 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Mapping, get_args, get_origin
+from typing import Any, Callable, Literal, Mapping, get_args, get_origin
+
+import yaml
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
@@ -25,6 +30,7 @@ from seedworker.core.features import DEFAULT_FEATURES
 from seedworker.core.policies import STRATEGIES, make_policy
 from seedworker.core.reward import RewardFunction
 
+_log = logging.getLogger(__name__)
 ENV_PREFIX = "SEEDWORKER_"
 # Short environment names for the settings people change most.
 ENV_ALIASES = {
@@ -306,31 +312,245 @@ def _named(loc: tuple[str, ...], msg: str, origins: Mapping[tuple[str, ...], str
     return _named(tuple(msg.split(": ", 1)[0].split(".")), "", origins) if ": " in msg else ""
 
 
+# -- the seed document's YAML layout -------------------------------------------------------------------------------
+# The seed document (Phase B3) configures Tamiyo's selector with a ``seed_selection:`` section. Its strategy names,
+# as seedworker strategies:
+SEED_STRATEGIES: dict[str, str] = {
+    "ucb": "ucb",
+    "thompson": "beta-thompson",  # the document's Thompson is Beta-Bernoulli on success counts
+    "epsilon_greedy": "epsilon-greedy",
+    "contextual": "linucb",  # a linear reward model per seed; lin-thompson is the sampling variant
+    "performance_weighted": "softmax",  # P(seed) rising with its mean reward
+}
+_LN_HALF = math.log(0.5)
+
+
+def _number(value: Any, *, low: float | None = None, high: float | None = None, low_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"must be a number, got {value!r}")
+    if low is not None and (value < low or (low_open and value == low)):
+        raise ValueError(f"must be {'above' if low_open else 'at least'} {low:g}, got {value!r}")
+    if high is not None and value > high:
+        raise ValueError(f"must be at most {high:g}, got {value!r}")
+    return float(value)
+
+
+def _seed_strategy(value: Any, section: Mapping[str, Any]) -> dict[str, Any]:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a strategy name, got {value!r}")
+    name = SEED_STRATEGIES.get(value, value)  # seedworker's own names are accepted as they are
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {value!r}; the document's: {', '.join(SEED_STRATEGIES)}; seedworker's: "
+                         f"{', '.join(sorted(STRATEGIES))}")
+    return {"default_strategy": name}
+
+
+def _decay_factor(value: Any, section: Mapping[str, Any]) -> dict[str, Any]:
+    factor = _number(value, low=0.0, high=1.0, low_open=True)
+    if factor == 1.0:
+        return {"decay.half_life_s": None}
+    interval = section.get("outcome_interval_s")
+    if interval is None:
+        raise ValueError(f"{factor:g} per outcome has no event-time equivalent by itself: seedworker decays by "
+                         "event time. Give seed_selection.outcome_interval_s (the usual seconds between two outcomes "
+                         "of one seed: half_life_s = outcome_interval_s * ln 0.5 / ln factor), or decay.half_life_s "
+                         "instead of this key, or 1.0 for no decay")
+    interval = _number(interval, low=0.0, low_open=True)
+    # Decayed statistics are only read by the strategies that ask for them: those whose estimate the document
+    # decays (UCB and ε-greedy read the decayed mean accuracy gain; its Thompson counts are not decayed).
+    return {"decay.half_life_s": interval * _LN_HALF / math.log(factor),
+            "strategies.ucb.discounted": True, "strategies.epsilon-greedy.discounted": True}
+
+
+def _epsilon_decay(value: Any, section: Mapping[str, Any]) -> dict[str, Any]:
+    rate = _number(value, low=0.0, high=1.0, low_open=True)
+    # ε·rate^t halves after ln 0.5 / ln rate selections; seedworker's ε / (1 + t / decay_steps) halves at decay_steps.
+    return {"strategies.epsilon-greedy.decay_steps": None if rate == 1.0 else _LN_HALF / math.log(rate)}
+
+
+def _epsilon(value: Any, section: Mapping[str, Any]) -> dict[str, Any]:
+    eps = _number(value, low=0.0, high=1.0)
+    # The document's floor is 0.01 (min_epsilon); an initial ε below it is kept constant, as the document's max() does.
+    return {"strategies.epsilon-greedy.epsilon": eps, "strategies.epsilon-greedy.min_epsilon": min(0.01, eps)}
+
+
+def _to(target: str, convert: Callable[[Any], Any] = lambda v: v) -> Callable[[Any, Mapping[str, Any]], dict]:
+    return lambda value, section: {target: convert(value)}
+
+
+def _refuse(why: str) -> Callable[[Any, Mapping[str, Any]], dict]:
+    def refuse(value: Any, section: Mapping[str, Any]) -> dict:
+        raise ValueError(why)
+    return refuse
+
+
+def _ignore(value: Any, section: Mapping[str, Any]) -> dict:
+    return {}
+
+
+@dataclass(frozen=True)
+class SeedKey:
+    """One key of the document's ``seed_selection`` section: the seedworker settings it sets and how."""
+
+    targets: tuple[str, ...]
+    convert: Callable[[Any, Mapping[str, Any]], dict[str, Any]]
+    note: str
+
+
+# THE table: every key of ``seed_selection`` that is accepted, what it becomes, and where it is not exact.
+SEED_SELECTION: dict[str, SeedKey] = {
+    "default_strategy": SeedKey(("default_strategy",), _seed_strategy,
+                                "exact; names by SEED_STRATEGIES (seedworker's own names are accepted too)"),
+    "performance_window_size": SeedKey((), _ignore,
+                                       "no equivalent: accepted, logged as ignored. seedworker keeps sufficient "
+                                       "statistics of every outcome, not a window of the last N; recency comes from "
+                                       "performance_decay_factor (decay.half_life_s)"),
+    "performance_decay_factor": SeedKey(
+        ("decay.half_life_s", "strategies.ucb.discounted", "strategies.epsilon-greedy.discounted"), _decay_factor,
+        "not exact: the document decays per outcome of a seed, seedworker by event time. 1.0: no decay. Below 1 "
+        "needs outcome_interval_s: half_life_s = outcome_interval_s * ln 0.5 / ln factor, and ucb and epsilon-greedy "
+        "then score decayed means (as the document's do); without outcome_interval_s it is refused"),
+    "outcome_interval_s": SeedKey((), _ignore,
+                                  "seedworker's addition: seconds between two outcomes of one seed, only used to "
+                                  "convert performance_decay_factor"),
+    "min_samples_required": SeedKey(("min_samples",), _to("min_samples"),
+                                    "near: the document's mean counts as 0 until a seed has this many outcomes (and "
+                                    "its UCB forces 3 tries); seedworker tries each viable seed this many times "
+                                    "before it competes on its score"),
+    "ucb.exploration_constant": SeedKey(
+        ("strategies.ucb.exploration",), _to("strategies.ucb.exploration", lambda c: _number(c, low=0.0) / math.sqrt(2)),
+        "converted: the document's bonus is c*sqrt(ln N / n) in reward units, seedworker's "
+        "exploration*sd*sqrt(2 ln N / n) with sd the pooled reward standard deviation; exploration = c / sqrt(2) is "
+        "the same bound when sd is 1 (for accuracy gains sd is far below 1: the document's bound explores more)"),
+    "epsilon_greedy.initial_epsilon": SeedKey(
+        ("strategies.epsilon-greedy.epsilon", "strategies.epsilon-greedy.min_epsilon"), _epsilon,
+        "exact; the document's floor 0.01 becomes min_epsilon"),
+    "epsilon_greedy.decay_rate": SeedKey(
+        ("strategies.epsilon-greedy.decay_steps",), _epsilon_decay,
+        "converted: the document multiplies ε by the rate at each selection (of any blueprint), seedworker divides "
+        "it by 1 + t / decay_steps (t: the blueprint's decisions); decay_steps = ln 0.5 / ln rate halves ε at the "
+        "same selection (after it the document's ε falls faster); 1.0: constant ε"),
+    "thompson.alpha_prior": SeedKey(("strategies.beta-thompson.alpha",),
+                                    _to("strategies.beta-thompson.alpha", lambda v: _number(v, low=0.0, low_open=True)),
+                                    "exact"),
+    "thompson.beta_prior": SeedKey(("strategies.beta-thompson.beta",),
+                                   _to("strategies.beta-thompson.beta", lambda v: _number(v, low=0.0, low_open=True)),
+                                   "exact"),
+    "contextual.feature_dim": SeedKey((), _refuse("no equivalent: seedworker's contextual features are named, not "
+                                                  "counted; list them in the top-level `features` setting"),
+                                      "refused"),
+}
+
+
+def translate_seed_selection(section: Any) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
+    """The document's ``seed_selection`` section as a seedworker settings tree, and the document key behind each
+    seedworker key (for errors). Unknown keys and unconvertible values raise ``ConfigError`` naming the key."""
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"invalid settings: seed_selection: must be a mapping, got {type(section).__name__}")
+    groups = {k.split(".")[0] for k in SEED_SELECTION if "." in k}  # ucb, epsilon_greedy, thompson, contextual
+    flat: dict[str, Any] = {}
+    problems = []
+    for key, value in section.items():
+        key = str(key)
+        if key in groups:
+            if value is None:  # `ucb:` with nothing under it
+                continue
+            if not isinstance(value, Mapping):
+                problems.append(f"seed_selection.{key}: must be a mapping, got {type(value).__name__}")
+                continue
+            flat.update((f"{key}.{k}", v) for k, v in value.items())
+        else:
+            flat[key] = value
+    tree: dict[str, Any] = {}
+    origins: dict[tuple[str, ...], str] = {}
+    for key, value in flat.items():
+        spec = SEED_SELECTION.get(key)
+        if spec is None:
+            problems.append(f"seed_selection.{key}: unknown setting")
+            continue
+        try:
+            converted = spec.convert(value, section)
+        except ValueError as exc:
+            problems.append(f"seed_selection.{key}: {exc}")
+            continue
+        if key == "performance_window_size":
+            _log.warning("seed_selection.performance_window_size is ignored: seedworker keeps sufficient statistics of "
+                         "every outcome, not a window of the last N (recency: performance_decay_factor)")
+        for target, v in converted.items():
+            path = tuple(target.split("."))
+            _set(tree, path, v)
+            origins[path] = f"seed_selection.{key}"
+    if problems:
+        raise ConfigError("invalid settings: " + "; ".join(problems))
+    return tree, origins
+
+
+def _given(tree: Mapping[str, Any], path: tuple[str, ...]) -> str | None:
+    """The dotted key at or above ``path`` that ``tree`` already sets, if any."""
+    node: Any = tree
+    for n, key in enumerate(path):
+        if not isinstance(node, Mapping) or key not in node:
+            return None
+        node = node[key]
+        if not isinstance(node, Mapping) or n == len(path) - 1:
+            return ".".join(path[:n + 1])
+    return None
+
+
+def _read_file(p: Path) -> dict[str, Any]:
+    """A TOML file, or a YAML one (``.yaml`` / ``.yml``) as the seed document writes ``config/tamiyo.yaml``."""
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {p} does not exist") from None
+    if p.suffix.lower() in (".yaml", ".yml"):
+        try:
+            tree = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p}: {exc}") from None
+        if tree is None:
+            return {}
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config file {p}: expected a mapping of settings, got {type(tree).__name__}")
+        return tree
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {p}: {exc}") from None
+
+
 def load_settings(
     path: str | Path | None = None,
     *,
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> Settings:
-    """File, then environment, then explicit overrides (dotted keys, e.g. from command-line flags)."""
+    """File, then environment, then explicit overrides (dotted keys, e.g. from command-line flags).
+
+    The file is TOML, or YAML when it ends in ``.yaml`` / ``.yml``; either may hold the seed document's
+    ``seed_selection`` section (see ``SEED_SELECTION``) beside seedworker's own keys, as long as the two do not set
+    the same setting."""
     tree: dict[str, Any] = {}
+    origins: dict[tuple[str, ...], str] = {}
     if path is not None:
-        p = Path(path)
-        try:
-            tree = tomllib.loads(p.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file {p} does not exist") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {p}: {exc}") from None
-    env_tree, origins = _environment_tree(os.environ if environ is None else environ)
+        tree = _read_file(Path(path))
+        if "seed_selection" in tree:
+            seed_tree, origins = translate_seed_selection(tree.pop("seed_selection"))
+            clashes = [f"{origins[p]} and {given} both set {'.'.join(p)}" for p in origins
+                       if (given := _given(tree, p)) is not None]
+            if clashes:
+                raise ConfigError("invalid settings: " + "; ".join(clashes))
+            _merge(tree, seed_tree)
+    env_tree, env_origins = _environment_tree(os.environ if environ is None else environ)
     _merge(tree, env_tree)
+    origins.update(env_origins)
     for dotted, value in (overrides or {}).items():
         if value is not None:
-            path = tuple(dotted.split("."))
-            _set(tree, path, value)
-            # An explicit override replaces what the environment said there: its problems are not the variables'.
-            origins = {p: v for p, v in origins.items() if p[:len(path)] != path}
-            origins[path] = ""
+            keys = tuple(dotted.split("."))
+            _set(tree, keys, value)
+            # An explicit override replaces what the file or the environment said there: its problems are its own.
+            origins = {p: v for p, v in origins.items() if p[:len(keys)] != keys}
+            origins[keys] = ""
     try:
         return Settings.model_validate(tree)
     except ValidationError as exc:
