@@ -190,3 +190,17 @@ def test_history_and_pending_are_bounded():
     assert sel.get_selection_stats()["pending_outcomes"] == 3
     credited = [sel.record_outcome("s0", "bp", {}) for _ in range(4)]
     assert credited[3] is None and None not in credited[:3]
+
+
+def test_the_documents_metrics_reach_the_per_seed_statistics():
+    sel = _selector("seed0", settings=Settings(min_samples=0))
+    bp = _blueprint(2)
+    for lat in (3.0, 5.0):
+        _, seed = sel.select_seed(bp)
+        sel.record_outcome(seed.id, bp.id, {"accuracy_delta": 0.1, "latency_ms": lat, "memory_mb": 64.0,
+                                            "throughput": 1000.0})
+    row = next(r for r in sel.get_selection_stats()["seedworker"]["seeds"] if r["seed_id"] == "s0")
+    assert row["measured"] == 2 and row["latency_ms"]["mean"] == 4.0 and row["memory_mb"]["mean"] == 64.0
+    # 3 and 5 ms: sample sd sqrt(2) over sqrt(2) outcomes, so the half-width is 1.96.
+    assert row["latency_ms"]["ci95"] == pytest.approx([4.0 - 1.959963984540054, 4.0 + 1.959963984540054])
+    assert row["throughput"] == {"mean": 1000.0, "ci95": [1000.0, 1000.0]}

@@ -364,7 +364,8 @@ def _decay_factor(value: Any, section: Mapping[str, Any]) -> dict[str, Any]:
 
 def _epsilon_decay(value: Any, section: Mapping[str, Any]) -> dict[str, Any]:
     rate = _number(value, low=0.0, high=1.0, low_open=True)
-    # ε·rate^t halves after ln 0.5 / ln rate selections; seedworker's ε / (1 + t / decay_steps) halves at decay_steps.
+    # ε·rate^t halves after ln 0.5 / ln rate selections; seedworker's ε / (1 + t / decay_steps) halves at
+    # t = decay_steps.
     return {"strategies.epsilon-greedy.decay_steps": None if rate == 1.0 else _LN_HALF / math.log(rate)}
 
 
@@ -418,7 +419,8 @@ SEED_SELECTION: dict[str, SeedKey] = {
                                     "its UCB forces 3 tries); seedworker tries each viable seed this many times "
                                     "before it competes on its score"),
     "ucb.exploration_constant": SeedKey(
-        ("strategies.ucb.exploration",), _to("strategies.ucb.exploration", lambda c: _number(c, low=0.0) / math.sqrt(2)),
+        ("strategies.ucb.exploration",),
+        _to("strategies.ucb.exploration", lambda c: _number(c, low=0.0) / math.sqrt(2)),
         "converted: the document's bonus is c*sqrt(ln N / n) in reward units, seedworker's "
         "exploration*sd*sqrt(2 ln N / n) with sd the pooled reward standard deviation; exploration = c / sqrt(2) is "
         "the same bound when sd is 1 (for accuracy gains sd is far below 1: the document's bound explores more)"),
