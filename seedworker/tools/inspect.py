@@ -5,13 +5,13 @@ block the writer nor wait for it), so a batch the worker is writing is either wh
 
 Per blueprint and seed: outcomes learned (pulls), mean reward with a 95% confidence interval, decayed mean, share of
 selections, last selected, and the current strategy scores; success rate and the latency, memory and throughput
-means with 95% intervals over the outcomes that reported them (as ``SeedSelector.stats()`` gives them). The scores are what the blueprint's strategy computes
-from the stored state, as the worker's selector would, for a neutral request: as candidates every seed the
-blueprint knows that the newest request listing it found viable (a grafted seed is not), no context signal (each
-standardized feature at its running mean, so x = [1, 0, ..., 0]), no constraints, and a fixed synthetic request id,
-so that the randomized strategies (Thompson draws, ties, burn-in) are reproducible: sent to the worker, that request
-gets exactly these scores and this pick. Also: pending decisions, dead-letter, dangling, late and duplicate counts,
-held outcomes, unsent outbox rows and the stored offsets.
+means with 95% intervals over the outcomes that reported them (as ``SeedSelector.stats()`` gives them). The scores
+are what the blueprint's strategy computes from the stored state, as the worker's selector would, for a neutral
+request: as candidates every seed the blueprint knows that the newest request listing it found viable (a grafted
+seed is not), no context signal (each standardized feature at its running mean, so x = [1, 0, ..., 0]), no
+constraints, and a fixed synthetic request id, so that the randomized strategies (Thompson draws, ties, burn-in) are
+reproducible: sent to the worker, that request gets exactly these scores and this pick. Also: pending decisions,
+dead-letter, dangling, late and duplicate counts, held outcomes, unsent outbox rows and the stored offsets.
 
 Settings (``--config`` / ``SEEDWORKER_*``) supply what the store does not hold: the default strategy (unless a
 ``strategy.switch`` stored one), the strategies' parameters and the salt of the decision generator, so give inspect
