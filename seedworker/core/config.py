@@ -440,7 +440,7 @@ SEED_SELECTION: dict[str, SeedKey] = {
                                    "exact"),
     "contextual.feature_dim": SeedKey((), _refuse("no equivalent: seedworker's contextual features are named, not "
                                                   "counted; list them in the top-level `features` setting"),
-                                      "refused"),
+                                      "refused: seedworker's contextual features are named (`features`), not counted"),
 }
 
 
