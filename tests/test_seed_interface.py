@@ -52,25 +52,38 @@ def _blueprint(k: int = 3, bp: object = "bp") -> Blueprint:
     return Blueprint(bp, [Seed(f"s{i}") for i in range(k)])
 
 
-def _decision(sel: IntelligentSeedSelector, decision_id: str):
-    return sel.selector.pending[decision_id]
+class Recording(SeedSelector):
+    """Keeps the seed.selected events it returns (through the public select only)."""
+
+    def __init__(self, settings: Settings):
+        super().__init__(settings)
+        self.events = {}
+
+    def select(self, request, **kwargs):
+        selected = super().select(request, **kwargs)
+        self.events[selected.decision_id] = selected
+        return selected
 
 
 def test_blueprint_seeds_and_context_become_a_request():
-    sel = _selector()
+    recording = Recording(Settings())
+    sel = IntelligentSeedSelector("ucb", selector=recording, clock=Clock(), id_prefix="test")
     bp = Blueprint(7, [Seed(10, State.ACTIVE), Seed(11, "dormant"), Seed(12, State.DORMANT)])
     for _ in range(6):
         idx, seed = sel.select_seed(bp, {"epoch": 3, "current_loss": 0.5, "optimizer": "adam", "flag": True})
         assert seed is bp.seeds[idx]  # the index is the position in blueprint.seeds, the object is the caller's
         assert idx in (1, 2)  # an active seed is not selectable
     last = sel.selection_history[-1]
-    selected = _decision(sel, last["decision_id"])
+    selected = recording.events[last["decision_id"]]
     assert selected.blueprint_id == "7" and selected.seed_id == str(bp.seeds[last["seed_idx"]].id)
     assert [c.seed_idx for c in selected.scores] == [0, 1, 2]
     assert selected.context == {"current_epoch": 3.0, "current_loss": 0.5}  # epoch renamed, non-numbers dropped
     assert last["context"]["optimizer"] == "adam"  # the history keeps what the caller gave
     with pytest.raises(ValueError, match="no seeds"):
         sel.select_seed(Blueprint("empty", []))
+    with pytest.raises(EventError, match="duplicate seed_id"):
+        sel.select_seed(Blueprint("dup", [Seed("x"), Seed("x")]))
+    assert sel.get_selection_stats()["total_selections"] == 6
 
 
 def test_an_outcome_is_credited_to_the_newest_pending_decision_of_its_seed(caplog):

@@ -126,15 +126,15 @@ class IntelligentSeedSelector:
         if not seeds:
             raise ValueError("Blueprint has no seeds available")
         bp_id = str(blueprint.id)
-        self._n += 1
         request = {
-            "request_id": f"{self.id_prefix}-{self._n}",
+            "request_id": f"{self.id_prefix}-{self._n + 1}",
             "blueprint_id": bp_id,
             "occurred_at": self.clock().isoformat(),
             "seeds": [_candidate(seed, i) for i, seed in enumerate(seeds)],
             "context": _signals(context),
         }
-        selected = self.selector.select(request)
+        selected = self.selector.select(request)  # a refused request (duplicate seed ids) raises: nothing counted
+        self._n += 1
         seed = seeds[selected.seed_idx]
         self._track(selected.decision_id, (bp_id, selected.seed_id))
         strategy = _DOCUMENT_NAME.get(selected.strategy, selected.strategy)
