@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from seedworker.contract.events import utc_now
 from seedworker.core.config import SEED_STRATEGIES, Settings
+from seedworker.core.policies import STRATEGIES
 from seedworker.core.selector import SeedSelector
 
 _log = logging.getLogger(__name__)
@@ -37,8 +38,6 @@ _DOCUMENT_NAME = {ours: theirs for theirs, ours in SEED_STRATEGIES.items()}
 
 def seedworker_strategy(name: str) -> str:
     """seedworker's name for a strategy named either way; ValueError for neither."""
-    from seedworker.core.policies import STRATEGIES
-
     ours = SEED_STRATEGIES.get(name, name)
     if ours not in STRATEGIES:
         raise ValueError(f"Unknown strategy: {name!r}; the document's: {', '.join(SEED_STRATEGIES)}; seedworker's: "
