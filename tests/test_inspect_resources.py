@@ -58,3 +58,22 @@ async def test_resources_in_the_text_and_json_output(tmp_path):
     cell = f"{row['latency_ms']['mean']:.4g} [{row['latency_ms']['ci95'][0]:.4g}, {row['latency_ms']['ci95'][1]:.4g}]"
     assert line[:start].endswith(cell)
     assert row["memory_mb"]["mean"] == pytest.approx(0.0)  # the history reports no memory: measured as 0 MB
+
+
+async def test_inspect_takes_the_documents_yaml(tmp_path, capsys):
+    from seedworker.tools.cli import main
+
+    settings = history_settings(tmp_path / "state.sqlite")
+    await run_history(settings)
+    config = tmp_path / "tamiyo.yaml"
+    config.write_text("seed_selection:\n  default_strategy: epsilon_greedy\n  performance_decay_factor: 0.9\n"
+                      "  outcome_interval_s: 30\n  epsilon_greedy: {initial_epsilon: 0.3}\n")
+    assert main(["inspect", "--db", settings.db, "--config", str(config), "--json"]) == 0
+    report = orjson.loads(capsys.readouterr().out)
+    assert report["default_strategy"] == "epsilon-greedy"
+    by_strategy = {b["strategy"]: b["strategy_settings"] for b in report["blueprints"].values()}
+    assert by_strategy["epsilon-greedy"]["epsilon"] == 0.3 and by_strategy["epsilon-greedy"]["discounted"] is True
+    assert by_strategy["ucb"]["discounted"] is True  # the decay factor's conversion reaches the scores
+    config.write_text("seed_selection:\n  performance_decay_factor: 0.9\n")
+    assert main(["inspect", "--db", settings.db, "--config", str(config)]) == 2
+    assert "seed_selection.performance_decay_factor" in capsys.readouterr().err
