@@ -217,3 +217,12 @@ def test_the_documents_metrics_reach_the_per_seed_statistics():
     # 3 and 5 ms: sample sd sqrt(2) over sqrt(2) outcomes, so the half-width is 1.96.
     assert row["latency_ms"]["ci95"] == pytest.approx([4.0 - 1.959963984540054, 4.0 + 1.959963984540054])
     assert row["throughput"] == {"mean": 1000.0, "ci95": [1000.0, 1000.0]}
+
+
+def test_the_pending_index_stays_small_when_outcomes_come():
+    sel = _selector(max_pending=4)
+    bp = _blueprint(3)
+    for _ in range(50):
+        _, seed = sel.select_seed(bp)
+        assert sel.record_outcome(seed.id, bp.id, {"accuracy_delta": 0.1})
+    assert len(sel._order) <= 1 and not sel._pending and not sel._open

@@ -66,7 +66,9 @@ class IntelligentSeedSelector:
     whose logged context is the most recent; older ones stay pending and take later outcomes for the pair). When no
     pending decision of the blueprint chose that seed (never selected here, or every such decision already has its
     outcome) nothing is learned: the call logs a warning and returns None. Each decision learns from one outcome.
-    Pending decisions live in memory: ``max_pending`` bounds them, the oldest being forgotten first.
+    Pending decisions live in memory: ``max_pending`` bounds them here, the oldest being forgotten first (the
+    in-process ``SeedSelector`` keeps its own pending decisions until an outcome comes; only the worker expires them
+    after ``join.reward_wait_s``).
 
     Statistics: ``get_selection_stats`` gives the document's keys (``total_selections``, ``unique_seeds_selected`` —
     distinct (blueprint, seed) pairs, as seedworker learns per pair —, ``strategy_usage`` by the strategy that made
@@ -214,6 +216,9 @@ class IntelligentSeedSelector:
         self._open.add(decision_id)
         self._pending.setdefault(pair, []).append(decision_id)
         self._order.append((decision_id, pair))
+        order = self._order
+        while order and order[0][0] not in self._open:  # resolved at the front: usual when outcomes come in order
+            order.popleft()
         while len(self._open) > self.max_pending:
             old, old_pair = self._order.popleft()
             if old in self._open:
