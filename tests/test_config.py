@@ -433,3 +433,8 @@ def test_malformed_yaml_files(tmp_path):
     assert str(bad) in _error(path=bad)
     assert "expected a mapping of settings" in _error(path=_yaml(tmp_path, "- a\n- b\n"))
     assert "does not exist" in _error(path=tmp_path / "nope.yaml")
+
+
+def test_a_section_check_names_only_the_variables_behind_it():
+    msg = _error(environ={"SEEDWORKER_REWARD__CLIP_MIN": "0.5"}, overrides={"reward.clip_max": 0.25})
+    assert "invalid settings: SEEDWORKER_REWARD__CLIP_MIN: reward: clip_min must be below clip_max" in msg

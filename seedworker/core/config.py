@@ -302,13 +302,14 @@ def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
 
 
 def _named(loc: tuple[str, ...], msg: str, origins: Mapping[tuple[str, ...], str]) -> str:
-    """The variable(s) behind a problem at ``loc``: the one that set it or a section above it, else those that set
-    keys inside it (a section-wide check such as clip_min < clip_max), else the key a model-wide message names."""
+    """The variable(s) or document key(s) behind a problem at ``loc`` ("" for the file's own keys and explicit
+    overrides): the one that set it or a section above it, else those that set keys inside it (a section-wide check
+    such as clip_min < clip_max), else the key a model-wide message names."""
     for n in range(len(loc), 0, -1):
         if loc[:n] in origins:
             return origins[loc[:n]]
     if loc:
-        return ", ".join(sorted(v for p, v in origins.items() if p[:len(loc)] == loc))
+        return ", ".join(sorted(v for p, v in origins.items() if v and p[:len(loc)] == loc))
     return _named(tuple(msg.split(": ", 1)[0].split(".")), "", origins) if ": " in msg else ""
 
 
