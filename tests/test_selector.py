@@ -145,7 +145,8 @@ def test_request_may_name_its_strategy():
 def test_stats_contents():
     sel = _selector(default_strategy="ucb")
     assert sel.stats() == {"selections_per_strategy": {}, "total_selections": 0, "unique_seeds_selected": 0,
-                           "blueprints": 0, "pending_decisions": 0, "top_performers": [], "default_strategy": "ucb"}
+                           "blueprints": 0, "pending_decisions": 0, "top_performers": [], "default_strategy": "ucb",
+                           "seeds": []}
     _burn_in(sel, seeds=("a", "b", "c"))
     _burn_in(sel, bp="bp2", seeds=("x", "y"))
     picks = [sel.select(_request(f"r{i}", seeds=("a", "b", "c"), t=10.0 + i)) for i in range(3)]

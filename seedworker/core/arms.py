@@ -45,6 +45,10 @@ _SCALARS = (
     "prior_mean",
 )
 _MATRICES = ("gram", "a_inv", "b", "theta")
+# Resource measurements, for reporting only (no strategy reads them; the constraint check reads the decayed
+# w_memory / w_latency): per arm the outcomes measured, then the raw sum and sum of squares of each of these.
+RESOURCES = ("memory_mb", "latency_ms", "throughput")
+_RESOURCE_COLS = 1 + 2 * len(RESOURCES)
 Prior = tuple[float, float] | None  # warm start of a new seed: (pseudo_count, mean)
 # Without a half-life these decayed columns equal the raw ones, so they are the same arrays.
 _UNDECAYED = {"w": "pulls", "w_reward": "reward_sum", "w_reward_sq": "reward_sq_sum", "w_success": "success_sum"}
@@ -97,6 +101,11 @@ class ArmTable:
         for name in _MATRICES:
             if old[name] is not None:
                 getattr(self, "_gram" if name == "gram" else name)[:n] = old[name][:n]
+        old_resources = getattr(self, "resources", None)
+        self.resources = np.zeros((capacity, _RESOURCE_COLS))
+        if old_resources is not None:
+            self.resources[:n] = old_resources[:n]
+        self._resource_view = memoryview(self.resources).cast("B").cast("d")  # flat: plain float item updates
         # Scalar updates go through memoryviews: item access on them is plain float arithmetic, without the
         # numpy-scalar boxing that makes ``col[i] += v`` cost several times more. Same IEEE operations, same values.
         self._learn_views = tuple(memoryview(getattr(self, name)) for name in (
@@ -245,6 +254,18 @@ class ArmTable:
             a_inv += ax[:, None] * ax
             self.b[i] -= (weight * reward) * x
             np.dot(a_inv, self.b[i], out=self.theta[i])
+
+    def observe(self, i: int, *, memory_mb: float, latency_ms: float, throughput: float) -> None:
+        """Count one outcome's resource measurements for arm ``i`` (raw, undecayed; read by ``resource_moments``)."""
+        r = self._resource_view
+        k = i * _RESOURCE_COLS
+        r[k] += 1.0
+        r[k + 1] += memory_mb
+        r[k + 2] += memory_mb * memory_mb
+        r[k + 3] += latency_ms
+        r[k + 4] += latency_ms * latency_ms
+        r[k + 5] += throughput
+        r[k + 6] += throughput * throughput
 
     def _rescale(self, i: int, factor: float) -> None:
         for col in (self.w, self.w_reward, self.w_reward_sq, self.w_success, self.w_memory, self.w_latency):
@@ -399,6 +420,15 @@ class ArmTable:
         lat = np.divide(self.w_latency[rows], w, out=np.zeros(len(rows)), where=w > 0)
         return seen, mem, lat
 
+    def resource_moments(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(measured outcomes (k,), means (k, 3), population variances (k, 3)) of ``RESOURCES`` for these rows."""
+        r = self.resources[rows]
+        n = r[:, 0]
+        safe = np.maximum(n, 1.0)[:, None]
+        mean = r[:, 1::2] / safe
+        var = np.maximum(r[:, 2::2] / safe - mean * mean, 0.0)
+        return n, mean, var
+
     # -- persistence ---------------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         n = len(self)
@@ -414,6 +444,7 @@ class ArmTable:
         }
         for name in (*_SCALARS, *_MATRICES):
             out[name] = getattr(self, name)[:n].copy()
+        out["resources"] = self.resources[:n].copy()
         return out
 
     @classmethod
@@ -428,6 +459,8 @@ class ArmTable:
                 continue  # the same array as its raw column (equal values in any state written without decay)
             getattr(table, name)[:n] = data[name]
         table._gram[:n] = data["gram"]
+        if "resources" in data:  # a state saved before resources were counted starts them at zero measured outcomes
+            table.resources[:n] = data["resources"]
         table._priors = int(np.count_nonzero(table.prior_w[:n]))
         if "pooled" in data:
             table.pooled_n, table.pooled_m2 = (float(v) for v in data["pooled"])

@@ -1,27 +1,37 @@
 """Settings: a TOML file in the seed's layout, then ``SEEDWORKER_*`` environment overrides, validated.
 
-Nested keys use a double underscore in the environment (``SEEDWORKER_DECAY__HALF_LIFE_S=600``); a few common ones
-have short names (``SEEDWORKER_BOOTSTRAP_SERVERS``, ``SEEDWORKER_DB``, ``SEEDWORKER_GROUP_ID``). Values of string
-settings are taken verbatim; others are read as JSON when they parse as JSON (numbers, booleans, lists), else as
-strings. Errors name the bad key.
+The environment layer is pydantic-settings' (``_Environment``). Nested keys use a double underscore
+(``SEEDWORKER_DECAY__HALF_LIFE_S=600``); a few common ones have short names (``SEEDWORKER_BOOTSTRAP_SERVERS``,
+``SEEDWORKER_DB``, ``SEEDWORKER_GROUP_ID``). Values of string settings are taken verbatim, lists, dicts and sections
+as JSON, other values are validated from their text, and a strategy option (untyped) is read as JSON when it parses
+as JSON; the value ``null`` unsets an optional setting and empty values are ignored. Errors name the bad key, and the
+variable that set it (``SEEDWORKER_DECAY__HALF_LIFE_S: decay.half_life_s: Input should be a valid number ...``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
-from types import UnionType
-from typing import Any, Literal, Mapping, Union, get_args, get_origin
+from typing import Any, Callable, Literal, Mapping, get_args, get_origin
+
+import yaml
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict, SettingsError
+from pydantic_settings.sources.utils import parse_env_vars
 
 from seedworker.contract import topics
 from seedworker.core.features import DEFAULT_FEATURES
 from seedworker.core.policies import STRATEGIES, make_policy
 from seedworker.core.reward import RewardFunction
 
+_log = logging.getLogger(__name__)
 ENV_PREFIX = "SEEDWORKER_"
 # Short environment names for the settings people change most.
 ENV_ALIASES = {
@@ -150,7 +160,14 @@ class MetricsSettings(_Section):
     port: int = Field(default=0, ge=0, le=65535, description="0 disables the endpoint")
 
 
-class Settings(_Section):
+class Settings(BaseSettings):
+    """Every setting. A ``BaseSettings`` so that pydantic-settings reads the ``SEEDWORKER_*`` layer with this
+    schema, but constructing one reads nothing: ``load_settings`` hands the environment in (see ``_Environment``)."""
+
+    model_config = SettingsConfigDict(
+        extra="forbid", validate_assignment=True, hide_input_in_errors=True, env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__", case_sensitive=False, env_ignore_empty=True, env_parse_none_str="null")
+
     default_strategy: str = "thompson"
     strategies: dict[str, dict[str, Any]] = Field(default_factory=dict)
     blueprint_strategies: dict[str, str] = Field(default_factory=dict)
@@ -196,28 +213,92 @@ class Settings(_Section):
     def policy(self, name: str):
         return make_policy(name, self.strategies.get(name))
 
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        # Settings(...) holds what it is given and nothing else: no implicit os.environ, .env or secrets directory.
+        return (init_settings,)
 
-def _parse_env_value(value: str, keys: tuple[str, ...] = ()) -> Any:
-    if _is_text_setting(keys):
-        return value  # kept verbatim: SEEDWORKER_GROUP_ID=42 or a numeric password is a string, not a number
-    try:
-        return json.loads(value)
-    except ValueError:
+
+class _Environment(EnvSettingsSource):
+    """pydantic-settings' environment source (prefix, ``__`` nesting, JSON for lists, dicts and sections, empty
+    values ignored, ``null`` unsets) reading the mapping it is given instead of ``os.environ``: tests and library
+    users pass their own, and nothing is read from the process by accident."""
+
+    def __init__(self, environ: Mapping[str, str]):
+        self._environ = environ
+        super().__init__(Settings)  # prefix, delimiter, case and empty-value handling from Settings.model_config
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
+
+    def explode_env_vars(self, field_name: str, field: FieldInfo, env_vars: Mapping[str, str | None]) -> dict:
+        # pydantic-settings keeps a leaf it has no type for as text; a strategy option is declared ``Any``, so
+        # SEEDWORKER_STRATEGIES__UCB__EXPLORATION=2 would reach the policy as "2". Such leaves are read as JSON when
+        # they parse as JSON, as the hand-written layer did.
+        return _decode_untyped(field.annotation, super().explode_env_vars(field_name, field, env_vars))
+
+
+def _decode_untyped(annotation: Any, value: Any) -> Any:
+    if annotation is Any:
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except ValueError:
+                return value
         return value
+    if isinstance(value, dict):
+        if get_origin(annotation) is dict:
+            inner = get_args(annotation)[-1] if get_args(annotation) else Any
+            return {k: _decode_untyped(inner, v) for k, v in value.items()}
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            fields = annotation.model_fields
+            return {k: _decode_untyped(fields[k].annotation, v) if k in fields else v for k, v in value.items()}
+    return value
 
 
-def _is_text_setting(keys: tuple[str, ...]) -> bool:
-    """Whether the setting at this key path is declared as a string (``str``, ``SecretStr``, or either ``| None``)."""
-    model: Any = Settings
-    annotation: Any = None
-    for key in keys:
-        field = model.model_fields.get(key) if isinstance(model, type) and issubclass(model, BaseModel) else None
-        if field is None:
-            return False
-        annotation = model = field.annotation
-    return annotation in (str, SecretStr) or (get_origin(annotation) in (Union, UnionType)
-                                              and set(get_args(annotation)) in ({str, type(None)},
-                                                                                {SecretStr, type(None)}))
+def _environment_tree(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
+    """(the SEEDWORKER_* variables as a settings tree, the variable that set each key path)."""
+    origins: dict[tuple[str, ...], str] = {}
+    renamed: dict[str, str] = {}
+    unknown: dict[tuple[str, ...], str] = {}
+    prefix = ENV_PREFIX.lower()
+    for key, value in environ.items():
+        if not key.lower().startswith(prefix) or not value:
+            continue
+        name = key[len(prefix):].lower()
+        path = ENV_ALIASES.get(name) or tuple(name.split("__"))
+        if path in origins:
+            raise ConfigError(f"invalid settings: {key} and {origins[path]} both set {'.'.join(path)}")
+        origins[path] = key
+        if path[0] not in Settings.model_fields:
+            unknown[path] = value  # pydantic-settings skips what matches no field: validation names it instead
+        else:
+            # A short name becomes the nested one, so pydantic-settings reads all of them the same way.
+            renamed[ENV_PREFIX + "__".join(path).upper()] = value
+    try:
+        tree = _Environment(renamed)()
+    except SettingsError:
+        # Its message names the field, not the variable: find the variable(s) whose JSON is malformed.
+        bad = []
+        for var, value in renamed.items():
+            try:
+                _Environment({var: value})()
+            except SettingsError as exc:
+                path = tuple(var[len(ENV_PREFIX):].lower().split("__"))
+                bad.append(f"{origins[path]}: {'.'.join(path)}: not valid JSON ({exc.__cause__})")
+        raise ConfigError("invalid settings: " + "; ".join(bad or ["malformed SEEDWORKER_* JSON value"])) from None
+    for path, value in unknown.items():
+        _set(tree, path, value)
+    return tree, origins
+
+
+def _merge(into: dict, tree: dict) -> None:
+    for key, value in tree.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
 
 
 def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
@@ -229,40 +310,269 @@ def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
     tree[path[-1]] = value
 
 
+def _named(loc: tuple[str, ...], msg: str, origins: Mapping[tuple[str, ...], str]) -> str:
+    """The variable(s) or document key(s) behind a problem at ``loc`` ("" for the file's own keys and explicit
+    overrides): the one that set it or a section above it, else those that set keys inside it (a section-wide check
+    such as clip_min < clip_max), else the key a model-wide message names."""
+    for n in range(len(loc), 0, -1):
+        if loc[:n] in origins:
+            return origins[loc[:n]]
+    if loc:
+        return ", ".join(sorted(v for p, v in origins.items() if v and p[:len(loc)] == loc))
+    return _named(tuple(msg.split(": ", 1)[0].split(".")), "", origins) if ": " in msg else ""
+
+
+# -- the seed document's YAML layout -------------------------------------------------------------------------------
+# The seed document (Phase B3) configures Tamiyo's selector with a ``seed_selection:`` section. Its strategy names,
+# as seedworker strategies:
+SEED_STRATEGIES: dict[str, str] = {
+    "ucb": "ucb",
+    "thompson": "beta-thompson",  # the document's Thompson is Beta-Bernoulli on success counts
+    "epsilon_greedy": "epsilon-greedy",
+    "contextual": "linucb",  # a linear reward model per seed; lin-thompson is the sampling variant
+    "performance_weighted": "softmax",  # P(seed) rising with its mean reward
+}
+_LN_HALF = math.log(0.5)
+
+
+def _number(value: Any, *, low: float | None = None, high: float | None = None, low_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"must be a number, got {value!r}")
+    if low is not None and (value < low or (low_open and value == low)):
+        raise ValueError(f"must be {'above' if low_open else 'at least'} {low:g}, got {value!r}")
+    if high is not None and value > high:
+        raise ValueError(f"must be at most {high:g}, got {value!r}")
+    return float(value)
+
+
+def _seed_strategy(value: Any, section: Mapping[str, Any]) -> dict[str, Any]:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a strategy name, got {value!r}")
+    name = SEED_STRATEGIES.get(value, value)  # seedworker's own names are accepted as they are
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {value!r}; the document's: {', '.join(SEED_STRATEGIES)}; seedworker's: "
+                         f"{', '.join(sorted(STRATEGIES))}")
+    return {"default_strategy": name}
+
+
+def _decay_factor(value: Any, section: Mapping[str, Any]) -> dict[str, Any]:
+    factor = _number(value, low=0.0, high=1.0, low_open=True)
+    if factor == 1.0:
+        return {"decay.half_life_s": None}
+    interval = section.get("outcome_interval_s")
+    if interval is None:
+        raise ValueError(f"{factor:g} per outcome has no event-time equivalent by itself: seedworker decays by "
+                         "event time. Give seed_selection.outcome_interval_s (the usual seconds between two outcomes "
+                         "of one seed: half_life_s = outcome_interval_s * ln 0.5 / ln factor), or decay.half_life_s "
+                         "instead of this key, or 1.0 for no decay")
+    interval = _number(interval, low=0.0, low_open=True)
+    # Decayed statistics are only read by the strategies that ask for them: those whose estimate the document
+    # decays (UCB and ε-greedy read the decayed mean accuracy gain; its Thompson counts are not decayed).
+    return {"decay.half_life_s": interval * _LN_HALF / math.log(factor),
+            "strategies.ucb.discounted": True, "strategies.epsilon-greedy.discounted": True}
+
+
+def _epsilon_decay(value: Any, section: Mapping[str, Any]) -> dict[str, Any]:
+    rate = _number(value, low=0.0, high=1.0, low_open=True)
+    # ε·rate^t halves after ln 0.5 / ln rate selections; seedworker's ε / (1 + t / decay_steps) halves at
+    # t = decay_steps.
+    return {"strategies.epsilon-greedy.decay_steps": None if rate == 1.0 else _LN_HALF / math.log(rate)}
+
+
+def _epsilon(value: Any, section: Mapping[str, Any]) -> dict[str, Any]:
+    eps = _number(value, low=0.0, high=1.0)
+    # The document's floor is 0.01 (min_epsilon); an initial ε below it is kept constant, as the document's max() does.
+    return {"strategies.epsilon-greedy.epsilon": eps, "strategies.epsilon-greedy.min_epsilon": min(0.01, eps)}
+
+
+def _to(target: str, convert: Callable[[Any], Any] = lambda v: v) -> Callable[[Any, Mapping[str, Any]], dict]:
+    return lambda value, section: {target: convert(value)}
+
+
+def _refuse(why: str) -> Callable[[Any, Mapping[str, Any]], dict]:
+    def refuse(value: Any, section: Mapping[str, Any]) -> dict:
+        raise ValueError(why)
+    return refuse
+
+
+def _ignore(value: Any, section: Mapping[str, Any]) -> dict:
+    return {}
+
+
+@dataclass(frozen=True)
+class SeedKey:
+    """One key of the document's ``seed_selection`` section: the seedworker settings it sets and how."""
+
+    targets: tuple[str, ...]
+    convert: Callable[[Any, Mapping[str, Any]], dict[str, Any]]
+    note: str
+
+
+# THE table: every key of ``seed_selection`` that is accepted, what it becomes, and where it is not exact.
+SEED_SELECTION: dict[str, SeedKey] = {
+    "default_strategy": SeedKey(("default_strategy",), _seed_strategy,
+                                "exact; names by SEED_STRATEGIES (seedworker's own names are accepted too)"),
+    "performance_window_size": SeedKey((), _ignore,
+                                       "no equivalent: accepted, logged as ignored. seedworker keeps sufficient "
+                                       "statistics of every outcome, not a window of the last N; recency comes from "
+                                       "performance_decay_factor (decay.half_life_s)"),
+    "performance_decay_factor": SeedKey(
+        ("decay.half_life_s", "strategies.ucb.discounted", "strategies.epsilon-greedy.discounted"), _decay_factor,
+        "not exact: the document decays per outcome of a seed, seedworker by event time. 1.0: no decay. Below 1 "
+        "needs outcome_interval_s: half_life_s = outcome_interval_s * ln 0.5 / ln factor, and ucb and epsilon-greedy "
+        "then score decayed means (as the document's do); without outcome_interval_s it is refused"),
+    "outcome_interval_s": SeedKey((), _ignore,
+                                  "seedworker's addition: seconds between two outcomes of one seed, only used to "
+                                  "convert performance_decay_factor"),
+    "min_samples_required": SeedKey(("min_samples",), _to("min_samples"),
+                                    "near: the document's mean counts as 0 until a seed has this many outcomes (and "
+                                    "its UCB forces 3 tries); seedworker tries each viable seed this many times "
+                                    "before it competes on its score"),
+    "ucb.exploration_constant": SeedKey(
+        ("strategies.ucb.exploration",),
+        _to("strategies.ucb.exploration", lambda c: _number(c, low=0.0) / math.sqrt(2)),
+        "converted: the document's bonus is c*sqrt(ln N / n) in reward units, seedworker's "
+        "exploration*sd*sqrt(2 ln N / n) with sd the pooled reward standard deviation; exploration = c / sqrt(2) is "
+        "the same bound when sd is 1 (for accuracy gains sd is far below 1: the document's bound explores more)"),
+    "epsilon_greedy.initial_epsilon": SeedKey(
+        ("strategies.epsilon-greedy.epsilon", "strategies.epsilon-greedy.min_epsilon"), _epsilon,
+        "exact; the document's floor 0.01 becomes min_epsilon"),
+    "epsilon_greedy.decay_rate": SeedKey(
+        ("strategies.epsilon-greedy.decay_steps",), _epsilon_decay,
+        "converted: the document multiplies ε by the rate at each selection (of any blueprint), seedworker divides "
+        "it by 1 + t / decay_steps (t: the blueprint's decisions); decay_steps = ln 0.5 / ln rate halves ε at the "
+        "same selection (after it the document's ε falls faster); 1.0: constant ε"),
+    "thompson.alpha_prior": SeedKey(("strategies.beta-thompson.alpha",),
+                                    _to("strategies.beta-thompson.alpha", lambda v: _number(v, low=0.0, low_open=True)),
+                                    "exact"),
+    "thompson.beta_prior": SeedKey(("strategies.beta-thompson.beta",),
+                                   _to("strategies.beta-thompson.beta", lambda v: _number(v, low=0.0, low_open=True)),
+                                   "exact"),
+    "contextual.feature_dim": SeedKey((), _refuse("no equivalent: seedworker's contextual features are named, not "
+                                                  "counted; list them in the top-level `features` setting"),
+                                      "refused: seedworker's contextual features are named (`features`), not counted"),
+}
+
+
+def translate_seed_selection(section: Any) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
+    """The document's ``seed_selection`` section as a seedworker settings tree, and the document key behind each
+    seedworker key (for errors). Unknown keys and unconvertible values raise ``ConfigError`` naming the key."""
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"invalid settings: seed_selection: must be a mapping, got {type(section).__name__}")
+    groups = {k.split(".")[0] for k in SEED_SELECTION if "." in k}  # ucb, epsilon_greedy, thompson, contextual
+    flat: dict[str, Any] = {}
+    problems = []
+    for key, value in section.items():
+        key = str(key)
+        if key in groups:
+            if value is None:  # `ucb:` with nothing under it
+                continue
+            if not isinstance(value, Mapping):
+                problems.append(f"seed_selection.{key}: must be a mapping, got {type(value).__name__}")
+                continue
+            flat.update((f"{key}.{k}", v) for k, v in value.items())
+        else:
+            flat[key] = value
+    tree: dict[str, Any] = {}
+    origins: dict[tuple[str, ...], str] = {}
+    for key, value in flat.items():
+        spec = SEED_SELECTION.get(key)
+        if spec is None:
+            problems.append(f"seed_selection.{key}: unknown setting")
+            continue
+        try:
+            converted = spec.convert(value, section)
+        except ValueError as exc:
+            problems.append(f"seed_selection.{key}: {exc}")
+            continue
+        if key == "performance_window_size":
+            _log.warning("seed_selection.performance_window_size is ignored: seedworker keeps sufficient statistics of "
+                         "every outcome, not a window of the last N (recency: performance_decay_factor)")
+        for target, v in converted.items():
+            path = tuple(target.split("."))
+            _set(tree, path, v)
+            origins[path] = f"seed_selection.{key}"
+    if problems:
+        raise ConfigError("invalid settings: " + "; ".join(problems))
+    return tree, origins
+
+
+def _given(tree: Mapping[str, Any], path: tuple[str, ...]) -> str | None:
+    """The dotted key at or above ``path`` that ``tree`` already sets, if any."""
+    node: Any = tree
+    for n, key in enumerate(path):
+        if not isinstance(node, Mapping) or key not in node:
+            return None
+        node = node[key]
+        if not isinstance(node, Mapping) or n == len(path) - 1:
+            return ".".join(path[:n + 1])
+    return None
+
+
+def _read_file(p: Path) -> dict[str, Any]:
+    """A TOML file, or a YAML one (``.yaml`` / ``.yml``) as the seed document writes ``config/tamiyo.yaml``."""
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {p} does not exist") from None
+    if p.suffix.lower() in (".yaml", ".yml"):
+        try:
+            tree = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p}: {exc}") from None
+        if tree is None:
+            return {}
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config file {p}: expected a mapping of settings, got {type(tree).__name__}")
+        return tree
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {p}: {exc}") from None
+
+
 def load_settings(
     path: str | Path | None = None,
     *,
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> Settings:
-    """File, then environment, then explicit overrides (dotted keys, e.g. from command-line flags)."""
+    """File, then environment, then explicit overrides (dotted keys, e.g. from command-line flags).
+
+    The file is TOML, or YAML when it ends in ``.yaml`` / ``.yml``; either may hold the seed document's
+    ``seed_selection`` section (see ``SEED_SELECTION``) beside seedworker's own keys, as long as the two do not set
+    the same setting."""
     tree: dict[str, Any] = {}
+    origins: dict[tuple[str, ...], str] = {}
     if path is not None:
-        p = Path(path)
-        try:
-            tree = tomllib.loads(p.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file {p} does not exist") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {p}: {exc}") from None
-    env = os.environ if environ is None else environ
-    for key, value in env.items():
-        if not key.startswith(ENV_PREFIX) or not value:
-            continue
-        name = key[len(ENV_PREFIX):].lower()
-        keys = ENV_ALIASES.get(name) or tuple(name.split("__"))
-        _set(tree, keys, _parse_env_value(value, keys))
+        tree = _read_file(Path(path))
+        if "seed_selection" in tree:
+            seed_tree, origins = translate_seed_selection(tree.pop("seed_selection"))
+            clashes = [f"{origins[p]} and {given} both set {'.'.join(p)}" for p in origins
+                       if (given := _given(tree, p)) is not None]
+            if clashes:
+                raise ConfigError("invalid settings: " + "; ".join(clashes))
+            _merge(tree, seed_tree)
+    env_tree, env_origins = _environment_tree(os.environ if environ is None else environ)
+    _merge(tree, env_tree)
+    origins.update(env_origins)
     for dotted, value in (overrides or {}).items():
         if value is not None:
-            _set(tree, tuple(dotted.split(".")), value)
+            keys = tuple(dotted.split("."))
+            _set(tree, keys, value)
+            # An explicit override replaces what the file or the environment said there: its problems are its own.
+            origins = {p: v for p, v in origins.items() if p[:len(keys)] != keys}
+            origins[keys] = ""
     try:
         return Settings.model_validate(tree)
     except ValidationError as exc:
         problems = []
         for e in exc.errors():
-            loc = ".".join(str(p) for p in e["loc"])
+            loc = tuple(str(p) for p in e["loc"])
             msg = e["msg"].removeprefix("Value error, ")
             if e["type"] == "extra_forbidden":
                 msg = "unknown setting"
-            problems.append(f"{loc}: {msg}" if loc else msg)
+            text = f"{'.'.join(loc)}: {msg}" if loc else msg
+            origin = _named(loc, msg, origins)
+            problems.append(f"{origin}: {text}" if origin else text)
         raise ConfigError("invalid settings: " + "; ".join(problems)) from None

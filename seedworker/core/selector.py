@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from seedworker.core.arms import ArmTable
+from seedworker.core.arms import RESOURCES, ArmTable
 from seedworker.core.config import Settings
 from seedworker.contract.events import (
     AdaptationOutcome,
@@ -142,23 +142,26 @@ class SeedSelector:
         else:
             self.blueprint(blueprint_id).strategy = name
 
-    def stats(self, top: int = 3) -> dict[str, Any]:
+    def stats(self, top: int = 3, *, per_seed: bool = True) -> dict[str, Any]:
+        """Counts, the ``top`` seeds by mean reward, and (``per_seed``) every seed's statistics: see ``seed_rows``."""
         by_strategy: Counter = Counter()
         unique = 0
         performers = []
+        seeds = []
         for bp_id, bp in self.blueprints.items():
             by_strategy.update(bp.by_strategy)
             a = bp.arms
             n = len(a)
             unique += int((a.selections[:n] > 0).sum())
-            rows = np.arange(n)
-            means = a.means(rows)
-            for i in rows:
-                if a.pulls[i] > 0:
-                    performers.append({"blueprint_id": bp_id, "seed_id": a.seed_ids[i], "mean_reward": float(means[i]),
-                                       "outcomes": int(a.pulls[i]), "selections": int(a.selections[i])})
+            rows = seed_rows(bp_id, a, np.arange(n))
+            for row in rows:
+                if row["outcomes"] > 0:
+                    performers.append({k: row[k] for k in ("blueprint_id", "seed_id", "mean_reward", "outcomes",
+                                                           "selections")})
+            if per_seed:
+                seeds += rows
         performers.sort(key=lambda p: p["mean_reward"], reverse=True)
-        return {
+        out = {
             "selections_per_strategy": dict(by_strategy),
             "total_selections": sum(by_strategy.values()),
             "unique_seeds_selected": unique,
@@ -167,6 +170,15 @@ class SeedSelector:
             "top_performers": performers[:top],
             "default_strategy": self.default_strategy,
         }
+        if per_seed:
+            out["seeds"] = seeds
+        return out
+
+    def _observe(self, selected: SeedSelected, outcome: AdaptationOutcome) -> None:
+        """The outcome's resource measurements, for the statistics (a default reward has none, so is not counted)."""
+        a = self.blueprint(selected.blueprint_id).arms
+        a.observe(a.index[selected.seed_id], memory_mb=outcome.memory_mb, latency_ms=outcome.latency_ms,
+                  throughput=outcome.throughput)
 
     # -- the two state transitions -------------------------------------------------------------------------------
     def apply_selection(self, selected: SeedSelected) -> None:
@@ -190,6 +202,7 @@ class SeedSelector:
         reward = self.reward(outcome)
         self._fold(selected, reward, success=outcome.success, t=outcome.occurred_at.timestamp(),
                    memory_mb=outcome.memory_mb, latency_ms=outcome.latency_ms)
+        self._observe(selected, outcome)
         return reward
 
     def learn_reward(self, selected: SeedSelected, reward: float, t: float) -> float:
@@ -422,6 +435,42 @@ class SeedSelector:
     def load_state_dict(self, data: dict) -> None:
         self.default_strategy = data["default_strategy"]
         self.blueprints = {k: BlueprintState.from_dict(v) for k, v in data["blueprints"].items()}
+
+
+Z95 = 1.959963984540054  # normal quantile of 0.975
+
+
+def interval95(n: float, mean: float, variance: float) -> list[float] | None:
+    """Normal-approximation 95% interval of a mean of ``n`` values with population variance ``variance`` (the
+    sample standard deviation, n - 1, is used); None below two values."""
+    if n < 2:
+        return None
+    half = Z95 * math.sqrt(variance / (n - 1))  # sqrt(var * n / (n - 1) / n)
+    return [mean - half, mean + half]
+
+
+def seed_rows(blueprint_id: str, arms: ArmTable, rows: np.ndarray) -> list[dict[str, Any]]:
+    """Per seed: selections, outcomes, mean reward (with the warm-start prior, as the strategies see it) and its
+    95% interval (of the raw rewards), success rate (an expired decision's default reward counts as a failure), and
+    for latency_ms, memory_mb and throughput the mean and 95% interval over the outcomes that reported them
+    (``measured``: outcomes learned since resources were first counted, so at most ``outcomes``)."""
+    pulls, sel = arms.pulls[rows], arms.selections[rows]
+    means, var = arms.means(rows), arms.variances(rows)
+    successes = arms.success_sum[rows]
+    measured, r_mean, r_var = arms.resource_moments(rows)
+    out = []
+    for j, i in enumerate(rows.tolist()):
+        k, m = float(pulls[j]), float(means[j])
+        row: dict[str, Any] = {
+            "blueprint_id": blueprint_id, "seed_id": arms.seed_ids[i], "selections": int(sel[j]), "outcomes": int(k),
+            "mean_reward": m, "reward_ci95": interval95(k, m, float(var[j])),
+            "success_rate": float(successes[j]) / k if k else None, "measured": int(measured[j]),
+        }
+        for c, name in enumerate(RESOURCES):
+            n, rm = float(measured[j]), float(r_mean[j, c])
+            row[name] = {"mean": rm if n else None, "ci95": interval95(n, rm, float(r_var[j, c]))}
+        out.append(row)
+    return out
 
 
 def _envelope(request: GraftRequested, now: datetime) -> dict:

@@ -4,13 +4,14 @@ Safe while the worker runs: the file is opened read-only and read in one read tr
 block the writer nor wait for it), so a batch the worker is writing is either wholly visible or not at all.
 
 Per blueprint and seed: outcomes learned (pulls), mean reward with a 95% confidence interval, decayed mean, share of
-selections, last selected, and the current strategy scores. The scores are what the blueprint's strategy computes
-from the stored state, as the worker's selector would, for a neutral request: as candidates every seed the
-blueprint knows that the newest request listing it found viable (a grafted seed is not), no context signal (each
-standardized feature at its running mean, so x = [1, 0, ..., 0]), no constraints, and a fixed synthetic request id,
-so that the randomized strategies (Thompson draws, ties, burn-in) are reproducible: sent to the worker, that request
-gets exactly these scores and this pick. Also: pending decisions, dead-letter, dangling, late and duplicate counts,
-held outcomes, unsent outbox rows and the stored offsets.
+selections, last selected, and the current strategy scores; success rate and the latency, memory and throughput
+means with 95% intervals over the outcomes that reported them (as ``SeedSelector.stats()`` gives them). The scores
+are what the blueprint's strategy computes from the stored state, as the worker's selector would, for a neutral
+request: as candidates every seed the blueprint knows that the newest request listing it found viable (a grafted
+seed is not), no context signal (each standardized feature at its running mean, so x = [1, 0, ..., 0]), no
+constraints, and a fixed synthetic request id, so that the randomized strategies (Thompson draws, ties, burn-in) are
+reproducible: sent to the worker, that request gets exactly these scores and this pick. Also: pending decisions,
+dead-letter, dangling, late and duplicate counts, held outcomes, unsent outbox rows and the stored offsets.
 
 Settings (``--config`` / ``SEEDWORKER_*``) supply what the store does not hold: the default strategy (unless a
 ``strategy.switch`` stored one), the strategies' parameters and the salt of the decision generator, so give inspect
@@ -34,7 +35,8 @@ import orjson
 from seedworker.core.config import Settings, load_settings
 from seedworker.contract.events import GraftRequested, SeedCandidate, TrainingContext
 from seedworker.core.policies import Draw, Situation
-from seedworker.core.selector import SeedSelector
+from seedworker.core.arms import RESOURCES
+from seedworker.core.selector import SeedSelector, seed_rows
 from seedworker.store.readers import read_snapshot
 from seedworker.store.rows import load_state
 from seedworker.store.store import StoreError
@@ -46,6 +48,7 @@ CONTEXT_NOTE = ("neutral request: no context signal, so every standardized featu
 Z95 = 1.959963984540054  # normal quantile of 0.975
 WATCHED = ("dead_letters", "dangling_outcomes", "late_outcomes", "duplicate_outcomes", "duplicate_requests",
            "mismatched_outcomes", "expired_decisions", "held_outcomes")
+RESOURCE_COLUMNS = {"latency_ms": "latency ms", "memory_mb": "memory MB", "throughput": "throughput /s"}
 _SECRET = re.compile(r"pass|secret|token|credential|sasl|salt|key", re.IGNORECASE)
 
 
@@ -252,6 +255,7 @@ def _blueprint(selector: SeedSelector, bp_id: str, last_selected: dict[str, floa
     means, decayed = a.means(rows), a.means(rows, True)
     var = a.variances(rows)
     total = float(a.selections[:n].sum())
+    resources = seed_rows(bp_id, a, rows)  # the same per-seed figures as SeedSelector.stats()
     seeds = []
     for j, i in enumerate(order):
         k = float(pulls[j])
@@ -264,6 +268,8 @@ def _blueprint(selector: SeedSelector, bp_id: str, last_selected: dict[str, floa
             "last_selected": _iso(last_selected.get(a.seed_ids[i])),
             "candidate": a.seed_ids[i] not in excluded, "score": score.get(i), "probability": prob.get(i),
             "note": excluded.get(a.seed_ids[i]),
+            "success_rate": resources[j]["success_rate"], "measured": resources[j]["measured"],
+            **{name: resources[j][name] for name in RESOURCES},
         })
     pending = statuses.get("pending", (0, None))
     return {
@@ -287,6 +293,13 @@ def _blueprint(selector: SeedSelector, bp_id: str, last_selected: dict[str, floa
 # -- tables --------------------------------------------------------------------------------------------------------
 def _num(v: float | None, fmt: str = ".4f") -> str:
     return "-" if v is None else format(v, fmt)
+
+
+def _mean_ci(stat: dict[str, Any]) -> str:
+    if stat["mean"] is None:
+        return "-"
+    ci = stat["ci95"]
+    return f"{stat['mean']:.4g}" + ("" if ci is None else f" [{ci[0]:.4g}, {ci[1]:.4g}]")
 
 
 def _table(header: list[str], rows: list[list[str]], left: int = 1) -> list[str]:
@@ -335,6 +348,11 @@ def print_tables(report: dict[str, Any], out: TextIO) -> None:
         if rows:
             lines += _table(["seed", "idx", "pulls", "selected", "share", "mean", "95% CI", "decayed",
                              "last selected (UTC)", "score", "prob"], rows)
+        if any(s["measured"] for s in bp["seeds"]):
+            rows = [[s["seed_id"], str(s["measured"]), _num(s["success_rate"], ".1%"),
+                     *(_mean_ci(s[name]) for name in RESOURCE_COLUMNS)] for s in bp["seeds"]]
+            lines += ["  resources: means [95% CI] over the outcomes that reported them (measured)"]
+            lines += _table(["seed", "measured", "success", *RESOURCE_COLUMNS.values()], rows)
         lines += [f"  {s['seed_id']}: not a candidate (its newest request: {s['note'] or 'not viable'})"
                   for s in bp["seeds"] if not s["candidate"]]
     out.write("\n".join(lines) + "\n")
