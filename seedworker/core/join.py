@@ -66,11 +66,13 @@ class Resolution(NamedTuple):
 
 
 class HeldOutcome(NamedTuple):
-    """An outcome waiting for its decision, on input partition ``partition`` since event time ``since``."""
+    """An outcome waiting for its decision, on input partition ``partition`` (record ``offset``) since event time
+    ``since``."""
 
     outcome: AdaptationOutcome
     partition: int
     since: float
+    offset: int = -1
 
     @property
     def event_id(self) -> str:
@@ -91,6 +93,7 @@ class Changes(Protocol):
 
     def resolve(self, resolution: Resolution) -> None: ...
     def hold(self, held: HeldOutcome) -> None: ...
+    def reject(self, held: HeldOutcome, reason: str) -> None: ...
     def release(self, event_id: str) -> None: ...
     def count(self, name: str, n: int = 1) -> None: ...
     def touch(self, blueprint_id: str, partition: int) -> None: ...
@@ -108,6 +111,9 @@ class Discard:
 
     def hold(self, held: HeldOutcome) -> None:
         pass
+
+    def reject(self, held: HeldOutcome, reason: str) -> None:
+        self.count("dead_letters")
 
     def release(self, event_id: str) -> None:
         pass
@@ -175,7 +181,7 @@ class Join:
     # not the insertion order, so decisions and outcomes read out of time order expire when their time says.
     _deadlines: dict[int, list[tuple[float, str]]] = field(default_factory=dict)
     _drops: dict[int, list[tuple[float, str, str]]] = field(default_factory=dict)
-    _moved: set[int] = field(default_factory=set)
+    _due: set[int] = field(default_factory=set)  # partitions whose heaps may hold something past its time
 
     # -- state ---------------------------------------------------------------------------------------------------
     @property
@@ -208,11 +214,13 @@ class Join:
         self.pending[selected.decision_id] = Pending(selected, partition)
         heapq.heappush(self._deadlines.setdefault(partition, []),
                        (request_time(selected) + self.rules.reward_wait_s, selected.decision_id))
+        self._due.add(partition)  # a decision read late may be past its deadline already
 
     def _add_held(self, h: HeldOutcome) -> None:
         self.held.setdefault(h.outcome.resolved_decision_id, []).append(h)
         heapq.heappush(self._drops.setdefault(h.partition, []),
                        (h.since + self.rules.hold_unknown_s, h.event_id, h.outcome.resolved_decision_id))
+        self._due.add(h.partition)
 
     def _remember(self, did: str, entry: _Recent) -> None:
         self.recent[did] = entry
@@ -224,7 +232,7 @@ class Join:
         """An input event of ``partition`` at event time ``t``."""
         if t > self.watermarks.get(partition, -math.inf):
             self.watermarks[partition] = t
-            self._moved.add(partition)
+            self._due.add(partition)
             changes.watermark(partition, t)
 
     def status(self, did: str, known: Mapping[str, Known] | None = None) -> str | None:
@@ -244,11 +252,16 @@ class Join:
         changes.touch(selected.blueprint_id, partition)
         for h in self.held.pop(selected.decision_id, ()):
             changes.release(h.event_id)
-            self.outcome(h.outcome, h.partition, changes)
+            try:
+                self.outcome(h.outcome, h.partition, changes)
+            except JoinError as exc:
+                # Held before its decision showed what it contradicts: the outcome is the bad input, not the
+                # decision, so it is the one dead-lettered.
+                changes.reject(h, str(exc))
 
     # -- outcomes ------------------------------------------------------------------------------------------------
     def outcome(self, outcome: AdaptationOutcome, partition: int, changes: Changes,
-                known: Mapping[str, Known] | None = None) -> str:
+                known: Mapping[str, Known] | None = None, offset: int = -1) -> str:
         """Join one outcome; returns what became of it: learned, replaced (a default reward), late, mismatched,
         duplicate or held. Raises JoinError for an outcome that names another blueprint than its decision."""
         did = outcome.resolved_decision_id
@@ -275,7 +288,7 @@ class Join:
         if any(h.event_id == outcome.event_id for h in self.held.get(did, ())):
             changes.count("duplicate_outcomes")
             return "duplicate"
-        h = HeldOutcome(outcome, partition, outcome.occurred_at.timestamp())
+        h = HeldOutcome(outcome, partition, outcome.occurred_at.timestamp(), offset)
         self._add_held(h)
         changes.hold(h)
         changes.count("held_outcomes")
@@ -322,8 +335,8 @@ class Join:
     def expire(self, changes: Changes) -> None:
         """Decisions whose deadline the watermark of their partition passed, and held outcomes past their hold."""
         rules = self.rules
-        for part in sorted(self._moved):
-            wm = self.watermarks[part]
+        for part in sorted(self._due):
+            wm = self.watermarks.get(part, -math.inf)
             heap = self._deadlines.get(part, [])
             while heap and heap[0][0] < wm:
                 _, did = heapq.heappop(heap)
@@ -353,4 +366,4 @@ class Join:
                     del self.held[did]
                 changes.release(event_id)
                 changes.count("dangling_outcomes")
-        self._moved.clear()
+        self._due.clear()

@@ -171,8 +171,8 @@ async def rebuild(settings: Settings, bus: Bus, partitions: Iterable[int], count
         versions = {bp: state.version for bp, state in replay.selector.blueprints.items()}
         blueprints = {bp: row._replace(version=versions.get(bp, 0)) for bp, row in blueprints.items()}
         decisions = await store.decisions()
-        held = [HeldOutcome(ev.decode(payload, ev.ADAPTATION_OUTCOME), p, since)  # type: ignore[arg-type]
-                for _e, since, payload, p in await store.held_outcomes()]
+        held = [HeldOutcome(ev.decode(payload, ev.ADAPTATION_OUTCOME), p, since, offset)  # type: ignore[arg-type]
+                for _e, since, payload, p, offset in await store.held_outcomes()]
         watermarks = await store.watermarks()
         stored = await store.offsets()
         offsets = {tp: stored.get(tp, 0) for tp in floors}

@@ -145,13 +145,13 @@ class Processor:
         pending.sort(key=lambda p: ((p.selected.request_time or p.selected.occurred_at).timestamp(),
                                     p.selected.decision_id))
         held = []
-        for event_id, since, payload, partition in await s.held_outcomes():
+        for event_id, since, payload, partition, offset in await s.held_outcomes():
             try:
                 outcome = ev.decode(payload, ev.ADAPTATION_OUTCOME)
             except ev.EventError as exc:
                 out.unreadable.append(f"held outcome {event_id}: {exc}")
                 continue
-            held.append(HeldOutcome(outcome, partition, since))  # type: ignore[arg-type]
+            held.append(HeldOutcome(outcome, partition, since, offset))  # type: ignore[arg-type]
         selector.join.load(pending=pending, held=held, watermarks=await s.watermarks())
         out.pending, out.held = len(pending), len(held)
         for problem in out.unreadable:
@@ -215,6 +215,10 @@ class Processor:
             except Exception as exc:  # noqa: BLE001 - whatever a record triggers must not stop the others
                 raise _Failed(_key(m), f"{type(exc).__name__} while handling it: {exc}") from exc
         self.join.expire(b)
+        for held, reason in b.rejected:
+            o = held.outcome
+            self._dead_letter(Message(self.topics.outcomes, held.partition, held.offset, o.blueprint_id.encode(),
+                                      ev.encode(o)), reason, b)
         for bp_id, partition in b.touched.items():
             if partition >= 0:
                 self.partitions[bp_id] = partition
@@ -337,7 +341,7 @@ class Processor:
 
     def _on_outcome(self, m: Message, outcome: ev.AdaptationOutcome, b: Batch, known) -> None:
         try:
-            self.join.outcome(outcome, m.partition, b, known)
+            self.join.outcome(outcome, m.partition, b, known, m.offset)
         except JoinError as exc:
             raise Rejected(str(exc)) from None
         self.join.advance(m.partition, outcome.occurred_at.timestamp(), b)

@@ -33,12 +33,14 @@ M1 = """
         CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
         """
 
-# Event time per input partition: decisions, held outcomes and blueprints know their input partition (a rebuild
+# Event time per input partition: decisions, held outcomes (and their record offset) and blueprints know their
+# input partition (a rebuild
 # replaces exactly one partition's rows), and each partition has its own watermark. Rows written before keep
 # partition -1, and the single watermark of version 1 becomes partition -1's, so they expire as before.
 M2 = """
         ALTER TABLE decisions ADD COLUMN partition INTEGER NOT NULL DEFAULT -1;
         ALTER TABLE held_outcomes ADD COLUMN partition INTEGER NOT NULL DEFAULT -1;
+        ALTER TABLE held_outcomes ADD COLUMN "offset" INTEGER NOT NULL DEFAULT -1;
         ALTER TABLE blueprints ADD COLUMN partition INTEGER NOT NULL DEFAULT -1;
         CREATE INDEX decisions_partition ON decisions (partition);
         CREATE TABLE watermarks (partition INTEGER PRIMARY KEY, event_time REAL NOT NULL);

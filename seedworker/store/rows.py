@@ -94,6 +94,7 @@ class Batch:
     outbox: list[OutboxRow] = field(default_factory=list)
     held: list[HeldOutcome] = field(default_factory=list)
     released: list[str] = field(default_factory=list)  # held event ids no longer held
+    rejected: list[tuple[HeldOutcome, str]] = field(default_factory=list)  # held outcomes to dead-letter (reason)
     blueprints: dict[str, BlueprintRow] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
     offsets: dict[TP, int] = field(default_factory=dict)
@@ -120,6 +121,9 @@ class Batch:
 
     def release(self, event_id: str) -> None:
         self.released.append(event_id)
+
+    def reject(self, held: HeldOutcome, reason: str) -> None:
+        self.rejected.append((held, reason))
 
     def touch(self, blueprint_id: str, partition: int) -> None:
         self.touched[blueprint_id] = partition

@@ -140,9 +140,10 @@ class Store:
         """(decision id, payload, input partition) of every pending decision."""
         return await self._all("SELECT decision_id, payload, partition FROM decisions WHERE status = 'pending'")
 
-    async def held_outcomes(self) -> list[tuple[str, float, bytes, int]]:
-        """(event id, held since, payload, input partition)."""
-        return await self._all("SELECT event_id, held_since, payload, partition FROM held_outcomes ORDER BY rowid")
+    async def held_outcomes(self) -> list[tuple[str, float, bytes, int, int]]:
+        """(event id, held since, payload, input partition, record offset)."""
+        return await self._all('SELECT event_id, held_since, payload, partition, "offset" FROM held_outcomes '
+                               "ORDER BY rowid")
 
     async def watermarks(self) -> dict[int, float]:
         return dict(await self._all("SELECT partition, event_time FROM watermarks"))
@@ -242,9 +243,9 @@ class Store:
                 ids = list(range(last - len(b.outbox) + 1, last + 1))
             if b.held:
                 await many("INSERT OR IGNORE INTO held_outcomes (event_id, decision_id, blueprint_id, held_since, "
-                           "payload, partition) VALUES (?,?,?,?,?,?)",
+                           'payload, partition, "offset") VALUES (?,?,?,?,?,?,?)',
                            [(h.event_id, h.outcome.resolved_decision_id, h.outcome.blueprint_id, h.since,
-                             ev.encode(h.outcome), h.partition) for h in b.held])
+                             ev.encode(h.outcome), h.partition, h.offset) for h in b.held])
             if b.released:
                 await many("DELETE FROM held_outcomes WHERE event_id = ?", [(e,) for e in b.released])
             if b.blueprints:

@@ -1,0 +1,289 @@
+"""A Hypothesis state machine over the batch processor: random interleavings of requests, outcomes, duplicates (the
+same event id and fresh ones), re-sent and reused request ids, out-of-order, future and missing timestamps, unknown
+blueprints, mis-keyed records, extreme values, bad JSON, strategy switches, random batch boundaries, restarts (a new
+processor on the same store) and rebuilds of a partition from the published log.
+
+Invariants, checked after every step:
+- no exception escapes the processor;
+- every processed request is answered (a selection naming it as its source) or dead-lettered, exactly once;
+- every processed outcome is dead-lettered, learned, counted (duplicate, late, mismatched, dangling) or held;
+- every outcome is learned at most once: the arms hold exactly one pull per learned decision (plus one per default
+  reward still standing);
+- no decision id has two different answers;
+- a rebuild of a partition from the log gives back that partition's state, and at the end a replay of the whole log
+  into a fresh store gives the live state.
+Seeded (derandomized) and bounded, so it runs the same way in every `make test`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import tempfile
+from datetime import timedelta
+from pathlib import Path
+
+import orjson
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from seedworker.broker.base import Message, partition_for
+from seedworker.broker.memory import MemoryBus
+from seedworker.contract import events as ev
+from seedworker.contract import headers as hdr
+from seedworker.core.config import Settings
+from seedworker.engine import ownership
+from seedworker.engine.processor import Processor
+from seedworker.engine.replay import Replay
+from seedworker.store.readers import read_all
+from seedworker.store.store import Store
+from tests.support import CTL, DLQ, OUT, REQ, SEL, T0
+from tests.test_worker_kafka import assert_state_equal
+
+PARTITIONS = 2
+BLUEPRINTS = ["bp-a", "bp-b", "bp-c"]
+REQUEST_IDS = [f"r{i}" for i in range(8)]
+# Compared exactly: counts and identities. Times of the arms' clocks are left to the float comparison (1e-9).
+EXACT = frozenset({"pulls", "selections", "success_sum", "count", "decisions", "dim", "seed_ids", "names",
+                   "by_strategy", "strategy", "half_life_s", "ridge", "clip"})
+
+
+class ProcessorMachine(RuleBasedStateMachine):
+    join: dict = {"reward_wait_s": 100.0, "hold_unknown_s": 10_000.0}
+
+    def __init__(self):
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        self.dir = tempfile.TemporaryDirectory()
+        self.settings = Settings(db=str(Path(self.dir.name) / "live.sqlite"), kafka={"partitions": PARTITIONS},
+                                 join=self.join, blueprint_strategies={"bp-c": "linucb"})
+        self.bus = MemoryBus()
+        self.run(self.bus.ensure_topics({REQ: PARTITIONS, OUT: PARTITIONS, SEL: 2, DLQ: 2, CTL: 1}))
+        self.store = self.run(Store(self.settings.db).open())
+        self.processor = self._new_processor()
+        self.queue: list[Message] = []
+        self.processed: list[Message] = []
+        self.published: list[ev.SeedSelected] = []
+        self.outcomes_sent: list[bytes] = []
+        self.counters_valid = True
+
+    def run(self, coro):
+        return self.loop.run_until_complete(coro)
+
+    def _new_processor(self) -> Processor:
+        p = Processor(self.settings, self.store)
+        self.run(p.restore())
+        return p
+
+    def teardown(self):
+        try:
+            self.run(self.store.close())
+        finally:
+            self.loop.close()
+            self.dir.cleanup()
+
+    # -- inputs --------------------------------------------------------------------------------------------------
+    def _produce(self, topic: str, key: bytes | None, value: bytes) -> None:
+        self.queue.append(self.bus.produce(topic, key, value))
+
+    @rule(bp=st.sampled_from(BLUEPRINTS), rid=st.sampled_from(REQUEST_IDS), k=st.integers(2, 3),
+          t=st.integers(0, 600), kind=st.sampled_from(["plain", "plain", "plain", "future", "miskeyed",
+                                                       "extreme", "no-time"]))
+    def request(self, bp, rid, k, t, kind):
+        context = {"current_loss": 1.0 + t / 100.0}
+        if kind == "extreme":
+            context = {"current_loss": 1.7e308, "gradient_norm": -1.7e308}
+        when = T0 + timedelta(seconds=t) if kind != "future" else T0 + timedelta(days=36500)
+        req = ev.GraftRequested(request_id=rid, blueprint_id=bp, occurred_at=when, context=context,
+                                seeds=[ev.SeedCandidate(seed_id=f"s{j}", seed_idx=j) for j in range(k)])
+        body = orjson.loads(ev.encode(req))
+        if kind == "no-time":
+            del body["occurred_at"]
+        self._produce(REQ, b"wrong-key" if kind == "miskeyed" else bp.encode(), orjson.dumps(body))
+
+    @precondition(lambda self: self.published)
+    @rule(data=st.data(), dt=st.integers(-5, 300), gain=st.floats(-0.5, 0.5),
+          kind=st.sampled_from(["chosen", "chosen", "chosen", "other-seed", "miskeyed", "no-time", "huge"]))
+    def outcome(self, data, dt, gain, kind):
+        s = data.draw(st.sampled_from(self.published))
+        seed = s.seed_id
+        if kind == "other-seed":
+            seed = next(c.seed_id for c in s.scores if c.seed_id != s.seed_id)
+        o = ev.AdaptationOutcome(decision_id=s.decision_id, blueprint_id=s.blueprint_id, seed_id=seed,
+                                 accuracy_delta=1e308 if kind == "huge" else gain,
+                                 occurred_at=s.request_time + timedelta(seconds=dt))
+        body = orjson.loads(ev.encode(o))
+        if kind == "no-time":
+            del body["occurred_at"]
+        value = orjson.dumps(body)
+        self.outcomes_sent.append(value)
+        self._produce(OUT, b"wrong-key" if kind == "miskeyed" else s.blueprint_id.encode(), value)
+
+    @precondition(lambda self: self.outcomes_sent)
+    @rule(data=st.data())
+    def resend_outcome(self, data):
+        """The same outcome again, the same event id."""
+        value = data.draw(st.sampled_from(self.outcomes_sent))
+        self._produce(OUT, ev.decode(value).blueprint_id.encode(), value)  # type: ignore[attr-defined]
+
+    @rule(bp=st.sampled_from(BLUEPRINTS + ["bp-unknown"]), t=st.integers(0, 600))
+    def outcome_before_or_without_its_request(self, bp, t):
+        rid = f"early-{t % 5}"
+        self._produce(OUT, bp.encode(), ev.encode(ev.AdaptationOutcome(
+            request_id=rid, blueprint_id=bp, seed_id="s0", accuracy_delta=0.1,
+            occurred_at=T0 + timedelta(seconds=t))))
+
+    @rule(bp=st.sampled_from(BLUEPRINTS), t=st.integers(0, 600))
+    def request_after_its_outcome(self, bp, t):
+        rid = f"early-{t % 5}"
+        self._produce(REQ, bp.encode(), ev.encode(ev.GraftRequested(
+            request_id=rid, blueprint_id=bp, occurred_at=T0 + timedelta(seconds=t),
+            seeds=[ev.SeedCandidate(seed_id="s0", seed_idx=0), ev.SeedCandidate(seed_id="s1", seed_idx=1)])))
+
+    @rule(strategy=st.sampled_from(["ucb", "thompson", "epsilon-greedy", "discounted-ucb", "no-such"]),
+          bp=st.sampled_from([None, *BLUEPRINTS]))
+    def switch(self, strategy, bp):
+        body = {"event_type": "strategy.switch", "strategy": strategy, "blueprint_id": bp,
+                "occurred_at": T0.isoformat()}
+        self._produce(CTL, None, orjson.dumps(body))
+
+    @rule(topic=st.sampled_from([REQ, OUT, CTL]), value=st.sampled_from([b"not json", b"{}", b"[1]", b"\xff"]))
+    def garbage(self, topic, value):
+        self._produce(topic, b"bp-a", value)
+
+    # -- processing ----------------------------------------------------------------------------------------------
+    @precondition(lambda self: self.queue)
+    @rule(n=st.integers(1, 12))
+    def process(self, n):
+        batch, self.queue = self.queue[:n], self.queue[n:]
+        b = self.run(self.processor.process(batch))
+        self.run(self.store.write(b))
+        for row in b.outbox:  # published, as the worker does once the batch is stored
+            m = self.bus.produce(row.topic, row.key, row.value, row.headers)
+            if row.topic == SEL:
+                self.published.append(ev.decode(m.value))  # type: ignore[arg-type]
+        self.processed += batch
+
+    @rule()
+    def restart(self):
+        self.processor = self._new_processor()
+
+    @precondition(lambda self: not self.queue)
+    @rule(p=st.integers(0, PARTITIONS - 1))
+    def rebuild_partition(self, p):
+        """The partition's state rebuilt from the published log replaces the stored one and equals it."""
+        before = read_all(self.settings.db)["blueprints"]
+        counts = {REQ: PARTITIONS, OUT: PARTITIONS, SEL: 2, DLQ: 2, CTL: 1}
+        rebuilt = self.run(ownership.rebuild(self.settings, self.bus, [p], counts, {}))
+        sel = self.processor.selector  # as the worker does: per-blueprint strategies come from its own state
+        strategies = {bp: sel.blueprints[bp].strategy for bp in rebuilt.blueprints if bp in sel.blueprints}
+        self.run(self.store.write(rebuilt.batch([], strategies)))
+        self.processor = self._new_processor()
+        self.counters_valid = False  # counters stay what this worker counted; the rows were replaced
+        after = read_all(self.settings.db)["blueprints"]
+        for bp, state in before.items():
+            if partition_for(bp.encode(), PARTITIONS) == p and state["arms"]["seed_ids"]:
+                assert bp in after, bp
+                assert_state_equal(after[bp], state, bp, EXACT)
+
+    # -- invariants ----------------------------------------------------------------------------------------------
+    def _rows(self, sql: str) -> list[tuple]:
+        con = sqlite3.connect(f"file:{self.settings.db}?mode=ro", uri=True)
+        try:
+            return con.execute(sql).fetchall()
+        finally:
+            con.close()
+
+    @invariant()
+    def requests_answered_or_dead_lettered_once(self):
+        answered: dict[tuple[int, int], int] = {}
+        for m in self.bus.read(SEL):
+            key = (hdr.int_value(m.headers, hdr.SOURCE_PARTITION), hdr.int_value(m.headers, hdr.SOURCE_OFFSET))
+            answered[key] = answered.get(key, 0) + 1  # type: ignore[index]
+        for m in self.bus.read(DLQ):
+            source = hdr.dead_letter_source(m.headers)
+            if source and source[0] == REQ:
+                answered[source[1:]] = answered.get(source[1:], 0) + 1
+        for m in self.processed:
+            if m.topic == REQ:
+                assert answered.get((m.partition, m.offset)) == 1, (m.offset, m.value)
+
+    @invariant()
+    def one_answer_per_decision(self):
+        seen: dict[str, tuple] = {}
+        for s in self.published:
+            answer = (s.seed_id, s.propensity, s.strategy, s.request_id, s.blueprint_id)
+            assert seen.setdefault(s.decision_id, answer) == answer, s.decision_id
+        stored = {d for (d,) in self._rows("SELECT decision_id FROM decisions")}
+        assert set(seen) <= stored
+
+    @invariant()
+    def learned_at_most_once(self):
+        learned = self._rows("SELECT COUNT(*) FROM decisions WHERE status IN ('resolved', 'late') OR "
+                             "(status = 'expired' AND reward IS NOT NULL)")[0][0]
+        pulls = sum(int(s["arms"]["pulls"].sum()) for s in read_all(self.settings.db)["blueprints"].values())
+        assert pulls == learned
+
+    @invariant()
+    def every_outcome_accounted_for(self):
+        if not self.counters_valid:
+            return
+        c = read_all(self.settings.db)["counters"]
+        dead = sum(1 for m in self.bus.read(DLQ) if (hdr.dead_letter_source(m.headers) or ("",))[0] == OUT)
+        held = self._rows("SELECT COUNT(*) FROM held_outcomes")[0][0]
+        late_learned = self._rows("SELECT COUNT(*) FROM decisions WHERE status = 'late'")[0][0]
+        fed = sum(1 for m in self.processed if m.topic == OUT)
+        accounted = (dead + c.get("outcomes_learned", 0) + c.get("duplicate_outcomes", 0)
+                     + c.get("late_outcomes", 0) - late_learned + c.get("mismatched_outcomes", 0)
+                     + c.get("dangling_outcomes", 0) + held)
+        assert accounted == fed, (accounted, fed, c)
+
+    def check_replay(self):
+        """The whole log replayed into a fresh store gives the live state."""
+        records = sorted((m for name in (SEL, OUT, CTL, DLQ) for m in self.bus.read(name)),
+                         key=lambda m: (m.timestamp_ms, m.topic, m.partition, m.offset))
+        db = Path(self.dir.name) / "replayed.sqlite"
+        store = self.run(Store(db).open())
+        try:
+            replay = self.run(Replay(self.settings, store).start())
+            for m in records:
+                self.run(replay.feed(m))
+            self.run(replay.finish({}))
+        finally:
+            self.run(store.close())
+        live, got = read_all(self.settings.db)["blueprints"], read_all(db)["blueprints"]
+        for bp, state in live.items():
+            if state["arms"]["seed_ids"]:
+                assert_state_equal(got[bp], state, bp, EXACT)
+
+    @initialize()
+    def start(self):
+        pass
+
+
+class LateAndDefaultMachine(ProcessorMachine):
+    """The same with join.learn_late and join.default_reward: a late outcome replaces the default reward."""
+
+    join = {"reward_wait_s": 100.0, "hold_unknown_s": 10_000.0, "learn_late": True, "default_reward": -0.25}
+
+
+SETTINGS = settings(derandomize=True, max_examples=15, stateful_step_count=30, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+
+
+def _with_final_replay(machine):
+    class Checked(machine):
+        def teardown(self):
+            try:
+                if not self.queue:
+                    self.check_replay()
+            finally:
+                super().teardown()
+
+    Checked.__name__ = machine.__name__
+    return Checked
+
+
+TestProcessor = SETTINGS(_with_final_replay(ProcessorMachine)).TestCase
+TestProcessorLateAndDefault = SETTINGS(_with_final_replay(LateAndDefaultMachine)).TestCase
