@@ -294,15 +294,10 @@ async def wait_until_learned(db: Path, run_id: str, expected: int, worker: Worke
 
 def run_statuses(db: Path, run_id: str) -> dict[str, int]:
     """This run's decisions in the worker's state file, by status (pending, resolved, ...)."""
-    from seedworker.store.readers import open_readonly
+    from seedworker.store import readers
 
     try:
-        con = open_readonly(db)
-        try:
-            return dict(con.execute("SELECT status, count(*) FROM decisions WHERE request_id LIKE ? GROUP BY status",
-                                    (f"demo-{run_id}-%",)))
-        finally:
-            con.close()
+        return readers.read_snapshot(db, lambda con: readers.request_statuses(con, f"demo-{run_id}-"))
     except Exception:  # noqa: BLE001 - no state file (or no tables) yet
         return {}
 

@@ -57,6 +57,7 @@ from seedworker.core.config import Settings, load_settings
 from seedworker.tools.estimators import Estimate, RunningMeanModel, doubly_robust, effective_sample_size, ips, snips, unidentified
 from seedworker.core.policies import STRATEGIES, SamplingPolicy
 from seedworker.core.selector import SeedSelector
+from seedworker.store import readers
 from seedworker.store.readers import read_snapshot
 from seedworker.store.store import StoreError
 
@@ -149,13 +150,9 @@ class Record:
 
 def read_log(path: str | Path, blueprint_id: str | None = None) -> list[Record]:
     """The decisions in the order the worker made them, from one read-only snapshot of the store."""
-    sql = "SELECT status, reward, outcome_time, request_time, payload FROM decisions"
-    args: tuple = ()
-    if blueprint_id is not None:
-        sql, args = sql + " WHERE blueprint_id = ?", (blueprint_id,)
-    rows = read_snapshot(path, lambda db: db.execute(sql + " ORDER BY rowid", args).fetchall())
-    return [Record(ev.decode(payload, ev.SEED_SELECTED), status, reward, outcome_time, request_time)  # type: ignore
-            for status, reward, outcome_time, request_time, payload in rows]
+    rows = read_snapshot(path, lambda db: readers.decisions(db, blueprint_id))
+    return [Record(ev.decode(d.row.payload, ev.SEED_SELECTED), d.status, d.reward, d.outcome_time,  # type: ignore
+                   d.row.request_time) for d in rows]
 
 
 # -- the targets ---------------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import argparse
 import math
 import re
 import sys
-from dataclasses import dataclass
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
@@ -37,7 +37,8 @@ from seedworker.contract.events import GraftRequested, SeedCandidate, TrainingCo
 from seedworker.core.policies import Draw, Situation
 from seedworker.core.arms import RESOURCES
 from seedworker.core.selector import SeedSelector, seed_rows
-from seedworker.store.readers import read_snapshot
+from seedworker.store import readers
+from seedworker.store.readers import HistoryRow, read_snapshot
 from seedworker.store.rows import load_state
 from seedworker.store.store import StoreError
 
@@ -50,18 +51,6 @@ WATCHED = ("dead_letters", "dangling_outcomes", "late_outcomes", "duplicate_outc
            "mismatched_outcomes", "expired_decisions", "held_outcomes")
 RESOURCE_COLUMNS = {"latency_ms": "latency ms", "memory_mb": "memory MB", "throughput": "throughput /s"}
 _SECRET = re.compile(r"pass|secret|token|credential|sasl|salt|key", re.IGNORECASE)
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """One row of the decisions table, as the plot reads it."""
-
-    blueprint_id: str
-    seed_id: str
-    request_time: float
-    status: str
-    reward: float | None
-    outcome_time: float | None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -99,50 +88,40 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
 # -- reading -------------------------------------------------------------------------------------------------------
 def read(path: str | Path, settings: Settings | None = None, *, blueprint: str | None = None,
-         history: bool = False) -> tuple[dict[str, Any], list[Decision]]:
+         history: bool = False) -> tuple[dict[str, Any], list[HistoryRow]]:
     """(the report, the decisions in request-time order if ``history``) from one read-only snapshot."""
     settings = settings or Settings()
-    rows = read_snapshot(path, lambda db: _query(db, blueprint, history))
+    rows = read_snapshot(path, lambda db: _query(db, blueprint or None, history))  # --blueprint '': all
     return _report(str(path), settings, rows), rows["history"]
 
 
 def _query(db, blueprint: str | None, history: bool) -> dict[str, Any]:
-    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    if not {"blueprints", "decisions", "counters", "offsets", "meta", "schema_migrations"} <= tables:
-        raise StoreError("not a seedworker store (its tables are missing)")
-    where, args = ("WHERE blueprint_id = ?", (blueprint,)) if blueprint else ("", ())
-
-    def q(sql: str, extra: tuple = ()) -> list[tuple]:
-        return db.execute(sql.replace("{where}", where), args + extra).fetchall()
-
-    states = [(bp, load_state(blob)) for bp, blob in q("SELECT blueprint_id, state FROM blueprints {where} "
-                                                       "ORDER BY blueprint_id")]
+    # Not the watermarks: inspect also reads a store of schema version 1, which no worker has migrated yet.
+    readers.require_tables(db, ("blueprints", "decisions", "counters", "offsets", "meta"))
+    states = [(bp, load_state(blob)) for bp, blob in readers.blueprint_states(db, blueprint).items()]
     return {
-        "schema_version": db.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0],
+        "schema_version": readers.schema_version(db),
         "states": states,
-        "seed_idx": {bp: _seed_indexes(db, bp, state["arms"]["seed_ids"]) for bp, state in states},
-        "counters": dict(db.execute("SELECT name, value FROM counters ORDER BY name")),
-        "offsets": db.execute("SELECT topic, partition, next_offset FROM offsets ORDER BY topic, partition").fetchall(),
-        "meta": dict(db.execute("SELECT key, value FROM meta ORDER BY key")),
-        "last_selected": q("SELECT blueprint_id, seed_id, MAX(request_time) FROM decisions {where} "
-                           "GROUP BY blueprint_id, seed_id"),
-        "statuses": q("SELECT blueprint_id, status, COUNT(*), MIN(request_time) FROM decisions {where} "
-                      "GROUP BY blueprint_id, status"),
-        "held": q("SELECT blueprint_id, COUNT(*), MIN(held_since) FROM held_outcomes {where} GROUP BY blueprint_id"),
-        "unsent": db.execute("SELECT topic, COUNT(*) FROM outbox WHERE sent_at IS NULL GROUP BY topic").fetchall(),
-        "history": [Decision(*r) for r in q(
-            "SELECT blueprint_id, seed_id, request_time, status, reward, outcome_time FROM decisions {where} "
-            "ORDER BY request_time, rowid")] if history else [],
+        "seed_idx": {bp: _seed_indexes(readers.decision_payloads_newest_first(db, bp), state["arms"]["seed_ids"])
+                     for bp, state in states},
+        "counters": readers.counters(db),
+        "offsets": readers.offsets(db),
+        "meta": readers.meta(db),
+        "last_selected": readers.last_selected(db, blueprint),
+        "statuses": readers.decisions_by_status(db, blueprint),
+        "held": readers.held_by_blueprint(db, blueprint),
+        "unsent": readers.unsent_by_topic(db),
+        "history": readers.decision_history(db, blueprint) if history else [],
     }
 
 
-def _seed_indexes(db, blueprint_id: str, seed_ids: list[str]) -> dict[str, tuple[int, bool, str | None]]:
-    """seed_id -> (seed_idx, viable, note) from the newest request that listed the seed (its logged candidates)."""
+def _seed_indexes(payloads: Iterable[bytes], seed_ids: list[str]) -> dict[str, tuple[int, bool, str | None]]:
+    """seed_id -> (seed_idx, viable, note) from the newest request that listed the seed (its logged candidates),
+    given the blueprint's decisions newest first."""
     found: dict[str, tuple[int, bool, str | None]] = {}
     wanted = set(seed_ids)
-    # Newest first, stopping once every seed is found: usually the first decision lists them all.
-    for (payload,) in db.execute("SELECT payload FROM decisions WHERE blueprint_id = ? "
-                                 "ORDER BY request_time DESC, rowid DESC", (blueprint_id,)):
+    # Stopping once every seed is found: usually the first decision lists them all.
+    for payload in payloads:
         for c in orjson.loads(payload).get("scores", ()):
             if c["seed_id"] in wanted and c["seed_id"] not in found:
                 found[c["seed_id"]] = (c["seed_idx"], c.get("viable", True), c.get("note"))
@@ -170,12 +149,12 @@ def _report(path: str, settings: Settings, rows: dict[str, Any]) -> dict[str, An
     if "logging_only" in meta:
         selector.logging_only = meta["logging_only"] == "1"
     last_selected: dict[str, dict[str, float]] = {}
-    for bp, seed, last in rows["last_selected"]:
-        last_selected.setdefault(bp, {})[seed] = last
+    for last in rows["last_selected"]:
+        last_selected.setdefault(last.blueprint_id, {})[last.seed_id] = last.request_time
     statuses: dict[str, dict[str, tuple[int, float]]] = {}
-    for bp, status, n, oldest in rows["statuses"]:
-        statuses.setdefault(bp, {})[status] = (n, oldest)
-    held = {bp: (n, oldest) for bp, n, oldest in rows["held"]}
+    for s in rows["statuses"]:
+        statuses.setdefault(s.blueprint_id, {})[s.status] = (s.count, s.oldest_request_time)
+    held = {h.blueprint_id: (h.count, h.oldest_held_since) for h in rows["held"]}
 
     blueprints = {}
     for bp_id, state in rows["states"]:
@@ -199,8 +178,8 @@ def _report(path: str, settings: Settings, rows: dict[str, Any]) -> dict[str, An
         "pending": {"count": by_status.get("pending", 0), "oldest_request_time": _iso(oldest_pending)},
         "held_outcomes": {"count": sum(n for n, _ in held.values()),
                           "oldest_held_since": _iso(min((t for _, t in held.values()), default=None))},
-        "unsent_outbox": dict(rows["unsent"]),
-        "offsets": [{"topic": t, "partition": p, "next_offset": o} for t, p, o in rows["offsets"]],
+        "unsent_outbox": rows["unsent"],
+        "offsets": [o._asdict() for o in rows["offsets"]],
         "meta": {k: ("(hidden)" if _SECRET.search(k) else v) for k, v in meta.items()},
         "default_strategy": selector.default_strategy,
         "default_strategy_from": "store (strategy.switch)" if "default_strategy" in meta else "settings",
@@ -378,14 +357,14 @@ def rolling_mean(values: np.ndarray, window: int) -> np.ndarray:
     return (cum[t] - cum[lo]) / (t - lo)
 
 
-def write_plot(history: list[Decision], path: str | Path, *, max_blueprints: int = 4, max_seeds: int = 8) -> Path:
+def write_plot(history: list[HistoryRow], path: str | Path, *, max_blueprints: int = 4, max_seeds: int = 8) -> Path:
     """Selection share per seed (rolling) and reward over time, one column per blueprint (the busiest ones)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    by_bp: dict[str, list[Decision]] = {}
+    by_bp: dict[str, list[HistoryRow]] = {}
     for d in history:
         by_bp.setdefault(d.blueprint_id, []).append(d)
     shown = sorted(by_bp, key=lambda b: (-len(by_bp[b]), b))[:max_blueprints]
@@ -406,7 +385,7 @@ def write_plot(history: list[Decision], path: str | Path, *, max_blueprints: int
     return path
 
 
-def _plot_blueprint(ax_share, ax_reward, bp_id: str, decisions: list[Decision], max_seeds: int) -> None:
+def _plot_blueprint(ax_share, ax_reward, bp_id: str, decisions: list[HistoryRow], max_seeds: int) -> None:
     from matplotlib import colormaps
 
     n = len(decisions)

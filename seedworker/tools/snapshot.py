@@ -33,16 +33,14 @@ from seedworker.contract import headers as hdr
 from seedworker.core.join import HeldOutcome, Resolution
 from seedworker.core.config import load_settings
 from seedworker.store.migrations import SCHEMA_VERSION
+from seedworker.store import readers
 from seedworker.store.readers import in_use, read_snapshot
-from seedworker.store.rows import Batch, BlueprintRow, DecisionRow, OutboxRow, dump_state, load_state
+from seedworker.store.rows import Batch, BlueprintRow, DecisionRow, OutboxRow, StoredDecision, dump_state, load_state
 from seedworker.store.store import Store, StoreError
 
 FORMAT = "seedworker-snapshot"
 FORMAT_VERSION = 2  # 2: input partitions of decisions, held outcomes and blueprints; per-partition watermarks
 _NON_FINITE = {"Infinity": math.inf, "-Infinity": -math.inf, "NaN": math.nan}
-_STATE_TABLES = ("blueprints", "decisions", "held_outcomes", "outbox", "counters", "offsets", "meta", "watermarks")
-_DECISION_COLUMNS = ("decision_id", "request_id", "blueprint_id", "seed_id", "seed_idx", "strategy", "propensity",
-                     "explored", "state_version", "request_time", "partition", "status", "reward", "outcome_time")
 
 
 class SnapshotError(ValueError):
@@ -105,37 +103,40 @@ def export_snapshot(path: str | Path) -> dict[str, Any]:
 
 
 def _export(db) -> dict[str, Any]:
-    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    if not {*_STATE_TABLES, "schema_migrations"} <= tables:
-        raise StoreError("not a seedworker store (its tables are missing)")
+    readers.require_tables(db, readers.STATE_TABLES)
     # Row order is kept where the worker depends on it: pending decisions are restored in insertion order.
-    decisions = []
-    for *cols, payload in db.execute(f"SELECT {', '.join(_DECISION_COLUMNS)}, payload FROM decisions ORDER BY rowid"):
-        row = dict(zip(_DECISION_COLUMNS, cols))
-        row["explored"] = bool(row["explored"])
-        row["payload"] = orjson.loads(payload)
-        decisions.append(row)
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "schema_version": db.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0],
-        "meta": dict(db.execute("SELECT key, value FROM meta ORDER BY key")),
-        "counters": dict(db.execute("SELECT name, value FROM counters ORDER BY name")),
-        "offsets": [{"topic": t, "partition": p, "next_offset": o} for t, p, o in db.execute(
-            "SELECT topic, partition, next_offset FROM offsets ORDER BY topic, partition")],
-        "watermarks": [{"partition": p, "event_time": t} for p, t in db.execute(
-            "SELECT partition, event_time FROM watermarks ORDER BY partition")],
-        "blueprints": {bp: {"version": version, "partition": part, "state": encode_value(load_state(blob))}
-                       for bp, version, part, blob in
-                       db.execute("SELECT blueprint_id, version, partition, state FROM blueprints ORDER BY rowid")},
-        "decisions": decisions,
-        "held_outcomes": [{"event_id": e, "decision_id": d, "blueprint_id": b, "held_since": t, "partition": part,
-                           "payload": orjson.loads(p)} for e, d, b, t, part, p in db.execute(
-            "SELECT event_id, decision_id, blueprint_id, held_since, partition, payload FROM held_outcomes "
-            "ORDER BY rowid")],
-        "outbox": [{"topic": t, "key": _b64(k), "value": _b64(v), "headers": orjson.loads(h)} for t, k, v, h in
-                   db.execute("SELECT topic, key, value, headers FROM outbox WHERE sent_at IS NULL ORDER BY id")],
+        "schema_version": readers.schema_version(db),
+        "meta": readers.meta(db),
+        "counters": readers.counters(db),
+        "offsets": [o._asdict() for o in readers.offsets(db)],
+        "watermarks": [w._asdict() for w in readers.watermarks(db)],
+        "blueprints": {bp: {"version": r.version, "partition": r.partition,
+                            "state": encode_value(load_state(r.state))} for bp, r in readers.blueprints(db).items()},
+        "decisions": [_decision(d) for d in readers.decisions(db)],
+        "held_outcomes": [{"event_id": h.event_id, "decision_id": h.decision_id, "blueprint_id": h.blueprint_id,
+                           "held_since": h.held_since, "partition": h.partition, "payload": orjson.loads(h.payload)}
+                          for h in readers.held_outcomes(db)],
+        "outbox": [_outbox(u.message) for u in readers.unsent(db)],
     }
+
+
+def _decision(d: StoredDecision) -> dict[str, Any]:
+    r = d.row
+    # The key order is the document's (it was the column order of the table); to_batch reads them by name.
+    return {"decision_id": r.decision_id, "request_id": r.request_id, "blueprint_id": r.blueprint_id,
+            "seed_id": r.seed_id, "seed_idx": r.seed_idx, "strategy": r.strategy, "propensity": r.propensity,
+            "explored": bool(r.explored), "state_version": r.state_version, "request_time": r.request_time,
+            "partition": r.partition, "status": d.status, "reward": d.reward, "outcome_time": d.outcome_time,
+            "payload": orjson.loads(r.payload)}
+
+
+def _outbox(m: OutboxRow) -> dict[str, Any]:
+    # Headers in their stored form, [name, latin-1 text] pairs: binary header values survive JSON.
+    return {"topic": m.topic, "key": _b64(m.key), "value": _b64(m.value),
+            "headers": orjson.loads(hdr.to_blob(m.headers))}
 
 
 def dumps(doc: dict[str, Any]) -> bytes:
@@ -222,14 +223,9 @@ def holds_state(path: str | Path) -> bool:
     if not p.exists() or p.stat().st_size == 0:
         return False
 
-    def read(db) -> bool:
-        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if not tables <= {*_STATE_TABLES, "schema_migrations", "sqlite_sequence"}:
-            return True  # some other database: not ours to overwrite without --force
-        return any(db.execute(f"SELECT 1 FROM {t} LIMIT 1").fetchone() for t in _STATE_TABLES if t in tables)
-
     try:
-        return read_snapshot(p, read)
+        # Tables of some other database count as state: not ours to overwrite without --force.
+        return read_snapshot(p, readers.holds_state)
     except StoreError:
         return True  # not readable as SQLite: treat as precious
 
