@@ -121,8 +121,8 @@ def test_request_statuses_match_a_prefix_with_like_wildcards_taken_literally(db)
 
 def test_held_outcomes_are_the_stored_events_and_released_ones_are_gone(db):
     held = read_snapshot(db, readers.held_outcomes)
-    assert held == [HeldRow("o0", "missing-0", "bp-a", T0 + 50, 0, ev.encode(OUTCOMES[0])),
-                    HeldRow("o1", "missing-1", "bp-b", T0 + 51, 1, ev.encode(OUTCOMES[1]))]
+    assert held == [HeldRow("o0", "missing-0", "bp-a", T0 + 50, 0, -1, ev.encode(OUTCOMES[0])),
+                    HeldRow("o1", "missing-1", "bp-b", T0 + 51, 1, -1, ev.encode(OUTCOMES[1]))]
     assert ev.decode(held[1].payload, ev.ADAPTATION_OUTCOME) == OUTCOMES[1]
     assert sorted(read_snapshot(db, readers.held_by_blueprint)) == [HeldCount("bp-a", 1, T0 + 50),
                                                                     HeldCount("bp-b", 1, T0 + 51)]

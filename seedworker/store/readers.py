@@ -133,6 +133,7 @@ class HeldRow(NamedTuple):
     blueprint_id: str
     held_since: float
     partition: int
+    offset: int  # of its adaptation.outcome record (-1: not known), named when it is dead-lettered later
     payload: bytes
 
 
@@ -277,7 +278,8 @@ def request_statuses(db: sqlite3.Connection, request_id_prefix: str) -> dict[str
 def held_outcomes(db: sqlite3.Connection) -> list[HeldRow]:
     """Every held outcome, in the order they were held."""
     return [HeldRow(*r) for r in db.execute(
-        "SELECT event_id, decision_id, blueprint_id, held_since, partition, payload FROM held_outcomes ORDER BY rowid")]
+        'SELECT event_id, decision_id, blueprint_id, held_since, partition, "offset", payload FROM held_outcomes '
+        "ORDER BY rowid")]
 
 
 def held_by_blueprint(db: sqlite3.Connection, blueprint_id: str | None = None) -> list[HeldCount]:

@@ -117,7 +117,8 @@ def _export(db) -> dict[str, Any]:
                             "state": encode_value(load_state(r.state))} for bp, r in readers.blueprints(db).items()},
         "decisions": [_decision(d) for d in readers.decisions(db)],
         "held_outcomes": [{"event_id": h.event_id, "decision_id": h.decision_id, "blueprint_id": h.blueprint_id,
-                           "held_since": h.held_since, "partition": h.partition, "payload": orjson.loads(h.payload)}
+                           "held_since": h.held_since, "partition": h.partition, "offset": h.offset,
+                           "payload": orjson.loads(h.payload)}
                           for h in readers.held_outcomes(db)],
         "outbox": [_outbox(u.message) for u in readers.unsent(db)],
     }
@@ -189,7 +190,8 @@ def to_batch(doc: dict[str, Any]) -> Batch:
             outcome = ev.decode(orjson.dumps(h["payload"]), ev.ADAPTATION_OUTCOME)
             if outcome.event_id != h["event_id"]:  # type: ignore[attr-defined]
                 raise SnapshotError(f"{where}: payload is the outcome {outcome.event_id}")
-            b.held.append(HeldOutcome(outcome, _int(h["partition"], "partition"), float(h["held_since"])))  # type: ignore[arg-type]
+            b.held.append(HeldOutcome(outcome, _int(h["partition"], "partition"),  # type: ignore[arg-type]
+                                      float(h["held_since"]), _int(h["offset"], "offset")))
         for n, o in enumerate(doc["outbox"]):
             where = f"outbox[{n}]"
             b.outbox.append(OutboxRow(o["topic"], _unb64(o["key"]), _unb64(o["value"]) or b"",
