@@ -48,6 +48,9 @@ import uuid
 from datetime import datetime
 from typing import Any, Iterable, Mapping
 
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaConnectionError, KafkaError
+
 from seedworker.contract import events as ev
 from seedworker.broker.aiokafka_internals import fetch_all_metadata
 from seedworker.broker.base import AuthenticationError
@@ -112,7 +115,6 @@ class SeedClient:
         await self.close()
 
     async def start(self) -> None:
-        from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
         if self._started:
             raise RuntimeError("SeedClient already started")
@@ -132,7 +134,6 @@ class SeedClient:
         self._task = asyncio.create_task(self._dispatch_loop(), name="seedworker-client-dispatch")
 
     async def _connect(self, what: str, start) -> None:
-        from aiokafka.errors import KafkaConnectionError, KafkaError
 
         deadline = time.monotonic() + self.timeout_s
         delay = 0.2
@@ -173,7 +174,6 @@ class SeedClient:
     # -- the selections consumer ---------------------------------------------------------------------------------
     async def _refresh_assignment(self, initial: bool = False) -> None:
         """Assign every partition of the selections topic; new ones from their start, existing ones unchanged."""
-        from aiokafka import TopicPartition
 
         consumer, topic = self._consumer, self.topics.selections
         # consumer.topics() only returns names; the metadata it fetches (all topics) also has the partitions.
@@ -205,7 +205,6 @@ class SeedClient:
         log.debug("assigned %s partitions %s", topic, sorted(parts))
 
     async def _dispatch_loop(self) -> None:
-        from aiokafka.errors import KafkaError
 
         next_refresh = time.monotonic() + self.metadata_refresh_s
         try:

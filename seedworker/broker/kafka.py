@@ -7,6 +7,12 @@ import contextlib
 import logging
 from typing import Iterable
 
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaConnectionError, KafkaError, KafkaTimeoutError, OutOfOrderSequenceNumber, TopicAlreadyExistsError
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+
 from seedworker.broker.aiokafka_internals import pace_metadata_updates
 from seedworker.broker.base import TP, AuthenticationError, BusError, Committed, Message, OnAssign, Outgoing
 from seedworker.broker.security import client_options, describe, refusal, refusal_reason
@@ -43,7 +49,6 @@ class KafkaBus:
 
     async def _retry(self, what: str, fn):
         """Connect with exponential backoff, saying where it is trying, until connect_timeout_s runs out."""
-        from aiokafka.errors import KafkaConnectionError, KafkaError
 
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.connect_timeout_s
@@ -67,8 +72,6 @@ class KafkaBus:
 
     async def ensure_topics(self, partitions: dict[str, int]) -> dict[str, int]:
         """Create missing topics; return the partition count of every topic asked for."""
-        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-        from aiokafka.errors import TopicAlreadyExistsError
 
         admin = AIOKafkaAdminClient(**self._common())
         await self._retry("the admin client", admin.start)
@@ -100,8 +103,6 @@ class KafkaBus:
         return out
 
     async def start(self, topics: list[str], on_assign: OnAssign, on_revoke: OnAssign) -> None:
-        from aiokafka import AIOKafkaConsumer
-        from aiokafka.abc import ConsumerRebalanceListener
 
         s = self.settings
 
@@ -112,9 +113,6 @@ class KafkaBus:
             async def on_partitions_assigned(self, assigned):
                 await on_assign([(tp.topic, tp.partition) for tp in assigned])
 
-        from aiokafka import TopicPartition
-        from aiokafka.admin import AIOKafkaAdminClient
-        from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
         self._producer = self._new_producer()
         await self._retry("the producer", self._producer.start)
@@ -147,7 +145,6 @@ class KafkaBus:
         self._broadcast_offsets = dict(offsets)
 
     def _new_producer(self):
-        from aiokafka import AIOKafkaProducer
 
         # A batch of decisions is ~2 KB each and sent at once: with the default 16 KB producer batches a 500-event
         # batch becomes ~70 produce requests in turn; 512 KB batches make it a few.
@@ -189,23 +186,19 @@ class KafkaBus:
         return out
 
     def seek(self, tp: TP, offset: int) -> None:
-        from aiokafka import TopicPartition
 
         (self._broadcast if tp in self._broadcast_offsets else self._consumer).seek(TopicPartition(*tp), offset)
 
     def pause(self, tps: list[TP]) -> None:
-        from aiokafka import TopicPartition
 
         self._consumer.pause(*(TopicPartition(*tp) for tp in tps))
 
     def resume(self, tps: list[TP]) -> None:
-        from aiokafka import TopicPartition
 
         self._consumer.resume(*(TopicPartition(*tp) for tp in tps))
 
     async def fetch_committed(self, tps: list[TP]) -> dict[TP, Committed]:
         """The group's committed offsets with their metadata (who committed them), from the group coordinator."""
-        from aiokafka import TopicPartition
 
         found = await self._retry("the group's committed offsets", lambda: self._admin.list_consumer_group_offsets(
             self.settings.group_id, partitions=[TopicPartition(*tp) for tp in tps]))
@@ -215,7 +208,6 @@ class KafkaBus:
     @contextlib.asynccontextmanager
     async def reader(self):
         """A group-less consumer (nothing assigned yet) for reading whole partitions; stopped afterwards."""
-        from aiokafka import AIOKafkaConsumer
 
         consumer = AIOKafkaConsumer(**self._common(), group_id=None, enable_auto_commit=False,
                                     auto_offset_reset="earliest", fetch_max_wait_ms=self.settings.fetch_max_wait_ms)
@@ -236,7 +228,6 @@ class KafkaBus:
         lost can so appear twice, byte for byte; readers join selections by decision id. Raises BusError once
         ``connect_timeout_s`` passes without an acknowledgement, or at once for an error that retrying cannot fix.
         """
-        from aiokafka.errors import KafkaError
 
         pending = list(messages)
         loop = asyncio.get_running_loop()
@@ -287,8 +278,6 @@ class KafkaBus:
 
     async def commit(self, offsets: dict[TP, int], owner: str = "") -> bool:
         """Commit ``offsets`` with ``owner`` as their metadata; False (logged) when it did not go through."""
-        from aiokafka import TopicPartition
-        from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
         try:
             # aiokafka retries a commit until the group coordinator answers, i.e. for as long as the broker is away.
@@ -305,7 +294,6 @@ class KafkaBus:
     async def lag(self) -> dict[TP, int]:
         """High watermark minus position, per assigned partition. A partition without a fetch response yet has no
         known high watermark and is left out (unknown is not zero)."""
-        from aiokafka.errors import IllegalStateError
 
         if self._consumer is None:
             return {}
@@ -333,7 +321,6 @@ def _failure(future: asyncio.Future) -> BaseException | None:
 
 def _retriable(exc: BaseException) -> bool:
     """Whether sending again (on a new producer) may succeed."""
-    from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, OutOfOrderSequenceNumber
 
     return isinstance(exc, (KafkaTimeoutError, KafkaConnectionError, OutOfOrderSequenceNumber, asyncio.TimeoutError,
                             OSError)) or bool(getattr(exc, "retriable", False))
