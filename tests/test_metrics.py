@@ -39,7 +39,8 @@ from seedworker.ops.logs import JsonFormatter, configure
 from seedworker.ops.metrics import COUNTER_HELP, Registry, WorkerMetrics, exposition
 from seedworker.engine.worker import Worker
 from tests.kafka_broker import unique_topic
-from tests.test_worker import T0, outcome, request
+from tests.support import T0, outcome
+from tests.support import training_request as request
 
 REQ, OUT, CTL = "graft.requested", "adaptation.outcome", "seedworker.control"
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*",?)*\})? '

@@ -12,7 +12,9 @@ from seedworker.broker.memory import MemoryBus
 from seedworker.core.config import Settings
 from seedworker.store.readers import read_all
 from seedworker.engine.worker import Worker
-from tests.test_worker import T0, drain, outcome, request, selections
+from tests.support import T0, drain, eventually, outcome, running_worker, selections
+from tests.support import training_request as request
+from tests.support_kafka import Reader, create_topics, make_settings
 
 CONTROL = "seedworker.control"
 
@@ -145,8 +147,6 @@ async def test_unknown_strategy_in_a_control_message_is_a_dead_letter(settings, 
 
 @pytest.mark.kafka
 async def test_switch_through_the_control_topic_on_the_real_broker(kafka_bootstrap, kafka_topic_factory, tmp_path):
-    from tests.test_worker_kafka import Reader, create_topics, eventually, make_settings, running_worker
-
     topics = await create_topics(kafka_topic_factory, "switch")
     settings = make_settings(kafka_bootstrap, tmp_path, topics)
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")

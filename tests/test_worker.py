@@ -6,7 +6,6 @@ The real-broker versions of these scenarios are in test_worker_kafka.py.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -16,37 +15,13 @@ from seedworker.core.config import ConfigError, Settings
 from seedworker.store.readers import read_all
 from seedworker.store.store import Store
 from seedworker.engine.worker import Worker
-
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
-
-
-def request(i: int, bp: str = "bp", k: int = 4) -> bytes:
-    return ev.encode(ev.GraftRequested(
-        request_id=f"req-{i}", blueprint_id=bp, occurred_at=T0 + timedelta(seconds=i),
-        seeds=[ev.SeedCandidate(seed_id=f"layer3:{j}", seed_idx=j) for j in range(k)],
-        context={"current_loss": 1.0 / (1 + i), "current_epoch": i}))
-
-
-def outcome(selected: ev.SeedSelected, gain: float, dt: float = 1.0, event_id: str | None = None) -> bytes:
-    kw = {"event_id": event_id} if event_id else {}
-    return ev.encode(ev.AdaptationOutcome(
-        decision_id=selected.decision_id, blueprint_id=selected.blueprint_id, seed_id=selected.seed_id,
-        accuracy_delta=gain, occurred_at=selected.request_time + timedelta(seconds=dt), **kw))
+from tests.support import drain, outcome, selections
+from tests.support import training_request as request
 
 
 @pytest.fixture
 def settings(tmp_path):
     return Settings(db=str(tmp_path / "state.sqlite"), kafka={"partitions": 2})
-
-
-async def drain(settings, bus) -> Worker:
-    w = Worker(settings, bus=bus, burst=True, idle_polls=1)
-    await w.run()
-    return w
-
-
-def selections(bus) -> list[ev.SeedSelected]:
-    return [ev.decode(m.value) for m in bus.read("seed.selected")]
 
 
 async def test_requests_are_answered_and_outcomes_learned(settings):

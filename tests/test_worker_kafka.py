@@ -13,158 +13,27 @@ need the broker: without one they fail (the ``kafka_bootstrap`` fixture calls ``
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 import random
-import signal
-import subprocess
-import sys
 import time
 from collections import defaultdict
-from pathlib import Path
-from typing import Self
 
-import numpy as np
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 
 from seedworker.contract import events as ev
-from seedworker.core.config import ConfigError, Settings, load_settings
-from seedworker.dev.local_kafka import REPO_ROOT
+from seedworker.core.config import ConfigError
 from seedworker.core.selector import SeedSelector
 from seedworker.store.readers import read_all
 from seedworker.engine.worker import Worker
 from tests.kafka_broker import unique_topic
-from tests.test_worker import outcome, request
+from tests.support import (assert_state_equal, check_selection, distinct_requests, eventually, headers_of, outcome,
+                           running_worker)
+from tests.support import training_request as request
+from tests.support_kafka import PARTITIONS, Reader, WorkerProcess, create_topics, make_settings, topic_names
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.kafka]
-
-PARTITIONS = 3
-TOPIC_KINDS = ("requests", "outcomes", "selections", "dead_letters", "control")
-
-
-# -- helpers -----------------------------------------------------------------------------------------------------
-def topic_names(prefix: str) -> dict[str, str]:
-    return {kind: unique_topic(f"{prefix}-{kind.replace('_', '-')}") for kind in TOPIC_KINDS}
-
-
-async def create_topics(factory, prefix: str) -> dict[str, str]:
-    """The worker's five topics, created up front (and deleted after the test) by the broker fixture."""
-    return {kind: await factory(f"{prefix}-{kind.replace('_', '-')}", 1 if kind == "control" else PARTITIONS)
-            for kind in TOPIC_KINDS}
-
-
-def make_settings(bootstrap: str, tmp_path: Path, topics: dict[str, str], **kafka) -> Settings:
-    return Settings(db=str(tmp_path / "state.sqlite"),
-                    kafka={"bootstrap_servers": bootstrap, "group_id": unique_topic("group"), "topics": topics,
-                           "partitions": PARTITIONS, "output_partitions": PARTITIONS, **kafka})
-
-
-async def eventually(cond, what: str, timeout: float = 60.0, interval: float = 0.05, detail=lambda: ""):
-    """Poll ``cond()`` (sync) until true; fail with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} {detail()}")
-        await asyncio.sleep(interval)
-
-
-@contextlib.asynccontextmanager
-async def running_worker(settings: Settings, timeout: float = 60.0):
-    """Worker(settings).run() on the real KafkaBus as a task; stopped with worker.stop() and awaited at the end."""
-    worker = Worker(settings)
-    task = asyncio.create_task(worker.run(), name="worker")
-    ready = asyncio.create_task(worker.ready.wait())
-    done, _ = await asyncio.wait({task, ready}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    if task in done:
-        ready.cancel()
-        task.result()  # raises what stopped the worker
-        raise AssertionError("the worker returned before it was ready")
-    if ready not in done:
-        ready.cancel()
-        task.cancel()
-        raise AssertionError(f"the worker was not ready within {timeout}s")
-    failed = False
-    try:
-        yield worker, task
-    except BaseException:
-        failed = True
-        raise
-    finally:
-        worker.stop()
-        try:
-            await asyncio.wait_for(task, 60)
-        except BaseException:
-            if not failed:
-                raise
-
-
-class Reader:
-    """A group-less consumer reading whole topics from the beginning (manual assignment: no rebalance delay)."""
-
-    def __init__(self, bootstrap: str, topic: str, partitions: int = PARTITIONS):
-        self.tps = [TopicPartition(topic, p) for p in range(partitions)]
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                         auto_offset_reset="earliest", group_id=None)
-        self.records: list = []
-
-    async def __aenter__(self) -> Self:
-        await self.consumer.start()
-        self.consumer.assign(self.tps)
-        await self.consumer.seek_to_beginning(*self.tps)
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        await self.consumer.stop()
-
-    async def poll(self, timeout_ms: int = 100) -> list:
-        new = [r for recs in (await self.consumer.getmany(timeout_ms=timeout_ms)).values() for r in recs]
-        self.records.extend(new)
-        return new
-
-    async def until(self, cond, what: str, timeout: float = 60.0) -> list:
-        deadline = time.monotonic() + timeout
-        while not cond(self.records):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} "
-                                     f"({len(self.records)} records read)")
-            await self.poll()
-        return self.records
-
-    async def to_end(self, timeout: float = 30.0) -> list:
-        """Everything up to the current end of the topic."""
-        end = await self.consumer.end_offsets(self.tps)
-        deadline = time.monotonic() + timeout
-        while [tp for tp in self.tps if await self.consumer.position(tp) < end[tp]]:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"could not read to the end of {self.tps[0].topic} within {timeout}s")
-            await self.poll()
-        return self.records
-
-
-def headers_of(record) -> dict[str, bytes]:
-    return {k: v for k, v in record.headers or ()}
-
-
-def distinct_requests(records) -> set[str]:
-    return {orjson.loads(r.value)["request_id"] for r in records}
-
-
-def check_selection(record, request_ids: dict[str, str]) -> ev.SeedSelected:
-    """One seed.selected record: the answer to one of our requests, keyed by its blueprint, with its headers."""
-    s = ev.decode(record.value, ev.SEED_SELECTED)
-    assert s.request_id in request_ids, s.request_id
-    assert s.blueprint_id == request_ids[s.request_id]
-    assert s.decision_id == ev.decision_id_for(s.request_id)
-    assert record.key == s.blueprint_id.encode()
-    h = headers_of(record)
-    assert h["event_type"] == b"seed.selected"
-    assert h["decision_id"] == s.decision_id.encode()
-    assert 0.0 < s.propensity <= 1.0
-    assert s.seed_id in {c.seed_id for c in s.scores}
-    return s
 
 
 # -- 1. end to end, in-process -----------------------------------------------------------------------------------
@@ -215,74 +84,6 @@ async def test_end_to_end_in_process_answers_and_learns(kafka_bootstrap, tmp_pat
 
 
 # -- 2. crash test: SIGKILL the worker subprocess mid-stream, three times -------------------------------------------
-class WorkerProcess:
-    """``python -m seedworker run`` as a subprocess; settings through SEEDWORKER_* like a deployment would."""
-
-    def __init__(self, bootstrap: str, db: Path, topics: dict[str, str], group: str, log: Path):
-        self.log = log
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SEEDWORKER_")}
-        env.update({f"SEEDWORKER_KAFKA__TOPICS__{kind.upper()}": name for kind, name in topics.items()})
-        env.update(SEEDWORKER_KAFKA__PARTITIONS=str(PARTITIONS), SEEDWORKER_KAFKA__OUTPUT_PARTITIONS=str(PARTITIONS),
-                   SEEDWORKER_KAFKA__GROUP_ID=group, PYTHONUNBUFFERED="1")
-        self.env = env
-        self.cmd = [sys.executable, "-m", "seedworker", "run", "--bootstrap-servers", bootstrap, "--db", str(db)]
-        # The settings the worker process sees, for the independent replay.
-        self.settings = load_settings(None, environ=env, overrides={"kafka.bootstrap_servers": bootstrap,
-                                                                    "db": str(db)})
-        self.proc: subprocess.Popen | None = None
-        self.starts = 0
-
-    def start(self) -> None:
-        self.starts += 1
-        with open(self.log, "ab") as f:
-            f.write(f"\n===== start #{self.starts} =====\n".encode())
-            self.proc = subprocess.Popen(self.cmd, cwd=REPO_ROOT, env=self.env, stdout=f, stderr=subprocess.STDOUT)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        assert self.alive(), f"the worker died on its own (exit {self.proc.returncode}){self.tail()}"
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    async def terminate(self, timeout: float = 60.0) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return await asyncio.to_thread(self.proc.wait, timeout)
-
-    def cleanup(self) -> None:
-        if self.alive():
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def tail(self, n: int = 40) -> str:
-        try:
-            lines = self.log.read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
-        return "\n--- worker log (tail) ---\n" + "\n".join(lines[-n:])
-
-
-EXACT_STATE = frozenset({"pulls", "selections", "success_sum", "count", "decisions", "version", "dim", "seed_ids",
-                         "names", "by_strategy", "strategy", "half_life_s", "ridge", "clip"})
-
-
-def assert_state_equal(got, want, path: str, exact: frozenset[str] = EXACT_STATE) -> None:
-    """Blueprint states: the ``exact`` keys (counts, identities) exactly, floating-point statistics to 1e-9."""
-    if isinstance(want, dict):
-        assert set(got) == set(want), f"{path}: keys {sorted(got)} != {sorted(want)}"
-        for key in want:
-            assert_state_equal(got[key], want[key], f"{path}.{key}", exact)
-    elif path.rsplit(".", 1)[-1] in exact:
-        if isinstance(want, np.ndarray):
-            np.testing.assert_array_equal(got, want, err_msg=path)
-        else:
-            assert got == want, f"{path}: {got!r} != {want!r}"
-    else:
-        np.testing.assert_allclose(np.asarray(got, dtype=float), np.asarray(want, dtype=float), rtol=1e-9,
-                                   atol=1e-9, err_msg=path)
-
-
 @pytest.mark.timeout(240)
 async def test_crash_restart_loses_nothing_and_counts_nothing_twice(kafka_bootstrap, kafka_topic_factory, tmp_path):
     seed = 20260101
