@@ -1,89 +1,39 @@
-"""The worker against a real Kafka broker (see tests/kafka_broker.py): the scenarios of test_worker.py end to end.
+"""The worker against a real Kafka broker (see tests/kafka_broker.py), in the cases only a broker has.
 
 Every test uses its own topics, consumer group and SQLite file, so the tests do not see each other's traffic. They
 need the broker: without one they fail (the ``kafka_bootstrap`` fixture calls ``pytest.fail``), they never skip.
 
-* end to end in-process: answers, keys, headers, propensities; learning shifts later selections to the best seed;
 * crash test: the worker runs as a subprocess, is SIGKILLed three times mid-stream and restarted, and in the end
   every request is answered, re-sent selections are byte-identical, and the learned per-arm statistics equal an
   independent replay of the logged selections and outcomes (nothing lost, nothing counted twice);
-* dead-letter flood, compressed input, co-partitioning refusal.
+* compressed input.
+
+The cases both buses have (end to end request -> selection -> outcome -> learned, the dead-letter flood, the
+co-partitioning refusal) run once per bus, in-memory and on this broker, in test_worker.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import time
 from collections import defaultdict
 
-import orjson
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 
 from seedworker.contract import events as ev
-from seedworker.core.config import ConfigError
 from seedworker.core.selector import SeedSelector
 from seedworker.store.readers import read_all
-from seedworker.engine.worker import Worker
 from tests.kafka_broker import unique_topic
-from tests.support import (assert_state_equal, check_selection, distinct_requests, eventually, headers_of, outcome,
-                           running_worker)
+from tests.support import assert_state_equal, check_selection, distinct_requests, eventually, outcome, running_worker
 from tests.support import training_request as request
-from tests.support_kafka import PARTITIONS, Reader, WorkerProcess, create_topics, make_settings, topic_names
+from tests.support_kafka import PARTITIONS, Reader, WorkerProcess, create_topics, make_settings
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.kafka]
 
 
-# -- 1. end to end, in-process -----------------------------------------------------------------------------------
-async def test_end_to_end_in_process_answers_and_learns(kafka_bootstrap, tmp_path):
-    rng = random.Random(7)
-    bp, k, best = "bp-e2e", 4, 2
-    settings = make_settings(kafka_bootstrap, tmp_path, topic_names("e2e"))  # the worker creates its topics
-    t = settings.kafka.topics
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
-    await producer.start()
-    try:
-        async with running_worker(settings) as (worker, task), Reader(kafka_bootstrap, t.selections) as sel:
-            sent: dict[str, str] = {}
-
-            async def ask(indices) -> list[ev.SeedSelected]:
-                for i in indices:
-                    await producer.send(t.requests, request(i, bp, k), key=bp.encode())
-                    sent[f"req-{i}"] = bp
-                await producer.flush()
-                want = {f"req-{i}" for i in indices}
-                records = await sel.until(lambda rs: want <= distinct_requests(rs), f"answers to {len(want)} requests")
-                return [check_selection(r, sent) for r in records if orjson.loads(r.value)["request_id"] in want]
-
-            first = await ask(range(40))
-            assert len(first) == 40  # one answer per request
-            assert {s.seed_idx for s in first[:k]} == set(range(k))  # burn-in: every seed is tried once first
-            for s in first:
-                gain = (0.3 if s.seed_idx == best else 0.0) + rng.gauss(0.0, 0.02)
-                await producer.send(t.outcomes, outcome(s, gain), key=bp.encode())
-            await producer.flush()
-            await eventually(lambda: worker.counters["outcomes_learned"] == 40, "40 outcomes learned",
-                             detail=lambda: repr(worker))
-
-            later = await ask(range(40, 100))
-            assert len(later) == 60
-            share = sum(s.seed_idx == best for s in later) / len(later)
-            assert share >= 0.8, f"the clearly better seed got only {share:.0%} of the later selections"
-            print(f"end to end: the better seed got {share:.0%} of the selections after learning")
-            assert not task.done()
-        # after a clean stop: exactly one answer per request, nothing else on the topic
-        async with Reader(kafka_bootstrap, t.selections) as sel:
-            records = await sel.to_end()
-        assert len(records) == 100 and len(distinct_requests(records)) == 100
-    finally:
-        await producer.stop()
-    c = read_all(settings.db)["counters"]
-    assert (c["decisions"], c["outcomes_learned"], c.get("dead_letters", 0)) == (100, 40, 0)
-
-
-# -- 2. crash test: SIGKILL the worker subprocess mid-stream, three times -------------------------------------------
+# -- crash test: SIGKILL the worker subprocess mid-stream, three times -------------------------------------------
 @pytest.mark.timeout(240)
 async def test_crash_restart_loses_nothing_and_counts_nothing_twice(kafka_bootstrap, kafka_topic_factory, tmp_path):
     seed = 20260101
@@ -219,85 +169,7 @@ async def test_crash_restart_loses_nothing_and_counts_nothing_twice(kafka_bootst
           f"{dup_outcomes} duplicate outcomes, counters {c}")
 
 
-# -- 3. dead-letter flood ----------------------------------------------------------------------------------------
-def bad_message(kind: int, i: int, rng: random.Random) -> tuple[str, bytes, bytes]:
-    """(input kind, value, expected fragment of dlq.reason)"""
-    base = orjson.loads(request(10_000 + i, "bp-bad"))
-    if kind == 0:
-        return "requests", b"\xff\xfe" + rng.randbytes(12), b"invalid JSON"
-    if kind == 1:
-        return "requests", b'{"event_type": "graft.requested", "request_id": "r' + str(i).encode(), b"invalid JSON"
-    if kind == 2:
-        return "requests", orjson.dumps({**base, "schema_version": "2.0"}), b"major version"
-    if kind == 3:
-        return "requests", json.dumps({**base, "context": {"current_loss": float("nan")}}).encode(), b"current_loss"
-    if kind == 4:
-        return "requests", orjson.dumps({**base, "seeds": []}), b"seeds"
-    if kind == 5:
-        return ("requests", orjson.dumps({**base, "seeds": [{"seed_id": f"s{j}", "seed_idx": j} for j in range(300)]}),
-                b"seeds")
-    return ("outcomes", json.dumps({"event_type": "adaptation.outcome", "blueprint_id": "bp-bad", "seed_id": "s0",
-                                    "request_id": f"req-{i}", "latency_ms": -5.0}).encode(), b"latency_ms")
-
-
-async def test_dead_letter_flood(kafka_bootstrap, kafka_topic_factory, tmp_path):
-    rng = random.Random(3)
-    topics = await create_topics(kafka_topic_factory, "dlq")
-    settings = make_settings(kafka_bootstrap, tmp_path, topics)
-    messages = [("good", i) for i in range(100)] + [("bad", i) for i in range(300)]
-    rng.shuffle(messages)
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
-    await producer.start()
-    bad: dict[tuple[str, int, int], tuple] = {}  # (topic, partition, offset) -> (key, value, headers, reason)
-    sent: dict[str, str] = {}
-    try:
-        async with running_worker(settings) as (worker, task):
-            pending = []
-            for what, i in messages:
-                if what == "good":
-                    bp = f"bp-{i % 4}"
-                    sent[f"req-{i}"] = bp
-                    await producer.send(topics["requests"], request(i, bp), key=bp.encode())
-                    continue
-                kind, value, reason = bad_message(i % 7, i, rng)
-                key, headers = f"bad-{i}".encode(), [("origin", bytes([i % 256, 255, 0]))]
-                fut = await producer.send(topics[kind], value, key=key, headers=headers)
-                pending.append((fut, (key, value, tuple(headers), reason)))
-            for fut, original in pending:
-                md = await fut
-                bad[(md.topic, md.partition, md.offset)] = original
-            async with Reader(kafka_bootstrap, topics["selections"]) as sel, \
-                    Reader(kafka_bootstrap, topics["dead_letters"]) as dlq:
-                await dlq.until(lambda rs: len(rs) >= 300, "300 dead letters", timeout=60)
-                await sel.until(lambda rs: len(distinct_requests(rs)) >= 100, "100 selections", timeout=60)
-                assert not task.done(), "the worker stopped"
-                assert (worker.counters["dead_letters"], worker.counters["decisions"]) == (300, 100)
-        # stopped cleanly: now nothing more can appear on either topic
-        async with Reader(kafka_bootstrap, topics["selections"]) as sel, \
-                Reader(kafka_bootstrap, topics["dead_letters"]) as dlq:
-            selections, dead = await sel.to_end(), await dlq.to_end()
-    finally:
-        await producer.stop()
-    assert len(selections) == 100
-    for r in selections:
-        check_selection(r, sent)
-    assert distinct_requests(selections) == set(sent)
-    assert len(dead) == 300
-    seen = set()
-    for r in dead:
-        h = headers_of(r)
-        src = (h["dlq.source.topic"].decode(), int(h["dlq.source.partition"]), int(h["dlq.source.offset"]))
-        assert src in bad, f"dead letter from {src} is not one of the bad messages"
-        assert src not in seen, f"{src} dead-lettered twice"
-        seen.add(src)
-        key, value, headers, reason = bad[src]
-        assert r.key == key and r.value == value
-        assert h["origin"] == dict(headers)["origin"]  # the original headers travel along
-        assert reason in h["dlq.reason"], (reason, h["dlq.reason"])
-    assert seen == set(bad)
-
-
-# -- 4. compressed input -----------------------------------------------------------------------------------------
+# -- compressed input -----------------------------------------------------------------------------------------
 async def test_compressed_requests_are_answered(kafka_bootstrap, kafka_topic_factory, tmp_path):
     topics = await create_topics(kafka_topic_factory, "codec")
     settings = make_settings(kafka_bootstrap, tmp_path, topics)
@@ -323,15 +195,3 @@ async def test_compressed_requests_are_answered(kafka_bootstrap, kafka_topic_fac
         assert len(records) == len(sent) == len(codecs) * per_codec
         assert worker.counters["dead_letters"] == 0
         assert not task.done()
-
-
-# -- 5. co-partitioning ------------------------------------------------------------------------------------------
-async def test_refuses_to_start_without_co_partitioning(kafka_bootstrap, kafka_topic_factory, tmp_path):
-    topics = {"requests": await kafka_topic_factory("copart-requests", 2),
-              "outcomes": await kafka_topic_factory("copart-outcomes", 3),
-              "selections": await kafka_topic_factory("copart-selections", 3),
-              "dead_letters": await kafka_topic_factory("copart-dlq", 3),
-              "control": await kafka_topic_factory("copart-control", 1)}
-    settings = make_settings(kafka_bootstrap, tmp_path, topics)
-    with pytest.raises(ConfigError, match="co-partitioning"):
-        await Worker(settings).start()
