@@ -12,6 +12,9 @@ Both sides offer the same few operations, in the worker's terms:
   (support.running_worker), stopped and awaited at the end.
 * ``await bus.send(kind, value, key, headers)``: produce to the topic of that kind; returns an awaitable of the
   record's (topic, partition, offset). ``await bus.flush()``.
+* Below the worker: ``await bus.topic(prefix, partitions)`` creates a topic of its own, ``bus.send_to(topic, ...)``
+  produces to it, ``bus.consumer()`` is a new, unstarted seedworker Bus (a MemoryBus group member, or a KafkaBus in
+  a fresh consumer group).
 * ``await bus.until(kind, cond, what)``: the records of a topic from its beginning, once ``cond(records)`` holds;
   ``await bus.to_end(kind)``: a new read of the whole topic, up to its current end.
 
@@ -26,8 +29,9 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from seedworker.broker.kafka import KafkaBus
 from seedworker.broker.memory import MemoryBus
-from seedworker.core.config import Settings, Topics
+from seedworker.core.config import KafkaSettings, Settings, Topics
 from seedworker.engine.worker import Worker
 from tests.kafka_broker import unique_topic
 from tests.support import eventually, running_worker
@@ -63,8 +67,19 @@ class MemoryBusUnderTest:
     def running(self, settings: Settings):
         return running_worker(settings, bus=self.bus)
 
+    async def topic(self, prefix: str, partitions: int = 1) -> str:
+        name = unique_topic(prefix)
+        await self.bus.ensure_topics({name: partitions})
+        return name
+
+    def consumer(self) -> MemoryBus:
+        return self.bus.member()
+
     async def send(self, kind: str, value: bytes, key: bytes | None = None, headers=()):
-        m = self.bus.produce(self.topics[kind], key, value, tuple(headers))
+        return await self.send_to(self.topics[kind], value, key, headers)
+
+    async def send_to(self, topic: str, value: bytes, key: bytes | None = None, headers=()):
+        m = self.bus.produce(topic, key, value, tuple(headers))
         done = asyncio.get_running_loop().create_future()
         done.set_result((m.topic, m.partition, m.offset))
         return done
@@ -115,8 +130,17 @@ class KafkaBusUnderTest:
     def running(self, settings: Settings):
         return running_worker(settings)
 
+    async def topic(self, prefix: str, partitions: int = 1) -> str:
+        return await self.topic_factory(prefix, partitions)
+
+    def consumer(self) -> KafkaBus:
+        return KafkaBus(KafkaSettings(bootstrap_servers=self.bootstrap, group_id=unique_topic("group")))
+
     async def send(self, kind: str, value: bytes, key: bytes | None = None, headers=()):
-        fut = await self.producer.send(self.topics[kind], value, key=key, headers=list(headers) or None)
+        return await self.send_to(self.topics[kind], value, key, headers)
+
+    async def send_to(self, topic: str, value: bytes, key: bytes | None = None, headers=()):
+        fut = await self.producer.send(topic, value, key=key, headers=list(headers) or None)
 
         async def metadata() -> tuple[str, int, int]:
             md = await fut
