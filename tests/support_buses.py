@@ -1,6 +1,6 @@
 """One test case, both buses: the ``bus`` fixture runs a test once on the in-memory MemoryBus and once on the real
-Kafka broker of tests/kafka_broker.py (``bus[memory]``, ``bus[kafka]``; the Kafka one carries the ``kafka`` marker,
-so ``-m kafka`` selects it, and it never skips). A test module uses it with
+Kafka broker of tests/kafka_broker.py (test ids ending ``[memory]`` and ``[kafka]``; the Kafka one carries the
+``kafka`` marker, so ``-m kafka`` selects it, and it never skips). A test module uses it with
 ``from tests.support_buses import bus, bus_backend  # noqa: F401 (fixtures)``.
 
 Both sides offer the same few operations, in the worker's terms:
@@ -12,11 +12,11 @@ Both sides offer the same few operations, in the worker's terms:
   (support.running_worker), stopped and awaited at the end.
 * ``await bus.send(kind, value, key, headers)``: produce to the topic of that kind; returns an awaitable of the
   record's (topic, partition, offset). ``await bus.flush()``.
+* ``await bus.until(kind, cond, what)``: the records of a topic from its beginning, once ``cond(records)`` holds;
+  ``await bus.to_end(kind)``: a new read of the whole topic, up to its current end.
 * Below the worker: ``await bus.topic(prefix, partitions)`` creates a topic of its own, ``bus.send_to(topic, ...)``
   produces to it, ``bus.consumer()`` is a new, unstarted seedworker Bus (a MemoryBus group member, or a KafkaBus in
   a fresh consumer group).
-* ``await bus.until(kind, cond, what)``: the records of a topic from its beginning, once ``cond(records)`` holds;
-  ``await bus.to_end(kind)``: a new read of the whole topic, up to its current end.
 
 Records are Kafka ConsumerRecords or MemoryBus Messages: both have topic, partition, offset, key, value, headers.
 """
