@@ -15,12 +15,12 @@ How the faults are made (the tests run as root, so file modes stop nothing):
   file system with the immutable flag (ext4, xfs, btrfs).
 * file deleted: the database file renamed away. In WAL mode SQLite would go on writing to it without an error;
   the store notices that its path no longer names the file it opened. Renaming it back fixes it.
+
+The faults (and FaultyStore, which injects one) are in tests/support.py: test_faults_kafka.py uses them too.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -32,7 +32,8 @@ from seedworker.core.config import Settings
 from seedworker.store.readers import read_all
 from seedworker.store.store import Store, StoreError
 from seedworker.engine.worker import Worker
-from tests.test_worker import outcome, request
+from tests.support import FaultyStore, assert_state_equal, disk_full, file_deleted, outcome, wal_unwritable
+from tests.support import training_request as request
 
 REQUESTS, OUTCOMES, SELECTIONS = "graft.requested", "adaptation.outcome", "seed.selected"
 # what a decision is, without the envelope's fresh event id and time
@@ -40,59 +41,11 @@ DECISION_FIELDS = {"decision_id", "request_id", "blueprint_id", "seed_id", "seed
                    "propensity", "scores", "explored", "state_version", "request_time"}
 
 
-def disk_full(db: Path):
-    async def inject(store: Store) -> None:
-        async with store.db.execute("PRAGMA page_count") as cur:
-            (pages,) = await cur.fetchone()
-        await store.db.execute(f"PRAGMA max_page_count={pages}")
-
-    return inject, lambda: None
-
-
-def _chattr(flag: str, path: Path) -> None:
-    res = subprocess.run(["chattr", flag, str(path)], capture_output=True, text=True)
-    if res.returncode != 0:
-        pytest.fail(f"chattr {flag} {path} failed (needs root and a file system with the immutable flag): "
-                    f"{res.stderr.strip()}")
-
-
-def wal_unwritable(db: Path):
-    wal = db.with_name(db.name + "-wal")
-
-    async def inject(store: Store) -> None:
-        assert wal.exists(), "the store's connection has its WAL open"
-        _chattr("+i", wal)
-
-    return inject, lambda: _chattr("-i", wal)
-
-
-def file_deleted(db: Path):
-    aside = db.with_name(db.name + ".aside")
-
-    async def inject(store: Store) -> None:
-        os.rename(db, aside)
-
-    return inject, lambda: os.rename(aside, db)
-
-
 FAULTS = {
     "disk full": (disk_full, "database or disk is full (SQLITE_FULL)"),
     "WAL unwritable": (wal_unwritable, "disk I/O error (SQLITE_IOERR_WRITE)"),
     "file deleted": (file_deleted, "the file was deleted while the worker had it open"),
 }
-
-
-class FaultyStore(Store):
-    """The worker's store, with a fault injected once it is open."""
-
-    def __init__(self, path, inject):
-        super().__init__(path)
-        self.inject = inject
-
-    async def open(self) -> "FaultyStore":
-        await super().open()
-        await self.inject(self)
-        return self
 
 
 async def drain(settings, bus, store: Store | None = None) -> Worker:
@@ -123,8 +76,6 @@ async def stream(settings, bus, faulty=None) -> list[str]:
 
 
 def assert_same_end_state(db: Path, reference_db: Path) -> None:
-    from tests.test_worker_kafka import assert_state_equal
-
     got, want = read_all(db), read_all(reference_db)
     assert got["counters"] == want["counters"]
     assert got["offsets"] == want["offsets"]

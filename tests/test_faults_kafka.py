@@ -37,11 +37,10 @@ from seedworker.store.readers import read_all
 from seedworker.store.store import StoreError
 from seedworker.engine.worker import Worker
 from tests.kafka_broker import unique_topic
-from tests.test_faults import FaultyStore, _chattr, disk_full
-from tests.test_worker import outcome, request
-from tests.test_worker_kafka import (PARTITIONS, Reader, WorkerProcess, assert_state_equal, check_selection,
-                                     create_topics, distinct_requests, eventually, make_settings, running_worker,
-                                     topic_names)
+from tests.support import (FaultyStore, assert_state_equal, chattr, check_selection, disk_full, distinct_requests,
+                           eventually, outcome, running_worker)
+from tests.support import training_request as request
+from tests.support_kafka import PARTITIONS, Reader, WorkerProcess, create_topics, make_settings, topic_names
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.kafka]
 
@@ -383,7 +382,7 @@ async def test_cli_exits_non_zero_naming_the_store_and_the_cause(kafka_bootstrap
         async with Reader(kafka_bootstrap, topics["selections"]) as sel:
             await ask(range(20))
             await sel.until(lambda rs: distinct_requests(rs) >= set(sent), "20 answers", timeout=90)
-        _chattr("+i", wal)
+        chattr("+i", wal)
         immutable = True
         await ask(range(20, 30))
         rc = await asyncio.to_thread(wp.proc.wait, 60)
@@ -393,7 +392,7 @@ async def test_cli_exits_non_zero_naming_the_store_and_the_cause(kafka_bootstrap
                 in output), wp.tail()
         async with Reader(kafka_bootstrap, topics["selections"]) as sel:
             assert distinct_requests(await sel.to_end()) == {f"req-{i}" for i in range(20)}
-        _chattr("-i", wal)
+        chattr("-i", wal)
         immutable = False
 
         wp.start()
@@ -404,7 +403,7 @@ async def test_cli_exits_non_zero_naming_the_store_and_the_cause(kafka_bootstrap
             records = await sel.to_end()
     finally:
         if immutable:
-            _chattr("-i", wal)
+            chattr("-i", wal)
         wp.cleanup()
         await producer.stop()
     copies: dict[str, set[bytes]] = defaultdict(set)

@@ -28,16 +28,16 @@ from seedworker.store.readers import read_snapshot
 from seedworker.store.rows import Batch
 from seedworker.store.store import Store
 from seedworker.engine.worker import Worker
-from tests.test_snapshot import (
-    BLUEPRINTS,
-    OUTCOMES,
-    REQUESTS,
+from tests.support import (
+    HISTORY_BLUEPRINTS as BLUEPRINTS,
+    OUT as OUTCOMES,
+    REQ as REQUESTS,
+    decision_order as selections,
     drain,
     history_settings,
     make_outcome,
     make_request,
     run_history,
-    selections,
 )
 
 

@@ -10,8 +10,7 @@ import orjson
 import pytest
 
 from seedworker.tools.inspect import read, run
-from tests.test_inspect import restored
-from tests.test_snapshot import history_settings, run_history
+from tests.support import history_settings, restored, run_history
 
 
 async def test_resources_agree_with_the_workers_stats(tmp_path):

@@ -29,17 +29,18 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 
 from seedworker.contract import events as ev
-from seedworker.broker.kafka import KafkaBus
 from seedworker.broker.memory import MemoryBus
 from seedworker.tools.cli import build_parser
-from seedworker.core.config import ConfigError, KafkaSettings, Settings, load_settings
+from seedworker.core.config import ConfigError, Settings, load_settings
 from seedworker.ops.http_server import HttpServer, endpoint_for
 from seedworker.dev.local_kafka import REPO_ROOT, free_port
 from seedworker.ops.logs import JsonFormatter, configure
 from seedworker.ops.metrics import COUNTER_HELP, Registry, WorkerMetrics, exposition
 from seedworker.engine.worker import Worker
 from tests.kafka_broker import unique_topic
-from tests.test_worker import T0, outcome, request
+from tests.support import T0, outcome
+from tests.support import training_request as request
+from tests.support_buses import bus, bus_backend  # noqa: F401 (fixtures)
 
 REQ, OUT, CTL = "graft.requested", "adaptation.outcome", "seedworker.control"
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*",?)*\})? '
@@ -381,22 +382,6 @@ async def test_a_failing_scrape_answers_500_and_the_server_goes_on():
         await server.stop()
 
 
-async def test_memory_bus_lag_counts_unconsumed_messages():
-    bus = MemoryBus()
-    await bus.ensure_topics({"t": 1})
-    for i in range(5):
-        bus.produce("t", b"k", b"%d" % i)
-
-    async def noop(tps):
-        pass
-
-    await bus.start(["t"], noop, noop)
-    assert len(await bus.poll(10, 2)) == 2
-    assert await bus.lag() == {("t", 0): 3}
-    await bus.stop()
-    assert await bus.lag() == {}
-
-
 def test_endpoint_is_off_when_the_port_is_zero(settings):
     worker = Worker(settings, bus=MemoryBus())
     assert endpoint_for(worker, settings.metrics) is None
@@ -512,41 +497,37 @@ def test_configure_replaces_only_its_own_handler():
 
 
 # -- against the real broker -----------------------------------------------------------------------------------------
-@pytest.mark.kafka
-async def test_kafka_bus_lag_is_high_watermark_minus_position(kafka_bootstrap, kafka_topic_factory):
-    topic = await kafka_topic_factory("lag", 1)
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
-    await producer.start()
-    try:
-        for i in range(10):
-            await producer.send(topic, b"%d" % i, partition=0)
-        await producer.flush()
-    finally:
-        await producer.stop()
-
-    bus = KafkaBus(KafkaSettings(bootstrap_servers=kafka_bootstrap, group_id=unique_topic("group")))
+async def test_bus_lag_counts_unconsumed_messages(bus):
+    """lag(), on the memory bus and on the real broker (high watermark minus position): per assigned partition, the
+    messages not consumed yet; nothing before the start or after the stop."""
+    topic = await bus.topic("lag", 1)
+    for i in range(10):
+        await bus.send_to(topic, b"%d" % i)
+    await bus.flush()
+    consumer = bus.consumer()
 
     async def on_assign(tps):
         for tp in tps:
-            bus.seek(tp, 0)
+            consumer.seek(tp, 0)
 
     async def on_revoke(tps):
         pass
 
-    assert await bus.lag() == {}  # not started: nothing to report
-    await bus.start([topic], on_assign, on_revoke)
+    assert await consumer.lag() == {}  # not started: nothing to report
+    await consumer.start([topic], on_assign, on_revoke)
     try:
         got = []
         deadline = time.monotonic() + 60
         while not got:
             assert time.monotonic() < deadline, "no records within 60 s"
-            got = await bus.poll(200, 3)
+            got = await consumer.poll(200, 3)
         assert [m.offset for m in got] == [0, 1, 2]
-        assert await bus.lag() == {(topic, 0): 7}
-        got += await bus.poll(5000, 7)
-        assert await bus.lag() == {(topic, 0): 10 - len(got)}
+        assert await consumer.lag() == {(topic, 0): 7}
+        got += await consumer.poll(5000, 7)
+        assert await consumer.lag() == {(topic, 0): 10 - len(got)}
     finally:
-        await bus.stop()
+        await consumer.stop()
+    assert await consumer.lag() == {}
 
 
 @pytest.mark.kafka

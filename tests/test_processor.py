@@ -18,7 +18,7 @@ from seedworker.engine.replay import Replay
 from seedworker.store.readers import read_all
 from seedworker.store.store import Store
 from tests.support import CTL, DLQ, OUT, REQ, SEL, T0, dead_letters, drain, new_bus, outcome, request, selections
-from tests.test_worker_kafka import EXACT_STATE, assert_state_equal
+from tests.support import EXACT_STATE, assert_state_equal
 
 
 @pytest.fixture

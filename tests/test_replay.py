@@ -8,8 +8,6 @@ CreateTime; the replay's merge by timestamp is then the order they were produced
 
 from __future__ import annotations
 
-import logging
-import sqlite3
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -24,61 +22,11 @@ from seedworker.engine.replay import Replay
 from seedworker.store.readers import read_all
 from seedworker.store.store import Store
 from seedworker.contract.headers import SOURCE_OFFSET, SOURCE_PARTITION, WARM_START
-from tests.test_worker import T0, drain, outcome, request
-from tests.test_worker_kafka import EXACT_STATE, assert_state_equal
+from tests.support import T0, assert_same_store, drain, outcome, root_logging, snapshot  # noqa: F401 (fixture)
+from tests.support import training_request as request
 
 REQUESTS, OUTCOMES, SELECTIONS, CONTROL, DLQ = (
     "graft.requested", "adaptation.outcome", "seed.selected", "seedworker.control", "seedworker.dlq")
-
-
-# -- comparing two stores ----------------------------------------------------------------------------------------
-# Replay must reproduce times, clocks and warm-start weights exactly too, not only the counts.
-EXACT = EXACT_STATE | {"t_ref", "last_selected", "clock", "prior_w"}
-
-
-def assert_same(got, want, path: str) -> None:
-    """Counts, times and identities exactly; floating-point statistics within 1e-9."""
-    assert_state_equal(got, want, path, EXACT)
-
-
-def decisions(db: str | Path) -> dict[str, tuple]:
-    con = sqlite3.connect(f"file:{Path(db).resolve()}?mode=ro", uri=True)
-    try:
-        return {row[0]: row[1:] for row in con.execute(
-            "SELECT decision_id, status, reward, outcome_time, seed_id, strategy, payload FROM decisions")}
-    finally:
-        con.close()
-
-
-def held(db: str | Path) -> set[str]:
-    con = sqlite3.connect(f"file:{Path(db).resolve()}?mode=ro", uri=True)
-    try:
-        return {e for (e,) in con.execute("SELECT event_id FROM held_outcomes")}
-    finally:
-        con.close()
-
-
-def assert_same_store(rebuilt: str | Path, live: dict, topics: tuple[str, ...] = (REQUESTS, OUTCOMES, CONTROL)):
-    """``live``: read_all() of the live store plus its "decisions" and "held"; every blueprint state, counter,
-    decision row (status, reward, payload), held outcome and input offset must agree."""
-    got = read_all(rebuilt)
-    assert set(got["blueprints"]) == set(live["blueprints"])
-    for bp, state in live["blueprints"].items():
-        assert_same(got["blueprints"][bp], state, bp)
-    assert got["counters"] == live["counters"]
-    got_decisions, want_decisions = decisions(rebuilt), live["decisions"]
-    assert set(got_decisions) == set(want_decisions)
-    for did, (status, reward, outcome_time, *rest) in want_decisions.items():
-        g_status, g_reward, g_time, *g_rest = got_decisions[did]
-        assert (g_status, g_time, g_rest) == (status, outcome_time, rest), did
-        assert (g_reward is None) == (reward is None) and (reward is None or abs(g_reward - reward) <= 1e-9), did
-    assert held(rebuilt) == live["held"]
-    want_offsets = {tp: o for tp, o in live["offsets"].items() if tp[0] in topics}
-    assert {tp: o for tp, o in got["offsets"].items() if tp[0] in topics} == want_offsets
-
-
-def snapshot(db: str | Path) -> dict:
-    return {**read_all(db), "decisions": decisions(db), "held": held(db)}
 
 
 async def rebuild(settings: Settings, bus: MemoryBus, db: Path, order=None) -> Replay:
@@ -238,17 +186,6 @@ async def test_request_offsets_come_from_the_selections_and_dead_letters(setting
     assert {tp: o for tp, o in rebuilt.items() if tp[0] == REQUESTS} == {
         tp: o for tp, o in live["offsets"].items() if tp[0] == REQUESTS}
     assert read_all(tmp_path / "rebuilt.sqlite")["counters"]["dead_letters"] == 1
-
-
-@pytest.fixture
-def root_logging():
-    """The CLI configures the root logger (handler on the captured stderr, level): undone after the test."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for h in [h for h in root.handlers if h not in handlers]:
-        root.removeHandler(h)
-    root.setLevel(level)
 
 
 def test_cli_refuses_to_overwrite_a_store(tmp_path, capsys, root_logging):

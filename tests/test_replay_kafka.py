@@ -29,9 +29,10 @@ from seedworker.core.config import Settings
 from seedworker.engine.replay import replay
 from seedworker.store.readers import read_all
 from tests.kafka_broker import unique_topic
-from tests.test_replay import assert_same, assert_same_store, root_logging, snapshot  # noqa: F401 (fixture)
-from tests.test_worker import T0, outcome, request
-from tests.test_worker_kafka import PARTITIONS, Reader, create_topics, eventually, running_worker
+from tests.support import (T0, assert_same, assert_same_store, eventually, outcome,  # noqa: F401 (fixture)
+                           root_logging, running_worker, snapshot)
+from tests.support import training_request as request
+from tests.support_kafka import PARTITIONS, Reader, create_topics
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.kafka]
 

@@ -26,8 +26,8 @@ from seedworker.engine.ownership import co_partitioned, own_state_current
 from seedworker.core.selector import SeedSelector
 from seedworker.store.readers import read_all
 from seedworker.engine.worker import Worker
-from tests.test_worker import T0, outcome, request
-from tests.test_worker_kafka import assert_state_equal
+from tests.support import T0, assert_state_equal, outcome
+from tests.support import training_request as request
 
 REQUESTS, OUTCOMES, SELECTIONS, CONTROL = "graft.requested", "adaptation.outcome", "seed.selected", "seedworker.control"
 PARTITIONS = 4

@@ -37,8 +37,9 @@ from seedworker.core.config import load_settings
 from seedworker.core.selector import SeedSelector
 from seedworker.store.readers import read_all
 from tests.kafka_broker import unique_topic
-from tests.test_worker import outcome, request
-from tests.test_worker_kafka import Reader, WorkerProcess, assert_state_equal, check_selection
+from tests.support import assert_state_equal, check_selection, outcome
+from tests.support import training_request as request
+from tests.support_kafka import Reader, WorkerProcess
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.kafka]
 

@@ -1,13 +1,17 @@
-"""Worker behaviour on the in-memory bus: the same code path as on Kafka, minus the network.
+"""Worker behaviour: the same code path on the in-memory bus as on Kafka, minus the network.
 
-The real-broker versions of these scenarios are in test_worker_kafka.py.
+The first tests run once per bus (the ``bus`` fixture of tests/support_buses.py: ``[memory]`` and, marked ``kafka``,
+``[kafka]`` on the real broker): end to end request -> selection -> outcome -> learned, the dead-letter topic, the
+co-partitioning refusal. The rest are in-memory scenarios; what only a broker has (a worker process SIGKILLed
+mid-stream, compressed input) is in test_worker_kafka.py.
 """
 
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+import random
 
+import orjson
 import pytest
 
 from seedworker.contract import events as ev
@@ -15,57 +19,156 @@ from seedworker.broker.memory import MemoryBus
 from seedworker.core.config import ConfigError, Settings
 from seedworker.store.readers import read_all
 from seedworker.store.store import Store
-from seedworker.engine.worker import Worker
-
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
-
-
-def request(i: int, bp: str = "bp", k: int = 4) -> bytes:
-    return ev.encode(ev.GraftRequested(
-        request_id=f"req-{i}", blueprint_id=bp, occurred_at=T0 + timedelta(seconds=i),
-        seeds=[ev.SeedCandidate(seed_id=f"layer3:{j}", seed_idx=j) for j in range(k)],
-        context={"current_loss": 1.0 / (1 + i), "current_epoch": i}))
+from tests.support import check_selection, distinct_requests, drain, eventually, headers_of, outcome, selections
+from tests.support import training_request as request
+from tests.support_buses import bus, bus_backend  # noqa: F401 (fixtures)
 
 
-def outcome(selected: ev.SeedSelected, gain: float, dt: float = 1.0, event_id: str | None = None) -> bytes:
-    kw = {"event_id": event_id} if event_id else {}
-    return ev.encode(ev.AdaptationOutcome(
-        decision_id=selected.decision_id, blueprint_id=selected.blueprint_id, seed_id=selected.seed_id,
-        accuracy_delta=gain, occurred_at=selected.request_time + timedelta(seconds=dt), **kw))
+# -- on both buses --------------------------------------------------------------------------------------------------
+async def test_requests_are_answered_and_outcomes_learned(bus):
+    """One answer per request, in order, keyed by its blueprint, with its headers and a propensity; every seed is
+    tried once first; the outcomes are learned; learning shifts the later selections to the clearly better seed."""
+    rng = random.Random(7)
+    bp, k, best = "bp-e2e", 4, 2
+    await bus.create_topics()
+    settings = bus.settings()
+    sent: dict[str, str] = {}
+    async with bus.running(settings) as (worker, task):
+        async def ask(indices) -> list[ev.SeedSelected]:
+            for i in indices:
+                await bus.send("requests", request(i, bp, k), bp.encode())
+                sent[f"req-{i}"] = bp
+            await bus.flush()
+            want = {f"req-{i}" for i in indices}
+            records = await bus.until("selections", lambda rs: want <= distinct_requests(rs),
+                                      f"answers to {len(want)} requests")
+            return [check_selection(r, sent) for r in records if orjson.loads(r.value)["request_id"] in want]
+
+        first = await ask(range(40))
+        assert [s.request_id for s in first] == [f"req-{i}" for i in range(40)]  # one answer per request, in order
+        assert {s.seed_idx for s in first[:k]} == set(range(k))  # burn-in: every seed is tried once first
+        for s in first:
+            gain = (0.3 if s.seed_idx == best else 0.0) + rng.gauss(0.0, 0.02)
+            await bus.send("outcomes", outcome(s, gain), bp.encode())
+        await bus.flush()
+        await eventually(lambda: worker.counters["outcomes_learned"] == 40, "40 outcomes learned",
+                         detail=lambda: repr(worker))
+
+        later = await ask(range(40, 100))
+        assert len(later) == 60
+        share = sum(s.seed_idx == best for s in later) / len(later)
+        assert share >= 0.8, f"the clearly better seed got only {share:.0%} of the later selections"
+        print(f"end to end ({bus.name}): the better seed got {share:.0%} of the selections after learning")
+        assert not task.done()
+    # after a clean stop: exactly one answer per request, nothing else on the topic
+    records = await bus.to_end("selections")
+    assert len(records) == 100 and len(distinct_requests(records)) == 100
+    state = read_all(settings.db)
+    c = state["counters"]
+    assert (c["decisions"], c["outcomes_learned"], c.get("dead_letters", 0)) == (100, 40, 0)
+    assert state["blueprints"][bp]["arms"]["pulls"].sum() == 40
 
 
+# Odd input, each shape once: (input kind, value, expected fragment of dlq.reason; b"": any reason).
+ODD_INPUT = [
+    ("requests", b"\xff\xfe", b""),
+    ("requests", b"not json", b""),
+    ("requests", b"[1,2]", b""),
+    ("requests", b'{"event_type":"graft.requested","schema_version":"2.0"}', b""),
+    ("requests", b'{"event_type":"graft.requested","request_id":"x","blueprint_id":"b","seeds":[]}', b""),
+    ("requests", b'{"event_type":"graft.requested","request_id":"x","blueprint_id":"b",'
+                 b'"seeds":[{"seed_id":"a","seed_idx":0}],"context":{"current_loss":NaN}}', b""),
+    ("outcomes", b'{"event_type":"adaptation.outcome","blueprint_id":"b","seed_id":"a","request_id":"r",'
+                 b'"latency_ms":-1}', b"latency_ms"),
+]
+
+
+def bad_message(kind: int, i: int, rng: random.Random) -> tuple[str, bytes, bytes]:
+    """(input kind, value, expected fragment of dlq.reason)"""
+    base = orjson.loads(request(10_000 + i, "bp-bad"))
+    if kind == 0:
+        return "requests", b"\xff\xfe" + rng.randbytes(12), b"invalid JSON"
+    if kind == 1:
+        return "requests", b'{"event_type": "graft.requested", "request_id": "r' + str(i).encode(), b"invalid JSON"
+    if kind == 2:
+        return "requests", orjson.dumps({**base, "schema_version": "2.0"}), b"major version"
+    if kind == 3:
+        return "requests", json.dumps({**base, "context": {"current_loss": float("nan")}}).encode(), b"current_loss"
+    if kind == 4:
+        return "requests", orjson.dumps({**base, "seeds": []}), b"seeds"
+    if kind == 5:
+        return ("requests", orjson.dumps({**base, "seeds": [{"seed_id": f"s{j}", "seed_idx": j} for j in range(300)]}),
+                b"seeds")
+    return ("outcomes", json.dumps({"event_type": "adaptation.outcome", "blueprint_id": "bp-bad", "seed_id": "s0",
+                                    "request_id": f"req-{i}", "latency_ms": -5.0}).encode(), b"latency_ms")
+
+
+async def test_bad_input_goes_to_the_dead_letter_topic(bus):
+    """A flood of bad input mixed with good: every bad record becomes exactly one dead letter (its key, value and
+    headers, the source topic/partition/offset, the reason), every good request is answered, the worker keeps going."""
+    rng = random.Random(3)
+    await bus.create_topics()
+    settings = bus.settings()
+    messages = [("good", i) for i in range(100)] + [("bad", i) for i in range(300)] + [
+        ("odd", j) for j in range(len(ODD_INPUT))]
+    rng.shuffle(messages)
+    n_bad = 300 + len(ODD_INPUT)
+    bad: dict[tuple[str, int, int], tuple] = {}  # (topic, partition, offset) -> (key, value, headers, reason)
+    sent: dict[str, str] = {}
+    async with bus.running(settings) as (worker, task):
+        pending = []
+        for what, i in messages:
+            if what == "good":
+                bp = f"bp-{i % 4}"
+                sent[f"req-{i}"] = bp
+                await bus.send("requests", request(i, bp), bp.encode())
+                continue
+            if what == "bad":
+                kind, value, reason = bad_message(i % 7, i, rng)
+                key, headers = f"bad-{i}".encode(), (("origin", bytes([i % 256, 255, 0])),)
+            else:
+                kind, value, reason = ODD_INPUT[i]
+                key, headers = f"odd-{i}".encode(), (("h", bytes([i, 255])),)
+            pending.append((await bus.send(kind, value, key, headers), (key, value, headers, reason)))
+        for fut, original in pending:
+            bad[await fut] = original
+        await bus.until("dead_letters", lambda rs: len(rs) >= n_bad, f"{n_bad} dead letters")
+        await bus.until("selections", lambda rs: len(distinct_requests(rs)) >= 100, "100 selections")
+        assert not task.done(), "the worker stopped"
+        assert (worker.counters["dead_letters"], worker.counters["decisions"]) == (n_bad, 100)
+    # stopped cleanly: now nothing more can appear on either topic
+    selected, dead = await bus.to_end("selections"), await bus.to_end("dead_letters")
+    assert len(selected) == 100
+    for r in selected:
+        check_selection(r, sent)
+    assert distinct_requests(selected) == set(sent)
+    assert len(dead) == n_bad
+    seen = set()
+    for r in dead:
+        h = headers_of(r)
+        src = (h["dlq.source.topic"].decode(), int(h["dlq.source.partition"]), int(h["dlq.source.offset"]))
+        assert src in bad, f"dead letter from {src} is not one of the bad messages"
+        assert src not in seen, f"{src} dead-lettered twice"
+        seen.add(src)
+        key, value, headers, reason = bad[src]
+        assert r.key == key and r.value == value
+        for name, original in headers:
+            assert h[name] == original  # the original headers travel along
+        assert h["dlq.reason"] and reason in h["dlq.reason"], (reason, h["dlq.reason"])
+    assert seen == set(bad)
+    assert read_all(settings.db)["counters"]["dead_letters"] == n_bad
+
+
+async def test_refuses_to_start_without_co_partitioning(bus):
+    await bus.create_topics(requests=2, outcomes=3)
+    with pytest.raises(ConfigError, match="co-partitioning"):
+        await bus.worker(bus.settings()).start()
+
+
+# -- on the in-memory bus -------------------------------------------------------------------------------------------
 @pytest.fixture
 def settings(tmp_path):
     return Settings(db=str(tmp_path / "state.sqlite"), kafka={"partitions": 2})
-
-
-async def drain(settings, bus) -> Worker:
-    w = Worker(settings, bus=bus, burst=True, idle_polls=1)
-    await w.run()
-    return w
-
-
-def selections(bus) -> list[ev.SeedSelected]:
-    return [ev.decode(m.value) for m in bus.read("seed.selected")]
-
-
-async def test_requests_are_answered_and_outcomes_learned(settings):
-    bus = MemoryBus()
-    await bus.ensure_topics({"graft.requested": 2, "adaptation.outcome": 2})
-    for i in range(20):
-        bus.produce("graft.requested", b"bp", request(i))
-    await drain(settings, bus)
-    sel = selections(bus)
-    assert [s.request_id for s in sel] == [f"req-{i}" for i in range(20)]
-    assert {s.seed_id for s in sel[:4]} == {f"layer3:{j}" for j in range(4)}  # untried first
-    for s in sel:
-        bus.produce("adaptation.outcome", b"bp", outcome(s, 0.05 if s.seed_idx == 2 else 0.0))
-    w = await drain(settings, bus)
-    assert w.counters["outcomes_learned"] == 20
-    state = read_all(settings.db)
-    arms = state["blueprints"]["bp"]["arms"]
-    assert arms["pulls"].sum() == 20
-    assert state["counters"]["decisions"] == 20
 
 
 async def test_restart_resumes_from_stored_offsets_without_double_counting(settings):
@@ -108,38 +211,6 @@ async def test_duplicates_unknown_and_retried_requests(settings):
     bus.produce("graft.requested", b"bp", request(2, k=1))
     w = await drain(settings, bus)
     assert w.counters["outcomes_learned"] == 2  # the held outcome joined its late decision
-
-
-async def test_bad_input_goes_to_the_dead_letter_topic(settings):
-    bus = MemoryBus()
-    await bus.ensure_topics({"graft.requested": 2, "adaptation.outcome": 2})
-    bad = [b"\xff\xfe", b"not json", b"[1,2]", b'{"event_type":"graft.requested","schema_version":"2.0"}',
-           b'{"event_type":"graft.requested","request_id":"x","blueprint_id":"b","seeds":[]}',
-           b'{"event_type":"graft.requested","request_id":"x","blueprint_id":"b",'
-           b'"seeds":[{"seed_id":"a","seed_idx":0}],"context":{"current_loss":NaN}}']
-    for i, value in enumerate(bad):
-        bus.produce("graft.requested", b"k", value, (("h", bytes([i, 255])),))
-        bus.produce("graft.requested", b"bp", request(i))
-    bus.produce("adaptation.outcome", b"bp", b'{"event_type":"adaptation.outcome","blueprint_id":"b","seed_id":"a",'
-                                             b'"request_id":"r","latency_ms":-1}')
-    w = await drain(settings, bus)
-    dlq = bus.read("seedworker.dlq")
-    assert len(dlq) == len(bad) + 1 == w.counters["dead_letters"]
-    assert len(selections(bus)) == len(bad)
-    by_value = {m.value: dict(m.headers) for m in dlq}
-    for i, value in enumerate(bad):
-        h = by_value[value]
-        assert h["h"] == bytes([i, 255])
-        assert h["dlq.source.topic"] == b"graft.requested" and h["dlq.reason"]
-    (from_outcomes,) = [dict(m.headers) for m in dlq if dict(m.headers)["dlq.source.topic"] == b"adaptation.outcome"]
-    assert b"latency_ms" in from_outcomes["dlq.reason"]
-
-
-async def test_refuses_to_start_without_co_partitioning(settings):
-    bus = MemoryBus()
-    await bus.ensure_topics({"graft.requested": 2, "adaptation.outcome": 3})
-    with pytest.raises(ConfigError, match="co-partitioning"):
-        await Worker(settings, bus=bus).start()
 
 
 async def test_store_file_is_private(settings):

@@ -1,288 +1,39 @@
-"""The worker against a real Kafka broker (see tests/kafka_broker.py): the scenarios of test_worker.py end to end.
+"""The worker against a real Kafka broker (see tests/kafka_broker.py), in the cases only a broker has.
 
 Every test uses its own topics, consumer group and SQLite file, so the tests do not see each other's traffic. They
 need the broker: without one they fail (the ``kafka_bootstrap`` fixture calls ``pytest.fail``), they never skip.
 
-* end to end in-process: answers, keys, headers, propensities; learning shifts later selections to the best seed;
 * crash test: the worker runs as a subprocess, is SIGKILLed three times mid-stream and restarted, and in the end
   every request is answered, re-sent selections are byte-identical, and the learned per-arm statistics equal an
   independent replay of the logged selections and outcomes (nothing lost, nothing counted twice);
-* dead-letter flood, compressed input, co-partitioning refusal.
+* compressed input.
+
+The cases both buses have (end to end request -> selection -> outcome -> learned, the dead-letter flood, the
+co-partitioning refusal) run once per bus, in-memory and on this broker, in test_worker.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import os
 import random
-import signal
-import subprocess
-import sys
 import time
 from collections import defaultdict
-from pathlib import Path
-from typing import Self
 
-import numpy as np
-import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 
 from seedworker.contract import events as ev
-from seedworker.core.config import ConfigError, Settings, load_settings
-from seedworker.dev.local_kafka import REPO_ROOT
 from seedworker.core.selector import SeedSelector
 from seedworker.store.readers import read_all
-from seedworker.engine.worker import Worker
 from tests.kafka_broker import unique_topic
-from tests.test_worker import outcome, request
+from tests.support import assert_state_equal, check_selection, distinct_requests, eventually, outcome, running_worker
+from tests.support import training_request as request
+from tests.support_kafka import PARTITIONS, Reader, WorkerProcess, create_topics, make_settings
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.kafka]
 
-PARTITIONS = 3
-TOPIC_KINDS = ("requests", "outcomes", "selections", "dead_letters", "control")
 
-
-# -- helpers -----------------------------------------------------------------------------------------------------
-def topic_names(prefix: str) -> dict[str, str]:
-    return {kind: unique_topic(f"{prefix}-{kind.replace('_', '-')}") for kind in TOPIC_KINDS}
-
-
-async def create_topics(factory, prefix: str) -> dict[str, str]:
-    """The worker's five topics, created up front (and deleted after the test) by the broker fixture."""
-    return {kind: await factory(f"{prefix}-{kind.replace('_', '-')}", 1 if kind == "control" else PARTITIONS)
-            for kind in TOPIC_KINDS}
-
-
-def make_settings(bootstrap: str, tmp_path: Path, topics: dict[str, str], **kafka) -> Settings:
-    return Settings(db=str(tmp_path / "state.sqlite"),
-                    kafka={"bootstrap_servers": bootstrap, "group_id": unique_topic("group"), "topics": topics,
-                           "partitions": PARTITIONS, "output_partitions": PARTITIONS, **kafka})
-
-
-async def eventually(cond, what: str, timeout: float = 60.0, interval: float = 0.05, detail=lambda: ""):
-    """Poll ``cond()`` (sync) until true; fail with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} {detail()}")
-        await asyncio.sleep(interval)
-
-
-@contextlib.asynccontextmanager
-async def running_worker(settings: Settings, timeout: float = 60.0):
-    """Worker(settings).run() on the real KafkaBus as a task; stopped with worker.stop() and awaited at the end."""
-    worker = Worker(settings)
-    task = asyncio.create_task(worker.run(), name="worker")
-    ready = asyncio.create_task(worker.ready.wait())
-    done, _ = await asyncio.wait({task, ready}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    if task in done:
-        ready.cancel()
-        task.result()  # raises what stopped the worker
-        raise AssertionError("the worker returned before it was ready")
-    if ready not in done:
-        ready.cancel()
-        task.cancel()
-        raise AssertionError(f"the worker was not ready within {timeout}s")
-    failed = False
-    try:
-        yield worker, task
-    except BaseException:
-        failed = True
-        raise
-    finally:
-        worker.stop()
-        try:
-            await asyncio.wait_for(task, 60)
-        except BaseException:
-            if not failed:
-                raise
-
-
-class Reader:
-    """A group-less consumer reading whole topics from the beginning (manual assignment: no rebalance delay)."""
-
-    def __init__(self, bootstrap: str, topic: str, partitions: int = PARTITIONS):
-        self.tps = [TopicPartition(topic, p) for p in range(partitions)]
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                         auto_offset_reset="earliest", group_id=None)
-        self.records: list = []
-
-    async def __aenter__(self) -> Self:
-        await self.consumer.start()
-        self.consumer.assign(self.tps)
-        await self.consumer.seek_to_beginning(*self.tps)
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        await self.consumer.stop()
-
-    async def poll(self, timeout_ms: int = 100) -> list:
-        new = [r for recs in (await self.consumer.getmany(timeout_ms=timeout_ms)).values() for r in recs]
-        self.records.extend(new)
-        return new
-
-    async def until(self, cond, what: str, timeout: float = 60.0) -> list:
-        deadline = time.monotonic() + timeout
-        while not cond(self.records):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} "
-                                     f"({len(self.records)} records read)")
-            await self.poll()
-        return self.records
-
-    async def to_end(self, timeout: float = 30.0) -> list:
-        """Everything up to the current end of the topic."""
-        end = await self.consumer.end_offsets(self.tps)
-        deadline = time.monotonic() + timeout
-        while [tp for tp in self.tps if await self.consumer.position(tp) < end[tp]]:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"could not read to the end of {self.tps[0].topic} within {timeout}s")
-            await self.poll()
-        return self.records
-
-
-def headers_of(record) -> dict[str, bytes]:
-    return {k: v for k, v in record.headers or ()}
-
-
-def distinct_requests(records) -> set[str]:
-    return {orjson.loads(r.value)["request_id"] for r in records}
-
-
-def check_selection(record, request_ids: dict[str, str]) -> ev.SeedSelected:
-    """One seed.selected record: the answer to one of our requests, keyed by its blueprint, with its headers."""
-    s = ev.decode(record.value, ev.SEED_SELECTED)
-    assert s.request_id in request_ids, s.request_id
-    assert s.blueprint_id == request_ids[s.request_id]
-    assert s.decision_id == ev.decision_id_for(s.request_id)
-    assert record.key == s.blueprint_id.encode()
-    h = headers_of(record)
-    assert h["event_type"] == b"seed.selected"
-    assert h["decision_id"] == s.decision_id.encode()
-    assert 0.0 < s.propensity <= 1.0
-    assert s.seed_id in {c.seed_id for c in s.scores}
-    return s
-
-
-# -- 1. end to end, in-process -----------------------------------------------------------------------------------
-async def test_end_to_end_in_process_answers_and_learns(kafka_bootstrap, tmp_path):
-    rng = random.Random(7)
-    bp, k, best = "bp-e2e", 4, 2
-    settings = make_settings(kafka_bootstrap, tmp_path, topic_names("e2e"))  # the worker creates its topics
-    t = settings.kafka.topics
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
-    await producer.start()
-    try:
-        async with running_worker(settings) as (worker, task), Reader(kafka_bootstrap, t.selections) as sel:
-            sent: dict[str, str] = {}
-
-            async def ask(indices) -> list[ev.SeedSelected]:
-                for i in indices:
-                    await producer.send(t.requests, request(i, bp, k), key=bp.encode())
-                    sent[f"req-{i}"] = bp
-                await producer.flush()
-                want = {f"req-{i}" for i in indices}
-                records = await sel.until(lambda rs: want <= distinct_requests(rs), f"answers to {len(want)} requests")
-                return [check_selection(r, sent) for r in records if orjson.loads(r.value)["request_id"] in want]
-
-            first = await ask(range(40))
-            assert len(first) == 40  # one answer per request
-            assert {s.seed_idx for s in first[:k]} == set(range(k))  # burn-in: every seed is tried once first
-            for s in first:
-                gain = (0.3 if s.seed_idx == best else 0.0) + rng.gauss(0.0, 0.02)
-                await producer.send(t.outcomes, outcome(s, gain), key=bp.encode())
-            await producer.flush()
-            await eventually(lambda: worker.counters["outcomes_learned"] == 40, "40 outcomes learned",
-                             detail=lambda: repr(worker))
-
-            later = await ask(range(40, 100))
-            assert len(later) == 60
-            share = sum(s.seed_idx == best for s in later) / len(later)
-            assert share >= 0.8, f"the clearly better seed got only {share:.0%} of the later selections"
-            print(f"end to end: the better seed got {share:.0%} of the selections after learning")
-            assert not task.done()
-        # after a clean stop: exactly one answer per request, nothing else on the topic
-        async with Reader(kafka_bootstrap, t.selections) as sel:
-            records = await sel.to_end()
-        assert len(records) == 100 and len(distinct_requests(records)) == 100
-    finally:
-        await producer.stop()
-    c = read_all(settings.db)["counters"]
-    assert (c["decisions"], c["outcomes_learned"], c.get("dead_letters", 0)) == (100, 40, 0)
-
-
-# -- 2. crash test: SIGKILL the worker subprocess mid-stream, three times -------------------------------------------
-class WorkerProcess:
-    """``python -m seedworker run`` as a subprocess; settings through SEEDWORKER_* like a deployment would."""
-
-    def __init__(self, bootstrap: str, db: Path, topics: dict[str, str], group: str, log: Path):
-        self.log = log
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SEEDWORKER_")}
-        env.update({f"SEEDWORKER_KAFKA__TOPICS__{kind.upper()}": name for kind, name in topics.items()})
-        env.update(SEEDWORKER_KAFKA__PARTITIONS=str(PARTITIONS), SEEDWORKER_KAFKA__OUTPUT_PARTITIONS=str(PARTITIONS),
-                   SEEDWORKER_KAFKA__GROUP_ID=group, PYTHONUNBUFFERED="1")
-        self.env = env
-        self.cmd = [sys.executable, "-m", "seedworker", "run", "--bootstrap-servers", bootstrap, "--db", str(db)]
-        # The settings the worker process sees, for the independent replay.
-        self.settings = load_settings(None, environ=env, overrides={"kafka.bootstrap_servers": bootstrap,
-                                                                    "db": str(db)})
-        self.proc: subprocess.Popen | None = None
-        self.starts = 0
-
-    def start(self) -> None:
-        self.starts += 1
-        with open(self.log, "ab") as f:
-            f.write(f"\n===== start #{self.starts} =====\n".encode())
-            self.proc = subprocess.Popen(self.cmd, cwd=REPO_ROOT, env=self.env, stdout=f, stderr=subprocess.STDOUT)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        assert self.alive(), f"the worker died on its own (exit {self.proc.returncode}){self.tail()}"
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    async def terminate(self, timeout: float = 60.0) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return await asyncio.to_thread(self.proc.wait, timeout)
-
-    def cleanup(self) -> None:
-        if self.alive():
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def tail(self, n: int = 40) -> str:
-        try:
-            lines = self.log.read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
-        return "\n--- worker log (tail) ---\n" + "\n".join(lines[-n:])
-
-
-EXACT_STATE = frozenset({"pulls", "selections", "success_sum", "count", "decisions", "version", "dim", "seed_ids",
-                         "names", "by_strategy", "strategy", "half_life_s", "ridge", "clip"})
-
-
-def assert_state_equal(got, want, path: str, exact: frozenset[str] = EXACT_STATE) -> None:
-    """Blueprint states: the ``exact`` keys (counts, identities) exactly, floating-point statistics to 1e-9."""
-    if isinstance(want, dict):
-        assert set(got) == set(want), f"{path}: keys {sorted(got)} != {sorted(want)}"
-        for key in want:
-            assert_state_equal(got[key], want[key], f"{path}.{key}", exact)
-    elif path.rsplit(".", 1)[-1] in exact:
-        if isinstance(want, np.ndarray):
-            np.testing.assert_array_equal(got, want, err_msg=path)
-        else:
-            assert got == want, f"{path}: {got!r} != {want!r}"
-    else:
-        np.testing.assert_allclose(np.asarray(got, dtype=float), np.asarray(want, dtype=float), rtol=1e-9,
-                                   atol=1e-9, err_msg=path)
-
-
+# -- crash test: SIGKILL the worker subprocess mid-stream, three times -------------------------------------------
 @pytest.mark.timeout(240)
 async def test_crash_restart_loses_nothing_and_counts_nothing_twice(kafka_bootstrap, kafka_topic_factory, tmp_path):
     seed = 20260101
@@ -418,85 +169,7 @@ async def test_crash_restart_loses_nothing_and_counts_nothing_twice(kafka_bootst
           f"{dup_outcomes} duplicate outcomes, counters {c}")
 
 
-# -- 3. dead-letter flood ----------------------------------------------------------------------------------------
-def bad_message(kind: int, i: int, rng: random.Random) -> tuple[str, bytes, bytes]:
-    """(input kind, value, expected fragment of dlq.reason)"""
-    base = orjson.loads(request(10_000 + i, "bp-bad"))
-    if kind == 0:
-        return "requests", b"\xff\xfe" + rng.randbytes(12), b"invalid JSON"
-    if kind == 1:
-        return "requests", b'{"event_type": "graft.requested", "request_id": "r' + str(i).encode(), b"invalid JSON"
-    if kind == 2:
-        return "requests", orjson.dumps({**base, "schema_version": "2.0"}), b"major version"
-    if kind == 3:
-        return "requests", json.dumps({**base, "context": {"current_loss": float("nan")}}).encode(), b"current_loss"
-    if kind == 4:
-        return "requests", orjson.dumps({**base, "seeds": []}), b"seeds"
-    if kind == 5:
-        return ("requests", orjson.dumps({**base, "seeds": [{"seed_id": f"s{j}", "seed_idx": j} for j in range(300)]}),
-                b"seeds")
-    return ("outcomes", json.dumps({"event_type": "adaptation.outcome", "blueprint_id": "bp-bad", "seed_id": "s0",
-                                    "request_id": f"req-{i}", "latency_ms": -5.0}).encode(), b"latency_ms")
-
-
-async def test_dead_letter_flood(kafka_bootstrap, kafka_topic_factory, tmp_path):
-    rng = random.Random(3)
-    topics = await create_topics(kafka_topic_factory, "dlq")
-    settings = make_settings(kafka_bootstrap, tmp_path, topics)
-    messages = [("good", i) for i in range(100)] + [("bad", i) for i in range(300)]
-    rng.shuffle(messages)
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
-    await producer.start()
-    bad: dict[tuple[str, int, int], tuple] = {}  # (topic, partition, offset) -> (key, value, headers, reason)
-    sent: dict[str, str] = {}
-    try:
-        async with running_worker(settings) as (worker, task):
-            pending = []
-            for what, i in messages:
-                if what == "good":
-                    bp = f"bp-{i % 4}"
-                    sent[f"req-{i}"] = bp
-                    await producer.send(topics["requests"], request(i, bp), key=bp.encode())
-                    continue
-                kind, value, reason = bad_message(i % 7, i, rng)
-                key, headers = f"bad-{i}".encode(), [("origin", bytes([i % 256, 255, 0]))]
-                fut = await producer.send(topics[kind], value, key=key, headers=headers)
-                pending.append((fut, (key, value, tuple(headers), reason)))
-            for fut, original in pending:
-                md = await fut
-                bad[(md.topic, md.partition, md.offset)] = original
-            async with Reader(kafka_bootstrap, topics["selections"]) as sel, \
-                    Reader(kafka_bootstrap, topics["dead_letters"]) as dlq:
-                await dlq.until(lambda rs: len(rs) >= 300, "300 dead letters", timeout=60)
-                await sel.until(lambda rs: len(distinct_requests(rs)) >= 100, "100 selections", timeout=60)
-                assert not task.done(), "the worker stopped"
-                assert (worker.counters["dead_letters"], worker.counters["decisions"]) == (300, 100)
-        # stopped cleanly: now nothing more can appear on either topic
-        async with Reader(kafka_bootstrap, topics["selections"]) as sel, \
-                Reader(kafka_bootstrap, topics["dead_letters"]) as dlq:
-            selections, dead = await sel.to_end(), await dlq.to_end()
-    finally:
-        await producer.stop()
-    assert len(selections) == 100
-    for r in selections:
-        check_selection(r, sent)
-    assert distinct_requests(selections) == set(sent)
-    assert len(dead) == 300
-    seen = set()
-    for r in dead:
-        h = headers_of(r)
-        src = (h["dlq.source.topic"].decode(), int(h["dlq.source.partition"]), int(h["dlq.source.offset"]))
-        assert src in bad, f"dead letter from {src} is not one of the bad messages"
-        assert src not in seen, f"{src} dead-lettered twice"
-        seen.add(src)
-        key, value, headers, reason = bad[src]
-        assert r.key == key and r.value == value
-        assert h["origin"] == dict(headers)["origin"]  # the original headers travel along
-        assert reason in h["dlq.reason"], (reason, h["dlq.reason"])
-    assert seen == set(bad)
-
-
-# -- 4. compressed input -----------------------------------------------------------------------------------------
+# -- compressed input -----------------------------------------------------------------------------------------
 async def test_compressed_requests_are_answered(kafka_bootstrap, kafka_topic_factory, tmp_path):
     topics = await create_topics(kafka_topic_factory, "codec")
     settings = make_settings(kafka_bootstrap, tmp_path, topics)
@@ -522,15 +195,3 @@ async def test_compressed_requests_are_answered(kafka_bootstrap, kafka_topic_fac
         assert len(records) == len(sent) == len(codecs) * per_codec
         assert worker.counters["dead_letters"] == 0
         assert not task.done()
-
-
-# -- 5. co-partitioning ------------------------------------------------------------------------------------------
-async def test_refuses_to_start_without_co_partitioning(kafka_bootstrap, kafka_topic_factory, tmp_path):
-    topics = {"requests": await kafka_topic_factory("copart-requests", 2),
-              "outcomes": await kafka_topic_factory("copart-outcomes", 3),
-              "selections": await kafka_topic_factory("copart-selections", 3),
-              "dead_letters": await kafka_topic_factory("copart-dlq", 3),
-              "control": await kafka_topic_factory("copart-control", 1)}
-    settings = make_settings(kafka_bootstrap, tmp_path, topics)
-    with pytest.raises(ConfigError, match="co-partitioning"):
-        await Worker(settings).start()
