@@ -39,7 +39,7 @@ from seedworker.engine.replay import Replay
 from seedworker.store.readers import read_all
 from seedworker.store.store import Store
 from tests.support import CTL, DLQ, OUT, REQ, SEL, T0
-from tests.test_worker_kafka import assert_state_equal
+from tests.support import assert_state_equal
 
 PARTITIONS = 2
 BLUEPRINTS = ["bp-a", "bp-b", "bp-c"]
