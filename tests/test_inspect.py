@@ -34,6 +34,7 @@ from tests.support import (
     REQ as REQUESTS,
     decision_order as selections,
     drain,
+    restored,
     history_settings,
     make_outcome,
     make_request,
@@ -52,17 +53,6 @@ def inspect_json(db, settings: Settings | None = None) -> dict:
 
 def iso(t: float) -> str:
     return datetime.fromtimestamp(t, timezone.utc).isoformat().replace("+00:00", "Z")
-
-
-async def restored(settings: Settings) -> Worker:
-    """A worker that has read the store, as at its start: the independent account of pending, held and counters."""
-    w = Worker(settings, bus=MemoryBus())
-    await w.store.open()
-    try:
-        await w._restore()
-    finally:
-        await w.store.close()
-    return w
 
 
 def files(directory: Path) -> dict[str, tuple[str, int]]:

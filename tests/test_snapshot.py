@@ -10,14 +10,12 @@ import base64
 import copy
 import math
 import os
-from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import orjson
 import pytest
 
 from seedworker.contract import events as ev
-from seedworker.broker.base import BusError
 from seedworker.broker.memory import MemoryBus
 from seedworker.tools.cli import main
 from seedworker.core.config import Settings
@@ -36,107 +34,11 @@ from seedworker.store.rows import load_state
 from seedworker.store.store import Store
 from seedworker.engine.worker import Worker
 
-T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
+from tests.support import HISTORY_BLUEPRINTS as BLUEPRINTS
+from tests.support import drain, history_settings, make_outcome, make_request, run_history
+from tests.support import decision_order as selections
+
 REQUESTS, OUTCOMES, CONTROL = "graft.requested", "adaptation.outcome", "seedworker.control"
-BLUEPRINTS = ("bp-thompson", "bp-lin", "bp-eps")
-QUALITY = {"layer3:0": 0.0, "layer3:1": 0.03, "layer3:2": 0.01, "layer3:3": 0.02, "layer3:4": -0.01,
-           "layer3:9": 0.04}
-
-
-class FlakyBus(MemoryBus):
-    """A memory bus whose broker can go away: ``send`` then fails after the batch was committed to SQLite."""
-
-    fail_sends = False
-
-    async def send(self, messages) -> None:
-        if self.fail_sends:
-            raise BusError("broker gone")
-        await super().send(messages)
-
-
-def history_settings(db, half_life_s: float | None = 600.0) -> Settings:
-    return Settings(db=str(db), kafka={"partitions": 2}, default_strategy="thompson",
-                    blueprint_strategies={"bp-lin": "linucb", "bp-eps": "epsilon-greedy"},
-                    decay={"half_life_s": half_life_s}, join={"reward_wait_s": 120.0, "hold_unknown_s": 60.0})
-
-
-def make_request(i: int, bp: str, rng: np.random.Generator, extra_seed: bool = False,
-                 at: float | None = None) -> bytes:
-    seeds = [ev.SeedCandidate(seed_id=f"layer3:{j}", seed_idx=j) for j in range(5)]
-    if extra_seed:  # a new seed, and one that is already grafted: known to the blueprint, never selectable
-        seeds += [ev.SeedCandidate(seed_id="layer3:8", seed_idx=8, state="grafted"),
-                  ev.SeedCandidate(seed_id="layer3:9", seed_idx=9)]
-    return ev.encode(ev.GraftRequested(
-        request_id=f"{bp}-req-{i}", blueprint_id=bp, occurred_at=T0 + timedelta(seconds=i if at is None else at),
-        seeds=seeds,
-        context={"current_loss": float(rng.uniform(0.2, 2.0)), "current_epoch": float(i),
-                 "learning_rate": float(rng.choice([1e-3, 1e-2])), "gradient_norm": float(rng.gamma(2.0))}))
-
-
-def make_outcome(s: ev.SeedSelected, rng: np.random.Generator, dt: float = 5.0, **kw) -> bytes:
-    gain = QUALITY[s.seed_id] + 0.01 * s.context.get("current_loss", 0.0) + float(rng.normal(0, 0.01))
-    return ev.encode(ev.AdaptationOutcome(
-        decision_id=s.decision_id, blueprint_id=s.blueprint_id, seed_id=s.seed_id, accuracy_delta=gain,
-        occurred_at=s.request_time + timedelta(seconds=dt), latency_ms=float(rng.uniform(1, 5)), **kw))
-
-
-def selections(bus: MemoryBus) -> list[ev.SeedSelected]:
-    """In decision order (the topic has several partitions, read one after the other)."""
-    sel = [ev.decode(m.value) for m in bus.read("seed.selected")]
-    return sorted(sel, key=lambda s: (s.request_time, s.request_id))  # type: ignore[attr-defined]
-
-
-async def drain(settings: Settings, bus: MemoryBus) -> Worker:
-    w = Worker(settings, bus=bus, burst=True, idle_polls=1)
-    await w.run()
-    return w
-
-
-async def run_history(settings: Settings, *, n: int = 24, seed: int = 7) -> FlakyBus:
-    """A worker's life on a memory bus; returns the bus (its topics hold everything that was exchanged)."""
-    rng = np.random.default_rng(seed)
-    bus = FlakyBus()
-    await bus.ensure_topics({REQUESTS: 2, OUTCOMES: 2})
-    for i in range(n):
-        for bp in BLUEPRINTS:
-            bus.produce(REQUESTS, bp.encode(), make_request(i, bp, rng))
-    await drain(settings, bus)
-
-    sel = selections(bus)
-    for k, s in enumerate(sel):
-        if k % 7 == 3:
-            continue  # no outcome: pending now, expired later
-        bus.produce(OUTCOMES, s.blueprint_id.encode(), make_outcome(s, rng, dt=150.0 if k % 11 == 5 else 5.0))
-    bus.produce(OUTCOMES, sel[0].blueprint_id.encode(), make_outcome(sel[0], rng))  # a duplicate
-    bus.produce(OUTCOMES, b"bp-thompson", ev.encode(ev.AdaptationOutcome(  # never gets its decision: dangling
-        request_id="bp-thompson-req-never", blueprint_id="bp-thompson", seed_id="layer3:1", accuracy_delta=0.1,
-        occurred_at=T0 + timedelta(seconds=n))))
-    bus.produce(REQUESTS, b"bp-lin", b'{"event_type": "graft.requested", "request_id": ')  # a dead letter
-    bus.produce(CONTROL, None, ev.encode(ev.StrategySwitch(strategy="ucb", blueprint_id="bp-eps",
-                                                           occurred_at=T0 + timedelta(seconds=n))))
-    for i in range(n, n + 12):  # later requests: time moves on (expiry), and a new seed arrives (warm start)
-        for bp in BLUEPRINTS:
-            bus.produce(REQUESTS, bp.encode(), make_request(i + 200, bp, rng, extra_seed=i % 3 == 0))
-    await drain(settings, bus)
-
-    sel = [s for s in selections(bus) if s.decision_id not in {x.decision_id for x in sel}]
-    assert len(sel) == 3 * 12
-    for s in sel[:-6]:  # the newest few stay pending
-        bus.produce(OUTCOMES, s.blueprint_id.encode(), make_outcome(s, rng))
-    bus.produce(OUTCOMES, b"bp-lin", ev.encode(ev.AdaptationOutcome(  # its request comes after the export: held
-        request_id="bp-lin-req-900", blueprint_id="bp-lin", seed_id="layer3:2", accuracy_delta=0.05,
-        occurred_at=T0 + timedelta(seconds=n + 230))))
-    await drain(settings, bus)
-
-    # The broker goes away after the next batch is committed: its selections stay in the outbox, unsent.
-    for bp in BLUEPRINTS:
-        bus.produce(REQUESTS, bp.encode(), make_request(n + 240, bp, rng))
-    bus.produce(REQUESTS, b"bp-eps", b"\xff\xfe not json")
-    bus.fail_sends = True
-    with pytest.raises(BusError):
-        await drain(settings, bus)
-    bus.fail_sends = False
-    return bus
 
 
 def assert_same(a, b, where: str = "state") -> None:
