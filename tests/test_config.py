@@ -244,3 +244,23 @@ def test_reward_settings_build_the_function(toml_file):
                                clip_max=2.0)
     assert f(_outcome(accuracy_delta=0.1, latency_ms=4.0)) == pytest.approx(2.0 * 0.1 - 0.01 * 4.0)
     assert f(_outcome(accuracy_delta=5.0)) == 2.0
+
+
+def test_decay_is_honoured_or_refused_never_ignored():
+    half = {"decay.half_life_s": 600.0}
+    # ``discounted`` can no longer switch decay on or off by itself.
+    msg = _error(overrides={"default_strategy": "thompson", "strategies": {"thompson": {"discounted": True}}})
+    assert "strategies.thompson.discounted" in msg and "decay.half_life_s" in msg
+    msg = _error(overrides={**half, "default_strategy": "ucb", "strategies": {"ucb": {"discounted": False}}})
+    assert "strategies.ucb.discounted = false" in msg and "every strategy" in msg
+    # A strategy that forgets by change detection takes no half-life, and needs the detector.
+    msg = _error(overrides={**half, "default_strategy": "glr-thompson"})
+    assert "glr-thompson" in msg and "decay.half_life_s" in msg
+    msg = _error(overrides={"default_strategy": "glr-ucb", "change_detection": False})
+    assert "change_detection" in msg
+    # Run-time switches follow the same rule.
+    s = load_settings(environ={}, overrides={**half, "default_strategy": "thompson"})
+    assert s.strategy_problem("glr-thompson") is not None
+    assert s.strategy_problem("lin-thompson") is None and s.strategy_problem("beta-thompson") is None
+    assert load_settings(environ={}, overrides={"default_strategy": "glr-ucb"}).detects_changes
+    assert not load_settings(environ={}, overrides={"default_strategy": "thompson"}).detects_changes

@@ -154,6 +154,10 @@ class Settings(_Section):
     features: list[str] = Field(default_factory=lambda: list(DEFAULT_FEATURES))
     ridge: float = Field(default=1.0, gt=0)
     decay: DecaySettings = DecaySettings()
+    # Run the change detector on every seed's reward stream (see ArmTable._observe). Unset: on when a configured
+    # strategy reads it (default_strategy, a blueprint's or a configured one), so a configuration that never uses it
+    # keeps statistics that do not depend on the order outcomes arrive in.
+    change_detection: bool | None = None
     reward: RewardSettings = RewardSettings()
     kafka: KafkaSettings = KafkaSettings()
     join: JoinSettings = JoinSettings()
@@ -180,9 +184,31 @@ class Settings(_Section):
         ``strategy.switch`` at run time, so a switch cannot install what the configuration refuses."""
         if name not in STRATEGIES:
             return f"unknown strategy {name!r}; known: {', '.join(sorted(STRATEGIES))}"
-        if name == "discounted-ucb" and self.decay.half_life_s is None:
+        cls = STRATEGIES[name]
+        half_life = self.decay.half_life_s
+        if name == "discounted-ucb" and half_life is None:
             return "strategy 'discounted-ucb' needs decay.half_life_s"
+        if cls.detects and not self.detects_changes:
+            return (f"strategy {name!r} needs change_detection (the statistics it reads are kept only with it on): "
+                    f"set change_detection = true, or name the strategy in the configuration")
+        if cls.detects and half_life is not None:
+            return (f"strategy {name!r} forgets by change detection, so decay.half_life_s would be ignored by it: "
+                    f"unset decay.half_life_s, or choose a strategy that decays (e.g. 'thompson', 'ucb')")
+        discounted = self.strategies.get(name, {}).get("discounted")
+        if discounted is True and half_life is None:
+            return (f"strategies.{name}.discounted = true needs decay.half_life_s (it reads the decayed statistics, "
+                    f"which only a half-life defines)")
+        if discounted is False and half_life is not None:
+            return (f"strategies.{name}.discounted = false: decay.half_life_s applies to every strategy that learns "
+                    f"and cannot be turned off per strategy; remove the setting or the half-life")
         return None
+
+    @property
+    def detects_changes(self) -> bool:
+        if self.change_detection is not None:
+            return self.change_detection
+        names = {self.default_strategy, *self.blueprint_strategies.values(), *self.strategies}
+        return any(STRATEGIES[n].detects for n in names if n in STRATEGIES)
 
     def policy(self, name: str):
         return make_policy(name, self.strategies.get(name))
