@@ -438,3 +438,14 @@ def test_detector_state_replays_bit_identically_and_round_trips():
     for t in (one, copy):
         t.learn(0, reward=0.5, success=True, t=5.0, x=np.array([1.0, 0.0, 0.0]))
     _assert_tables_equal(one, copy)
+
+
+def test_detector_on_constant_rewards_and_on_two_constant_runs():
+    table = ArmTable(dim=2, detect=True)
+    table.rows(["a"])
+    for k in range(50):
+        table.learn(0, reward=0.09, success=True, t=float(k))
+    assert table.changes == 0
+    for k in range(20):
+        table.learn(0, reward=0.5, success=True, t=50.0 + k)
+    assert table.changes == 1

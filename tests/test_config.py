@@ -65,7 +65,7 @@ def _error(**kwargs) -> str:
 def test_defaults_without_file_or_environment():
     s = load_settings(environ={})
     assert s == Settings()
-    assert s.default_strategy == "thompson" and s.decay.half_life_s is None
+    assert s.default_strategy == "glr-ucb" and s.decay.half_life_s is None and s.detects_changes
     assert s.kafka.bootstrap_servers == "127.0.0.1:9092" and s.kafka.topics.requests == "graft.requested"
     assert s.features == list(DEFAULT_FEATURES)
     assert s.selectable_states == ["dormant"]
@@ -112,12 +112,14 @@ def test_environment_overrides(toml_file):
     assert s.selectable_states == ["dormant", "active"]
     assert s.strategies["ucb"] == {"exploration": 2}
     assert s.salt == "pepper"
-    # Without a file.
-    assert load_settings(environ={"SEEDWORKER_HALF_LIFE_S": "90"}).decay.half_life_s == 90.0
+    # Without a file (a half-life needs a strategy that decays: the default forgets by change detection).
+    assert load_settings(environ={"SEEDWORKER_HALF_LIFE_S": "90", "SEEDWORKER_DEFAULT_STRATEGY": "thompson"}
+                         ).decay.half_life_s == 90.0
 
 
 def test_environment_is_only_read_from_the_environ_argument(monkeypatch):
     monkeypatch.setenv("SEEDWORKER_DECAY__HALF_LIFE_S", "123")
+    monkeypatch.setenv("SEEDWORKER_DEFAULT_STRATEGY", "ucb")
     assert load_settings(environ={}).decay.half_life_s is None
     assert load_settings().decay.half_life_s == 123.0  # environ=None reads the process environment
 

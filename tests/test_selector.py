@@ -405,7 +405,7 @@ def test_replay_reproduces_the_live_state(half_life_s, order):
 def test_replay_with_a_seed_that_appears_mid_stream_in_live_order(half_life_s):
     """A seed first offered mid-stream is warm-started from the blueprint's pooled mean at that point; replaying
     the log in the order the live selector handled it reproduces that too."""
-    settings = Settings.model_validate({"decay": {"half_life_s": half_life_s}})
+    settings = Settings.model_validate({"default_strategy": "thompson", "decay": {"half_life_s": half_life_s}})
     live = SeedSelector(settings, clock=_clock)
     log = _live_run(live, steps=60, seed=2, new_seed_at=30)
     arms = live.blueprints["bp"].arms

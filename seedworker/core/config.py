@@ -142,7 +142,7 @@ class MetricsSettings(_Section):
 
 
 class Settings(_Section):
-    default_strategy: str = "thompson"
+    default_strategy: str = "glr-ucb"
     strategies: dict[str, dict[str, Any]] = Field(default_factory=dict)
     blueprint_strategies: dict[str, str] = Field(default_factory=dict)
     logging_only: bool = False
