@@ -17,7 +17,14 @@ prior does not decay, so a rescaled ``A`` is not a multiple of the old one). ``G
 re-inversion, so without a half-life its updates are deferred (see ``gram``).
 
 The blueprint's pooled within-arm reward variance (the exploration scale of every strategy) is kept as two running
-totals updated in O(1) per outcome, so reading it does not re-sum every arm.
+totals updated in O(1) per outcome, so reading it does not re-sum every arm. With a half-life it is read from the
+decayed sums instead. Reads of an arm's decayed statistics (counts, and the linear model in ``linear_model``) are
+seen from the blueprint's clock, so an arm that stops being chosen loses confidence as time passes.
+
+Change detection (``detect=True``, see ``_observe``): each arm's rewards since the blueprint's last detected change
+form its *segment*; a GLR test on every new outcome restarts every segment when one arm's mean moved. Unlike the
+sums above, a segment depends on the order outcomes are folded in (it is a sequence), so it is exact under a replay
+in fold order, not under any order.
 """
 
 from __future__ import annotations
@@ -68,6 +75,7 @@ _NOISE_PRIOR = 2.0
 _HISTORY = 1000
 _MIN_SIDE = 5
 _DETECT_DELTA = 0.01
+_SPLITS = np.arange(_HISTORY + 1, dtype=float)  # candidate split positions s, shared by every test
 
 
 class ArmTable:
@@ -260,16 +268,18 @@ class ArmTable:
     def _change_point(r: np.ndarray) -> int | None:
         """The most likely split of ``r`` (outcomes before it) if the GLR test declares a change there, else None."""
         n = len(r)
-        c = r - r.mean()
+        m = float(r.sum()) / n
+        c = r - m  # centred first: the deviations of rewards far from 0 keep their precision
         s0 = float(c.dot(c))
         # Constant rewards leave only rounding noise in the deviations (about 1e-17 of their magnitude): no change.
-        if s0 <= n * (1e-12 * float(np.abs(r).max())) ** 2:
+        if s0 <= 1e-24 * n * m * m or s0 == 0.0:
             return None
         cs = np.cumsum(c)[_MIN_SIDE - 1:n - _MIN_SIDE]
-        s = np.arange(_MIN_SIDE, n - _MIN_SIDE + 1, dtype=float)
-        ratio = cs * cs / (s * (n - s))
-        j = int(ratio.argmax())
-        s1 = max(s0 - float(ratio[j]) * n, s0 * 1e-12)  # a split into two constant runs: a likelihood ratio of 1e12
+        split = _SPLITS[_MIN_SIDE:n - _MIN_SIDE + 1]
+        cs *= cs
+        cs /= split * (n - split)
+        j = int(cs.argmax())
+        s1 = max(s0 - float(cs[j]) * n, s0 * 1e-12)  # a split into two constant runs: a likelihood ratio of 1e12
         if 0.5 * n * math.log(s0 / s1) > math.log(3.0 * n**1.5 / _DETECT_DELTA):
             return j + _MIN_SIDE
         return None
