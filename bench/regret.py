@@ -238,21 +238,24 @@ def entries(quick: bool) -> list[Entry]:
     ucb_alphas = (0.5, 1.0, 2.0) if quick else (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
     peers = [Entry("MABWiser", f"UCB1 alpha={a:g} sd", mabwiser("ucb1", a * NOISE))
              for a in ((1.0,) if quick else (0.75, 1.0, 1.5))]
-    peers += [Entry("MABWiser", f"epsilon-greedy eps={e:g}", mabwiser("epsilon", e)) for e in (0.02, 0.1)]
+    # Settings that lost everywhere by a wide margin on the full run of 2026-12-02 were dropped to keep the run
+    # under ten minutes: MABWiser and River epsilon-greedy 0.02, M-UCB w=100, sliding-window tau=250, discounted
+    # Thompson gamma=0.98.
+    peers += [Entry("MABWiser", "epsilon-greedy eps=0.1", mabwiser("epsilon", 0.1))]
     peers += [Entry("River", f"UCB delta={a:g} sd", river("ucb", a * NOISE)) for a in ucb_alphas]
     peers += [Entry("River", "Gaussian Thompson", river("thompson", 0.0))]
     if not quick:
-        peers += [Entry("River", f"epsilon-greedy eps={e:g}", river("epsilon", e)) for e in (0.02, 0.1)]
+        peers += [Entry("River", "epsilon-greedy eps=0.1", river("epsilon", 0.1))]
     peers += [
         Entry("SMPyBandits", "GLR-klUCB (local restart; T, changes known)", smpy("glr-klucb")),
         Entry("SMPyBandits", "GLR-klUCB (global restart; T, changes known)", smpy("glr-klucb-global")),
         Entry("SMPyBandits", "CUSUM-UCB (T, changes known)", smpy("cusum-ucb")),
     ]
-    peers += [Entry("SMPyBandits", f"M-UCB w={w}", smpy("m-ucb", w)) for w in ((100,) if quick else (100, 300))]
+    peers += [Entry("SMPyBandits", f"M-UCB w={w}", smpy("m-ucb", w)) for w in ((100,) if quick else (300,))]
     peers += [Entry("SMPyBandits", f"discounted Thompson gamma={g:g}", smpy("discounted-thompson", g))
-              for g in ((0.99,) if quick else (0.98, 0.99, 0.995, 0.999))]
+              for g in ((0.99,) if quick else (0.99, 0.995, 0.999))]
     peers += [Entry("SMPyBandits", f"sliding-window UCB tau={w}", smpy("sw-ucb", w))
-              for w in ((500,) if quick else (250, 500, 1000))]
+              for w in ((500,) if quick else (500, 1000))]
     return sw + peers
 
 
