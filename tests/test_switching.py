@@ -162,7 +162,7 @@ async def test_switch_through_the_control_topic_on_the_real_broker(kafka_bootstr
                 await producer.send_and_wait(topics["requests"], request(i, "bp-k"), key=b"bp-k")
             records = await out.until(lambda r: len(r) >= 10, "10 selections")
         strategies = [ev.decode(r.value).strategy for r in records]
-        assert strategies[:6] == ["thompson"] * 6 and strategies[6:] == ["ucb"] * 4
+        assert strategies[:6] == [settings.default_strategy] * 6 and strategies[6:] == ["ucb"] * 4
         assert read_all(settings.db)["blueprints"]["bp-k"]["strategy"] == "ucb"
     finally:
         await producer.stop()
