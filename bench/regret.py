@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import random
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -200,7 +201,9 @@ def smpy(kind: str, value: float | None = None) -> Callable:
             "discounted-thompson": lambda: P.DiscountedThompson(K, gamma=value),
             "sw-ucb": lambda: P.SWUCB(K, tau=int(value)),
         }[kind]
-        np.random.seed(seed)  # SMPyBandits draws from numpy's global generator
+        # SMPyBandits draws from numpy's global generator and from Python's.
+        np.random.seed(seed)
+        random.seed(seed)
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             pol = build()
             pol.startGame()
