@@ -449,3 +449,16 @@ def test_detector_on_constant_rewards_and_on_two_constant_runs():
     for k in range(20):
         table.learn(0, reward=0.5, success=True, t=50.0 + k)
     assert table.changes == 1
+
+
+@pytest.mark.parametrize("h", [None, 200.0])
+def test_linear_noise_estimate_survives_a_round_trip_and_growth(h):
+    table = _filled(h)
+    copy = ArmTable.from_dict(table.to_dict())
+    rows = np.arange(len(table))
+    x = np.array([1.0, 0.3, -0.7])
+    for a, b in zip(table.linear_model(rows, x), copy.linear_model(rows, x)):
+        np.testing.assert_array_equal(a, b)
+    copy.rows([f"more{i}" for i in range(20)])  # grows the derived arrays with the columns
+    for a, b in zip(table.linear_model(rows, x), copy.linear_model(rows, x)):
+        np.testing.assert_array_equal(a, b)

@@ -127,6 +127,14 @@ class ArmTable:
         self.a_inv = np.tile(np.eye(d) / self.ridge, (capacity, 1, 1))
         self.b = np.zeros((capacity, d))
         self.theta = np.zeros((capacity, d))
+        # Derived from lin_sq, lin_w, b, theta and A^-1 after every change of an arm's linear model (not persisted:
+        # from_dict recomputes them): its residual sum of squares and degrees of freedom plus the noise prior, so
+        # a decision reads the noise estimate with two lookups (see ``linear_model``).
+        rss, dof = getattr(self, "_lin_rss", None), getattr(self, "_lin_dof", None)
+        self._lin_rss = np.zeros(capacity)
+        self._lin_dof = np.full(capacity, self._dof(0.0, d / self.ridge))  # a fresh arm: A^-1 = I / lam
+        if rss is not None:
+            self._lin_rss[:n], self._lin_dof[:n] = rss[:n], dof[:n]
         for name in _MATRICES:
             if old[name] is not None:
                 getattr(self, "_gram" if name == "gram" else name)[:n] = old[name][:n]
@@ -327,6 +335,7 @@ class ArmTable:
         # The ridge prior does not decay, so A = lam*I + factor*G needs a fresh inverse.
         self.a_inv[i] = np.linalg.inv(self._gram[i] + self.ridge * np.eye(self.dim))
         self.theta[i] = self.a_inv[i] @ self.b[i]
+        self._refresh_linear(i)
 
     def _learn_linear(self, i: int, x: np.ndarray, reward: float, weight: float) -> None:
         self.lin_w[i] += weight
@@ -344,6 +353,7 @@ class ArmTable:
         else:
             b += (weight * reward) * x
         np.dot(a_inv, b, out=self.theta[i])
+        self._refresh_linear(i)
         if self.half_life_s is None:
             # G is only read to re-invert A after a decay rescale, which never happens without a half-life: keep x
             # and fold an arm's contexts in as one product X^T X when it has a batch of them or when G is read.
@@ -354,6 +364,16 @@ class ArmTable:
                 self._fold_gram(i)
         else:
             self._gram[i] += weight * np.outer(x, x)
+
+    def _dof(self, weight: float, trace: float) -> float:
+        """Residual degrees of freedom of a ridge fit plus the noise prior: max(w - tr(G A^-1), 0) + nu0, where
+        tr(G A^-1) = d - lam tr(A^-1) is the fit's effective number of parameters."""
+        return max(weight - (self.dim - self.ridge * trace), 0.0) + _NOISE_PRIOR
+
+    def _refresh_linear(self, i: int) -> None:
+        # Penalized ridge residual: sum w (r - theta.x)^2 + lam |theta|^2 = sum w r^2 - b.theta.
+        self._lin_rss[i] = max(self.lin_sq[i] - float(self.b[i].dot(self.theta[i])), 0.0)
+        self._lin_dof[i] = self._dof(self.lin_w[i], float(np.trace(self.a_inv[i])))
 
     def _fold_gram(self, i: int) -> None:
         pending = self._pending[i]
@@ -508,21 +528,18 @@ class ArmTable:
         exploration it drives is the same whatever the unit.
         """
         f = self._decay_factors(rows)
-        lin_w, lin_sq = self.lin_w[rows], self.lin_sq[rows]
+        s2 = self.pooled_scale() ** 2
         if f is None:
             mean, width = self.linear_fit(rows, x)
-            theta, b = self.theta[rows], self.b[rows]
-            trace = np.einsum("kii->k", self.a_inv[rows])
-        else:
-            theta, a_inv = self._faded_linear(rows, f)
-            mean = theta.dot(x)
-            width = np.maximum(np.einsum("i,kij,j->k", x, a_inv, x), 0.0)
-            b = self.b[rows] * f[:, None]
-            trace = np.einsum("kii->k", a_inv)
-            lin_w, lin_sq = lin_w * f, lin_sq * f
-        rss = np.maximum(lin_sq - np.einsum("ki,ki->k", b, theta), 0.0)
-        dof = np.maximum(lin_w - (self.dim - self.ridge * trace), 0.0)
-        s2 = self.pooled_scale() ** 2
+            noise = self._lin_rss[rows]
+            noise += _NOISE_PRIOR * s2
+            noise /= self._lin_dof[rows]
+            return mean, width, noise
+        theta, a_inv = self._faded_linear(rows, f)
+        mean = theta.dot(x)
+        width = np.maximum(np.einsum("i,kij,j->k", x, a_inv, x), 0.0)
+        rss = np.maximum(f * (self.lin_sq[rows] - np.einsum("ki,ki->k", self.b[rows], theta)), 0.0)
+        dof = np.maximum(f * self.lin_w[rows] - (self.dim - self.ridge * np.einsum("kii->k", a_inv)), 0.0)
         return mean, width, (rss + _NOISE_PRIOR * s2) / (dof + _NOISE_PRIOR)
 
     def linear_fit(self, rows: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -593,6 +610,8 @@ class ArmTable:
                 table._hist_n[i] = m
                 start += m
         table._gram[:n] = data["gram"]
+        for i in range(n):
+            table._refresh_linear(i)
         table._priors = int(np.count_nonzero(table.prior_w[:n]))
         if "pooled" in data:
             table.pooled_n, table.pooled_m2 = (float(v) for v in data["pooled"])
