@@ -454,8 +454,11 @@ def test_detector_on_constant_rewards_and_on_two_constant_runs():
 @pytest.mark.parametrize("h", [None, 200.0])
 def test_linear_noise_estimate_survives_a_round_trip_and_growth(h):
     table = _filled(h)
+    n = len(table)
+    # tr(A^-1) is kept incrementally through the Sherman–Morrison updates: it agrees with the inverse's trace.
+    assert_allclose(table._lin_trace[:n], np.trace(table.a_inv[:n], axis1=1, axis2=2), rtol=1e-9)
     copy = ArmTable.from_dict(table.to_dict())
-    rows = np.arange(len(table))
+    rows = np.arange(n)
     x = np.array([1.0, 0.3, -0.7])
     for a, b in zip(table.linear_model(rows, x), copy.linear_model(rows, x)):
         np.testing.assert_array_equal(a, b)

@@ -130,11 +130,12 @@ class ArmTable:
         # Derived from lin_sq, lin_w, b, theta and A^-1 after every change of an arm's linear model (not persisted:
         # from_dict recomputes them): its residual sum of squares and degrees of freedom plus the noise prior, so
         # a decision reads the noise estimate with two lookups (see ``linear_model``).
-        rss, dof = getattr(self, "_lin_rss", None), getattr(self, "_lin_dof", None)
+        derived = [getattr(self, name, None) for name in ("_lin_rss", "_lin_dof", "_lin_trace")]
         self._lin_rss = np.zeros(capacity)
         self._lin_dof = np.full(capacity, self._dof(0.0, d / self.ridge))  # a fresh arm: A^-1 = I / lam
-        if rss is not None:
-            self._lin_rss[:n], self._lin_dof[:n] = rss[:n], dof[:n]
+        self._lin_trace = np.full(capacity, d / self.ridge)  # tr(A^-1)
+        if derived[0] is not None:
+            self._lin_rss[:n], self._lin_dof[:n], self._lin_trace[:n] = (v[:n] for v in derived)
         for name in _MATRICES:
             if old[name] is not None:
                 getattr(self, "_gram" if name == "gram" else name)[:n] = old[name][:n]
@@ -144,6 +145,8 @@ class ArmTable:
             "pulls", "reward_sum", "reward_sq_sum", "success_sum", "w", "w_reward", "w_reward_sq", "w_success",
             "w_memory", "w_latency", "t_ref"))
         self._select_views = memoryview(self.selections), memoryview(self.last_selected)
+        self._linear_views = tuple(memoryview(getattr(self, name)) for name in (
+            "lin_w", "lin_sq", "_lin_rss", "_lin_dof", "_lin_trace"))
 
     def __len__(self) -> int:
         return len(self.seed_ids)
@@ -338,8 +341,9 @@ class ArmTable:
         self._refresh_linear(i)
 
     def _learn_linear(self, i: int, x: np.ndarray, reward: float, weight: float) -> None:
-        self.lin_w[i] += weight
-        self.lin_sq[i] += weight * reward * reward
+        lin_w, lin_sq, rss, dof, trace = self._linear_views
+        lin_w[i] += weight
+        lin_sq[i] += weight * reward * reward
         a_inv = self.a_inv[i]
         ax = a_inv.dot(x)
         # Sherman–Morrison: (A + w x x^T)^-1 = A^-1 - w (A^-1 x)(A^-1 x)^T / (1 + w x^T A^-1 x). Scaling A^-1 x by
@@ -352,8 +356,14 @@ class ArmTable:
             b += reward * x
         else:
             b += (weight * reward) * x
-        np.dot(a_inv, b, out=self.theta[i])
-        self._refresh_linear(i)
+        theta = self.theta[i]
+        np.dot(a_inv, b, out=theta)
+        # The noise estimate's parts (see linear_model): the correction above lowers tr(A^-1) by |scaled A^-1 x|^2.
+        tr = trace[i] - float(ax.dot(ax))
+        trace[i] = tr
+        res = lin_sq[i] - float(b.dot(theta))
+        rss[i] = res if res > 0.0 else 0.0
+        dof[i] = self._dof(lin_w[i], tr)
         if self.half_life_s is None:
             # G is only read to re-invert A after a decay rescale, which never happens without a half-life: keep x
             # and fold an arm's contexts in as one product X^T X when it has a batch of them or when G is read.
@@ -370,10 +380,13 @@ class ArmTable:
         tr(G A^-1) = d - lam tr(A^-1) is the fit's effective number of parameters."""
         return max(weight - (self.dim - self.ridge * trace), 0.0) + _NOISE_PRIOR
 
-    def _refresh_linear(self, i: int) -> None:
+    def _refresh_linear(self, i: int, trace: float | None = None) -> None:
+        """Recompute arm i's noise-estimate parts from its model (after a re-inversion; on load with the saved
+        trace, which live updates keep incrementally: recomputing it would differ in the last bits)."""
         # Penalized ridge residual: sum w (r - theta.x)^2 + lam |theta|^2 = sum w r^2 - b.theta.
         self._lin_rss[i] = max(self.lin_sq[i] - float(self.b[i].dot(self.theta[i])), 0.0)
-        self._lin_dof[i] = self._dof(self.lin_w[i], float(np.trace(self.a_inv[i])))
+        self._lin_trace[i] = float(np.trace(self.a_inv[i])) if trace is None else trace
+        self._lin_dof[i] = self._dof(self.lin_w[i], self._lin_trace[i])
 
     def _fold_gram(self, i: int) -> None:
         pending = self._pending[i]
@@ -577,6 +590,7 @@ class ArmTable:
             # (outcomes, sum of squared deviations): running totals, an array because like the columns they
             # depend on the order outcomes arrived in only up to rounding.
             "pooled": np.array([self.pooled_n, self.pooled_m2]),
+            "lin_trace": self._lin_trace[:n].copy(),  # tr(A^-1), kept incrementally (see _learn_linear)
         }
         if self.detect:
             out["detect"] = True
@@ -610,8 +624,9 @@ class ArmTable:
                 table._hist_n[i] = m
                 start += m
         table._gram[:n] = data["gram"]
+        traces = data.get("lin_trace")
         for i in range(n):
-            table._refresh_linear(i)
+            table._refresh_linear(i, None if traces is None else float(traces[i]))
         table._priors = int(np.count_nonzero(table.prior_w[:n]))
         if "pooled" in data:
             table.pooled_n, table.pooled_m2 = (float(v) for v in data["pooled"])
