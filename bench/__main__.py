@@ -19,6 +19,7 @@ import bench
 from bench import Report
 
 PREFIXES = ("bench_", "kafka_")
+NAMED = ("regret",)  # modules registered by name (no prefix)
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "var" / "bench-report.txt"
 
@@ -27,7 +28,7 @@ def discover() -> dict[str, str]:
     """{short name: module name} of every benchmark module (``bench_core`` is ``core``, ``kafka_x`` stays)."""
     found = {}
     for info in pkgutil.iter_modules(bench.__path__):
-        if info.name.startswith(PREFIXES):
+        if info.name.startswith(PREFIXES) or info.name in NAMED:
             found[info.name.removeprefix("bench_")] = f"bench.{info.name}"
     return dict(sorted(found.items()))
 
@@ -64,7 +65,8 @@ def machine_facts() -> list[str]:
         f"cpu:       {_cpu_model()}; cpu_count={os.cpu_count()} usable={usable}; loadavg at start {load}",
         f"python:    {platform.python_implementation()} {platform.python_version()}",
         "versions:  " + ", ".join(f"{d} {_version(d)}" for d in
-                                  ("seedworker", "numpy", "pydantic", "mabwiser", "river", "vowpalwabbit")),
+                                  ("seedworker", "numpy", "pydantic", "mabwiser", "river", "vowpalwabbit",
+                                   "smpybandits")),
     ]
 
 

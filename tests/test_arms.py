@@ -35,8 +35,9 @@ def _outcomes(rng: np.random.Generator, n: int, arms: int, t_span: float = 2000.
     return out
 
 
-def _table(outcomes: list[dict], arms: int, half_life_s: float | None, dim: int = DIM) -> ArmTable:
-    table = ArmTable(dim=dim, ridge=RIDGE, half_life_s=half_life_s)
+def _table(outcomes: list[dict], arms: int, half_life_s: float | None, dim: int = DIM,
+           detect: bool = False) -> ArmTable:
+    table = ArmTable(dim=dim, ridge=RIDGE, half_life_s=half_life_s, detect=detect)
     table.rows([f"s{i}" for i in range(arms)])
     for o in outcomes:
         table.learn(o["arm"], reward=o["reward"], success=o["success"], t=o["t"], memory_mb=o["memory_mb"],
@@ -203,8 +204,9 @@ def _assert_same_state(a: dict, b: dict, rtol: float) -> None:
 @given(_two_orders())
 def test_order_independence(case):
     first, second, h = case
-    one = _table(first, 3, h).to_dict()
-    two = _table(second, 3, h).to_dict()
+    # Without the change detector: its segment is a sequence, so it depends on the fold order by definition.
+    one = _table(first, 3, h, detect=False).to_dict()
+    two = _table(second, 3, h, detect=False).to_dict()
     _assert_same_state(one, two, rtol=1e-9)
 
 
@@ -342,3 +344,124 @@ def test_discounted_reads_before_any_outcome():
     assert table.variances(rows, discounted=True).tolist() == [0.0, 0.0]
     succ, fail = table.successes(rows, discounted=True)
     assert succ.tolist() == [0.0, 0.0] and fail.tolist() == [0.0, 0.0]
+
+
+def test_linear_model_decays_to_the_blueprint_clock():
+    """An arm that stops being chosen loses confidence: its Gram matrix and reward vector fade together, seen from
+    the blueprint's clock, and A^-1 is that of lam*I + f G."""
+    h = 100.0
+    rng = np.random.default_rng(8)
+    table = ArmTable(dim=DIM, ridge=RIDGE, half_life_s=h)
+    rows = table.rows(["old", "new"])
+    xs = np.column_stack([np.ones(40), rng.normal(size=(40, DIM - 1))])
+    rs = xs @ np.array([0.3, 0.1, -0.2]) + rng.normal(0, 0.05, 40)
+    for x, r in zip(xs, rs):
+        table.learn(0, reward=float(r), success=True, t=0.0, x=x)
+    x = np.array([1.0, 0.5, -0.5])
+    _, fresh_width, _ = table.linear_model(rows[:1], x)
+    table.learn(1, reward=0.0, success=True, t=300.0, x=x)  # the clock moves three half-lives on
+    mean, width, noise = table.linear_model(rows[:1], x)
+    f = 2.0**-3
+    a = RIDGE * np.eye(DIM) + f * xs.T @ xs
+    theta = np.linalg.solve(a, f * xs.T @ rs)
+    assert mean[0] == pytest.approx(theta @ x, rel=1e-9)
+    assert width[0] == pytest.approx(x @ np.linalg.solve(a, x), rel=1e-9)
+    assert width[0] > 4 * fresh_width[0]
+    # The residual noise: penalized residual over the effective degrees of freedom, 2 prior pseudo-outcomes.
+    rss = f * ((rs - xs @ theta) ** 2).sum() + RIDGE * theta @ theta
+    dof = f * len(rs) - (DIM - RIDGE * np.trace(np.linalg.inv(a)))
+    assert noise[0] == pytest.approx((rss + 2 * table.pooled_scale() ** 2) / (dof + 2), rel=1e-7)
+
+
+def test_pooled_scale_has_no_absolute_floor():
+    for unit in (1.0, 1e-4):
+        table = ArmTable(dim=2)
+        table.rows(["a", "b"])
+        for i, r in enumerate([0.1, 0.3, 0.2, 0.25]):
+            table.learn(i % 2, reward=unit * r, success=True, t=float(i))
+        assert table.pooled_scale() == pytest.approx(unit * math.sqrt((0.005 + 0.00125) / 4), rel=1e-9)
+    same = ArmTable(dim=2)
+    same.rows(["a"])
+    for _ in range(3):
+        same.learn(0, reward=2e-4, success=True, t=0.0)
+    assert same.pooled_scale() == pytest.approx(2e-4)  # constant rewards: their own magnitude, not a fixed number
+
+
+# -- change detection -------------------------------------------------------------------------------------------
+def _stream(rng, n_before: int, n_after: int, jump: float, sd: float = 1.0) -> list[float]:
+    return [float(v) for v in np.concatenate([rng.normal(0.0, sd, n_before), rng.normal(jump, sd, n_after)])]
+
+
+def test_detector_finds_a_change_and_restarts_every_segment():
+    rng = np.random.default_rng(1)
+    table = ArmTable(dim=2, detect=True)
+    table.rows(["a", "b"])
+    for r in rng.normal(0.5, 1.0, 30):
+        table.learn(1, reward=float(r), success=True, t=0.0)
+    rewards = _stream(rng, 300, 100, jump=1.0)
+    alarm = None
+    for k, r in enumerate(rewards):
+        table.learn(0, reward=r, success=True, t=float(k))
+        if table.changes and alarm is None:
+            alarm = k
+    assert alarm is not None and 300 <= alarm < 340, alarm  # after the change, within 40 outcomes
+    n, _, _ = table.segment_moments(np.arange(2))
+    assert n[1] == 0.0  # the other arm restarted too
+    assert n[0] == len(rewards) - 1 - alarm
+    assert table.pulls[0] == len(rewards)  # the raw statistics keep everything
+
+
+@pytest.mark.parametrize("unit", [1.0, 1e-3, 100.0])
+def test_detector_false_alarms_are_rare_and_scale_free(unit):
+    alarms = 0
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        table = ArmTable(dim=2, detect=True)
+        table.rows(["a"])
+        for k, r in enumerate(rng.normal(3.0, 1.0, 1500)):
+            table.learn(0, reward=unit * float(r), success=True, t=float(k))
+        alarms += table.changes
+    assert alarms <= 3, alarms  # delta = 0.01 per stream; measured 0 of 20 at every unit
+
+
+def test_detector_state_replays_bit_identically_and_round_trips():
+    rng = np.random.default_rng(2)
+    outcomes = _outcomes(rng, 400, 3)
+    for o in outcomes[200:]:
+        o["reward"] += 2.0 if o["arm"] == 0 else 0.0  # a change in arm 0
+    one = _table(outcomes, 3, None, detect=True)
+    two = _table(outcomes, 3, None, detect=True)
+    assert one.changes >= 1
+    _assert_tables_equal(one, two)
+    copy = ArmTable.from_dict(one.to_dict())
+    _assert_tables_equal(one, copy)
+    for t in (one, copy):
+        t.learn(0, reward=0.5, success=True, t=5.0, x=np.array([1.0, 0.0, 0.0]))
+    _assert_tables_equal(one, copy)
+
+
+def test_detector_on_constant_rewards_and_on_two_constant_runs():
+    table = ArmTable(dim=2, detect=True)
+    table.rows(["a"])
+    for k in range(50):
+        table.learn(0, reward=0.09, success=True, t=float(k))
+    assert table.changes == 0
+    for k in range(20):
+        table.learn(0, reward=0.5, success=True, t=50.0 + k)
+    assert table.changes == 1
+
+
+@pytest.mark.parametrize("h", [None, 200.0])
+def test_linear_noise_estimate_survives_a_round_trip_and_growth(h):
+    table = _filled(h)
+    n = len(table)
+    # tr(A^-1) is kept incrementally through the Sherman–Morrison updates: it agrees with the inverse's trace.
+    assert_allclose(table._lin_trace[:n], np.trace(table.a_inv[:n], axis1=1, axis2=2), rtol=1e-9)
+    copy = ArmTable.from_dict(table.to_dict())
+    rows = np.arange(n)
+    x = np.array([1.0, 0.3, -0.7])
+    for a, b in zip(table.linear_model(rows, x), copy.linear_model(rows, x)):
+        np.testing.assert_array_equal(a, b)
+    copy.rows([f"more{i}" for i in range(20)])  # grows the derived arrays with the columns
+    for a, b in zip(table.linear_model(rows, x), copy.linear_model(rows, x)):
+        np.testing.assert_array_equal(a, b)

@@ -72,7 +72,7 @@ def _error(**kwargs) -> str:
 def test_defaults_without_file_or_environment():
     s = load_settings(environ={})
     assert s == Settings()
-    assert s.default_strategy == "thompson" and s.decay.half_life_s is None
+    assert s.default_strategy == "glr-ucb" and s.decay.half_life_s is None and s.detects_changes
     assert s.kafka.bootstrap_servers == "127.0.0.1:9092" and s.kafka.topics.requests == "graft.requested"
     assert s.features == list(DEFAULT_FEATURES)
     assert s.selectable_states == ["dormant"]
@@ -119,12 +119,14 @@ def test_environment_overrides(toml_file):
     assert s.selectable_states == ["dormant", "active"]
     assert s.strategies["ucb"] == {"exploration": 2}
     assert s.salt == "pepper"
-    # Without a file.
-    assert load_settings(environ={"SEEDWORKER_HALF_LIFE_S": "90"}).decay.half_life_s == 90.0
+    # Without a file (a half-life needs a strategy that decays: the default forgets by change detection).
+    assert load_settings(environ={"SEEDWORKER_HALF_LIFE_S": "90", "SEEDWORKER_DEFAULT_STRATEGY": "thompson"}
+                         ).decay.half_life_s == 90.0
 
 
 def test_environment_is_only_read_from_the_environ_argument(monkeypatch):
     monkeypatch.setenv("SEEDWORKER_DECAY__HALF_LIFE_S", "123")
+    monkeypatch.setenv("SEEDWORKER_DEFAULT_STRATEGY", "ucb")
     assert load_settings(environ={}).decay.half_life_s is None
     assert load_settings().decay.half_life_s == 123.0  # environ=None reads the process environment
 
@@ -338,7 +340,8 @@ def test_the_documents_yaml_with_an_outcome_interval(tmp_path, caplog):
     ucb, eps, beta = s.policy("ucb"), s.policy("epsilon-greedy"), s.policy("beta-thompson")
     assert ucb.exploration == pytest.approx(2.0 / math.sqrt(2)) and ucb.discounted is True
     assert eps.epsilon == 0.1 and eps.min_epsilon == 0.01 and eps.discounted is True
-    assert (beta.alpha, beta.beta, beta.discounted) == (1.0, 1.0, False)  # the document's counts do not decay
+    # The document's Beta counts do not decay; seedworker's do, as every learning strategy's under a half-life.
+    assert (beta.alpha, beta.beta) == (1.0, 1.0) and s.strategy_problem("beta-thompson") is None
     # ε halves at the same selection as the document's 0.1 * 0.995^t.
     assert eps.current_epsilon(round(eps.decay_steps)) == pytest.approx(0.1 * 0.995 ** round(eps.decay_steps),
                                                                        rel=0.01)
@@ -438,3 +441,23 @@ def test_malformed_yaml_files(tmp_path):
 def test_a_section_check_names_only_the_variables_behind_it():
     msg = _error(environ={"SEEDWORKER_REWARD__CLIP_MIN": "0.5"}, overrides={"reward.clip_max": 0.25})
     assert "invalid settings: SEEDWORKER_REWARD__CLIP_MIN: reward: clip_min must be below clip_max" in msg
+
+
+def test_decay_is_honoured_or_refused_never_ignored():
+    half = {"decay.half_life_s": 600.0}
+    # ``discounted`` can no longer switch decay on or off by itself.
+    msg = _error(overrides={"default_strategy": "thompson", "strategies": {"thompson": {"discounted": True}}})
+    assert "strategies.thompson.discounted" in msg and "decay.half_life_s" in msg
+    msg = _error(overrides={**half, "default_strategy": "ucb", "strategies": {"ucb": {"discounted": False}}})
+    assert "strategies.ucb.discounted = false" in msg and "every strategy" in msg
+    # A strategy that forgets by change detection takes no half-life, and needs the detector.
+    msg = _error(overrides={**half, "default_strategy": "glr-thompson"})
+    assert "glr-thompson" in msg and "decay.half_life_s" in msg
+    msg = _error(overrides={"default_strategy": "glr-ucb", "change_detection": False})
+    assert "change_detection" in msg
+    # Run-time switches follow the same rule.
+    s = load_settings(environ={}, overrides={**half, "default_strategy": "thompson"})
+    assert s.strategy_problem("glr-thompson") is not None
+    assert s.strategy_problem("lin-thompson") is None and s.strategy_problem("beta-thompson") is None
+    assert load_settings(environ={}, overrides={"default_strategy": "glr-ucb"}).detects_changes
+    assert not load_settings(environ={}, overrides={"default_strategy": "thompson"}).detects_changes

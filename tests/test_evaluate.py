@@ -274,7 +274,7 @@ def test_targets_that_cannot_be_replayed_say_why():
     targets, skipped = make_targets(parse_targets(None), Settings())
     assert set(skipped) == {"beta-thompson", "discounted-ucb"}
     assert "success flag" in skipped["beta-thompson"] and "half_life_s" in skipped["discounted-ucb"]
-    targets, skipped = make_targets(["discounted-ucb"], Settings(decay={"half_life_s": 600}))
+    targets, skipped = make_targets(["discounted-ucb"], Settings(default_strategy="ucb", decay={"half_life_s": 600}))
     assert list(targets) == ["discounted-ucb"] and not skipped
     # A sampling target reports every candidate's probability, by Monte Carlo, whatever the configured method.
     thompson = make_targets(["thompson"], Settings())[0]["thompson"].selector.policy("thompson")

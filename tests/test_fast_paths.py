@@ -31,8 +31,15 @@ def _two_pass_scale(table: ArmTable) -> float:
     pulls, sums = table.pulls[:n], table.reward_sum[:n]
     if pulls.sum() < 2:
         return 1.0
-    within = table.reward_sq_sum[:n].sum() - (sums * sums / np.maximum(pulls, 1)).sum()
-    return max(math.sqrt(max(within, 0.0) / pulls.sum()), 1e-3)
+    if table.half_life_s is None:
+        within = table.reward_sq_sum[:n].sum() - (sums * sums / np.maximum(pulls, 1)).sum()
+        return math.sqrt(max(within, 0.0) / pulls.sum())
+    # Decayed: each arm's sums seen from the blueprint's clock.
+    f = np.exp2(-(table.clock - table.t_ref[:n]) / table.half_life_s)
+    w, s, s2 = f * table.w[:n], f * table.w_reward[:n], f * table.w_reward_sq[:n]
+    seen = w > 0
+    within = (s2[seen] - s[seen] ** 2 / w[seen]).sum()
+    return math.sqrt(max(within, 0.0) / w.sum())
 
 
 @pytest.mark.parametrize("half_life_s", [None, 50.0])

@@ -64,7 +64,7 @@ def files(directory: Path) -> dict[str, tuple[str, int]]:
 async def test_the_report_agrees_with_the_worker_and_with_the_decisions(tmp_path):
     settings = history_settings(tmp_path / "state.sqlite", half_life_s=600.0)
     bus = await run_history(settings)
-    report = inspect_json(settings.db)
+    report = inspect_json(settings.db, settings)
     w = await restored(settings)
 
     assert report["counters"] == w.counters.values

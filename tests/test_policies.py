@@ -265,7 +265,12 @@ def test_linucb_score_by_hand(alpha):
         rs = np.array([r for _, r in data[i]])
         a_inv = np.linalg.inv(ridge * np.eye(DIM) + xs.T @ xs)
         theta = a_inv @ (xs.T @ rs)
-        expected.append(theta @ x + alpha * scale * math.sqrt(x @ a_inv @ x))
+        # The arm's own noise: penalized ridge residual over its degrees of freedom, with 2 pseudo-outcomes at the
+        # pooled variance.
+        rss = ((rs - xs @ theta) ** 2).sum() + ridge * theta @ theta
+        dof = len(rs) - (DIM - ridge * np.trace(a_inv))
+        sigma = math.sqrt((rss + 2.0 * scale**2) / (dof + 2.0))
+        expected.append(theta @ x + alpha * sigma * math.sqrt(x @ a_inv @ x))
     s = _situation(table, [0, 1, 2], x, "lin")
     choice = LinUCB(alpha=alpha).choose(s)
     assert_allclose(choice.scores, expected, rtol=1e-10)
@@ -374,3 +379,60 @@ def test_make_policy_errors_name_the_problem():
         make_policy("nope")
     with pytest.raises(ValueError, match=r"strategies\.ucb.*bogus"):
         make_policy("ucb", {"bogus": 1})
+
+
+def _contextual_run(name: str, unit: float, steps: int = 400, seed: int = 3) -> tuple[list[int], float]:
+    """A seeded contextual loop whose rewards (accuracy gains of a few tenths of a point, noise larger than the
+    gaps) are drawn before any choice, so every unit sees the same stream; returns (picks, best-arm share)."""
+    rng = np.random.default_rng(seed)
+    k = 4
+    weights = rng.normal(0.0, 0.002, size=(k, DIM))
+    weights[:, 0] = [0.003, 0.004, 0.0035, 0.002]
+    xs = np.array([_x(rng) for _ in range(steps)])
+    expected = xs @ weights.T
+    rewards = expected + rng.normal(0.0, 0.004, size=(steps, k))
+    policy = make_policy(name)
+    table = ArmTable(dim=DIM, ridge=1.0, detect=STRATEGIES[name].detects)
+    rows = table.rows([f"seed-{i}" for i in range(k)])
+    picks, best = [], 0
+    for step in range(steps):
+        if step < k:
+            i = step
+        else:
+            i = int(rows[policy.choose(_situation(table, rows, xs[step], f"scale-{step}", decisions=step)).index])
+        picks.append(i)
+        best += i == int(expected[step].argmax())
+        table.learn(i, reward=unit * float(rewards[step, i]), success=True, t=float(step), x=xs[step])
+    return picks, best / steps
+
+
+@pytest.mark.parametrize("name", ["linucb", "lin-thompson", "thompson", "ucb", "glr-thompson"])
+def test_choices_do_not_depend_on_the_reward_unit(name):
+    """Multiplying every reward by 0.01 or 100 leaves the choices unchanged (up to float rounding in near-ties):
+    exploration is scaled by the rewards' own spread, with no absolute floor anywhere."""
+    base, share = _contextual_run(name, 1.0)
+    for unit in (0.01, 100.0):
+        picks, other = _contextual_run(name, unit)
+        agree = np.mean(np.array(picks) == np.array(base))
+        assert agree >= 0.95, (unit, agree)
+        assert abs(other - share) <= 0.05, (unit, other, share)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, c in STRATEGIES.items() if c.learns and not c.detects))
+def test_every_learning_strategy_follows_the_half_life(name):
+    """Old outcomes favour seed 0, recent ones seed 1: with a short half-life every learning strategy's estimate
+    prefers seed 1, without one seed 0. (No strategy silently ignores ``decay.half_life_s``.)"""
+    x = np.array([1.0, 0.0, 0.0])
+    best = {}
+    for h in (None, 10.0):
+        table = ArmTable(dim=DIM, ridge=1.0, half_life_s=h)
+        rows = table.rows(["a", "b"])
+        for k in range(20):
+            table.learn(0, reward=0.9 - 0.01 * (k % 3), success=True, t=0.0, x=x)
+            table.learn(1, reward=0.2 + 0.01 * (k % 3), success=False, t=0.0, x=x)
+        for k in range(5):
+            table.learn(0, reward=0.1 + 0.01 * (k % 3), success=False, t=100.0, x=x)
+            table.learn(1, reward=0.8 - 0.01 * (k % 3), success=True, t=100.0, x=x)
+        values = make_policy(name).greedy(_situation(table, rows, x, "decay"))
+        best[h] = int(np.argmax(values))
+    assert best == {None: 0, 10.0: 1}, best

@@ -146,7 +146,7 @@ async def test_an_outcome_without_occurred_at_takes_its_record_timestamp(setting
 @pytest.mark.parametrize("restart", [False, True])
 async def test_learn_late_learns_an_expired_decision_once_and_replaces_the_default_reward(tmp_path, restart):
     def make(db, **join):
-        return Settings(db=str(tmp_path / db), kafka={"partitions": 2},
+        return Settings(db=str(tmp_path / db), kafka={"partitions": 2}, default_strategy="linucb",
                         join={"reward_wait_s": 100.0, "hold_unknown_s": 50.0, **join})
 
     late = make("late.sqlite", learn_late=True, default_reward=-0.5)
@@ -265,6 +265,13 @@ async def test_a_switch_the_configuration_would_refuse_is_dead_lettered(settings
     ((_, reason),) = dead_letters(bus)
     assert "needs decay.half_life_s" in reason
     assert w.selector.default_strategy == settings.default_strategy and len(selections(bus)) == 1
+
+
+def test_a_default_reward_with_change_detection_is_refused():
+    with pytest.raises(ValueError, match="change detector"):
+        Settings(join={"default_reward": -0.1})  # the default strategy, glr-ucb, detects changes
+    s = Settings(default_strategy="ucb", join={"default_reward": -0.1})
+    assert s.strategy_problem("glr-ucb") is not None  # nor can a switch install one
 
 
 async def test_an_exception_while_handling_one_record_dead_letters_it_and_the_batch_goes_on(settings, monkeypatch):

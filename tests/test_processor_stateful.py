@@ -51,13 +51,15 @@ EXACT = frozenset({"pulls", "selections", "success_sum", "count", "decisions", "
 
 class ProcessorMachine(RuleBasedStateMachine):
     join: dict = {"reward_wait_s": 100.0, "hold_unknown_s": 10_000.0}
+    default_strategy = "glr-ucb"
 
     def __init__(self):
         super().__init__()
         self.loop = asyncio.new_event_loop()
         self.dir = tempfile.TemporaryDirectory()
         self.settings = Settings(db=str(Path(self.dir.name) / "live.sqlite"), kafka={"partitions": PARTITIONS},
-                                 join=self.join, blueprint_strategies={"bp-c": "linucb"})
+                                 join=self.join, default_strategy=self.default_strategy,
+                                 blueprint_strategies={"bp-c": "linucb"})
         self.bus = MemoryBus()
         self.run(self.bus.ensure_topics({REQ: PARTITIONS, OUT: PARTITIONS, SEL: 2, DLQ: 2, CTL: 1}))
         self.store = self.run(Store(self.settings.db).open())
@@ -266,6 +268,7 @@ class LateAndDefaultMachine(ProcessorMachine):
     """The same with join.learn_late and join.default_reward: a late outcome replaces the default reward."""
 
     join = {"reward_wait_s": 100.0, "hold_unknown_s": 10_000.0, "learn_late": True, "default_reward": -0.25}
+    default_strategy = "ucb"  # a default reward cannot be combined with change detection (glr-ucb, the default)
 
 
 SETTINGS = settings(derandomize=True, max_examples=15, stateful_step_count=30, deadline=None,

@@ -48,6 +48,7 @@ async def rebuild(settings: Settings, bus: MemoryBus, db: Path, order=None) -> R
 @pytest.fixture
 def settings(tmp_path):
     return Settings(db=str(tmp_path / "live.sqlite"), kafka={"partitions": 2}, decay={"half_life_s": 900.0},
+                    default_strategy="thompson",
                     blueprint_strategies={"bp-lin": "linucb", "bp-ucb": "ucb", "bp-dis": "discounted-ucb"})
 
 

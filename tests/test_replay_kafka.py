@@ -41,7 +41,8 @@ BLUEPRINTS = [*STRATEGIES, "bp-ts"]  # bp-ts: the default strategy (thompson)
 
 
 def settings_for(bootstrap: str, db: Path, topics: dict[str, str]) -> Settings:
-    return Settings(db=str(db), decay={"half_life_s": 900.0}, blueprint_strategies=STRATEGIES,
+    return Settings(db=str(db), decay={"half_life_s": 900.0}, default_strategy="thompson",
+                    blueprint_strategies=STRATEGIES,
                     kafka={"bootstrap_servers": bootstrap, "group_id": unique_topic("group"), "topics": topics,
                            "partitions": PARTITIONS, "output_partitions": PARTITIONS})
 
@@ -222,7 +223,7 @@ async def _produce_and_learn(tamiyo: Tamiyo, worker, ids: dict[str, str], learne
 
 
 def write_config(path: Path, bootstrap: str, topics: dict[str, str]) -> Path:
-    lines = ["[decay]", "half_life_s = 900.0", "[blueprint_strategies]",
+    lines = ['default_strategy = "thompson"', "[decay]", "half_life_s = 900.0", "[blueprint_strategies]",
              *(f'"{bp}" = "{name}"' for bp, name in STRATEGIES.items()),
              "[kafka]", f'bootstrap_servers = "{bootstrap}"', f"partitions = {PARTITIONS}",
              f"output_partitions = {PARTITIONS}", "[kafka.topics]",

@@ -406,7 +406,7 @@ def test_replay_reproduces_the_live_state(half_life_s, order):
 def test_replay_with_a_seed_that_appears_mid_stream_in_live_order(half_life_s):
     """A seed first offered mid-stream is warm-started from the blueprint's pooled mean at that point; replaying
     the log in the order the live selector handled it reproduces that too."""
-    settings = Settings.model_validate({"decay": {"half_life_s": half_life_s}})
+    settings = Settings.model_validate({"default_strategy": "thompson", "decay": {"half_life_s": half_life_s}})
     live = SeedSelector(settings, clock=_clock)
     log = _live_run(live, steps=60, seed=2, new_seed_at=30)
     arms = live.blueprints["bp"].arms
@@ -466,3 +466,28 @@ def test_logging_only_picks_the_lowest_viable_seed_idx_and_learns():
     assert arms.pulls[arms.index["b"]] == 6 and arms.selections[arms.index["b"]] == 6
     assert arms.reward_sum[arms.index["b"]] == pytest.approx(1.8)
     assert sel.stats()["selections_per_strategy"] == {"seed0": 6}
+
+
+@pytest.mark.parametrize("strategy", ["glr-ucb", "glr-thompson"])
+def test_change_detection_replays_bit_identically_in_fold_order(strategy):
+    """The detector's segment is a sequence: a replay that folds the logged outcomes in the order the live
+    selector did reproduces its state exactly, detected changes included."""
+    settings = Settings.model_validate({"default_strategy": strategy})
+    assert settings.detects_changes
+    live = SeedSelector(settings, clock=_clock)
+    log = _live_run(live, steps=120, seed=5)
+    replayed = _replay(settings, log, "live")
+    a, b = live.state_dict(), replayed.state_dict()
+    assert "history" in a["blueprints"]["bp"]["arms"]
+
+    def exact(x, y, path="state"):
+        if isinstance(x, dict):
+            assert x.keys() == y.keys(), path
+            for k in x:
+                exact(x[k], y[k], f"{path}.{k}")
+        elif isinstance(x, np.ndarray):
+            np.testing.assert_array_equal(x, y, err_msg=path)
+        else:
+            assert x == y, path
+
+    exact(a, b)

@@ -17,7 +17,14 @@ prior does not decay, so a rescaled ``A`` is not a multiple of the old one). ``G
 re-inversion, so without a half-life its updates are deferred (see ``gram``).
 
 The blueprint's pooled within-arm reward variance (the exploration scale of every strategy) is kept as two running
-totals updated in O(1) per outcome, so reading it does not re-sum every arm.
+totals updated in O(1) per outcome, so reading it does not re-sum every arm. With a half-life it is read from the
+decayed sums instead. Reads of an arm's decayed statistics (counts, and the linear model in ``linear_model``) are
+seen from the blueprint's clock, so an arm that stops being chosen loses confidence as time passes.
+
+Change detection (``detect=True``, see ``_observe``): each arm's rewards since the blueprint's last detected change
+form its *segment*; a GLR test on every new outcome restarts every segment when one arm's mean moved. Unlike the
+sums above, a segment depends on the order outcomes are folded in (it is a sequence), so it is exact under a replay
+in fold order, not under any order.
 """
 
 from __future__ import annotations
@@ -43,6 +50,11 @@ _SCALARS = (
     "last_selected",
     "prior_w",  # warm-start pseudo-count
     "prior_mean",
+    "lin_w",  # decayed weight of the outcomes that carried a context (the linear model's sample size)
+    "lin_sq",  # their decayed sum of squared rewards: with b and theta it gives the ridge residual
+    "seg_n",  # outcomes since the blueprint's last detected change (raw counts: the detector's segment)
+    "seg_sum",
+    "seg_sq",
 )
 _MATRICES = ("gram", "a_inv", "b", "theta")
 # Resource measurements, for reporting only (no strategy reads them; the constraint check reads the decayed
@@ -51,19 +63,37 @@ RESOURCES = ("memory_mb", "latency_ms", "throughput")
 _RESOURCE_COLS = 1 + 2 * len(RESOURCES)
 Prior = tuple[float, float] | None  # warm start of a new seed: (pseudo_count, mean)
 # Without a half-life these decayed columns equal the raw ones, so they are the same arrays.
+# Columns added later, and the column an older saved state approximates them with (the linear model's sums by
+# the arm's: equal when every outcome carried a context; the segment by the whole history: no change detected yet).
+_LATER = {"lin_w": "w", "lin_sq": "w_reward_sq", "seg_n": "pulls", "seg_sum": "reward_sum", "seg_sq": "reward_sq_sum"}
 _UNDECAYED = {"w": "pulls", "w_reward": "reward_sum", "w_reward_sq": "reward_sq_sum", "w_success": "success_sum"}
 # Deferred Gram updates (no half-life) of an arm are folded in once it has this many: memory stays bounded and the
 # fold (one small matrix product) stays a few microseconds, so it never stands out in the latency of one outcome.
 _GRAM_BATCH = 32
+# Noise prior of a linear model, in pseudo-outcomes at the blueprint's pooled reward variance: it stands in for the
+# residual variance until the arm's own residuals outweigh it (see ``linear_model``).
+_NOISE_PRIOR = 2.0
+# Change detection (``detect=True``): each arm keeps its rewards since the blueprint's last detected change, at most
+# _HISTORY of them (then the older half is dropped: the test looks at a long recent window, not the whole past), and
+# a split is only considered with at least _MIN_SIDE outcomes on either side of it.
+_HISTORY = 1000
+_MIN_SIDE = 5
+_DETECT_DELTA = 0.01
+_SPLITS = np.arange(_HISTORY + 1, dtype=float)  # candidate split positions s, shared by every test
 
 
 class ArmTable:
     """Columns of statistics for the arms of one blueprint; row i is seed ``seed_ids[i]``."""
 
-    def __init__(self, *, dim: int, ridge: float = 1.0, half_life_s: float | None = None, capacity: int = 8):
+    def __init__(self, *, dim: int, ridge: float = 1.0, half_life_s: float | None = None, capacity: int = 8,
+                 detect: bool = False):
         self.dim = dim
         self.ridge = ridge
         self.half_life_s = half_life_s
+        self.detect = detect
+        self.changes = 0  # changes detected (each one restarted every arm's segment)
+        self._history: list[np.ndarray] = []  # per arm: rewards of the current segment (detect only)
+        self._hist_n: list[int] = []
         self.seed_ids: list[str] = []
         self.index: dict[str, int] = {}
         self.clock = -math.inf  # newest outcome time seen by any arm of this blueprint
@@ -77,6 +107,9 @@ class ArmTable:
     # -- storage -------------------------------------------------------------------------------------------------
     def _alloc(self, capacity: int) -> None:
         self._pending += [[] for _ in range(capacity - len(self._pending))]
+        if self.detect:
+            self._history += [np.empty(_HISTORY) for _ in range(capacity - len(self._history))]
+            self._hist_n += [0] * (capacity - len(self._hist_n))
         old = {name: getattr(self, name, None) for name in (*_SCALARS, "a_inv", "b", "theta")}
         old["gram"] = getattr(self, "_gram", None)
         n = len(self.seed_ids)
@@ -98,6 +131,15 @@ class ArmTable:
         self.a_inv = np.tile(np.eye(d) / self.ridge, (capacity, 1, 1))
         self.b = np.zeros((capacity, d))
         self.theta = np.zeros((capacity, d))
+        # Derived from lin_sq, lin_w, b, theta and A^-1 after every change of an arm's linear model (not persisted:
+        # from_dict recomputes them): its residual sum of squares and degrees of freedom plus the noise prior, so
+        # a decision reads the noise estimate with two lookups (see ``linear_model``).
+        derived = [getattr(self, name, None) for name in ("_lin_rss", "_lin_dof", "_lin_trace")]
+        self._lin_rss = np.zeros(capacity)
+        self._lin_dof = np.full(capacity, self._dof(0.0, d / self.ridge))  # a fresh arm: A^-1 = I / lam
+        self._lin_trace = np.full(capacity, d / self.ridge)  # tr(A^-1)
+        if derived[0] is not None:
+            self._lin_rss[:n], self._lin_dof[:n], self._lin_trace[:n] = (v[:n] for v in derived)
         for name in _MATRICES:
             if old[name] is not None:
                 getattr(self, "_gram" if name == "gram" else name)[:n] = old[name][:n]
@@ -112,6 +154,8 @@ class ArmTable:
             "pulls", "reward_sum", "reward_sq_sum", "success_sum", "w", "w_reward", "w_reward_sq", "w_success",
             "w_memory", "w_latency", "t_ref"))
         self._select_views = memoryview(self.selections), memoryview(self.last_selected)
+        self._linear_views = tuple(memoryview(getattr(self, name)) for name in (
+            "lin_w", "lin_sq", "_lin_rss", "_lin_dof", "_lin_trace"))
 
     def __len__(self) -> int:
         return len(self.seed_ids)
@@ -205,6 +249,94 @@ class ArmTable:
             self.clock = t
         if x is not None and weight > 0.0:
             self._learn_linear(i, x, reward, weight)
+        if self.detect:
+            self._observe(i, reward)
+
+    # -- change detection ------------------------------------------------------------------------------------------
+    def _observe(self, i: int, reward: float) -> None:
+        """Add an outcome to arm ``i``'s segment and test the segment for a change in its mean.
+
+        The test is the generalized likelihood ratio of "one Gaussian mean" against "the mean changed after the
+        s-th outcome", maximized over s, with the noise variance unknown and equal on both sides (so it needs no
+        reward scale: multiplying every reward by a constant leaves it unchanged). For n outcomes with total
+        squared deviation S0 and a split s whose two means differ, the within-segments deviation is
+        S1(s) = S0 - n C_s^2 / (s (n - s)), where C_s is the cumulative sum of the centred rewards up to s, and the
+        log-likelihood ratio is (n/2) log(S0 / S1). A change is declared above beta(n) = log(3 n^1.5 / delta), the
+        threshold of Besson, Kaufmann, Maillard & Seznec (2020) for GLR-klUCB, whose n^1.5 pays for testing every
+        split of every prefix. On a change every arm restarts its segment (their "global restart"): a change in
+        one seed's quality usually reorders the others, and re-exploring six seeds is cheap.
+
+        The test depends on the order outcomes are folded in (the segment is a sequence), so a replay that folds
+        the same outcomes in the same order detects the same changes.
+        """
+        self.seg_n[i] += 1.0
+        self.seg_sum[i] += reward
+        self.seg_sq[i] += reward * reward
+        buf = self._history[i]
+        n = self._hist_n[i]
+        if n == _HISTORY:
+            keep = _HISTORY // 2
+            buf[:keep] = buf[n - keep:n]
+            n = keep
+        buf[n] = reward
+        n += 1
+        self._hist_n[i] = n
+        if n >= 2 * _MIN_SIDE and self._change_point(buf[:n]) is not None:
+            self._restart()
+
+    @staticmethod
+    def _change_point(r: np.ndarray) -> int | None:
+        """The most likely split of ``r`` (outcomes before it) if the GLR test declares a change there, else None."""
+        n = len(r)
+        m = float(r.sum()) / n
+        c = r - m  # centred first: the deviations of rewards far from 0 keep their precision
+        s0 = float(c.dot(c))
+        # Constant rewards leave only rounding noise in the deviations (about 1e-17 of their magnitude): no change.
+        if s0 <= 1e-24 * n * m * m or s0 == 0.0:
+            return None
+        cs = np.cumsum(c)[_MIN_SIDE - 1:n - _MIN_SIDE]
+        split = _SPLITS[_MIN_SIDE:n - _MIN_SIDE + 1]
+        cs *= cs
+        cs /= split * (n - split)
+        j = int(cs.argmax())
+        s1 = max(s0 - float(cs[j]) * n, s0 * 1e-12)  # a split into two constant runs: a likelihood ratio of 1e12
+        if 0.5 * n * math.log(s0 / s1) > math.log(3.0 * n**1.5 / _DETECT_DELTA):
+            return j + _MIN_SIDE
+        return None
+
+    def _restart(self) -> None:
+        # Global restart from scratch. (Keeping the alarming arm's outcomes after the split, as the detector
+        # localizes the change, was measured on bench/regret.py: within the noise, so not worth the extra state.)
+        self.seg_n[:] = 0.0
+        self.seg_sum[:] = 0.0
+        self.seg_sq[:] = 0.0
+        self._hist_n = [0] * len(self._hist_n)
+        self.changes += 1
+
+    def segment_moments(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(counts, means, variances) of the outcomes since the last detected change (all of them without
+        ``detect``)."""
+        if not self.detect:
+            return self.moments(rows)
+        n, s, s2 = self.seg_n[rows], self.seg_sum[rows], self.seg_sq[rows]
+        safe = np.maximum(n, 1.0)
+        m = s / safe
+        var = s2 / safe
+        var -= m * m
+        np.maximum(var, 0.0, out=var)
+        return n, m, var
+
+    def segment_scale(self) -> float:
+        """Pooled within-arm reward sd of the current segments; the whole history's before a segment has it."""
+        if not self.detect:
+            return self.pooled_scale()
+        k = len(self)
+        n, s, s2 = self.seg_n[:k], self.seg_sum[:k], self.seg_sq[:k]
+        total = float(n.sum())
+        within = float((s2 - s * s / np.maximum(n, 1.0)).sum())
+        if total < 2.0 or within <= 0.0:
+            return self.pooled_scale()
+        return math.sqrt(within / total)
 
     def forget(
         self,
@@ -244,6 +376,9 @@ class ArmTable:
             w_memory[i] -= weight * memory_mb
             w_latency[i] -= weight * latency_ms
         if x is not None and weight > 0.0:
+            lin_w, lin_sq, rss, dof, trace = self._linear_views
+            lin_w[i] -= weight
+            lin_sq[i] -= weight * reward * reward
             gram = self.gram  # deferred updates folded in first, so the subtraction meets the sum it came from
             gram[i] -= weight * np.outer(x, x)
             a_inv = self.a_inv[i]
@@ -254,6 +389,14 @@ class ArmTable:
             a_inv += ax[:, None] * ax
             self.b[i] -= (weight * reward) * x
             np.dot(a_inv, self.b[i], out=self.theta[i])
+            # The noise estimate's parts, as _learn_linear keeps them: the removal raises tr(A^-1) by |A^-1 x|^2.
+            trace[i] += float(ax.dot(ax))
+            res = lin_sq[i] - float(self.b[i].dot(self.theta[i]))
+            rss[i] = res if res > 0.0 else 0.0
+            dof[i] = self._dof(lin_w[i], trace[i])
+        # A change detector's segment is a sequence that may have restarted since: a default reward cannot be taken
+        # out of it, so the configuration refuses join.default_reward with change detection (core.config).
+        assert not self.detect, "forget() with change detection"
 
     def observe(self, i: int, *, memory_mb: float, latency_ms: float, throughput: float) -> None:
         """Count one outcome's resource measurements for arm ``i`` (raw, undecayed; read by ``resource_moments``)."""
@@ -268,15 +411,20 @@ class ArmTable:
         r[k + 6] += throughput * throughput
 
     def _rescale(self, i: int, factor: float) -> None:
-        for col in (self.w, self.w_reward, self.w_reward_sq, self.w_success, self.w_memory, self.w_latency):
+        for col in (self.w, self.w_reward, self.w_reward_sq, self.w_success, self.w_memory, self.w_latency,
+                    self.lin_w, self.lin_sq):
             col[i] *= factor
         self._gram[i] *= factor
         self.b[i] *= factor
         # The ridge prior does not decay, so A = lam*I + factor*G needs a fresh inverse.
         self.a_inv[i] = np.linalg.inv(self._gram[i] + self.ridge * np.eye(self.dim))
         self.theta[i] = self.a_inv[i] @ self.b[i]
+        self._refresh_linear(i)
 
     def _learn_linear(self, i: int, x: np.ndarray, reward: float, weight: float) -> None:
+        lin_w, lin_sq, rss, dof, trace = self._linear_views
+        lin_w[i] += weight
+        lin_sq[i] += weight * reward * reward
         a_inv = self.a_inv[i]
         ax = a_inv.dot(x)
         # Sherman–Morrison: (A + w x x^T)^-1 = A^-1 - w (A^-1 x)(A^-1 x)^T / (1 + w x^T A^-1 x). Scaling A^-1 x by
@@ -289,7 +437,14 @@ class ArmTable:
             b += reward * x
         else:
             b += (weight * reward) * x
-        np.dot(a_inv, b, out=self.theta[i])
+        theta = self.theta[i]
+        np.dot(a_inv, b, out=theta)
+        # The noise estimate's parts (see linear_model): the correction above lowers tr(A^-1) by |scaled A^-1 x|^2.
+        tr = trace[i] - float(ax.dot(ax))
+        trace[i] = tr
+        res = lin_sq[i] - float(b.dot(theta))
+        rss[i] = res if res > 0.0 else 0.0
+        dof[i] = self._dof(lin_w[i], tr)
         if self.half_life_s is None:
             # G is only read to re-invert A after a decay rescale, which never happens without a half-life: keep x
             # and fold an arm's contexts in as one product X^T X when it has a batch of them or when G is read.
@@ -300,6 +455,19 @@ class ArmTable:
                 self._fold_gram(i)
         else:
             self._gram[i] += weight * np.outer(x, x)
+
+    def _dof(self, weight: float, trace: float) -> float:
+        """Residual degrees of freedom of a ridge fit plus the noise prior: max(w - tr(G A^-1), 0) + nu0, where
+        tr(G A^-1) = d - lam tr(A^-1) is the fit's effective number of parameters."""
+        return max(weight - (self.dim - self.ridge * trace), 0.0) + _NOISE_PRIOR
+
+    def _refresh_linear(self, i: int, trace: float | None = None) -> None:
+        """Recompute arm i's noise-estimate parts from its model (after a re-inversion; on load with the saved
+        trace, which live updates keep incrementally: recomputing it would differ in the last bits)."""
+        # Penalized ridge residual: sum w (r - theta.x)^2 + lam |theta|^2 = sum w r^2 - b.theta.
+        self._lin_rss[i] = max(self.lin_sq[i] - float(self.b[i].dot(self.theta[i])), 0.0)
+        self._lin_trace[i] = float(np.trace(self.a_inv[i])) if trace is None else trace
+        self._lin_dof[i] = self._dof(self.lin_w[i], self._lin_trace[i])
 
     def _fold_gram(self, i: int) -> None:
         pending = self._pending[i]
@@ -319,10 +487,29 @@ class ArmTable:
 
     # -- reading -------------------------------------------------------------------------------------------------
     def pooled_scale(self) -> float:
-        """Pooled within-arm standard deviation of the raw rewards (1 before two outcomes, at least 1e-3)."""
+        """Pooled within-arm standard deviation of the rewards, decayed with the half-life (1 before two outcomes).
+
+        With a half-life each arm's decayed variance is weighted by its decayed count seen from the blueprint's
+        clock: ``sum_k f_k (W2_k - W1_k^2 / W_k) / sum_k f_k W_k``. There is no absolute floor (it would make
+        exploration depend on the unit of the reward); only where every arm's rewards are constant the scale falls
+        back to their root mean square, a number in the rewards' own unit.
+        """
         if self.pooled_n < 2:
             return 1.0
-        return max(math.sqrt(max(self.pooled_m2, 0.0) / self.pooled_n), 1e-3)
+        if self.half_life_s is None:
+            var = max(self.pooled_m2, 0.0) / self.pooled_n
+        else:
+            k = len(self)
+            w = self.w[:k]
+            seen = w > 0
+            f = np.exp2(-(self.clock - self.t_ref[:k][seen]) / self.half_life_s)
+            w, s, s2 = w[seen], self.w_reward[:k][seen], self.w_reward_sq[:k][seen]
+            var = max(float((f * (s2 - s * s / w)).sum()), 0.0) / float((f * w).sum())
+        if var > 0.0:
+            return math.sqrt(var)
+        k = len(self)
+        rms = math.sqrt(float(self.reward_sq_sum[:k].sum()) / self.pooled_n)
+        return rms if rms > 0.0 else 1.0
 
     def counts(self, rows: np.ndarray, discounted: bool = False) -> np.ndarray:
         """Outcome counts, raw or decayed to the blueprint's clock (the newest outcome time it has seen)."""
@@ -398,8 +585,60 @@ class ArmTable:
         s = self.success_sum[rows]
         return s, self.pulls[rows] - s
 
+    def _decay_factors(self, rows: np.ndarray) -> np.ndarray | None:
+        """Per row ``2 ** -((clock - t_ref) / h)``: how much an arm's sums have faded since its newest outcome, seen
+        from the blueprint's clock; None without a half-life or when no row has faded."""
+        if self.half_life_s is None:
+            return None
+        with np.errstate(invalid="ignore"):
+            age = self.clock - self.t_ref[rows]
+        age[~np.isfinite(age)] = 0.0
+        if not age.any():
+            return None
+        return np.exp2(-age / self.half_life_s)
+
+    def _faded_linear(self, rows: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(theta, A^-1) of these rows with their sums decayed to the blueprint's clock.
+
+        An arm that is no longer chosen gets no outcome that would rescale its sums, yet its evidence is as old as
+        everyone's: A = lam*I + f G, b' = f b with f its decay factor. Its confidence then shrinks back towards the
+        prior, as a count decayed to the clock does. The inverse is recomputed (the prior does not decay)."""
+        d = self.dim
+        gram = self.gram[rows] * f[:, None, None]
+        gram += self.ridge * np.eye(d)
+        a_inv = np.linalg.inv(gram)
+        theta = np.einsum("kij,kj->ki", a_inv, self.b[rows] * f[:, None])
+        return theta, a_inv
+
+    def linear_model(self, rows: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(predicted reward ``theta·x``, variance factor ``x^T A^-1 x``, noise variance estimate) for these rows.
+
+        The noise variance is the arm's own ridge residual, not the spread of its rewards (which also holds what the
+        context explains). For a ridge fit, ``sum w (r - theta·x)^2 + lam |theta|^2 = sum w r^2 - b·theta``, so it
+        needs no pass over past outcomes. Its degrees of freedom are the weighted count minus the fit's effective
+        parameter count ``tr(G A^-1) = d - lam tr(A^-1)``, and ``_NOISE_PRIOR`` pseudo-outcomes at the pooled reward
+        variance keep it sensible while an arm has few outcomes:
+        ``sigma^2 = (RSS + nu0 s^2) / (dof + nu0)``. Every term scales with the square of the reward unit, so the
+        exploration it drives is the same whatever the unit.
+        """
+        f = self._decay_factors(rows)
+        s2 = self.pooled_scale() ** 2
+        if f is None:
+            mean, width = self.linear_fit(rows, x)
+            noise = self._lin_rss[rows]
+            noise += _NOISE_PRIOR * s2
+            noise /= self._lin_dof[rows]
+            return mean, width, noise
+        theta, a_inv = self._faded_linear(rows, f)
+        mean = theta.dot(x)
+        width = np.maximum(np.einsum("i,kij,j->k", x, a_inv, x), 0.0)
+        rss = np.maximum(f * (self.lin_sq[rows] - np.einsum("ki,ki->k", self.b[rows], theta)), 0.0)
+        dof = np.maximum(f * self.lin_w[rows] - (self.dim - self.ridge * np.einsum("kii->k", a_inv)), 0.0)
+        return mean, width, (rss + _NOISE_PRIOR * s2) / (dof + _NOISE_PRIOR)
+
     def linear_fit(self, rows: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Predicted reward ``theta·x`` and variance factor ``x^T A^-1 x`` (clipped at 0) for these rows."""
+        """Predicted reward ``theta·x`` and variance factor ``x^T A^-1 x`` (clipped at 0) for these rows, from the
+        stored model (not decayed to the clock: see ``linear_model``)."""
         n, d = len(self), self.dim
         if 2 * len(rows) >= n:
             # Most arms are candidates: two matrix-vector products over the table's own storage (views, no copy of
@@ -441,7 +680,14 @@ class ArmTable:
             # (outcomes, sum of squared deviations): running totals, an array because like the columns they
             # depend on the order outcomes arrived in only up to rounding.
             "pooled": np.array([self.pooled_n, self.pooled_m2]),
+            "lin_trace": self._lin_trace[:n].copy(),  # tr(A^-1), kept incrementally (see _learn_linear)
         }
+        if self.detect:
+            out["detect"] = True
+            out["changes"] = self.changes
+            # One array of every arm's segment rewards and one of their lengths: plain arrays like every other entry.
+            out["history_n"] = np.array(self._hist_n[:n], dtype=np.int64)
+            out["history"] = np.concatenate([self._history[i][:self._hist_n[i]] for i in range(n)] or [np.empty(0)])
         for name in (*_SCALARS, *_MATRICES):
             out[name] = getattr(self, name)[:n].copy()
         out["resources"] = self.resources[:n].copy()
@@ -450,17 +696,30 @@ class ArmTable:
     @classmethod
     def from_dict(cls, data: dict) -> "ArmTable":
         n = len(data["seed_ids"])
-        table = cls(dim=data["dim"], ridge=data["ridge"], half_life_s=data["half_life_s"], capacity=max(8, n))
+        table = cls(dim=data["dim"], ridge=data["ridge"], half_life_s=data["half_life_s"], capacity=max(8, n),
+                    detect=data.get("detect", False))  # a state saved without a detector stays without one
         table.seed_ids = list(data["seed_ids"])
         table.index = {s: i for i, s in enumerate(table.seed_ids)}
         table.clock = data["clock"]
         for name in (*_SCALARS, "a_inv", "b", "theta"):
             if table.half_life_s is None and name in _UNDECAYED:
                 continue  # the same array as its raw column (equal values in any state written without decay)
+            if name not in data and name in _LATER:  # a state written before the column existed
+                data = {**data, name: data[_LATER[name]][:n]}
             getattr(table, name)[:n] = data[name]
+        if table.detect:
+            table.changes = data["changes"]
+            start = 0
+            for i, m in enumerate(data["history_n"].tolist()):
+                table._history[i][:m] = data["history"][start:start + m]
+                table._hist_n[i] = m
+                start += m
         table._gram[:n] = data["gram"]
         if "resources" in data:  # a state saved before resources were counted starts them at zero measured outcomes
             table.resources[:n] = data["resources"]
+        traces = data.get("lin_trace")
+        for i in range(n):
+            table._refresh_linear(i, None if traces is None else float(traces[i]))
         table._priors = int(np.count_nonzero(table.prior_w[:n]))
         if "pooled" in data:
             table.pooled_n, table.pooled_m2 = (float(v) for v in data["pooled"])

@@ -160,6 +160,13 @@ class MetricsSettings(_Section):
     port: int = Field(default=0, ge=0, le=65535, description="0 disables the endpoint")
 
 
+# A default reward that a late outcome replaces is taken out of the statistics again (seedworker.core.join), but a
+# change detector's segment is a sequence that may have restarted since: it cannot be taken out exactly.
+_DEFAULT_WITH_DETECTION = ("a default reward replaced by a late outcome cannot be taken out of a change detector's "
+                           "history; choose a strategy without change detection (e.g. 'ucb', 'thompson'), or unset "
+                           "join.default_reward")
+
+
 class Settings(BaseSettings):
     """Every setting. A ``BaseSettings`` so that pydantic-settings reads the ``SEEDWORKER_*`` layer with this
     schema, but constructing one reads nothing: ``load_settings`` hands the environment in (see ``_Environment``)."""
@@ -168,7 +175,7 @@ class Settings(BaseSettings):
         extra="forbid", validate_assignment=True, hide_input_in_errors=True, env_prefix=ENV_PREFIX,
         env_nested_delimiter="__", case_sensitive=False, env_ignore_empty=True, env_parse_none_str="null")
 
-    default_strategy: str = "thompson"
+    default_strategy: str = "glr-ucb"
     strategies: dict[str, dict[str, Any]] = Field(default_factory=dict)
     blueprint_strategies: dict[str, str] = Field(default_factory=dict)
     logging_only: bool = False
@@ -180,6 +187,10 @@ class Settings(BaseSettings):
     features: list[str] = Field(default_factory=lambda: list(DEFAULT_FEATURES))
     ridge: float = Field(default=1.0, gt=0)
     decay: DecaySettings = DecaySettings()
+    # Run the change detector on every seed's reward stream (see ArmTable._observe). Unset: on when a configured
+    # strategy reads it (default_strategy, a blueprint's or a configured one), so a configuration that never uses it
+    # keeps statistics that do not depend on the order outcomes arrive in.
+    change_detection: bool | None = None
     reward: RewardSettings = RewardSettings()
     kafka: KafkaSettings = KafkaSettings()
     join: JoinSettings = JoinSettings()
@@ -199,6 +210,8 @@ class Settings(BaseSettings):
                 raise ValueError(f"{key}: {problem}")
         for name, options in self.strategies.items():
             make_policy(name, options)
+        if self.join.default_reward is not None and self.detects_changes:
+            raise ValueError(f"join.default_reward: {_DEFAULT_WITH_DETECTION}")
         return self
 
     def strategy_problem(self, name: str) -> str | None:
@@ -206,9 +219,33 @@ class Settings(BaseSettings):
         ``strategy.switch`` at run time, so a switch cannot install what the configuration refuses."""
         if name not in STRATEGIES:
             return f"unknown strategy {name!r}; known: {', '.join(sorted(STRATEGIES))}"
-        if name == "discounted-ucb" and self.decay.half_life_s is None:
+        cls = STRATEGIES[name]
+        half_life = self.decay.half_life_s
+        if name == "discounted-ucb" and half_life is None:
             return "strategy 'discounted-ucb' needs decay.half_life_s"
+        if cls.detects and not self.detects_changes:
+            return (f"strategy {name!r} needs change_detection (the statistics it reads are kept only with it on): "
+                    f"set change_detection = true, or name the strategy in the configuration")
+        if cls.detects and self.join.default_reward is not None:
+            return f"strategy {name!r} detects changes, and join.default_reward is set: {_DEFAULT_WITH_DETECTION}"
+        if cls.detects and half_life is not None:
+            return (f"strategy {name!r} forgets by change detection, so decay.half_life_s would be ignored by it: "
+                    f"unset decay.half_life_s, or choose a strategy that decays (e.g. 'thompson', 'ucb')")
+        discounted = self.strategies.get(name, {}).get("discounted")
+        if discounted is True and half_life is None:
+            return (f"strategies.{name}.discounted = true needs decay.half_life_s (it reads the decayed statistics, "
+                    f"which only a half-life defines)")
+        if discounted is False and half_life is not None:
+            return (f"strategies.{name}.discounted = false: decay.half_life_s applies to every strategy that learns "
+                    f"and cannot be turned off per strategy; remove the setting or the half-life")
         return None
+
+    @property
+    def detects_changes(self) -> bool:
+        if self.change_detection is not None:
+            return self.change_detection
+        names = {self.default_strategy, *self.blueprint_strategies.values(), *self.strategies}
+        return any(STRATEGIES[n].detects for n in names if n in STRATEGIES)
 
     def policy(self, name: str):
         return make_policy(name, self.strategies.get(name))
@@ -366,8 +403,8 @@ def _decay_factor(value: Any, section: Mapping[str, Any]) -> dict[str, Any]:
                          "of one seed: half_life_s = outcome_interval_s * ln 0.5 / ln factor), or decay.half_life_s "
                          "instead of this key, or 1.0 for no decay")
     interval = _number(interval, low=0.0, low_open=True)
-    # Decayed statistics are only read by the strategies that ask for them: those whose estimate the document
-    # decays (UCB and ε-greedy read the decayed mean accuracy gain; its Thompson counts are not decayed).
+    # The document decays UCB's and ε-greedy's estimates (their mean accuracy gain), not its Thompson counts; with a
+    # half-life seedworker decays every strategy that learns, its Beta counts included.
     return {"decay.half_life_s": interval * _LN_HALF / math.log(factor),
             "strategies.ucb.discounted": True, "strategies.epsilon-greedy.discounted": True}
 

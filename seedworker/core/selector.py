@@ -240,7 +240,7 @@ class SeedSelector:
         if bp is None:
             s = self.settings
             fm = FeatureMap(names=tuple(s.features))
-            arms = ArmTable(dim=fm.dim, ridge=s.ridge, half_life_s=s.decay.half_life_s)
+            arms = ArmTable(dim=fm.dim, ridge=s.ridge, half_life_s=s.decay.half_life_s, detect=s.detects_changes)
             bp = self.blueprints[blueprint_id] = BlueprintState(arms, fm, strategy=s.blueprint_strategies.get(blueprint_id))
         return bp
 

@@ -8,14 +8,14 @@ from seedworker.core.policies.base import Choice, Draw, IndexPolicy, Policy, Pro
 from seedworker.core.policies.epsilon_greedy import EpsilonGreedy
 from seedworker.core.policies.linucb import LinearThompson, LinUCB
 from seedworker.core.policies.softmax import FirstSeed, RoundRobin, Softmax, UniformRandom
-from seedworker.core.policies.thompson import BetaThompson, GaussianThompson
-from seedworker.core.policies.ucb import UCB, UCBV, DiscountedUCB
+from seedworker.core.policies.thompson import BetaThompson, ChangeThompson, GaussianThompson
+from seedworker.core.policies.ucb import UCB, UCBV, ChangeUCB, DiscountedUCB
 
 STRATEGIES: dict[str, type[Policy]] = {
     cls.name: cls
     for cls in (
         UCB, UCBV, DiscountedUCB, GaussianThompson, BetaThompson, EpsilonGreedy, Softmax, RoundRobin,
-        LinUCB, LinearThompson, FirstSeed, UniformRandom,
+        LinUCB, LinearThompson, FirstSeed, UniformRandom, ChangeUCB, ChangeThompson,
     )
 }
 

@@ -129,14 +129,21 @@ class Policy:
 
     name: ClassVar[str]
     contextual: ClassVar[bool] = False
-    discounted: bool = False
+    # Every strategy that learns reads the decayed statistics whenever the blueprint has a half-life
+    # (``decay.half_life_s``): the table's reads fall back to the raw ones without it. ``discounted`` is kept as a
+    # setting so older configurations still parse, but it can no longer switch decay off or on by itself:
+    # ``Settings.strategy_problem`` refuses ``true`` without a half-life and ``false`` with one, instead of
+    # silently ignoring either.
+    discounted: bool | None = None
+    learns: ClassVar[bool] = True
+    detects: ClassVar[bool] = False  # reads the statistics since the last detected change (needs no half-life)
 
     def choose(self, s: Situation) -> Choice:
         raise NotImplementedError
 
     def greedy(self, s: Situation) -> np.ndarray:
         """Estimated value of each candidate; a pick below the best estimate counts as exploration."""
-        return s.arms.means(s.rows, self.discounted)
+        return s.arms.means(s.rows, True)
 
     def settings(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}

@@ -13,12 +13,18 @@ from seedworker.core.policies.thompson import GaussianSampling
 
 
 def _fit(s: Situation) -> tuple[np.ndarray, np.ndarray]:
-    """Predicted reward and its variance factor x^T A^-1 x for every candidate, in two batched products."""
-    return s.arms.linear_fit(s.rows, s.x)
+    """Predicted reward and its variance ``sigma_a^2 x^T A_a^-1 x`` for every candidate, ``sigma_a^2`` the arm's
+    residual noise variance (``ArmTable.linear_model``): the spread of the ridge estimate in the reward's unit."""
+    mean, width, noise = s.arms.linear_model(s.rows, s.x)
+    width *= noise
+    return mean, width
 
 
 class LinUCB(IndexPolicy):
-    """Disjoint LinUCB (Li et al., 2010): ``theta_a·x + alpha * scale * sqrt(x^T A_a^-1 x)``."""
+    """Disjoint LinUCB (Li et al., 2010): ``theta_a·x + alpha * sigma_a * sqrt(x^T A_a^-1 x)``.
+
+    ``sigma_a`` is the arm's residual noise estimate (see ``_fit``), so ``alpha`` is unit-free and the bonus
+    shrinks where the context explains the reward."""
 
     name = "linucb"
     contextual = True
@@ -27,13 +33,13 @@ class LinUCB(IndexPolicy):
         self.alpha = alpha
 
     def greedy(self, s: Situation) -> np.ndarray:
-        return s.arms.theta[s.rows] @ s.x
+        return _fit(s)[0]
 
     def _evaluate(self, s: Situation) -> tuple[np.ndarray, np.ndarray, None]:
         # The predicted reward is computed once: it is the greedy value (exploration flag) and the reason's number.
         mean, width = _fit(s)
         np.sqrt(width, out=width)
-        width *= self.alpha * s.scale
+        width *= self.alpha
         return np.add(mean, width, out=width), mean, None
 
     def _why(self, s: Situation, i: int, scores: np.ndarray, mean: np.ndarray, aux: None) -> str:
@@ -50,7 +56,8 @@ class LinearThompson(GaussianSampling):
 
     Sampling ``theta ~ N(theta_a, v^2 A_a^-1)`` and scoring ``theta·x`` is the same as drawing the score from
     ``N(theta_a·x, v^2 x^T A_a^-1 x)``; drawing the scalar avoids a Cholesky factor per arm per decision.
-    ``v = scale * pooled sd``.
+    ``v = scale * sigma_a``, ``sigma_a`` the arm's own residual noise estimate (not the pooled spread of the
+    rewards, which also holds what the context explains and so made the draws too wide).
     """
 
     name = "lin-thompson"
@@ -62,10 +69,11 @@ class LinearThompson(GaussianSampling):
         self.propensity = self._check_propensity(propensity)
 
     def greedy(self, s: Situation) -> np.ndarray:
-        return s.arms.theta[s.rows] @ s.x
+        return _fit(s)[0]
 
     def _posterior(self, s: Situation) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         mean, width = _fit(s)
         sd = np.sqrt(width, out=width)
-        sd *= self.scale * s.scale
+        if self.scale != 1.0:
+            sd *= self.scale
         return mean, sd, mean

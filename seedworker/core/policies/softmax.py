@@ -13,7 +13,7 @@ class Softmax(ProbabilityPolicy):
 
     name = "softmax"
 
-    def __init__(self, *, temperature: float = 0.25, discounted: bool = False):
+    def __init__(self, *, temperature: float = 0.25, discounted: bool | None = None):
         if temperature <= 0:
             raise ValueError("softmax: temperature must be positive")
         self.temperature = temperature
@@ -33,6 +33,7 @@ class RoundRobin(Policy):
     """Each candidate in turn (by seed_idx order), driven by the blueprint's decision count: deterministic."""
 
     name = "round-robin"
+    learns = False
 
     def choose(self, s: Situation) -> Choice:
         i = s.decisions % len(s.rows)
@@ -45,6 +46,7 @@ class FirstSeed(Policy):
     """Always the viable candidate with the lowest seed_idx: what Tamiyo did before seedworker (the baseline)."""
 
     name = "seed0"
+    learns = False
 
     def choose(self, s: Situation) -> Choice:
         values = self.greedy(s)
@@ -56,6 +58,7 @@ class UniformRandom(ProbabilityPolicy):
     """A uniform pick: the exploration baseline, with exact propensity 1/K."""
 
     name = "random"
+    learns = False
 
     def _distribution(self, s: Situation) -> tuple[np.ndarray, np.ndarray]:
         return np.full(len(s.rows), 1.0 / len(s.rows)), self.greedy(s)

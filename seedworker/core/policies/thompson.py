@@ -69,7 +69,7 @@ class GaussianThompson(GaussianSampling):
 
     name = "thompson"
 
-    def __init__(self, *, prior_count: float = 1.0, scale: float = 1.0, discounted: bool = False,
+    def __init__(self, *, prior_count: float = 1.0, scale: float = 1.0, discounted: bool | None = None,
                  propensity_samples: int = 200, propensity: str = "quadrature"):
         self.prior_count = prior_count
         self.scale = scale
@@ -78,7 +78,17 @@ class GaussianThompson(GaussianSampling):
         self.propensity = self._check_propensity(propensity)
 
     def _posterior(self, s: Situation) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        n, mean, var = s.arms.moments(s.rows, self.discounted)
+        n, mean, var = self._moments(s)
+        return self._gaussian_posterior(n, mean, var, self._scale(s))
+
+    def _moments(self, s: Situation) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return s.arms.moments(s.rows, True)
+
+    def _scale(self, s: Situation) -> float:
+        return s.scale
+
+    def _gaussian_posterior(self, n: np.ndarray, mean: np.ndarray, var: np.ndarray,
+                            scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         n_sum = float(np.add.reduce(n))
         pooled_mean = float(mean.dot(n)) / n_sum if n_sum > 0 else 0.0
         n0 = self.prior_count
@@ -87,7 +97,7 @@ class GaussianThompson(GaussianSampling):
         post_mean += n0 * pooled_mean
         post_mean /= nn
         var *= n
-        var += n0 * s.scale**2
+        var += n0 * scale**2
         nn *= nn
         var /= nn
         sd = np.sqrt(var, out=var)
@@ -99,6 +109,40 @@ class GaussianThompson(GaussianSampling):
     def _unit_test_params(cls):
         yield {}
         yield {"discounted": True, "propensity_samples": 50}
+
+
+class ChangeThompson(GaussianThompson):
+    """Gaussian Thompson sampling on each seed's outcomes since the blueprint's last detected change.
+
+    The arm statistics run a change detector on every seed's reward stream (``ArmTable._observe``: a Gaussian
+    generalized likelihood ratio test, as in GLR-klUCB of Besson, Kaufmann, Maillard & Seznec, 2020); a detection
+    restarts every seed's segment. The posterior is ``thompson``'s, computed from the segment: a stationary stream
+    gets plain Thompson sampling, a change point a fresh start once it is detected. Its only setting is shared
+    with ``thompson`` and unit-free, so it needs no tuning to the reward scale or to how fast seeds drift.
+    """
+
+    name = "glr-thompson"
+    detects = True
+
+    def __init__(self, *, prior_count: float = 1.0, scale: float = 1.0, propensity_samples: int = 200,
+                 propensity: str = "quadrature"):
+        super().__init__(prior_count=prior_count, scale=scale, propensity_samples=propensity_samples,
+                         propensity=propensity)
+        del self.discounted  # decay does not apply (the detector forgets instead): not a setting of this strategy
+
+    def _moments(self, s: Situation) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return s.arms.segment_moments(s.rows)
+
+    def _scale(self, s: Situation) -> float:
+        return s.arms.segment_scale()
+
+    def greedy(self, s: Situation) -> np.ndarray:
+        return s.arms.segment_moments(s.rows)[1]
+
+    @classmethod
+    def _unit_test_params(cls):
+        yield {}
+        yield {"propensity": "monte_carlo", "propensity_samples": 50}
 
 
 class BetaThompson(SamplingPolicy):
@@ -113,7 +157,7 @@ class BetaThompson(SamplingPolicy):
 
     name = "beta-thompson"
 
-    def __init__(self, *, alpha: float = 1.0, beta: float = 1.0, discounted: bool = False,
+    def __init__(self, *, alpha: float = 1.0, beta: float = 1.0, discounted: bool | None = None,
                  propensity_samples: int = 200):
         self.alpha = alpha
         self.beta = beta
@@ -121,11 +165,11 @@ class BetaThompson(SamplingPolicy):
         self.propensity_samples = propensity_samples
 
     def greedy(self, s: Situation) -> np.ndarray:
-        succ, fail = s.arms.successes(s.rows, self.discounted)
+        succ, fail = s.arms.successes(s.rows, True)
         return (self.alpha + succ) / (self.alpha + self.beta + succ + fail)
 
     def _distribution(self, s: Situation) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
-        succ, fail = s.arms.successes(s.rows, self.discounted)
+        succ, fail = s.arms.successes(s.rows, True)
         a, b = self.alpha + succ, self.beta + fail
         return (a, b), a / (a + b)
 

@@ -188,7 +188,8 @@ class _Run:
 
 def build_selector(name: str, env: Environment, half_life_s: float | None, clock: SimClock) -> SeedSelector:
     options: dict[str, Any] = {"default_strategy": name, "reward": dict(env.reward_settings)}
-    if half_life_s is not None and (not env.stationary or name == "discounted-ucb"):
+    # A strategy that forgets by change detection takes no half-life (the configuration refuses one).
+    if half_life_s is not None and (not env.stationary or name == "discounted-ucb") and not STRATEGIES[name].detects:
         options["decay"] = {"half_life_s": half_life_s}
     if name == BASELINE:
         options["min_samples"] = 0
