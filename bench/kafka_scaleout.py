@@ -157,8 +157,8 @@ async def _worker(cfg: dict) -> dict:
     out["released"] = released[0] if released else None
     out["assigned"] = sorted(assigned)
     out["counters"] = dict(worker.counters.values)
-    out["pending"] = len(worker.selector.pending)
-    out["held"] = sum(map(len, worker.held.values()))
+    out["pending"] = worker.pending_decisions
+    out["held"] = worker.held_outcomes
     out["timeout"] = timeout
     return out
 
