@@ -317,6 +317,11 @@ def test_decision_id_is_deterministic():
     assert uuid.UUID(decision_id_for("req-1")).version == 5
 
 
+@pytest.mark.parametrize("request_id", ["", "r", "req-123456", "ünïcødé-✓", "x" * 300, "a\x00b"])
+def test_decision_id_is_the_uuid5_string(request_id):
+    assert decision_id_for(request_id) == str(uuid.uuid5(DECISION_NAMESPACE, request_id))
+
+
 def test_request_and_outcome_agree_on_the_decision_id():
     req = decode(dumps(request()))
     assert isinstance(req, GraftRequested)

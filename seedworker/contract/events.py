@@ -9,6 +9,7 @@ Compatibility rule: a message of another *major* version is rejected with a clea
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import uuid
@@ -65,8 +66,18 @@ UtcTime = Annotated[datetime, AfterValidator(_utc)]
 
 
 def decision_id_for(request_id: str) -> str:
-    """The decision id of a request: deterministic, so a re-sent selection carries the same id."""
-    return str(uuid.uuid5(DECISION_NAMESPACE, request_id))
+    """The decision id of a request: deterministic, so a re-sent selection carries the same id.
+
+    ``str(uuid.uuid5(DECISION_NAMESPACE, request_id))`` computed directly (SHA-1 of the namespace and the name, the
+    version and variant bits set, formatted): the same string in about a third of the time (tests/test_events.py)."""
+    b = bytearray(hashlib.sha1(_NAMESPACE_BYTES + request_id.encode()).digest()[:16])
+    b[6] = (b[6] & 0x0F) | 0x50  # version 5
+    b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_NAMESPACE_BYTES = DECISION_NAMESPACE.bytes
 
 
 def utc_now() -> datetime:

@@ -375,7 +375,7 @@ class SeedSelector:
         chosen = seeds[pick]
         fields = dict(
             **_envelope(request, self.clock()),
-            decision_id=decision_id_for(request.request_id),
+            decision_id=request.decision_id,
             request_id=request.request_id,
             blueprint_id=request.blueprint_id,
             layer_name=request.layer_name,
