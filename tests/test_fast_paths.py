@@ -68,12 +68,26 @@ def test_deferred_gram_equals_the_sum_of_outer_products():
         assert_allclose(table.a_inv[i], np.linalg.inv(0.5 * np.eye(3) + m.T @ m), rtol=1e-9)
 
 
-def test_draw_is_the_seeded_generator_it_always_was():
+def test_draw_is_pcg64_keyed_by_the_digest_of_salt_and_request_id():
+    """Contract 1.2's stream (events.SCHEMA_MINOR): PCG64 whose state and increment seeds are the four 64-bit words
+    of blake2b-256(salt NUL request_id), without SeedSequence. Pinned: a change here changes every decision."""
     draw = Draw("salt", "req-1")
-    seed = int.from_bytes(hashlib.blake2b(b"salt\x00req-1", digest_size=8).digest(), "little")
-    assert draw.seed == seed
-    expected = np.random.Generator(np.random.PCG64(seed)).standard_normal(5)
+    digest = hashlib.blake2b(b"salt\x00req-1", digest_size=32).digest()
+    assert draw.seed == int.from_bytes(digest, "little")
+    words = np.frombuffer(digest, dtype="<u8")
+    bits = np.random.PCG64(0)
+    # numpy's PCG64 seeding (pcg64_set_seed, words as (high, low) pairs): state 0, increment (inc << 1) | 1, a
+    # step, the state seed added, a step.
+    inc = ((int(words[2]) << 64 | int(words[3])) << 1 | 1) % 2**128
+    mult = 0x2360ED051FC65DA44385DF649FCCF645
+    state = (0 * mult + inc) % 2**128
+    state = (state + (int(words[0]) << 64 | int(words[1]))) % 2**128
+    state = (state * mult + inc) % 2**128
+    bits.state = {"bit_generator": "PCG64", "state": {"state": state, "inc": inc}, "has_uint32": 0, "uinteger": 0}
+    expected = np.random.Generator(bits).standard_normal(5)
     assert_allclose(draw.rng.standard_normal(5), expected, rtol=0, atol=0)
+    assert_allclose(Draw("salt", "req-1").rng.standard_normal(5), expected, rtol=0, atol=0)
+    assert Draw("salt", "req-1").rng.integers(1 << 62) == 2649191387399790040  # pinned value of the 1.2 stream
 
 
 def test_draws_look_independent_across_requests():

@@ -88,16 +88,19 @@ def test_changepoint_discounted_ucb_recovers(seed):
 
 
 def test_drifting_discounted_ucb_tracks_the_moving_best():
-    # Whether UCB1 suffers from drift depends on the path (on seed 4 one seed stays on top and UCB1 wins), so the
-    # claim is over six paths: discounted UCB always keeps up (best share measured 0.51-0.74) and its total regret
-    # is lower (measured 27.7 vs 38.6).
+    # Whether UCB1 suffers from drift depends on the path (on some paths one seed stays on top and UCB1 wins), so
+    # the claim is over six paths: discounted UCB keeps up on at least five (with contract 1.2's random stream best
+    # share measured 0.46-0.76 on five, 0.17 on seed 3; under 1.1's stream 0.51-0.74 on these six, and 0.30 on
+    # seed 9, so one path in twelve falls behind under either) and its total regret is lower.
     regret = {"ucb": 0.0, "discounted-ucb": 0.0}
+    kept_up = []
     for seed in range(6):
         r = simulate("drifting", strategies=["ucb", "discounted-ucb"], steps=2000, seed=seed)
         assert r.hidden["best_seed_changes"] >= 3
-        assert r.results["discounted-ucb"].best_share >= 0.45, (seed, r.results["discounted-ucb"].best_share)
+        kept_up.append(r.results["discounted-ucb"].best_share >= 0.45)
         for name in regret:
             regret[name] += r.results[name].cumulative_regret
+    assert sum(kept_up) >= 5, kept_up
     assert regret["discounted-ucb"] < 0.85 * regret["ucb"], regret
 
 

@@ -30,7 +30,11 @@ from pydantic import (
 
 SCHEMA_MAJOR = 1
 # 1.1: seed.selected.propensity_method may be "quadrature" (additive: 1.0 readers that validate the enum need 1.1).
-SCHEMA_MINOR = 1
+# 1.2: the decisions' random stream changed (policies.base.Draw: PCG64 keyed directly by blake2b-256 of (salt,
+# request_id), no SeedSequence): the same (salt, request id, state) may pick another seed, or the same seed with
+# another Monte-Carlo propensity, than under 1.1. The wire format is unchanged. Replay folds the logged decisions
+# (seed_id, propensity, features) and never draws, so logs of either version replay to the decisions they record.
+SCHEMA_MINOR = 2
 SCHEMA_VERSION = f"{SCHEMA_MAJOR}.{SCHEMA_MINOR}"
 MAX_CANDIDATES = 256
 
