@@ -322,6 +322,23 @@ def test_decision_id_is_the_uuid5_string(request_id):
     assert decision_id_for(request_id) == str(uuid.uuid5(DECISION_NAMESPACE, request_id))
 
 
+def test_default_event_ids_are_distinct_uuid4_strings():
+    from seedworker.contract.events import new_event_id
+
+    ids = [new_event_id() for _ in range(1000)]  # more than one pool of OS randomness
+    assert len(set(ids)) == len(ids)
+    for i in ids:
+        u = uuid.UUID(i)
+        assert str(u) == i and u.version == 4 and u.variant == uuid.RFC_4122
+    assert outcome_event_ids_differ()
+
+
+def outcome_event_ids_differ() -> bool:
+    a = AdaptationOutcome(blueprint_id="bp", seed_id="s", request_id="r")
+    b = AdaptationOutcome(blueprint_id="bp", seed_id="s", request_id="r")
+    return a.event_id != b.event_id
+
+
 def test_request_and_outcome_agree_on_the_decision_id():
     req = decode(dumps(request()))
     assert isinstance(req, GraftRequested)

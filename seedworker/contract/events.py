@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import threading
 import uuid
 from functools import cached_property
 from datetime import datetime, timezone
@@ -82,6 +84,32 @@ def decision_id_for(request_id: str) -> str:
 
 
 _NAMESPACE_BYTES = DECISION_NAMESPACE.bytes
+_RANDOM_POOL = 4096  # bytes of OS randomness read at once for event ids: 256 ids per system call
+_random = [b"", 0]  # the pool and the read position
+_random_lock = threading.Lock()
+
+
+def _drop_random_pool() -> None:
+    _random[0], _random[1] = b"", 0  # a forked child must not hand out its parent's ids
+
+
+os.register_at_fork(after_in_child=_drop_random_pool)
+
+
+def new_event_id() -> str:
+    """A random (version 4) UUID string, as ``str(uuid.uuid4())``, from OS randomness read 4 KiB at a time: the
+    system call per id cost more than the rest (about 5 µs against 1)."""
+    with _random_lock:
+        pool, at = _random
+        if at + 16 > len(pool):
+            pool, at = os.urandom(_RANDOM_POOL), 0
+            _random[0] = pool
+        _random[1] = at + 16
+    b = bytearray(pool[at:at + 16])
+    b[6] = (b[6] & 0x0F) | 0x40  # version 4
+    b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def utc_now() -> datetime:
@@ -94,7 +122,7 @@ class _Model(BaseModel):
 
 
 class Envelope(_Model):
-    event_id: str = Field(default_factory=lambda: str(uuid.uuid4()), min_length=1)
+    event_id: str = Field(default_factory=lambda: new_event_id(), min_length=1)
     event_type: str
     schema_version: str = SCHEMA_VERSION
     occurred_at: UtcTime = Field(default_factory=utc_now)
