@@ -345,10 +345,10 @@ class SeedSelector:
                 for v, p in zip(vidx.tolist(), values):
                     probs[v] = p
 
-    def _viability(self, request: GraftRequested, a: ArmTable, rows: np.ndarray) -> tuple[np.ndarray, list[str], bool]:
-        """(viable mask, note per seed, whether every seed is viable)."""
+    def _viability(self, request: GraftRequested, a: ArmTable, rows: np.ndarray) -> tuple[list[bool], list[str], bool]:
+        """(viable mask, note per seed, whether every seed is viable); the mask is a list (the event carries it)."""
         k = len(rows)
-        viable = np.ones(k, dtype=bool)
+        viable = [True] * k
         notes = [""] * k
         sel = self._selectable
         every = True
@@ -400,7 +400,6 @@ class SeedSelector:
         # are assembled directly: the same __dict__, fields-set, extra and private slots model_construct writes, at
         # a fraction of its per-field cost (it walks aliases and defaults; here every field is given). Otherwise
         # model_construct.
-        viable = viable.tolist()
         if not _plain_models(len(fields)):
             fields["scores"] = [
                 CandidateScore.model_construct(seed_id=c.seed_id, seed_idx=c.seed_idx, score=scores[j],
