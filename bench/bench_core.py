@@ -9,6 +9,9 @@ One event = one selection + one update, timed with ``time.perf_counter_ns``, on 
 - ``core without propensity`` (Thompson rows): the same as ``core`` but ``policy.pick`` instead of ``choose``: the
   draws and the winner, without the pick's propensity, which River's policies do not compute either. For
   information beside ``core``; the goals are judged on ``core``.
+- ``public``: ``SeedSelector.select(dict)`` + ``SeedSelector.record_outcome(dict)``, as Tamiyo calls them: plain
+  dicts in (validation included), events out. The request dicts are built before timing; the outcome dict (which
+  depends on the pick) between the two timed calls. The goals for the in-process path are judged on this level.
 - ``full``: ``SeedSelector.select(GraftRequested)`` + ``SeedSelector.record_outcome(AdaptationOutcome)``: request
   validation, viability, context standardization, the ``SeedSelected`` event, the outcome join. Requests are built
   before timing; the outcome (which depends on the pick) is built between the two timed calls, outside the timing.
@@ -212,6 +215,42 @@ def sw_full(policy: str, rewards: str) -> Callable[[Stream], Step]:
     return build
 
 
+def sw_public(policy: str, rewards: str) -> Callable[[Stream], Step]:
+    """The public in-process path: dicts in (as Tamiyo sends them, validated by the selector), events out."""
+    def build(st: Stream) -> Step:
+        from seedworker import SeedSelector, Settings
+
+        sel = SeedSelector(Settings(default_strategy=policy, features=st.feature_names, min_samples=1))
+        seeds = [{"seed_id": s, "seed_idx": i, "state": "dormant"} for i, s in enumerate(st.seed_ids)]
+        reqs = [{"event_type": "graft.requested", "request_id": st.request_ids[t], "blueprint_id": BLUEPRINT,
+                 "occurred_at": datetime.fromtimestamp(st.times[t], timezone.utc).isoformat(),
+                 "seeds": seeds, "context": st.contexts[t]} for t in range(st.n)]
+        when = [w.isoformat() for w in st.outcome_times]
+        rew = st.rewards[rewards]
+        binary = rewards == "binary"
+        ns = time.perf_counter_ns
+
+        def step(t: int) -> tuple[int, float]:
+            req = reqs[t]
+            t0 = ns()
+            s = sel.select(req)
+            t1 = ns()
+            r = rew[t][s.seed_idx]
+            outcome = {"event_type": "adaptation.outcome", "decision_id": s.decision_id, "occurred_at": when[t],
+                       "blueprint_id": BLUEPRINT, "seed_id": s.seed_id, "accuracy_delta": r,
+                       "success": (r > 0.5) if binary else True}
+            t2 = ns()
+            res = sel.record_outcome(outcome)
+            t3 = ns()
+            if res.status != "learned":
+                raise RuntimeError(f"public path: outcome not learned ({res.status})")
+            return (t1 - t0) + (t3 - t2), r
+
+        return step
+
+    return build
+
+
 def river_case(kind: str, rewards: str) -> Callable[[Stream], Step]:
     def build(st: Stream) -> Step:
         from river import bandit, proba
@@ -338,14 +377,17 @@ def cases() -> dict[str, list[Case]]:
         "non-contextual, real-valued rewards": [
             Case("ucb1", "seedworker", "core", "real", sw_core("ucb", "real")),
             Case("ucb1", "seedworker", "full", "real", sw_full("ucb", "real")),
+            Case("ucb1", "seedworker", "public", "real", sw_public("ucb", "real")),
             Case("ucb1", "river", "UCB(delta=1)", "real", river_case("ucb", "real")),
             Case("ucb1", "mabwiser", "UCB1(alpha=1)", "real", mabwiser_case("ucb1", "real")),
             Case("thompson", "seedworker", "core", "real", sw_core("thompson", "real")),
             Case("thompson", "seedworker", NO_PROPENSITY, "real", sw_core("thompson", "real", pick_only=True)),
             Case("thompson", "seedworker", "full", "real", sw_full("thompson", "real")),
+            Case("thompson", "seedworker", "public", "real", sw_public("thompson", "real")),
             Case("thompson", "river", "TS(proba.Gaussian)", "real", river_case("ts-gaussian", "real")),
             Case("epsilon-greedy", "seedworker", "core", "real", sw_core("epsilon-greedy", "real")),
             Case("epsilon-greedy", "seedworker", "full", "real", sw_full("epsilon-greedy", "real")),
+            Case("epsilon-greedy", "seedworker", "public", "real", sw_public("epsilon-greedy", "real")),
             Case("epsilon-greedy", "river", "EpsilonGreedy(0.1)", "real", river_case("epsilon", "real")),
             Case("epsilon-greedy", "mabwiser", "EpsilonGreedy(0.1)", "real", mabwiser_case("epsilon", "real")),
         ],
@@ -354,17 +396,20 @@ def cases() -> dict[str, list[Case]]:
             Case("beta-thompson", "seedworker", NO_PROPENSITY, "binary", sw_core("beta-thompson", "binary",
                                                                                  pick_only=True)),
             Case("beta-thompson", "seedworker", "full", "binary", sw_full("beta-thompson", "binary")),
+            Case("beta-thompson", "seedworker", "public", "binary", sw_public("beta-thompson", "binary")),
             Case("beta-thompson", "river", "TS(proba.Beta)", "binary", river_case("ts-beta", "binary")),
             Case("beta-thompson", "mabwiser", "ThompsonSampling", "binary", mabwiser_case("ts", "binary")),
         ],
         "contextual (disjoint linear arms)": [
             Case("linucb", "seedworker", "core", "linear", sw_core("linucb", "linear")),
             Case("linucb", "seedworker", "full", "linear", sw_full("linucb", "linear")),
+            Case("linucb", "seedworker", "public", "linear", sw_public("linucb", "linear")),
             Case("linucb", "river", "LinUCBDisjoint", "linear", river_case("linucb", "linear")),
             Case("linucb", "mabwiser", "LinUCB(alpha=1)", "linear", mabwiser_case("linucb", "linear")),
             Case("linucb", "vw", "cb_explore_adf squarecb", "linear", vw_case("linear")),
             Case("lin-thompson", "seedworker", "core", "linear", sw_core("lin-thompson", "linear")),
             Case("lin-thompson", "seedworker", "full", "linear", sw_full("lin-thompson", "linear")),
+            Case("lin-thompson", "seedworker", "public", "linear", sw_public("lin-thompson", "linear")),
             Case("lin-thompson", "mabwiser", "LinTS(alpha=1)", "linear", mabwiser_case("lints", "linear")),
         ],
     }
@@ -508,18 +553,18 @@ def report_plan(report: Report, plan: Plan, st: Stream, groups: dict[str, list[C
         for case in group:
             res = results[(case.strategy, case.library, case.api)]
             sw = by_strategy.get(case.strategy, {})
-            core, full = sw.get("core"), sw.get("full")
+            core, full, public = sw.get("core"), sw.get("full"), sw.get("public")
             rows.append([
                 case.strategy, case.library, case.api, res.n, _fmt_us(res.median), _fmt_us(res.p99),
                 _fmt_us(res.p99_all), "-" if not res.n else f"{res.mean_reward:.3f}",
                 _ratio(res.median, core.median) if core else "-", _ratio(res.median, full.median) if full else "-",
-                case.note,
+                _ratio(res.median, public.median) if public else "-", case.note,
             ])
         report.line()
         report.line(f"-- {title}")
         report.line(f"   mean-reward reference over the timed window: {refs}")
         report.table(["strategy", "library", "level / API", "n", "median", "p99", "p99 all", "reward",
-                      "÷sw core", "÷sw full", "note"], rows, "lllrrrrrrrl")
+                      "÷sw core", "÷sw full", "÷sw public", "note"], rows, "lllrrrrrrrrl")
     for note in notes:  # room for notes that do not fit a row
         report.line(f"note: {note}")
     return results
@@ -577,6 +622,17 @@ def goals(report: Report, plan: Plan, results: dict) -> list[str]:
                     + (f"; full path {river.median / full.median:.2f}x" if full else "")
                     + (f"; {NO_PROPENSITY} ({_fmt_us(pick.median)} µs, not the goal's level) "
                        f"{river.median / pick.median:.2f}x" if pick else ""))
+        public = get(strategy, "seedworker", "public")
+        if public is None or label == "Thompson (Beta)":
+            continue
+        # The public in-process path (dicts in, events out): within 3x River's pull+update, within 2x of the core.
+        vs_river, vs_core = public.median / river.median, public.median / core.median
+        ok = vs_river <= 3 and vs_core <= 2
+        if not ok and strategy not in missed:
+            missed.append(strategy)
+        report.line(f"  {'PASS' if ok else 'MISS'}  {label} public path (dicts in, events out, "
+                    f"{_fmt_us(public.median)} µs): {vs_river:.2f}x River (goal <= 3x), {vs_core:.2f}x seedworker "
+                    f"core (goal <= 2x)")
     return missed
 
 
@@ -592,7 +648,7 @@ def profile(report: Report, plan: Plan, st: Stream, strategies: list[str], event
 
     for strategy in strategies:
         policy, rewards = POLICY_OF[strategy]
-        for level, make in (("core", sw_core), ("full", sw_full)):
+        for level, make in (("core", sw_core), ("full", sw_full), ("public", sw_public)):
             step = make(policy, rewards)(st)
             n = min(events, st.n - plan.warmup)
             for t in range(plan.warmup):
@@ -631,7 +687,8 @@ def main(report: Report) -> None:
             versions.append(f"{dist} not installed (pip install -e '.[peers]')")
     report.line("peers: " + ", ".join(versions) + f"; VW options: {VW_ARGS}")
     report.line("levels: core = policy.choose + ArmTable.select/learn on numpy arrays (like-for-like with the "
-                "libraries, plus the propensity every decision carries; the peers compute none); full = "
+                "libraries, plus the propensity every decision carries; the peers compute none); public = "
+                "SeedSelector.select(dict) + record_outcome(dict) as Tamiyo calls them (validation included); full = "
                 "SeedSelector.select(request) + record_outcome(outcome) (events built outside the timing; the "
                 "selector also keeps the ridge statistics under non-contextual strategies); "
                 f"'{NO_PROPENSITY}' = a Thompson policy's pick (its draws and the winner) + select/learn, without "

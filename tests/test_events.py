@@ -317,6 +317,28 @@ def test_decision_id_is_deterministic():
     assert uuid.UUID(decision_id_for("req-1")).version == 5
 
 
+@pytest.mark.parametrize("request_id", ["", "r", "req-123456", "ünïcødé-✓", "x" * 300, "a\x00b"])
+def test_decision_id_is_the_uuid5_string(request_id):
+    assert decision_id_for(request_id) == str(uuid.uuid5(DECISION_NAMESPACE, request_id))
+
+
+def test_default_event_ids_are_distinct_uuid4_strings():
+    from seedworker.contract.events import new_event_id
+
+    ids = [new_event_id() for _ in range(1000)]  # more than one pool of OS randomness
+    assert len(set(ids)) == len(ids)
+    for i in ids:
+        u = uuid.UUID(i)
+        assert str(u) == i and u.version == 4 and u.variant == uuid.RFC_4122
+    assert outcome_event_ids_differ()
+
+
+def outcome_event_ids_differ() -> bool:
+    a = AdaptationOutcome(blueprint_id="bp", seed_id="s", request_id="r")
+    b = AdaptationOutcome(blueprint_id="bp", seed_id="s", request_id="r")
+    return a.event_id != b.event_id
+
+
 def test_request_and_outcome_agree_on_the_decision_id():
     req = decode(dumps(request()))
     assert isinstance(req, GraftRequested)
@@ -383,3 +405,48 @@ def test_events_are_frozen():
 def test_all_models_are_registered():
     assert set(MODELS) == {"graft.requested", "seed.selected", "adaptation.outcome", "strategy.switch"}
     assert MODELS["seed.selected"] is SeedSelected and MODELS["strategy.switch"] is StrategySwitch
+
+
+def _by_dict_path(data, expected, default_time):
+    """What decode gave before its bytes-to-model path: parse to a dict (Python's json where orjson refuses), then
+    validate the dict."""
+    try:
+        raw = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raw = json.loads(data)
+    return from_dict(raw, expected, default_time=default_time)
+
+
+_T = datetime(2024, 5, 1, 12, 0, 5, tzinfo=timezone.utc)
+_CASES = [
+    ("graft.requested", request()), ("graft.requested", request(occurred_at=None)),
+    ("graft.requested", {k: v for k, v in request().items() if k != "occurred_at"}),
+    ("graft.requested", request(context={"current_loss": float("nan")})),
+    ("graft.requested", request(schema_version="2.0")), ("graft.requested", request(schema_version="1.9")),
+    ("graft.requested", request(event_type="adaptation.outcome")), ("graft.requested", request(seeds=[])),
+    ("graft.requested", {k: v for k, v in request().items() if k != "event_type"}),
+    ("graft.requested", request(occurred_at="2024-05-01T12:00:00")),
+    ("adaptation.outcome", outcome()), ("adaptation.outcome", outcome(latency_ms=-1)),
+    ("adaptation.outcome", outcome(request_id=None)), ("seed.selected", selection()),
+    ("seed.selected", selection(propensity=0)), ("strategy.switch", switch()),
+]
+
+
+@pytest.mark.parametrize("default_time", [None, _T], ids=["no default time", "default time"])
+@pytest.mark.parametrize("expected, payload", _CASES)
+def test_decode_from_bytes_agrees_with_the_dict_path(expected, payload, default_time):
+    for data in (dumps(payload), dumps(payload).encode(), b"[1, 2]", b"{not json", "\u00e9".encode("latin-1")):
+        try:
+            want = _by_dict_path(data, expected, default_time)
+        except (EventError, ValueError) as exc:
+            with pytest.raises(EventError) as info:
+                decode(data, expected, default_time=default_time)
+            if isinstance(exc, EventError):
+                assert str(info.value) == str(exc)
+            continue
+        got = decode(data, expected, default_time=default_time)
+        assert type(got) is type(want)
+        # A default event id is random, a default time is the clock's: not compared.
+        unset = {"event_id", "occurred_at"} - got.model_fields_set
+        assert got.model_dump(exclude=unset) == want.model_dump(exclude=unset)
+        assert got.model_fields_set == want.model_fields_set

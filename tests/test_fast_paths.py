@@ -21,6 +21,7 @@ from seedworker.contract.events import CandidateScore, GraftRequested, SeedSelec
 from seedworker.core.policies import Draw, Situation, base, make_policy, thompson, ucb
 from seedworker.core.policies.base import Choice
 from seedworker.core.policies.linucb import LinearThompson
+from seedworker.core.policies import propensity as P
 from seedworker.core.policies.propensity import gaussian_max_probability, ncdf
 from seedworker.core.policies.thompson import GaussianThompson
 from seedworker.core.selector import SeedSelector
@@ -75,12 +76,26 @@ def test_deferred_gram_equals_the_sum_of_outer_products():
         assert_allclose(table.a_inv[i], np.linalg.inv(0.5 * np.eye(3) + m.T @ m), rtol=1e-9)
 
 
-def test_draw_is_the_seeded_generator_it_always_was():
+def test_draw_is_pcg64_keyed_by_the_digest_of_salt_and_request_id():
+    """Contract 1.2's stream (events.SCHEMA_MINOR): PCG64 whose state and increment seeds are the four 64-bit words
+    of blake2b-256(salt NUL request_id), without SeedSequence. Pinned: a change here changes every decision."""
     draw = Draw("salt", "req-1")
-    seed = int.from_bytes(hashlib.blake2b(b"salt\x00req-1", digest_size=8).digest(), "little")
-    assert draw.seed == seed
-    expected = np.random.Generator(np.random.PCG64(seed)).standard_normal(5)
+    digest = hashlib.blake2b(b"salt\x00req-1", digest_size=32).digest()
+    assert draw.seed == int.from_bytes(digest, "little")
+    words = np.frombuffer(digest, dtype="<u8")
+    bits = np.random.PCG64(0)
+    # numpy's PCG64 seeding (pcg64_set_seed, words as (high, low) pairs): state 0, increment (inc << 1) | 1, a
+    # step, the state seed added, a step.
+    inc = ((int(words[2]) << 64 | int(words[3])) << 1 | 1) % 2**128
+    mult = 0x2360ED051FC65DA44385DF649FCCF645
+    state = (0 * mult + inc) % 2**128
+    state = (state + (int(words[0]) << 64 | int(words[1]))) % 2**128
+    state = (state * mult + inc) % 2**128
+    bits.state = {"bit_generator": "PCG64", "state": {"state": state, "inc": inc}, "has_uint32": 0, "uinteger": 0}
+    expected = np.random.Generator(bits).standard_normal(5)
     assert_allclose(draw.rng.standard_normal(5), expected, rtol=0, atol=0)
+    assert_allclose(Draw("salt", "req-1").rng.standard_normal(5), expected, rtol=0, atol=0)
+    assert Draw("salt", "req-1").rng.integers(1 << 62) == 2649191387399790040  # pinned value of the 1.2 stream
 
 
 def test_draws_look_independent_across_requests():
@@ -285,3 +300,75 @@ def test_choice_formats_its_reason_once_on_first_read():
     assert c.score_list() == [1.0, 2.0]
     assert isinstance(c.scores, np.ndarray) and c.scores.tolist() == [1.0, 2.0] and c.score_list() == [1.0, 2.0]
     assert Choice(0, None, None, 1.0, "exact", False, "plain").reason == "plain"
+
+
+# The array code gaussian_max_probability ran for every K before its small-K path, kept for the comparison.
+def _array_quadrature(loc: np.ndarray, sd: np.ndarray, i: int, budget: int | None = None) -> float | None:
+    """(Former code.) P(candidate ``i`` has the highest of independent normal draws), or None if the grid would cost more than
+    ``budget`` Φ evaluations (default: 200 per candidate, what a 200-sample Monte-Carlo estimate draws)."""
+    k = len(loc)
+    if k == 1:
+        return 1.0
+    s_i = float(sd[i])
+    if not s_i > 0.0 or np.count_nonzero(sd) < k:
+        return None  # a point mass: no density to integrate against
+    # Row j is (r_j, a_j): competitor j's Φ argument is a_j + r_j u, a_j = (m_i - m_j) / s_j, r_j = s_i / s_j.
+    ra = np.empty((k, 2))
+    r, a = ra[:, 0], ra[:, 1]
+    np.divide(s_i, sd, out=r)
+    np.subtract(loc[i], loc, out=a)
+    a /= sd
+    if k > P._SMALL:
+        near = (a - r * P._U < P._T).nonzero()[0]  # j's Φ drops below 1 somewhere on the grid (i itself is near)
+        if len(near) == 1:
+            return 1.0
+        if len(near) < k:
+            i = int(np.count_nonzero(near < i))  # i's place among the near ones
+            ra = ra[near]
+            r, a = ra[:, 0], ra[:, 1]
+    # Below the point where some competitor's Φ reaches 0 the integrand is 0: start the grid there (i's own term,
+    # a = 0 and r = 1, gives -T < -U and so never moves the start).
+    start = np.divide(-P._T - a, r)
+    if len(start) <= P._SMALL:
+        listed = start.tolist()
+        lo = max(listed)
+        if not math.isfinite(sum(listed)):
+            return None  # not a distribution this can integrate
+    else:
+        lo = float(np.maximum.reduce(start))
+        if lo != lo:
+            return None
+    if lo >= P._U:
+        return 0.0  # out of reach
+    # A far competitor: with a at most 40 + U r, Φ(a + r u) is still 1 on the grid (u >= -U), and positions stay small.
+    np.minimum(a, 40.0 + P._U * r, out=a)
+    ra[i] = 0.0, -P._TABLE_LO  # Φ(0 + 8.5) = 1: i is not its own competitor
+    r_max = max(r.tolist()) if len(r) <= P._SMALL else float(np.maximum.reduce(r))
+    level = max(0, math.ceil(P._PER_OCTAVE * 0.5 * math.log2(1.0 + r_max * r_max)))
+    step = P._SPACING * 2.0 ** (-level / P._PER_OCTAVE)
+    points = int((P._U - max(lo, -P._U)) / step) + 2
+    if points * (len(r) - 1) > (200 * k if budget is None else budget):
+        return None
+    to_table, w = P._grid(level, points)
+    # Table positions of every competitor's Φ argument at every node, in one product. The grid starts at most one
+    # step below lo, where every argument is above -T - r h > -8.5: no position falls below the table.
+    a -= P._TABLE_LO
+    f = np.multiply.reduce(P._interpolate(ra.dot(to_table)), axis=0)
+    # Trapezoidal rule, plus φ's mass beyond U.
+    p = float(w.dot(f)) + P._UPPER_TAIL
+    # Below -U the integrand is left out (at most 1e-9): a pick no competitor can reach comes out as 1 - 1e-9.
+    return 1.0 if p > 1.0 - 1e-8 else max(p, 0.0)
+
+
+
+def test_small_k_quadrature_gives_the_same_floats_as_the_array_code():
+    rng = np.random.default_rng(5)
+    for _ in range(3000):
+        k = int(rng.integers(1, 17))
+        loc = rng.normal(0.0, rng.choice([0.01, 1.0, 100.0]), k)
+        sd = rng.uniform(0.001, 2.0, k) * rng.choice([0.01, 1.0, 10.0], k)
+        if rng.random() < 0.05:
+            sd[rng.integers(k)] = 0.0
+        i = int(rng.integers(k))
+        for budget in (None, 50):
+            assert gaussian_max_probability(loc, sd, i, budget) == _array_quadrature(loc, sd, i, budget)

@@ -111,3 +111,49 @@ def test_round_trip():
     ctx = {"loss": 0.3, "lr": -0.2, "epoch": 1.5}
     assert_allclose(copy.transform(ctx), fm.transform(ctx), rtol=0, atol=0)
     assert copy.names == fm.names and copy.clip == fm.clip
+
+
+def _reference_transform(names, clip, count, mean, m2, context):
+    """The former array implementation of transform (numpy on the whole vector), for the equivalence test."""
+    raw = np.array([context.get(n) for n in names], dtype=float)
+    present = np.isfinite(raw)
+    raw[~present] = 0.0
+    np.clip(raw, -1e100, 1e100, out=raw)
+    std = np.sqrt(np.divide(m2, count - 1, out=np.ones_like(m2), where=count > 1))
+    std[std < 1e-12] = 1.0
+    z = (raw - mean) / std
+    z[~present] = 0.0
+    return np.concatenate([[1.0], np.maximum(np.minimum(z, clip), -clip)])
+
+
+def _reference_update(count, mean, m2, names, context):
+    raw = np.array([context.get(n) for n in names], dtype=float)
+    present = np.isfinite(raw)
+    raw[~present] = 0.0
+    np.clip(raw, -1e100, 1e100, out=raw)
+    count += present
+    delta = np.where(present, raw - mean, 0.0)
+    mean += np.divide(delta, count, out=np.zeros_like(delta), where=count > 0)
+    m2 += delta * np.where(present, raw - mean, 0.0)
+
+
+def test_per_signal_code_gives_the_same_floats_as_the_array_code():
+    rng = np.random.default_rng(11)
+    names = tuple(f"f{j}" for j in range(12))
+    fm = FeatureMap(names=names, clip=5.0)
+    count, mean, m2 = np.zeros(12), np.zeros(12), np.zeros(12)
+    for step in range(400):
+        values = rng.normal(rng.uniform(-50, 50, 12), rng.uniform(0.01, 30, 12))
+        ctx = {}
+        for j, n in enumerate(names):
+            u = rng.random()
+            if u < 0.15:
+                continue  # missing
+            ctx[n] = float(values[j]) if u > 0.02 else float(rng.choice([math.inf, -math.inf, math.nan, 3e300]))
+        x = fm.transform(ctx)
+        assert np.array_equal(x, _reference_transform(names, 5.0, count, mean, m2, ctx))
+        fm.update(ctx)
+        _reference_update(count, mean, m2, names, ctx)
+        assert np.array_equal(fm.count, count) and np.array_equal(fm.mean, mean) and np.array_equal(fm.m2, m2)
+    again = FeatureMap.from_dict(fm.to_dict())
+    assert np.array_equal(again.transform({"f1": 2.0}), fm.transform({"f1": 2.0}))

@@ -29,8 +29,10 @@ async def test_resources_agree_with_the_workers_stats(tmp_path):
             measured += s["measured"]
             if s["measured"] >= 2:
                 lo, hi = s["latency_ms"]["ci95"]
-                assert 1.0 <= lo <= s["latency_ms"]["mean"] <= hi  # the history's latencies are uniform(1, 5) ms
-                assert s["latency_ms"]["mean"] <= 5.0
+                # The history's latencies are uniform(1, 5) ms: so is their mean; a normal interval of a few of
+                # them may reach beyond the support.
+                assert lo <= s["latency_ms"]["mean"] <= hi
+                assert 1.0 <= s["latency_ms"]["mean"] <= 5.0
     assert measured > 0
 
 

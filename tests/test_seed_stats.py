@@ -27,12 +27,14 @@ def _run(n: int = 60, seed: int = 7) -> tuple[SeedSelector, dict[str, list[tuple
         s = sel.select({"request_id": f"r{i}", "blueprint_id": "bp", "occurred_at": t,
                         "seeds": [{"seed_id": "a", "seed_idx": 0}, {"seed_id": "b", "seed_idx": 1}]})
         lat, mem, thr = (max(0.0, float(rng.normal(m, m / 5))) for m in PROFILE[s.seed_id])
+        # Failures fall on odd and even requests alike: round-robin alternates the two seeds, and whichever the
+        # burn-in's random pick put first, each gets some (any path of the decisions' random stream).
         if i % 10 == 9:
             continue  # no outcome: stays pending, counts as a selection only
         seen[s.seed_id].append((lat, mem, thr))
         sel.record_outcome({"decision_id": s.decision_id, "blueprint_id": "bp", "seed_id": s.seed_id,
                             "accuracy_delta": 0.01, "latency_ms": lat, "memory_mb": mem, "throughput": thr,
-                            "occurred_at": t, "success": i % 4 != 0})
+                            "occurred_at": t, "success": (i // 2) % 3 != 0})
     return sel, seen
 
 

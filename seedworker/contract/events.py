@@ -9,8 +9,11 @@ Compatibility rule: a message of another *major* version is rejected with a clea
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
+import threading
 import uuid
 from functools import cached_property
 from datetime import datetime, timezone
@@ -29,7 +32,11 @@ from pydantic import (
 
 SCHEMA_MAJOR = 1
 # 1.1: seed.selected.propensity_method may be "quadrature" (additive: 1.0 readers that validate the enum need 1.1).
-SCHEMA_MINOR = 1
+# 1.2: the decisions' random stream changed (policies.base.Draw: PCG64 keyed directly by blake2b-256 of (salt,
+# request_id), no SeedSequence): the same (salt, request id, state) may pick another seed, or the same seed with
+# another Monte-Carlo propensity, than under 1.1. The wire format is unchanged. Replay folds the logged decisions
+# (seed_id, propensity, features) and never draws, so logs of either version replay to the decisions they record.
+SCHEMA_MINOR = 2
 SCHEMA_VERSION = f"{SCHEMA_MAJOR}.{SCHEMA_MINOR}"
 MAX_CANDIDATES = 256
 
@@ -65,8 +72,44 @@ UtcTime = Annotated[datetime, AfterValidator(_utc)]
 
 
 def decision_id_for(request_id: str) -> str:
-    """The decision id of a request: deterministic, so a re-sent selection carries the same id."""
-    return str(uuid.uuid5(DECISION_NAMESPACE, request_id))
+    """The decision id of a request: deterministic, so a re-sent selection carries the same id.
+
+    ``str(uuid.uuid5(DECISION_NAMESPACE, request_id))`` computed directly (SHA-1 of the namespace and the name, the
+    version and variant bits set, formatted): the same string in about a third of the time (tests/test_events.py)."""
+    b = bytearray(hashlib.sha1(_NAMESPACE_BYTES + request_id.encode()).digest()[:16])
+    b[6] = (b[6] & 0x0F) | 0x50  # version 5
+    b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_NAMESPACE_BYTES = DECISION_NAMESPACE.bytes
+_RANDOM_POOL = 4096  # bytes of OS randomness read at once for event ids: 256 ids per system call
+_random = [b"", 0]  # the pool and the read position
+_random_lock = threading.Lock()
+
+
+def _drop_random_pool() -> None:
+    _random[0], _random[1] = b"", 0  # a forked child must not hand out its parent's ids
+
+
+os.register_at_fork(after_in_child=_drop_random_pool)
+
+
+def new_event_id() -> str:
+    """A random (version 4) UUID string, as ``str(uuid.uuid4())``, from OS randomness read 4 KiB at a time: the
+    system call per id cost more than the rest (about 5 µs against 1)."""
+    with _random_lock:
+        pool, at = _random
+        if at + 16 > len(pool):
+            pool, at = os.urandom(_RANDOM_POOL), 0
+            _random[0] = pool
+        _random[1] = at + 16
+    b = bytearray(pool[at:at + 16])
+    b[6] = (b[6] & 0x0F) | 0x40  # version 4
+    b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def utc_now() -> datetime:
@@ -79,7 +122,7 @@ class _Model(BaseModel):
 
 
 class Envelope(_Model):
-    event_id: str = Field(default_factory=lambda: str(uuid.uuid4()), min_length=1)
+    event_id: str = Field(default_factory=lambda: new_event_id(), min_length=1)
     event_type: str
     schema_version: str = SCHEMA_VERSION
     occurred_at: UtcTime = Field(default_factory=utc_now)
@@ -266,7 +309,22 @@ def decode(data: bytes | str, expected: str | None = None, *, default_time: date
 
     ``default_time`` is the ``occurred_at`` of a message that has none: the worker passes the Kafka record's
     timestamp, which a later replay reads again, so a missing time means the same thing live and replayed (the
-    decoder's own clock would not)."""
+    decoder's own clock would not).
+
+    The usual message is parsed and validated in one step from the bytes by pydantic (``model_validate_json``,
+    about 3 µs less than parsing to a dict first). Whatever that path does not accept as it stands — another event
+    type, an invalid or non-finite value, bad JSON, a message without ``occurred_at`` when ``default_time`` is
+    given — goes through the dict path below, which gives every error message (naming the field) and the defaults
+    exactly as before."""
+    model = MODELS.get(expected) if expected is not None else None
+    if model is not None:
+        try:
+            event = model.model_validate_json(data)
+        except ValidationError:
+            pass
+        else:
+            if default_time is None or "occurred_at" in event.__pydantic_fields_set__:
+                return event
     try:
         raw = orjson.loads(data)
     except orjson.JSONDecodeError as exc:

@@ -92,6 +92,7 @@ class SeedSelector:
         self.join_counters = Discard()
         self._policies: dict[str, Policy] = {}
         self._selectable = frozenset(self.settings.selectable_states)
+        self._selectable_or_unset = self._selectable | {None}
 
     # -- the public API ------------------------------------------------------------------------------------------
     def select(self, request: GraftRequested | dict, *, track: bool = True) -> SeedSelected:
@@ -114,7 +115,9 @@ class SeedSelector:
         only for the chosen seed, within ``join.reward_wait_s`` of the request (or later with ``join.learn_late``);
         decisions whose outcome does not come expire."""
         if not isinstance(outcome, AdaptationOutcome):
-            outcome = from_dict(outcome, "adaptation.outcome", default_time=self.clock())  # type: ignore[assignment]
+            # The selector's clock only for an outcome without a time (read only then: it is a call per outcome).
+            default_time = self.clock() if outcome.get("occurred_at") is None else None
+            outcome = from_dict(outcome, "adaptation.outcome", default_time=default_time)  # type: ignore[assignment]
         did = outcome.resolved_decision_id
         sink = self.join_counters
         learned = sink.counters.get("outcomes_learned", 0)
@@ -342,14 +345,14 @@ class SeedSelector:
                 for v, p in zip(vidx.tolist(), values):
                     probs[v] = p
 
-    def _viability(self, request: GraftRequested, a: ArmTable, rows: np.ndarray) -> tuple[np.ndarray, list[str], bool]:
-        """(viable mask, note per seed, whether every seed is viable)."""
+    def _viability(self, request: GraftRequested, a: ArmTable, rows: np.ndarray) -> tuple[list[bool], list[str], bool]:
+        """(viable mask, note per seed, whether every seed is viable); the mask is a list (the event carries it)."""
         k = len(rows)
-        viable = np.ones(k, dtype=bool)
+        viable = [True] * k
         notes = [""] * k
         sel = self._selectable
         every = True
-        if not {c.state for c in request.seeds} <= sel | {None}:  # some seed is in a state that cannot be selected
+        if not {c.state for c in request.seeds} <= self._selectable_or_unset:  # some seed is in a state that cannot be selected
             every = False
             for j, c in enumerate(request.seeds):
                 if c.state is not None and c.state not in sel:
@@ -375,7 +378,7 @@ class SeedSelector:
         chosen = seeds[pick]
         fields = dict(
             **_envelope(request, self.clock()),
-            decision_id=decision_id_for(request.request_id),
+            decision_id=request.decision_id,
             request_id=request.request_id,
             blueprint_id=request.blueprint_id,
             layer_name=request.layer_name,
@@ -397,11 +400,7 @@ class SeedSelector:
         # are assembled directly: the same __dict__, fields-set, extra and private slots model_construct writes, at
         # a fraction of its per-field cost (it walks aliases and defaults; here every field is given). Otherwise
         # model_construct.
-        plain = (CandidateScore.__pydantic_post_init__ is None and SeedSelected.__pydantic_post_init__ is None
-                 and not CandidateScore.__private_attributes__ and not SeedSelected.__private_attributes__
-                 and len(CandidateScore.__pydantic_fields__) == 6 and len(SeedSelected.__pydantic_fields__) == len(fields))
-        viable = viable.tolist()
-        if not plain:
+        if not _plain_models(len(fields)):
             fields["scores"] = [
                 CandidateScore.model_construct(seed_id=c.seed_id, seed_idx=c.seed_idx, score=scores[j],
                                                probability=probs[j], viable=viable[j], note=notes[j] or None)
@@ -409,13 +408,13 @@ class SeedSelector:
             ]
             return SeedSelected.model_construct(**fields)
         new, put = object.__new__, object.__setattr__
-        names = {"seed_id", "seed_idx", "score", "probability", "viable", "note"}
+        names = _CANDIDATE_FIELDS
         candidates = []
-        for j, c in enumerate(seeds):
+        for c, score, prob, ok, note in zip(seeds, scores, probs, viable, notes):
             m = new(CandidateScore)
-            put(m, "__dict__", {"seed_id": c.seed_id, "seed_idx": c.seed_idx, "score": scores[j],
-                                "probability": probs[j], "viable": viable[j], "note": notes[j] or None})
-            put(m, "__pydantic_fields_set__", set(names))
+            put(m, "__dict__", {"seed_id": c.seed_id, "seed_idx": c.seed_idx, "score": score,
+                                "probability": prob, "viable": ok, "note": note or None})
+            put(m, "__pydantic_fields_set__", names.copy())
             put(m, "__pydantic_extra__", None)
             put(m, "__pydantic_private__", None)
             candidates.append(m)
@@ -435,6 +434,23 @@ class SeedSelector:
     def load_state_dict(self, data: dict) -> None:
         self.default_strategy = data["default_strategy"]
         self.blueprints = {k: BlueprintState.from_dict(v) for k, v in data["blueprints"].items()}
+
+
+_CANDIDATE_FIELDS = {"seed_id", "seed_idx", "score", "probability", "viable", "note"}
+_plain: dict[int, bool] = {}
+
+
+def _plain_models(n_fields: int) -> bool:
+    """Whether CandidateScore and SeedSelected (with ``n_fields`` fields given) are plain models that the selector
+    may assemble directly: no post-init hook, no private attributes, exactly the fields given (checked once)."""
+    plain = _plain.get(n_fields)
+    if plain is None:
+        plain = _plain[n_fields] = (
+            CandidateScore.__pydantic_post_init__ is None and SeedSelected.__pydantic_post_init__ is None
+            and not CandidateScore.__private_attributes__ and not SeedSelected.__private_attributes__
+            and set(CandidateScore.__pydantic_fields__) == _CANDIDATE_FIELDS
+            and len(SeedSelected.__pydantic_fields__) == n_fields)
+    return plain
 
 
 Z95 = 1.959963984540054  # normal quantile of 0.975
