@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-dev
 PEERS  := $(VENV)/.installed-peers
 KAFKA_PORT ?= 9092
 
-.PHONY: install test run bench simulate schemas kafka-up kafka-down clean
+.PHONY: install test lint format run bench simulate schemas kafka-up kafka-down clean
 
 install: $(STAMP)
 
@@ -21,7 +21,17 @@ $(PEERS): $(STAMP)
 	touch $@
 
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 run: $(STAMP)
 	$(BIN)/python -m seedworker.dev.demo --port $(KAFKA_PORT) $(DEMO_ARGS)

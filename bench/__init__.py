@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -41,8 +41,9 @@ class Report:
         """A plain-text table; ``align`` is one char per column, ``l`` or ``r`` (default: first left, rest right)."""
         rows = [["" if c is None else str(c) for c in r] for r in rows]
         header = [str(h) for h in header]
-        widths = [max(len(header[j]), *(len(r[j]) for r in rows)) if rows else len(header[j])
-                  for j in range(len(header))]
+        widths = [
+            max(len(header[j]), *(len(r[j]) for r in rows)) if rows else len(header[j]) for j in range(len(header))
+        ]
         align = align or ("l" + "r" * (len(header) - 1))
 
         def fmt(cells: Sequence[str]) -> str:

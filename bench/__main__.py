@@ -11,7 +11,7 @@ import platform
 import sys
 import time
 import traceback
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -60,26 +60,40 @@ def machine_facts() -> list[str]:
     except OSError:
         load = "n/a"
     return [
-        f"date:      {datetime.now(timezone.utc).isoformat(timespec='seconds')}",
+        f"date:      {datetime.now(UTC).isoformat(timespec='seconds')}",
         f"machine:   {platform.node()} {platform.machine()} {platform.system()} {platform.release()}",
         f"cpu:       {_cpu_model()}; cpu_count={os.cpu_count()} usable={usable}; loadavg at start {load}",
         f"python:    {platform.python_implementation()} {platform.python_version()}",
-        "versions:  " + ", ".join(f"{d} {_version(d)}" for d in
-                                  ("seedworker", "numpy", "pydantic", "mabwiser", "river", "vowpalwabbit",
-                                   "smpybandits")),
+        "versions:  "
+        + ", ".join(
+            f"{d} {_version(d)}"
+            for d in ("seedworker", "numpy", "pydantic", "mabwiser", "river", "vowpalwabbit", "smpybandits")
+        ),
     ]
 
 
 def parse_args(argv: list[str] | None, modules: dict[str, str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--quick", action="store_true", help="few events per case: a smoke test of the machinery")
-    p.add_argument("--only", default=None, metavar="NAME[,NAME]",
-                   help=f"run only these benchmark modules (known: {', '.join(modules) or 'none'}); "
-                        "a name matches a module by prefix")
-    p.add_argument("--budget", type=float, default=None, metavar="S",
-                   help="seconds of timed events per slow case (default 20; 1 with --quick)")
-    p.add_argument("--profile", action="store_true",
-                   help="after the tables, profile (cProfile) the seedworker cases that miss a goal")
+    p.add_argument(
+        "--only",
+        default=None,
+        metavar="NAME[,NAME]",
+        help=f"run only these benchmark modules (known: {', '.join(modules) or 'none'}); "
+        "a name matches a module by prefix",
+    )
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        metavar="S",
+        help="seconds of timed events per slow case (default 20; 1 with --quick)",
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="after the tables, profile (cProfile) the seedworker cases that miss a goal",
+    )
     p.add_argument("--rounds", type=int, default=None, help="timing rounds per case (default 3; 2 with --quick)")
     p.add_argument("--events", type=int, default=None, help="timed events per case for the small configuration")
     p.add_argument("--seed", type=int, default=7, help="seed of the generated streams")
@@ -104,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv, modules)
     chosen = select(modules, args.only)
     report = Report(args)
-    report.line("seedworker benchmark report" + (" (--quick: smoke test, numbers not meaningful)" if args.quick else ""))
+    report.line(
+        "seedworker benchmark report" + (" (--quick: smoke test, numbers not meaningful)" if args.quick else "")
+    )
     for fact in machine_facts():
         report.line(fact)
     report.line(f"modules:   {', '.join(chosen) or 'none'}")
@@ -126,7 +142,9 @@ def main(argv: list[str] | None = None) -> int:
             report.line(f"\n[{name}] FAILED:")
             report.line(traceback.format_exc().rstrip())
         report.line(f"\n[{name}] took {time.perf_counter() - started:.1f} s")
-    report.line(f"\ntotal {time.perf_counter() - t0:.1f} s" + (f"; FAILED modules: {', '.join(failed)}" if failed else ""))
+    report.line(
+        f"\ntotal {time.perf_counter() - t0:.1f} s" + (f"; FAILED modules: {', '.join(failed)}" if failed else "")
+    )
     out: Path = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report.text())

@@ -29,11 +29,11 @@ from __future__ import annotations
 import gc
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from importlib import metadata
-from typing import Callable
 
 import numpy as np
 
@@ -76,7 +76,7 @@ class Stream:
         self.rewards = {"real": real.tolist(), "binary": binary.tolist(), "linear": linear.tolist()}
         self._arrays = {"real": real, "binary": binary, "linear": linear}
         self.x_rows = list(self.X)  # row views, made before timing
-        self.x_2d = [self.X[t:t + 1] for t in range(n)]  # (1, d) views for MABWiser
+        self.x_2d = [self.X[t : t + 1] for t in range(n)]  # (1, d) views for MABWiser
         self.x_dicts = [{f"x{j}": v for j, v in enumerate(row)} for row in self.X.tolist()]  # River
         self.seed_ids = [f"seed-{i}" for i in range(k)]
         self.request_ids = [f"req-{t}" for t in range(n)]
@@ -95,19 +95,27 @@ class Stream:
         from seedworker.contract.events import GraftRequested, TrainingContext
 
         seeds = [{"seed_id": s, "seed_idx": i, "state": "dormant"} for i, s in enumerate(self.seed_ids)]
-        template = GraftRequested.model_validate({"request_id": "template", "blueprint_id": BLUEPRINT,
-                                                  "seeds": seeds, "context": self.contexts[0]})
+        template = GraftRequested.model_validate(
+            {"request_id": "template", "blueprint_id": BLUEPRINT, "seeds": seeds, "context": self.contexts[0]}
+        )
         out = []
         for t in range(self.n):
-            occurred = datetime.fromtimestamp(self.times[t], timezone.utc)
-            out.append(template.model_copy(update={
-                "request_id": self.request_ids[t], "event_id": f"ev-{t}", "occurred_at": occurred,
-                "context": TrainingContext.model_validate(self.contexts[t])}))
+            occurred = datetime.fromtimestamp(self.times[t], UTC)
+            out.append(
+                template.model_copy(
+                    update={
+                        "request_id": self.request_ids[t],
+                        "event_id": f"ev-{t}",
+                        "occurred_at": occurred,
+                        "context": TrainingContext.model_validate(self.contexts[t]),
+                    }
+                )
+            )
         return out
 
     @cached_property
     def outcome_times(self) -> list[datetime]:
-        return [datetime.fromtimestamp(s, timezone.utc) + timedelta(seconds=0.5) for s in self.times]
+        return [datetime.fromtimestamp(s, UTC) + timedelta(seconds=0.5) for s in self.times]
 
     @cached_property
     def vw_shared(self) -> list[str]:
@@ -139,6 +147,7 @@ class Case:
 def sw_core(policy: str, rewards: str, *, pick_only: bool = False) -> Callable[[Stream], Step]:
     """seedworker's core level; ``pick_only``: a sampling policy's ``pick`` (the draws and the winner) instead of
     ``choose``, i.e. the decision WITHOUT its propensity (what River's policies compute), for a labelled row."""
+
     def build(st: Stream) -> Step:
         from seedworker.core.arms import ArmTable
         from seedworker.core.policies import Draw, Situation, make_policy
@@ -199,10 +208,18 @@ def sw_full(policy: str, rewards: str) -> Callable[[Stream], Step]:
             s = sel.select(req)
             t1 = ns()
             r = rew[t][s.seed_idx]
-            outcome = construct(event_id=f"out-{t}", event_type="adaptation.outcome", schema_version=SCHEMA_VERSION,
-                                occurred_at=when[t], source="bench", decision_id=s.decision_id,
-                                blueprint_id=BLUEPRINT, seed_id=s.seed_id, accuracy_delta=r,
-                                success=(r > 0.5) if binary else True)
+            outcome = construct(
+                event_id=f"out-{t}",
+                event_type="adaptation.outcome",
+                schema_version=SCHEMA_VERSION,
+                occurred_at=when[t],
+                source="bench",
+                decision_id=s.decision_id,
+                blueprint_id=BLUEPRINT,
+                seed_id=s.seed_id,
+                accuracy_delta=r,
+                success=(r > 0.5) if binary else True,
+            )
             t2 = ns()
             res = sel.record_outcome(outcome)
             t3 = ns()
@@ -217,14 +234,23 @@ def sw_full(policy: str, rewards: str) -> Callable[[Stream], Step]:
 
 def sw_public(policy: str, rewards: str) -> Callable[[Stream], Step]:
     """The public in-process path: dicts in (as Tamiyo sends them, validated by the selector), events out."""
+
     def build(st: Stream) -> Step:
         from seedworker import SeedSelector, Settings
 
         sel = SeedSelector(Settings(default_strategy=policy, features=st.feature_names, min_samples=1))
         seeds = [{"seed_id": s, "seed_idx": i, "state": "dormant"} for i, s in enumerate(st.seed_ids)]
-        reqs = [{"event_type": "graft.requested", "request_id": st.request_ids[t], "blueprint_id": BLUEPRINT,
-                 "occurred_at": datetime.fromtimestamp(st.times[t], timezone.utc).isoformat(),
-                 "seeds": seeds, "context": st.contexts[t]} for t in range(st.n)]
+        reqs = [
+            {
+                "event_type": "graft.requested",
+                "request_id": st.request_ids[t],
+                "blueprint_id": BLUEPRINT,
+                "occurred_at": datetime.fromtimestamp(st.times[t], UTC).isoformat(),
+                "seeds": seeds,
+                "context": st.contexts[t],
+            }
+            for t in range(st.n)
+        ]
         when = [w.isoformat() for w in st.outcome_times]
         rew = st.rewards[rewards]
         binary = rewards == "binary"
@@ -236,9 +262,15 @@ def sw_public(policy: str, rewards: str) -> Callable[[Stream], Step]:
             s = sel.select(req)
             t1 = ns()
             r = rew[t][s.seed_idx]
-            outcome = {"event_type": "adaptation.outcome", "decision_id": s.decision_id, "occurred_at": when[t],
-                       "blueprint_id": BLUEPRINT, "seed_id": s.seed_id, "accuracy_delta": r,
-                       "success": (r > 0.5) if binary else True}
+            outcome = {
+                "event_type": "adaptation.outcome",
+                "decision_id": s.decision_id,
+                "occurred_at": when[t],
+                "blueprint_id": BLUEPRINT,
+                "seed_id": s.seed_id,
+                "accuracy_delta": r,
+                "success": (r > 0.5) if binary else True,
+            }
             t2 = ns()
             res = sel.record_outcome(outcome)
             t3 = ns()
@@ -393,8 +425,13 @@ def cases() -> dict[str, list[Case]]:
         ],
         "non-contextual, binary rewards (Beta-Bernoulli Thompson; MABWiser's Thompson takes 0/1 rewards only)": [
             Case("beta-thompson", "seedworker", "core", "binary", sw_core("beta-thompson", "binary")),
-            Case("beta-thompson", "seedworker", NO_PROPENSITY, "binary", sw_core("beta-thompson", "binary",
-                                                                                 pick_only=True)),
+            Case(
+                "beta-thompson",
+                "seedworker",
+                NO_PROPENSITY,
+                "binary",
+                sw_core("beta-thompson", "binary", pick_only=True),
+            ),
             Case("beta-thompson", "seedworker", "full", "binary", sw_full("beta-thompson", "binary")),
             Case("beta-thompson", "seedworker", "public", "binary", sw_public("beta-thompson", "binary")),
             Case("beta-thompson", "river", "TS(proba.Beta)", "binary", river_case("ts-beta", "binary")),
@@ -536,9 +573,11 @@ def summarize(case: Case) -> Result:
 def report_plan(report: Report, plan: Plan, st: Stream, groups: dict[str, list[Case]], notes: list[str]) -> dict:
     results: dict[tuple[str, str, str], Result] = {}
     report.section(f"K={plan.k} arms, d={plan.d} features: per-event select+update latency (µs)")
-    report.line(f"{plan.chunk * plan.rounds} timed events per case in {plan.rounds} rounds of {plan.chunk} (+{plan.warmup} "
-                f"warm-up), capped at ~{plan.budget_s:g} s per case; median and p99 of the best round, p99 over all "
-                f"rounds; ratios = row median / seedworker median (>1: seedworker is faster).")
+    report.line(
+        f"{plan.chunk * plan.rounds} timed events per case in {plan.rounds} rounds of {plan.chunk} (+{plan.warmup} "
+        f"warm-up), capped at ~{plan.budget_s:g} s per case; median and p99 of the best round, p99 over all "
+        f"rounds; ratios = row median / seedworker median (>1: seedworker is faster)."
+    )
     for title, group in groups.items():
         rows = []
         by_strategy: dict[str, dict[str, Result]] = {}
@@ -548,23 +587,52 @@ def report_plan(report: Report, plan: Plan, st: Stream, groups: dict[str, list[C
             if case.library == "seedworker":
                 by_strategy.setdefault(case.strategy, {})[case.api] = res
         kinds = sorted({c.rewards for c in group})
-        refs = "; ".join(f"{k} rewards: best arm {b:.3f}, uniform random {u:.3f}" for k in kinds
-                         for b, u in [st.reference(k, plan.warmup, plan.warmup + plan.events)])
+        refs = "; ".join(
+            f"{k} rewards: best arm {b:.3f}, uniform random {u:.3f}"
+            for k in kinds
+            for b, u in [st.reference(k, plan.warmup, plan.warmup + plan.events)]
+        )
         for case in group:
             res = results[(case.strategy, case.library, case.api)]
             sw = by_strategy.get(case.strategy, {})
             core, full, public = sw.get("core"), sw.get("full"), sw.get("public")
-            rows.append([
-                case.strategy, case.library, case.api, res.n, _fmt_us(res.median), _fmt_us(res.p99),
-                _fmt_us(res.p99_all), "-" if not res.n else f"{res.mean_reward:.3f}",
-                _ratio(res.median, core.median) if core else "-", _ratio(res.median, full.median) if full else "-",
-                _ratio(res.median, public.median) if public else "-", case.note,
-            ])
+            rows.append(
+                [
+                    case.strategy,
+                    case.library,
+                    case.api,
+                    res.n,
+                    _fmt_us(res.median),
+                    _fmt_us(res.p99),
+                    _fmt_us(res.p99_all),
+                    "-" if not res.n else f"{res.mean_reward:.3f}",
+                    _ratio(res.median, core.median) if core else "-",
+                    _ratio(res.median, full.median) if full else "-",
+                    _ratio(res.median, public.median) if public else "-",
+                    case.note,
+                ]
+            )
         report.line()
         report.line(f"-- {title}")
         report.line(f"   mean-reward reference over the timed window: {refs}")
-        report.table(["strategy", "library", "level / API", "n", "median", "p99", "p99 all", "reward",
-                      "÷sw core", "÷sw full", "÷sw public", "note"], rows, "lllrrrrrrrrl")
+        report.table(
+            [
+                "strategy",
+                "library",
+                "level / API",
+                "n",
+                "median",
+                "p99",
+                "p99 all",
+                "reward",
+                "÷sw core",
+                "÷sw full",
+                "÷sw public",
+                "note",
+            ],
+            rows,
+            "lllrrrrrrrrl",
+        )
     for note in notes:  # room for notes that do not fit a row
         report.line(f"note: {note}")
     return results
@@ -585,26 +653,34 @@ def goals(report: Report, plan: Plan, results: dict) -> list[str]:
         full = get("linucb", "seedworker", "full")
         peers = [r for (s, lib, _), r in results.items() if s == "linucb" and lib != "seedworker" and r.n]
         if core is None or not peers:
-            report.line("  SKIP  LinUCB >= 4x the fastest peer: " + ("no seedworker result" if core is None
-                                                                      else "no peer library installed"))
+            report.line(
+                "  SKIP  LinUCB >= 4x the fastest peer: "
+                + ("no seedworker result" if core is None else "no peer library installed")
+            )
         else:
             fastest = min(peers, key=lambda r: r.median)
             ratio = fastest.median / core.median
             if ratio < 4:
                 missed.append("linucb")
-            report.line(f"  {'PASS' if ratio >= 4 else 'MISS'}  LinUCB: fastest peer ({fastest.case.library} "
-                        f"{fastest.case.api}, {_fmt_us(fastest.median)} µs) / seedworker core "
-                        f"({_fmt_us(core.median)} µs) = {ratio:.2f}x (goal >= 4x)"
-                        + (f"; full path {fastest.median / full.median:.2f}x" if full else ""))
+            report.line(
+                f"  {'PASS' if ratio >= 4 else 'MISS'}  LinUCB: fastest peer ({fastest.case.library} "
+                f"{fastest.case.api}, {_fmt_us(fastest.median)} µs) / seedworker core "
+                f"({_fmt_us(core.median)} µs) = {ratio:.2f}x (goal >= 4x)"
+                + (f"; full path {fastest.median / full.median:.2f}x" if full else "")
+            )
         if core is not None:
             if core.p99 >= 100 and "linucb" not in missed:
                 missed.append("linucb")
-            report.line(f"  {'PASS' if core.p99 < 100 else 'MISS'}  LinUCB: seedworker core p99 {_fmt_us(core.p99)} µs "
-                        f"(all rounds {_fmt_us(core.p99_all)} µs) (goal < 100 µs)"
-                        + (f"; full path p99 {_fmt_us(full.p99)} µs" if full else ""))
-    for label, strategy, api in (("UCB1", "ucb1", "UCB(delta=1)"), ("Thompson (Gaussian)", "thompson",
-                                                                     "TS(proba.Gaussian)"),
-                                 ("Thompson (Beta)", "beta-thompson", "TS(proba.Beta)")):
+            report.line(
+                f"  {'PASS' if core.p99 < 100 else 'MISS'}  LinUCB: seedworker core p99 {_fmt_us(core.p99)} µs "
+                f"(all rounds {_fmt_us(core.p99_all)} µs) (goal < 100 µs)"
+                + (f"; full path p99 {_fmt_us(full.p99)} µs" if full else "")
+            )
+    for label, strategy, api in (
+        ("UCB1", "ucb1", "UCB(delta=1)"),
+        ("Thompson (Gaussian)", "thompson", "TS(proba.Gaussian)"),
+        ("Thompson (Beta)", "beta-thompson", "TS(proba.Beta)"),
+    ):
         core = get(strategy, "seedworker", "core")
         full = get(strategy, "seedworker", "full")
         pick = get(strategy, "seedworker", NO_PROPENSITY)
@@ -617,11 +693,16 @@ def goals(report: Report, plan: Plan, results: dict) -> list[str]:
             missed.append(strategy)
         # Judged on the core level WITH the propensity every decision carries; River computes none, so the
         # pick-only ratio is given beside it for information.
-        report.line(f"  {'PASS' if ratio >= 2 else 'MISS'}  {label}: River {api} ({_fmt_us(river.median)} µs) / "
-                    f"seedworker core with propensity ({_fmt_us(core.median)} µs) = {ratio:.2f}x (goal >= 2x)"
-                    + (f"; full path {river.median / full.median:.2f}x" if full else "")
-                    + (f"; {NO_PROPENSITY} ({_fmt_us(pick.median)} µs, not the goal's level) "
-                       f"{river.median / pick.median:.2f}x" if pick else ""))
+        report.line(
+            f"  {'PASS' if ratio >= 2 else 'MISS'}  {label}: River {api} ({_fmt_us(river.median)} µs) / "
+            f"seedworker core with propensity ({_fmt_us(core.median)} µs) = {ratio:.2f}x (goal >= 2x)"
+            + (f"; full path {river.median / full.median:.2f}x" if full else "")
+            + (
+                f"; {NO_PROPENSITY} ({_fmt_us(pick.median)} µs, not the goal's level) {river.median / pick.median:.2f}x"
+                if pick
+                else ""
+            )
+        )
         public = get(strategy, "seedworker", "public")
         if public is None or label == "Thompson (Beta)":
             continue
@@ -630,15 +711,22 @@ def goals(report: Report, plan: Plan, results: dict) -> list[str]:
         ok = vs_river <= 3 and vs_core <= 2
         if not ok and strategy not in missed:
             missed.append(strategy)
-        report.line(f"  {'PASS' if ok else 'MISS'}  {label} public path (dicts in, events out, "
-                    f"{_fmt_us(public.median)} µs): {vs_river:.2f}x River (goal <= 3x), {vs_core:.2f}x seedworker "
-                    f"core (goal <= 2x)")
+        report.line(
+            f"  {'PASS' if ok else 'MISS'}  {label} public path (dicts in, events out, "
+            f"{_fmt_us(public.median)} µs): {vs_river:.2f}x River (goal <= 3x), {vs_core:.2f}x seedworker "
+            f"core (goal <= 2x)"
+        )
     return missed
 
 
-POLICY_OF = {"ucb1": ("ucb", "real"), "thompson": ("thompson", "real"), "beta-thompson": ("beta-thompson", "binary"),
-             "linucb": ("linucb", "linear"), "epsilon-greedy": ("epsilon-greedy", "real"),
-             "lin-thompson": ("lin-thompson", "linear")}
+POLICY_OF = {
+    "ucb1": ("ucb", "real"),
+    "thompson": ("thompson", "real"),
+    "beta-thompson": ("beta-thompson", "binary"),
+    "linucb": ("linucb", "linear"),
+    "epsilon-greedy": ("epsilon-greedy", "real"),
+    "lin-thompson": ("lin-thompson", "linear"),
+}
 
 
 def profile(report: Report, plan: Plan, st: Stream, strategies: list[str], events: int) -> None:
@@ -662,9 +750,11 @@ def profile(report: Report, plan: Plan, st: Stream, strategies: list[str], event
             total = sum(v[2] for v in stats.values()) or 1e-12
             top = sorted(stats.items(), key=lambda kv: kv[1][2], reverse=True)[:12]
             report.line()
-            report.line(f"profile: seedworker {strategy} {level}, K={plan.k} d={plan.d}, {n} events "
-                        f"(cProfile inflates small calls: read the shares; the bench's own step, and for full its outcome "
-                        f"construction, are included)")
+            report.line(
+                f"profile: seedworker {strategy} {level}, K={plan.k} d={plan.d}, {n} events "
+                f"(cProfile inflates small calls: read the shares; the bench's own step, and for full its outcome "
+                f"construction, are included)"
+            )
             rows = []
             for (file, line, func), (_, ncalls, tt, ct, _) in top:
                 where = file.rsplit("/", 1)[-1]
@@ -686,13 +776,15 @@ def main(report: Report) -> None:
         except metadata.PackageNotFoundError:
             versions.append(f"{dist} not installed (pip install -e '.[peers]')")
     report.line("peers: " + ", ".join(versions) + f"; VW options: {VW_ARGS}")
-    report.line("levels: core = policy.choose + ArmTable.select/learn on numpy arrays (like-for-like with the "
-                "libraries, plus the propensity every decision carries; the peers compute none); public = "
-                "SeedSelector.select(dict) + record_outcome(dict) as Tamiyo calls them (validation included); full = "
-                "SeedSelector.select(request) + record_outcome(outcome) (events built outside the timing; the "
-                "selector also keeps the ridge statistics under non-contextual strategies); "
-                f"'{NO_PROPENSITY}' = a Thompson policy's pick (its draws and the winner) + select/learn, without "
-                "the propensity: for information, never the level a goal is judged on.")
+    report.line(
+        "levels: core = policy.choose + ArmTable.select/learn on numpy arrays (like-for-like with the "
+        "libraries, plus the propensity every decision carries; the peers compute none); public = "
+        "SeedSelector.select(dict) + record_outcome(dict) as Tamiyo calls them (validation included); full = "
+        "SeedSelector.select(request) + record_outcome(outcome) (events built outside the timing; the "
+        "selector also keeps the ridge statistics under non-contextual strategies); "
+        f"'{NO_PROPENSITY}' = a Thompson policy's pick (its draws and the winner) + select/learn, without "
+        "the propensity: for information, never the level a goal is judged on."
+    )
     for plan in plans(report):
         st = Stream(plan.k, plan.d, plan.warmup + plan.events, report.options.seed)
         groups = cases()

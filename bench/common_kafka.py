@@ -16,13 +16,32 @@ import logging
 import os
 import sys
 import time
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
-from typing import AsyncIterator, Iterable, Iterator
 
-from bench.kafka_worker import REPO, Child, _cpu_ticks as cpu_ticks, _emit as emit, _machine_busy as machine_busy
+from bench.kafka_worker import REPO, Child
+from bench.kafka_worker import _cpu_ticks as cpu_ticks
+from bench.kafka_worker import _emit as emit
+from bench.kafka_worker import _machine_busy as machine_busy
 
-__all__ = ["REPO", "Admin", "BenchChild", "broker", "cpu_ticks", "emit", "listener_pid", "machine_busy",
-           "parse_metrics", "produce", "proc_cpu_s", "progress", "quiet_aiokafka", "read_topic", "rss_kib", "scrape"]
+__all__ = [
+    "REPO",
+    "Admin",
+    "BenchChild",
+    "broker",
+    "cpu_ticks",
+    "emit",
+    "listener_pid",
+    "machine_busy",
+    "parse_metrics",
+    "produce",
+    "proc_cpu_s",
+    "progress",
+    "quiet_aiokafka",
+    "read_topic",
+    "rss_kib",
+    "scrape",
+]
 
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -53,18 +72,27 @@ def broker(workdir: Path, name: str) -> Iterator[tuple[str, str, int | None]]:
     env = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
     if env:
         pid = listener_pid(env)
-        yield (env, f"KAFKA_BOOTSTRAP_SERVERS={env} (a broker shared with whatever else uses it"
-               + (f"; pid {pid} on this machine)" if pid else ")"), pid)
+        yield (
+            env,
+            f"KAFKA_BOOTSTRAP_SERVERS={env} (a broker shared with whatever else uses it"
+            + (f"; pid {pid} on this machine)" if pid else ")"),
+            pid,
+        )
         return
-    kafka = LocalKafka(port=free_port(), workdir=workdir / "kafka", libs_dir=REPO_ROOT / ".cache/kafka/libs",
-                       die_with_parent=True)
+    kafka = LocalKafka(
+        port=free_port(), workdir=workdir / "kafka", libs_dir=REPO_ROOT / ".cache/kafka/libs", die_with_parent=True
+    )
     kafka.ensure_jars()
     t0 = time.perf_counter()
     progress(name, f"starting LocalKafka on {kafka.bootstrap_servers}")
     kafka.start(timeout=120)
     try:
-        yield (kafka.bootstrap_servers, f"LocalKafka (Apache Kafka {kafka.kafka_version()}, KRaft, one JVM) on "
-               f"{kafka.bootstrap_servers}, started in {time.perf_counter() - t0:.1f} s", kafka.pid)
+        yield (
+            kafka.bootstrap_servers,
+            f"LocalKafka (Apache Kafka {kafka.kafka_version()}, KRaft, one JVM) on "
+            f"{kafka.bootstrap_servers}, started in {time.perf_counter() - t0:.1f} s",
+            kafka.pid,
+        )
     finally:
         kafka.stop()
 
@@ -91,9 +119,12 @@ class Admin:
             for _ in range(200):
                 if set(names) <= set(await admin.list_topics()):
                     desc = await admin.describe_topics(names)
-                    if all(t.get("error_code", 0) == 0 and len(t.get("partitions", ())) == partitions[t["topic"]]
-                           and all(p.get("error_code", 0) == 0 and p.get("leader", -1) >= 0 for p in t["partitions"])
-                           for t in desc):
+                    if all(
+                        t.get("error_code", 0) == 0
+                        and len(t.get("partitions", ())) == partitions[t["topic"]]
+                        and all(p.get("error_code", 0) == 0 and p.get("leader", -1) >= 0 for p in t["partitions"])
+                        for t in desc
+                    ):
                         return
                 await asyncio.sleep(0.1)
             raise RuntimeError(f"topics {names} not ready after 20 s")
@@ -143,8 +174,12 @@ async def read_topic(bootstrap: str, topic: str, partitions: int) -> list:
     """Every record of the topic, from the beginning to the end offsets as they are now."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
-                         max_partition_fetch_bytes=4 * 1024 * 1024)
+    c = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+    )
     await c.start()
     try:
         tps = [TopicPartition(topic, p) for p in range(partitions)]
@@ -180,8 +215,13 @@ class BenchChild(Child):
         env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         with open(self.err_path, "wb") as err:
             self.proc = await asyncio.create_subprocess_exec(
-                *self.argv, cwd=str(REPO), stdout=asyncio.subprocess.PIPE, stderr=err,
-                stdin=asyncio.subprocess.DEVNULL, env=env)
+                *self.argv,
+                cwd=str(REPO),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=err,
+                stdin=asyncio.subprocess.DEVNULL,
+                env=env,
+            )
 
     @property
     def pid(self) -> int:

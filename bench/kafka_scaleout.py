@@ -43,13 +43,24 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-from bench.common_kafka import (Admin, BenchChild, broker, cpu_ticks, emit, machine_busy, proc_cpu_s, produce,
-                                progress, quiet_aiokafka, read_topic)
+from bench.common_kafka import (
+    Admin,
+    BenchChild,
+    broker,
+    cpu_ticks,
+    emit,
+    machine_busy,
+    proc_cpu_s,
+    produce,
+    progress,
+    quiet_aiokafka,
+    read_topic,
+)
 from bench.kafka_worker import BLUEPRINTS, HEADER, K, build_requests
 
 NAME = "kafka_scaleout"
@@ -65,10 +76,19 @@ def _say(msg: str) -> None:
 def _settings(cfg: dict):
     from seedworker.core.config import Settings
 
-    return Settings(db=cfg["db"], default_strategy=STRATEGY,
-                    kafka={"bootstrap_servers": cfg["bootstrap"], "group_id": cfg["group"],
-                           "client_id": cfg["name"], "topics": cfg["topics"], "partitions": PARTITIONS,
-                           "output_partitions": PARTITIONS, "connect_timeout_s": 30})
+    return Settings(
+        db=cfg["db"],
+        default_strategy=STRATEGY,
+        kafka={
+            "bootstrap_servers": cfg["bootstrap"],
+            "group_id": cfg["group"],
+            "client_id": cfg["name"],
+            "topics": cfg["topics"],
+            "partitions": PARTITIONS,
+            "output_partitions": PARTITIONS,
+            "connect_timeout_s": 30,
+        },
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -83,8 +103,17 @@ async def _worker(cfg: dict) -> dict:
     ends: dict[tuple[str, int], int] = {}  # the input's end offsets: in the go file
     go, stop = Path(cfg["go"]), Path(cfg["stop"])
     clock = time.monotonic  # CLOCK_MONOTONIC: one clock for every process on the machine
-    st = {"t_first": None, "t_done": None, "cpu_first": 0.0, "cpu_done": 0.0, "outputs": 0, "batches": 0,
-          "messages": 0, "rebalances_after_go": 0, "taken_before_go": 0}
+    st = {
+        "t_first": None,
+        "t_done": None,
+        "cpu_first": 0.0,
+        "cpu_done": 0.0,
+        "outputs": 0,
+        "batches": 0,
+        "messages": 0,
+        "rebalances_after_go": 0,
+        "taken_before_go": 0,
+    }
     assigned: set[tuple[str, int]] = set()
     consumed: dict[tuple[str, int], int] = {}
     released = []
@@ -151,7 +180,7 @@ async def _worker(cfg: dict) -> dict:
     timeout = False
     try:
         await asyncio.wait_for(worker.run(), cfg["timeout_s"])
-    except asyncio.TimeoutError:
+    except TimeoutError:
         timeout = True
     out = dict(st)
     out["released"] = released[0] if released else None
@@ -210,13 +239,19 @@ def build_input(tag: str, n: int, seed: int):
         selector.apply_selection(selected)
         requests.append((key, value, headers, part))
         ids.append(did)
-        body = {"event_id": f"oc-{req.request_id}", "event_type": ev.ADAPTATION_OUTCOME,
-                "schema_version": ev.SCHEMA_VERSION,
-                "occurred_at": datetime.fromtimestamp(req.occurred_at.timestamp() + OUTCOME_DELAY_S,
-                                                      timezone.utc).isoformat(),
-                "source": "bench", "decision_id": did, "request_id": req.request_id, "blueprint_id": req.blueprint_id,
-                "seed_id": selected.seed_id,
-                "accuracy_delta": float(rng.normal(quality[bp, selected.seed_idx], 0.01)), "success": True}
+        body = {
+            "event_id": f"oc-{req.request_id}",
+            "event_type": ev.ADAPTATION_OUTCOME,
+            "schema_version": ev.SCHEMA_VERSION,
+            "occurred_at": datetime.fromtimestamp(req.occurred_at.timestamp() + OUTCOME_DELAY_S, UTC).isoformat(),
+            "source": "bench",
+            "decision_id": did,
+            "request_id": req.request_id,
+            "blueprint_id": req.blueprint_id,
+            "seed_id": selected.seed_id,
+            "accuracy_delta": float(rng.normal(quality[bp, selected.seed_idx], 0.01)),
+            "success": True,
+        }
         outcomes.append((key, orjson.dumps(body), [(HEADER, did.encode())], part))
     ev.decode(outcomes[0][1], ev.ADAPTATION_OUTCOME)  # the outcomes are valid events
     return requests, outcomes, ids
@@ -234,28 +269,50 @@ class Scaleout:
     def prepare(self, n: int) -> list[str]:
         _say(f"building {n} requests and their {n} outcomes")
         self.requests, self.outcomes, ids = build_input(f"so-{self.run_id}", n, self.seed)
-        self.size = (int(np.mean([len(m[1]) for m in self.requests])),
-                     int(np.mean([len(m[1]) for m in self.outcomes])))
+        self.size = (int(np.mean([len(m[1]) for m in self.requests])), int(np.mean([len(m[1]) for m in self.outcomes])))
         return ids
 
     async def run(self, workers: int, tag: str, ids: list[str], timeout_s: float) -> dict:
         """The group settles on empty input topics (so whatever a worker does on assignment has nothing to take
         in), then the input is produced while the workers are held back, then they are released together."""
-        topics = {"requests": self.admin.topic(f"{tag}.requests"), "outcomes": self.admin.topic(f"{tag}.outcomes"),
-                  "selections": self.admin.topic(f"{tag}.selected"), "dead_letters": self.admin.topic(f"{tag}.dlq"),
-                  "control": self.admin.topic(f"{tag}.control")}
-        await self.admin.create({topics["requests"]: PARTITIONS, topics["outcomes"]: PARTITIONS,
-                                 topics["selections"]: PARTITIONS, topics["dead_letters"]: PARTITIONS,
-                                 topics["control"]: 1})
+        topics = {
+            "requests": self.admin.topic(f"{tag}.requests"),
+            "outcomes": self.admin.topic(f"{tag}.outcomes"),
+            "selections": self.admin.topic(f"{tag}.selected"),
+            "dead_letters": self.admin.topic(f"{tag}.dlq"),
+            "control": self.admin.topic(f"{tag}.control"),
+        }
+        await self.admin.create(
+            {
+                topics["requests"]: PARTITIONS,
+                topics["outcomes"]: PARTITIONS,
+                topics["selections"]: PARTITIONS,
+                topics["dead_letters"]: PARTITIONS,
+                topics["control"]: 1,
+            }
+        )
         go, stop = self.workdir / f"{tag}.go", self.workdir / f"{tag}.stop"
         group = f"bench-{self.run_id}-{tag}"
         children = []
         for i in range(workers):
-            cfg = {"bootstrap": self.bootstrap, "group": group, "name": f"bench-{tag}-w{i}", "topics": topics,
-                   "db": str(self.workdir / f"{tag}-w{i}.sqlite"), "go": str(go), "stop": str(stop),
-                   "timeout_s": timeout_s}
-            children.append(BenchChild(cfg, self.workdir, f"{tag}-w{i}",
-                                       [sys.executable, "-m", "bench.kafka_scaleout", "worker", json.dumps(cfg)]))
+            cfg = {
+                "bootstrap": self.bootstrap,
+                "group": group,
+                "name": f"bench-{tag}-w{i}",
+                "topics": topics,
+                "db": str(self.workdir / f"{tag}-w{i}.sqlite"),
+                "go": str(go),
+                "stop": str(stop),
+                "timeout_s": timeout_s,
+            }
+            children.append(
+                BenchChild(
+                    cfg,
+                    self.workdir,
+                    f"{tag}-w{i}",
+                    [sys.executable, "-m", "bench.kafka_scaleout", "worker", json.dumps(cfg)],
+                )
+            )
         # The group's partitions: the control topic may be read outside the group (by every worker), so it is not
         # asked for here.
         inputs = {(t, p) for t in (topics["requests"], topics["outcomes"]) for p in range(PARTITIONS)}
@@ -288,19 +345,39 @@ class Scaleout:
             deadline = time.monotonic() + timeout
             while not cond():
                 left = deadline - time.monotonic()
-                gone = [c.name for c, d, e in zip(children, done, ended)
-                        if (d is None and e) or (d is not None and d.get("t_done") is None)]
+                gone = [
+                    c.name
+                    for c, d, e in zip(children, done, ended)
+                    if (d is None and e) or (d is not None and d.get("t_done") is None)
+                ]
                 if left <= 0 or gone:
                     tails = "\n".join(f"--- {c.name}:\n{c.stderr_tail()}" for c in children)
                     why = f"{', '.join(gone)} stopped unfinished" if gone else f"not within {timeout:.0f} s"
-                    brief = [{k: d.get(k) for k in ("messages", "batches", "rebalances_after_go", "counters",
-                                                    "pending", "held", "timeout")} if d else None for d in done]
-                    raise RuntimeError(f"{what}: {why}; assignments {current}; finished "
-                                       f"{[f is not None for f in finished]}; done {brief}\n{tails}")
+                    brief = [
+                        {
+                            k: d.get(k)
+                            for k in (
+                                "messages",
+                                "batches",
+                                "rebalances_after_go",
+                                "counters",
+                                "pending",
+                                "held",
+                                "timeout",
+                            )
+                        }
+                        if d
+                        else None
+                        for d in done
+                    ]
+                    raise RuntimeError(
+                        f"{what}: {why}; assignments {current}; finished "
+                        f"{[f is not None for f in finished]}; done {brief}\n{tails}"
+                    )
                 changed.clear()
                 try:
                     await asyncio.wait_for(changed.wait(), min(left, 1.0))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
 
         t0 = time.perf_counter()
@@ -313,8 +390,10 @@ class Scaleout:
             await asyncio.sleep(0.5)  # a rebalance still on its way would show now
             await until(settled, 60, f"{workers} worker(s) settling again in group {group}")
             settle_s = time.perf_counter() - t0
-            ends = {topics["requests"]: await produce(self.bootstrap, topics["requests"], self.requests),
-                    topics["outcomes"]: await produce(self.bootstrap, topics["outcomes"], self.outcomes)}
+            ends = {
+                topics["requests"]: await produce(self.bootstrap, topics["requests"], self.requests),
+                topics["outcomes"]: await produce(self.bootstrap, topics["outcomes"], self.outcomes),
+            }
             if not settled():
                 raise RuntimeError(f"the group rebalanced while the input was produced: {current}")
             ticks = cpu_ticks()
@@ -322,8 +401,11 @@ class Scaleout:
             tmp = go.with_suffix(".tmp")
             tmp.write_text(json.dumps(ends))
             tmp.rename(go)  # whole or not at all: the workers read it as soon as it exists
-            await until(lambda: all(f is not None for f in finished), timeout_s + 60,
-                        f"{workers} worker(s) consuming their partitions")
+            await until(
+                lambda: all(f is not None for f in finished),
+                timeout_s + 60,
+                f"{workers} worker(s) consuming their partitions",
+            )
             busy = machine_busy(ticks, cpu_ticks())
             driver_cpu = time.process_time() - driver0
             broker_cpu = (proc_cpu_s(self.broker_pid) - broker0) if broker0 is not None else None
@@ -339,8 +421,9 @@ class Scaleout:
             for task in listeners:
                 task.cancel()
         stats = [d for d in done if d is not None]
-        bad = [f"{c.name}: {d}" for c, d in zip(children, done)
-               if d is None or d.get("timeout") or d.get("t_done") is None]
+        bad = [
+            f"{c.name}: {d}" for c, d in zip(children, done) if d is None or d.get("timeout") or d.get("t_done") is None
+        ]
         if bad:
             raise RuntimeError("a worker did not finish its partitions:\n" + "\n".join(bad))
         t_first = min(d["t_first"] for d in stats)
@@ -351,15 +434,28 @@ class Scaleout:
         records = await read_topic(self.bootstrap, topics["selections"], PARTITIONS)
         answers = Counter(v.decode() for r in records for k, v in (r.headers or ()) if k == HEADER)
         expected = set(ids)
-        check = {"records": len(records), "answered": len(expected & answers.keys()),
-                 "missing": len(expected - answers.keys()), "repeated": sum(n - 1 for n in answers.values() if n > 1),
-                 "unexpected": len(answers.keys() - expected),
-                 "dead_letters": sum(n for n in (await self._end_total(topics["dead_letters"])).values())}
-        return {"workers": workers, "tag": tag, "elapsed": t_done - t_first, "stats": stats, "counters": counters,
-                "check": check, "machine_busy": busy, "driver_cpu": driver_cpu, "broker_cpu": broker_cpu,
-                "settle_s": settle_s,
-                "start_spread": max(d["t_first"] for d in stats) - t_first,
-                "worker_cpu": sum(d["cpu_done"] - d["cpu_first"] for d in stats)}
+        check = {
+            "records": len(records),
+            "answered": len(expected & answers.keys()),
+            "missing": len(expected - answers.keys()),
+            "repeated": sum(n - 1 for n in answers.values() if n > 1),
+            "unexpected": len(answers.keys() - expected),
+            "dead_letters": sum(n for n in (await self._end_total(topics["dead_letters"])).values()),
+        }
+        return {
+            "workers": workers,
+            "tag": tag,
+            "elapsed": t_done - t_first,
+            "stats": stats,
+            "counters": counters,
+            "check": check,
+            "machine_busy": busy,
+            "driver_cpu": driver_cpu,
+            "broker_cpu": broker_cpu,
+            "settle_s": settle_s,
+            "start_spread": max(d["t_first"] for d in stats) - t_first,
+            "worker_cpu": sum(d["cpu_done"] - d["cpu_first"] for d in stats),
+        }
 
     async def _end_total(self, topic: str) -> dict[int, int]:
         from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -379,8 +475,11 @@ def s_parts(parts: list[int]) -> str:
 
 def _busy_cores(busy: str) -> float:
     try:
-        return float(busy.rstrip("%")) / 100 * (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                                 else os.cpu_count() or 1)
+        return (
+            float(busy.rstrip("%"))
+            / 100
+            * (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        )
     except ValueError:
         return float("nan")
 
@@ -393,27 +492,31 @@ async def _run(report, plan: Plan, bootstrap: str, note: str, broker_pid: int | 
         timeout = max(120.0, events / 200)  # 200 events/s would be far below anything measured here
         runs: dict[int, list[dict]] = {1: [], 2: []}
         for r in range(plan.rounds):
-            for workers in ((1, 2) if r % 2 == 0 else (2, 1)):
+            for workers in (1, 2) if r % 2 == 0 else (2, 1):
                 _say(f"round {r + 1}/{plan.rounds}: {workers} worker(s) over {events} events")
                 runs[workers].append(await s.run(workers, f"r{r}w{workers}", ids, timeout))
 
         report.line(f"broker: {note}; topics bench.{s.run_id}.*, {PARTITIONS} partitions (control: 1), replication 1")
-        report.line(f"input, the same bytes for every run, produced into the run's own topics once its group has "
-                    f"settled and before its workers are released: {plan.n} "
-                    f"graft.requested (K={K} seeds, {BLUEPRINTS} blueprints, blueprint j on partition j, "
-                    f"~{s.size[0]} bytes) and {plan.n} adaptation.outcome (~{s.size[1]} bytes), one per request, "
-                    f"reporting the seed the worker chooses: {events} input events per run. Workers: "
-                    f"seedworker.engine.worker.Worker in child processes, one consumer group and one SQLite file each, "
-                    f"strategy {STRATEGY} (so the outcomes could be written in advance; see the module docstring), "
-                    f"other settings default (max_batch 500).")
+        report.line(
+            f"input, the same bytes for every run, produced into the run's own topics once its group has "
+            f"settled and before its workers are released: {plan.n} "
+            f"graft.requested (K={K} seeds, {BLUEPRINTS} blueprints, blueprint j on partition j, "
+            f"~{s.size[0]} bytes) and {plan.n} adaptation.outcome (~{s.size[1]} bytes), one per request, "
+            f"reporting the seed the worker chooses: {events} input events per run. Workers: "
+            f"seedworker.engine.worker.Worker in child processes, one consumer group and one SQLite file each, "
+            f"strategy {STRATEGY} (so the outcomes could be written in advance; see the module docstring), "
+            f"other settings default (max_batch 500)."
+        )
         report.section(f"two workers in one group vs one worker: {events} events per run, {plan.rounds} round(s)")
-        report.line("events/s = input events / (earliest first poll → latest 'every assigned partition consumed, "
-                    "outputs acknowledged'). split = input events per worker. worker CPU = CPU time of the worker "
-                    "processes over their own spans (all threads), per event and in cores (CPU s / elapsed s). "
-                    "broker cores = the broker process's CPU over the run (when it runs on this machine). machine busy "
-                    "= share of all CPUs in use during the run (broker, workers, driver, anything else); other = "
-                    "busy cores − worker − broker cores (the driver, idle while measuring, and other processes). "
-                    "answered once = requests with exactly one selection (decision id) in the output topic.")
+        report.line(
+            "events/s = input events / (earliest first poll → latest 'every assigned partition consumed, "
+            "outputs acknowledged'). split = input events per worker. worker CPU = CPU time of the worker "
+            "processes over their own spans (all threads), per event and in cores (CPU s / elapsed s). "
+            "broker cores = the broker process's CPU over the run (when it runs on this machine). machine busy "
+            "= share of all CPUs in use during the run (broker, workers, driver, anything else); other = "
+            "busy cores − worker − broker cores (the driver, idle while measuring, and other processes). "
+            "answered once = requests with exactly one selection (decision id) in the output topic."
+        )
         rows = []
         best: dict[int, dict] = {}
         for workers in (1, 2):
@@ -427,16 +530,41 @@ async def _run(report, plan: Plan, bootstrap: str, note: str, broker_pid: int | 
                 ch = x["check"]
                 split = "/".join(str(d["messages"]) for d in sorted(x["stats"], key=lambda d: -d["messages"]))
                 broker = x["broker_cpu"] / x["elapsed"] if x["broker_cpu"] is not None else float("nan")
-                rows.append([workers, r + 1, f"{x['elapsed']:.2f}", f"{rate:,.0f}", split,
-                             f"{x['worker_cpu'] / events * 1e6:.0f}", f"{cores:.2f}", f"{broker:.2f}",
-                             x["machine_busy"], f"{busy_cores - cores - (broker if broker == broker else 0):.2f}",
-                             f"{ch['answered']}/{plan.n}"
-                             + (f" (+{ch['repeated']} repeated)" if ch["repeated"] else ""),
-                             f"{c.get('outcomes_learned', 0)}/{plan.n}",
-                             f"{x['start_spread'] * 1e3:.0f}"])
-        report.table(["workers", "round", "seconds", "events/s", "split", "CPU µs/event", "worker cores",
-                      "broker cores", "machine busy", "other cores", "answered once", "outcomes learned",
-                      "start spread ms"], rows)
+                rows.append(
+                    [
+                        workers,
+                        r + 1,
+                        f"{x['elapsed']:.2f}",
+                        f"{rate:,.0f}",
+                        split,
+                        f"{x['worker_cpu'] / events * 1e6:.0f}",
+                        f"{cores:.2f}",
+                        f"{broker:.2f}",
+                        x["machine_busy"],
+                        f"{busy_cores - cores - (broker if broker == broker else 0):.2f}",
+                        f"{ch['answered']}/{plan.n}" + (f" (+{ch['repeated']} repeated)" if ch["repeated"] else ""),
+                        f"{c.get('outcomes_learned', 0)}/{plan.n}",
+                        f"{x['start_spread'] * 1e3:.0f}",
+                    ]
+                )
+        report.table(
+            [
+                "workers",
+                "round",
+                "seconds",
+                "events/s",
+                "split",
+                "CPU µs/event",
+                "worker cores",
+                "broker cores",
+                "machine busy",
+                "other cores",
+                "answered once",
+                "outcomes learned",
+                "start spread ms",
+            ],
+            rows,
+        )
         problems = []
         for workers in (1, 2):
             for x in runs[workers]:
@@ -444,26 +572,40 @@ async def _run(report, plan: Plan, bootstrap: str, note: str, broker_pid: int | 
                 where = f"{workers} worker(s), {x['tag']}"
                 if ch["missing"] or ch["repeated"] or ch["unexpected"] or ch["records"] != plan.n:
                     problems.append(f"{where}: output topic {ch}")
-                for name in ("mismatched_outcomes", "late_outcomes", "dangling_outcomes", "duplicate_outcomes",
-                             "dead_letters", "expired_decisions"):
+                for name in (
+                    "mismatched_outcomes",
+                    "late_outcomes",
+                    "dangling_outcomes",
+                    "duplicate_outcomes",
+                    "dead_letters",
+                    "expired_decisions",
+                ):
                     if c.get(name):
                         problems.append(f"{where}: {name} = {c[name]}")
-                if (c.get("decisions") != plan.n or c.get("outcomes_learned") != plan.n
-                        or any(d["pending"] or d["held"] for d in x["stats"])):
-                    problems.append(f"{where}: decisions {c.get('decisions')}, outcomes learned "
-                                    f"{c.get('outcomes_learned')} (expected {plan.n} each); pending "
-                                    f"{sum(d['pending'] for d in x['stats'])}, held "
-                                    f"{sum(d['held'] for d in x['stats'])}")
+                if (
+                    c.get("decisions") != plan.n
+                    or c.get("outcomes_learned") != plan.n
+                    or any(d["pending"] or d["held"] for d in x["stats"])
+                ):
+                    problems.append(
+                        f"{where}: decisions {c.get('decisions')}, outcomes learned "
+                        f"{c.get('outcomes_learned')} (expected {plan.n} each); pending "
+                        f"{sum(d['pending'] for d in x['stats'])}, held "
+                        f"{sum(d['held'] for d in x['stats'])}"
+                    )
                 for d in x["stats"]:
                     req = sorted(p for t, p in d["assigned"] if t.endswith(".requests"))
                     out = sorted(p for t, p in d["assigned"] if t.endswith(".outcomes"))
                     if req != out:
-                        problems.append(f"{where}: not co-partitioned: one worker has {s_parts(req)} of the requests "
-                                        f"but {s_parts(out)} of the outcomes (their outcomes wait for decisions made "
-                                        f"by the other worker)")
+                        problems.append(
+                            f"{where}: not co-partitioned: one worker has {s_parts(req)} of the requests "
+                            f"but {s_parts(out)} of the outcomes (their outcomes wait for decisions made "
+                            f"by the other worker)"
+                        )
                 if any(d["taken_before_go"] for d in x["stats"]):
-                    problems.append(f"{where}: input taken in before the start: "
-                                    f"{[d['taken_before_go'] for d in x['stats']]}")
+                    problems.append(
+                        f"{where}: input taken in before the start: {[d['taken_before_go'] for d in x['stats']]}"
+                    )
                 if any(d["rebalances_after_go"] for d in x["stats"]):
                     problems.append(f"{where}: the group rebalanced during the measurement")
         report.line()
@@ -472,10 +614,12 @@ async def _run(report, plan: Plan, bootstrap: str, note: str, broker_pid: int | 
             for p in problems:
                 report.line(f"  {p}")
         else:
-            report.line(f"checks: every run answered each of the {plan.n} requests exactly once (no missing, no "
-                        f"repeated decision id, {plan.n} records) and learned all {plan.n} outcomes (none mismatched, "
-                        f"late or dangling, nothing left pending or held), no dead letters, nothing taken in before "
-                        f"the start, no rebalance after it.")
+            report.line(
+                f"checks: every run answered each of the {plan.n} requests exactly once (no missing, no "
+                f"repeated decision id, {plan.n} records) and learned all {plan.n} outcomes (none mismatched, "
+                f"late or dangling, nothing left pending or held), no dead letters, nothing taken in before "
+                f"the start, no rebalance after it."
+            )
 
         one, two = best[1], best[2]
         r1, r2 = events / one["elapsed"], events / two["elapsed"]
@@ -483,44 +627,59 @@ async def _run(report, plan: Plan, bootstrap: str, note: str, broker_pid: int | 
         report.section("ratio (two workers / one, best rounds)")
         report.line(f"throughput: two {r2:,.0f} events/s / one {r1:,.0f} events/s = {ratio:.2f}x")
         c1, c2 = one["worker_cpu"] / events * 1e6, two["worker_cpu"] / events * 1e6
-        report.line(f"worker CPU per event: one {c1:.0f} µs, two {c2:.0f} µs (the same work split in two; more per "
-                    f"event with two means contention — cache, the shared broker — or per-batch costs on smaller "
-                    f"batches: {one['stats'][0]['messages'] / max(one['stats'][0]['batches'], 1):.0f} events/batch "
-                    f"with one worker, {np.mean([d['messages'] / max(d['batches'], 1) for d in two['stats']]):.0f} "
-                    f"with two)")
+        report.line(
+            f"worker CPU per event: one {c1:.0f} µs, two {c2:.0f} µs (the same work split in two; more per "
+            f"event with two means contention — cache, the shared broker — or per-batch costs on smaller "
+            f"batches: {one['stats'][0]['messages'] / max(one['stats'][0]['batches'], 1):.0f} events/batch "
+            f"with one worker, {np.mean([d['messages'] / max(d['batches'], 1) for d in two['stats']]):.0f} "
+            f"with two)"
+        )
         cap = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         w1, w2 = one["worker_cpu"] / one["elapsed"], two["worker_cpu"] / two["elapsed"]
-        report.line(f"CPU: this machine has {cap} usable CPUs for everything: the broker, the worker(s), the driver "
-                    f"(idle while measuring: {one['driver_cpu'] + two['driver_cpu']:.2f} CPU s in the two best runs) "
-                    f"and whatever else runs. One worker used {w1:.2f} cores with the machine {one['machine_busy']} "
-                    f"busy; two used {w2:.2f} cores together with the machine {two['machine_busy']} busy.")
-        report.line(f"  throughput ≈ worker cores × events per worker-CPU-second: one {w1:.2f} × {1e6 / c1:,.0f}, "
-                    f"two "
-                    f"{w2:.2f} × {1e6 / c2:,.0f}; so the ratio {ratio:.2f} = {w2 / w1:.2f} (more CPU for the workers) "
-                    f"× {c1 / c2:.2f} (per-event efficiency).")
+        report.line(
+            f"CPU: this machine has {cap} usable CPUs for everything: the broker, the worker(s), the driver "
+            f"(idle while measuring: {one['driver_cpu'] + two['driver_cpu']:.2f} CPU s in the two best runs) "
+            f"and whatever else runs. One worker used {w1:.2f} cores with the machine {one['machine_busy']} "
+            f"busy; two used {w2:.2f} cores together with the machine {two['machine_busy']} busy."
+        )
+        report.line(
+            f"  throughput ≈ worker cores × events per worker-CPU-second: one {w1:.2f} × {1e6 / c1:,.0f}, "
+            f"two "
+            f"{w2:.2f} × {1e6 / c2:,.0f}; so the ratio {ratio:.2f} = {w2 / w1:.2f} (more CPU for the workers) "
+            f"× {c1 / c2:.2f} (per-event efficiency)."
+        )
         b2 = _busy_cores(two["machine_busy"])
         bcpu = [x["broker_cpu"] for x in (one, two)]
         broker_us = (sum(bcpu) / (2 * events) * 1e6) if None not in bcpu else None
         if w1 >= 0.8:
-            report.line(f"  → one worker ran at {w1:.2f} cores (machine {one['machine_busy']} busy): near the one core "
-                        f"it can use, its work running on one Python thread (plus aiosqlite's).")
+            report.line(
+                f"  → one worker ran at {w1:.2f} cores (machine {one['machine_busy']} busy): near the one core "
+                f"it can use, its work running on one Python thread (plus aiosqlite's)."
+            )
         else:
-            report.line(f"  → one worker got {w1:.2f} cores, the machine {one['machine_busy']} busy: it was short of "
-                        f"CPU already.")
+            report.line(
+                f"  → one worker got {w1:.2f} cores, the machine {one['machine_busy']} busy: it was short of "
+                f"CPU already."
+            )
         if b2 >= 0.9 * cap:
             others = b2 - w2 - (two["broker_cpu"] / two["elapsed"] if two["broker_cpu"] is not None else 0.0)
-            report.line(f"  → two workers saturated the machine ({two['machine_busy']}; the broker and other "
-                        f"processes took {b2 - w2:.2f} cores, of which {max(others, 0):.2f} other processes): the "
-                        f"second worker only gets what the rest leaves of the {cap} cores, so on this machine the "
-                        f"ratio is capped by the CPU, not by the design, and a ratio near 1 while other work runs "
-                        f"is the machine. Extrapolated, not measured: with a core per worker and the broker "
-                        f"elsewhere, two workers at {c2:.0f} µs per event would make about {2e6 / c2:,.0f} events/s "
-                        f"(each has its own partitions, SQLite file and state; nothing is shared but the broker"
-                        + (f", which spent {broker_us:.0f} µs of CPU per event here" if broker_us else "") + ").")
+            report.line(
+                f"  → two workers saturated the machine ({two['machine_busy']}; the broker and other "
+                f"processes took {b2 - w2:.2f} cores, of which {max(others, 0):.2f} other processes): the "
+                f"second worker only gets what the rest leaves of the {cap} cores, so on this machine the "
+                f"ratio is capped by the CPU, not by the design, and a ratio near 1 while other work runs "
+                f"is the machine. Extrapolated, not measured: with a core per worker and the broker "
+                f"elsewhere, two workers at {c2:.0f} µs per event would make about {2e6 / c2:,.0f} events/s "
+                f"(each has its own partitions, SQLite file and state; nothing is shared but the broker"
+                + (f", which spent {broker_us:.0f} µs of CPU per event here" if broker_us else "")
+                + ")."
+            )
         else:
-            report.line(f"  → the machine was not saturated with two workers ({two['machine_busy']}): the ratio is "
-                        f"bounded by the workers themselves (waiting on the broker's acks and fetches, or on "
-                        f"SQLite), not by CPU.")
+            report.line(
+                f"  → the machine was not saturated with two workers ({two['machine_busy']}): the ratio is "
+                f"bounded by the workers themselves (waiting on the broker's acks and fetches, or on "
+                f"SQLite), not by CPU."
+            )
         try:
             load = "%.2f %.2f %.2f" % os.getloadavg()
         except OSError:
@@ -547,5 +706,6 @@ def main(report) -> None:
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "worker":
         sys.exit(_child_main(sys.argv[2]))
-    sys.exit("usage: python -m bench.kafka_scaleout worker CONFIG_JSON "
-             "(run by `python -m bench --only kafka_scaleout`)")
+    sys.exit(
+        "usage: python -m bench.kafka_scaleout worker CONFIG_JSON (run by `python -m bench --only kafka_scaleout`)"
+    )

@@ -38,13 +38,24 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-from bench.common_kafka import (Admin, BenchChild, broker, cpu_ticks, machine_busy, parse_metrics, proc_cpu_s,
-                                progress, quiet_aiokafka, rss_kib, scrape)
+from bench.common_kafka import (
+    Admin,
+    BenchChild,
+    broker,
+    cpu_ticks,
+    machine_busy,
+    parse_metrics,
+    proc_cpu_s,
+    progress,
+    quiet_aiokafka,
+    rss_kib,
+    scrape,
+)
 
 NAME = "kafka_sustained"
 ENV_EVENTS = "BENCH_SUSTAINED_EVENTS"
@@ -61,15 +72,23 @@ MAX_BATCH = 500  # the worker's kafka.max_batch (default)
 SAMPLE_S = 3.0  # seconds between samples (0.5 with --quick)
 WARMUP_SHARE = 0.5  # the first half of the events is warm-up for the memory verdict (bounded structures filling)
 FLAT_MIB_PER_100K = 1.0  # "flat": RSS slope after the warm-up at most this (about 10 bytes per event)
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp()  # event time of request 0
+T0 = datetime(2026, 1, 1, tzinfo=UTC).timestamp()  # event time of request 0
 
 ANSWER, TWICE, NEVER = 0, 1, 2
 SHARES = (0.88, 0.02, 0.10)
 RETRY_SHARE = 0.01
 # Counters that each count one input event when it is processed (closed loop: no outcome is held, so none is
 # counted twice as held and then learned; the check at the end says whether any was held).
-EVENT_COUNTERS = ("decisions", "duplicate_requests", "outcomes_learned", "late_outcomes", "duplicate_outcomes",
-                  "mismatched_outcomes", "held_outcomes", "dead_letters")
+EVENT_COUNTERS = (
+    "decisions",
+    "duplicate_requests",
+    "outcomes_learned",
+    "late_outcomes",
+    "duplicate_outcomes",
+    "mismatched_outcomes",
+    "held_outcomes",
+    "dead_letters",
+)
 
 
 def _say(msg: str) -> None:
@@ -101,14 +120,17 @@ def make_plan(report) -> Plan:
     n = int(np.searchsorted(np.cumsum(per_request), target) + 1)
     plan = Plan(target, n, fates[:n], retry[:n])
     plan.events = int(per_request[:n].sum())
-    plan.counts = {"answered once": int((plan.fates == ANSWER).sum()),
-                   "answered twice": int((plan.fates == TWICE).sum()),
-                   "never answered": int((plan.fates == NEVER).sum()), "retried": int(plan.retry.sum())}
+    plan.counts = {
+        "answered once": int((plan.fates == ANSWER).sum()),
+        "answered twice": int((plan.fates == TWICE).sum()),
+        "never answered": int((plan.fates == NEVER).sum()),
+        "retried": int(plan.retry.sum()),
+    }
     return plan
 
 
 def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).isoformat()
+    return datetime.fromtimestamp(t, UTC).isoformat()
 
 
 class Traffic:
@@ -134,11 +156,16 @@ class Traffic:
             rng = np.random.default_rng([self.seed, 14, c])
             n = self.CHUNK
             cols = {
-                "current_loss": rng.uniform(0.05, 2.5, n), "current_accuracy": rng.uniform(0.3, 0.95, n),
-                "learning_rate": 10 ** rng.uniform(-4, -2, n), "current_epoch": rng.integers(0, 100, n).astype(float),
-                "total_epochs": np.full(n, 100.0), "loss_momentum": rng.normal(0, 0.1, n),
-                "gradient_norm": rng.uniform(0.1, 5.0, n), "batch_size": rng.choice([32.0, 64.0, 128.0], n),
-                "gpu_memory_used": rng.uniform(1000, 8000, n), "available_memory_mb": rng.uniform(1000, 16000, n),
+                "current_loss": rng.uniform(0.05, 2.5, n),
+                "current_accuracy": rng.uniform(0.3, 0.95, n),
+                "learning_rate": 10 ** rng.uniform(-4, -2, n),
+                "current_epoch": rng.integers(0, 100, n).astype(float),
+                "total_epochs": np.full(n, 100.0),
+                "loss_momentum": rng.normal(0, 0.1, n),
+                "gradient_norm": rng.uniform(0.1, 5.0, n),
+                "batch_size": rng.choice([32.0, 64.0, 128.0], n),
+                "gpu_memory_used": rng.uniform(1000, 8000, n),
+                "available_memory_mb": rng.uniform(1000, 16000, n),
                 "urgency": rng.uniform(0, 1, n),
             }
             self._chunk = (c, {k: v.tolist() for k, v in cols.items()})
@@ -149,9 +176,18 @@ class Traffic:
 
         rid = f"{self.tag}-{i}"
         bp = f"bp-{i % BLUEPRINTS}"
-        body = {"event_id": f"ev-{rid}", "event_type": "graft.requested", "schema_version": SCHEMA_VERSION,
-                "occurred_at": _iso(T0 + i * STEP_S), "source": "bench", "request_id": rid, "blueprint_id": bp,
-                "layer_name": f"layer-{i % 4}", "seeds": self.seeds, "context": self._context(i)}
+        body = {
+            "event_id": f"ev-{rid}",
+            "event_type": "graft.requested",
+            "schema_version": SCHEMA_VERSION,
+            "occurred_at": _iso(T0 + i * STEP_S),
+            "source": "bench",
+            "request_id": rid,
+            "blueprint_id": bp,
+            "layer_name": f"layer-{i % 4}",
+            "seeds": self.seeds,
+            "context": self._context(i),
+        }
         return bp.encode(), self.dumps(body)
 
     def outcome(self, i: int, decision_id: str, seed_id: str) -> tuple[bytes, bytes]:
@@ -161,11 +197,19 @@ class Traffic:
         bp = i % BLUEPRINTS
         seed = int(seed_id.rsplit("-", 1)[1])
         ok = self.rng.random() >= 0.03  # a few grafts fail
-        body = {"event_id": f"oc-{rid}", "event_type": "adaptation.outcome", "schema_version": SCHEMA_VERSION,
-                "occurred_at": _iso(T0 + i * STEP_S + self.rng.uniform(*DELAY_S)), "source": "bench",
-                "decision_id": decision_id, "request_id": rid, "blueprint_id": f"bp-{bp}", "seed_id": seed_id,
-                "accuracy_delta": float(self.rng.normal(self.quality[bp, seed], 0.01)) if ok else 0.0,
-                "success": ok}
+        body = {
+            "event_id": f"oc-{rid}",
+            "event_type": "adaptation.outcome",
+            "schema_version": SCHEMA_VERSION,
+            "occurred_at": _iso(T0 + i * STEP_S + self.rng.uniform(*DELAY_S)),
+            "source": "bench",
+            "decision_id": decision_id,
+            "request_id": rid,
+            "blueprint_id": f"bp-{bp}",
+            "seed_id": seed_id,
+            "accuracy_delta": float(self.rng.normal(self.quality[bp, seed], 0.01)) if ok else 0.0,
+            "success": ok,
+        }
         return f"bp-{bp}".encode(), self.dumps(body)
 
 
@@ -183,10 +227,27 @@ class Sample:
 
 
 def _config(path: Path, bootstrap: str, group: str, topics: dict, db: Path, port: int) -> None:
-    lines = [f'db = "{db}"', "", "[kafka]", f'bootstrap_servers = "{bootstrap}"', f'group_id = "{group}"',
-             'client_id = "bench-sustained"', f"partitions = {PARTITIONS}", f"output_partitions = {PARTITIONS}",
-             f"max_batch = {MAX_BATCH}", "", "[kafka.topics]", *(f'{k} = "{v}"' for k, v in topics.items()), "",
-             "[join]", f"reward_wait_s = {REWARD_WAIT_S}", "", "[metrics]", f"port = {port}", ""]
+    lines = [
+        f'db = "{db}"',
+        "",
+        "[kafka]",
+        f'bootstrap_servers = "{bootstrap}"',
+        f'group_id = "{group}"',
+        'client_id = "bench-sustained"',
+        f"partitions = {PARTITIONS}",
+        f"output_partitions = {PARTITIONS}",
+        f"max_batch = {MAX_BATCH}",
+        "",
+        "[kafka.topics]",
+        *(f'{k} = "{v}"' for k, v in topics.items()),
+        "",
+        "[join]",
+        f"reward_wait_s = {REWARD_WAIT_S}",
+        "",
+        "[metrics]",
+        f"port = {port}",
+        "",
+    ]
     path.write_text("\n".join(lines))
 
 
@@ -213,23 +274,37 @@ async def _run(report, plan: Plan, bootstrap: str, note: str, broker_pid: int | 
 
     run_id = f"{time.strftime('%H%M%S')}-{uuid.uuid4().hex[:6]}"
     admin = Admin(bootstrap, run_id)
-    topics = {"requests": admin.topic("requests"), "outcomes": admin.topic("outcomes"),
-              "selections": admin.topic("selected"), "dead_letters": admin.topic("dlq"),
-              "control": admin.topic("control")}
+    topics = {
+        "requests": admin.topic("requests"),
+        "outcomes": admin.topic("outcomes"),
+        "selections": admin.topic("selected"),
+        "dead_letters": admin.topic("dlq"),
+        "control": admin.topic("control"),
+    }
     traffic = Traffic(f"su-{run_id}", report.options.seed)
     db = workdir / "sustained.sqlite"
     port = free_port()
     cfg_path = workdir / "seedworker.toml"
     _config(cfg_path, bootstrap, f"bench-{run_id}", topics, db, port)
-    child = BenchChild({"group": f"bench-{run_id}"}, workdir, "sustained-worker",
-                       [sys.executable, "-m", "seedworker", "run", "--config", str(cfg_path), "--log-level", "WARNING"])
+    child = BenchChild(
+        {"group": f"bench-{run_id}"},
+        workdir,
+        "sustained-worker",
+        [sys.executable, "-m", "seedworker", "run", "--config", str(cfg_path), "--log-level", "WARNING"],
+    )
     producer = collector = None
     tasks: list[asyncio.Task] = []
     samples: list[Sample] = []
     try:
-        await admin.create({topics["requests"]: PARTITIONS, topics["outcomes"]: PARTITIONS,
-                            topics["selections"]: PARTITIONS, topics["dead_letters"]: PARTITIONS,
-                            topics["control"]: 1})
+        await admin.create(
+            {
+                topics["requests"]: PARTITIONS,
+                topics["outcomes"]: PARTITIONS,
+                topics["selections"]: PARTITIONS,
+                topics["dead_letters"]: PARTITIONS,
+                topics["control"]: 1,
+            }
+        )
         await child.start()
         t_spawn = time.perf_counter()
         while True:  # ready = store open and consumer started (/readyz)
@@ -247,10 +322,10 @@ async def _run(report, plan: Plan, bootstrap: str, note: str, broker_pid: int | 
         base = rss_kib(pid)
         cpu_base = proc_cpu_s(pid) or 0.0
 
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
-                                    max_batch_size=256 * 1024)
-        collector = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                     auto_offset_reset="earliest")
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=256 * 1024)
+        collector = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+        )
         await producer.start()
         await collector.start()
         tps = [TopicPartition(topics["selections"], p) for p in range(PARTITIONS)]
@@ -328,25 +403,38 @@ async def _run(report, plan: Plan, bootstrap: str, note: str, broker_pid: int | 
                 await asyncio.sleep(interval)
                 try:
                     m = await _metrics(port)
-                except (OSError, RuntimeError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, OSError, RuntimeError) as exc:
                     _say(f"a /metrics scrape failed ({exc!r}); sample skipped")
                     continue
                 mem = rss_kib(pid)
-                s = Sample(time.perf_counter() - t_start, _processed(m), mem.get("VmRSS", 0), mem.get("VmHWM", 0),
-                           (proc_cpu_s(pid) or 0.0) - cpu_base, int(m.get("seedworker_decisions_pending", 0)),
-                           int(m.get("seedworker_outcomes_held", 0)), state["sent"], _tx(m))
+                s = Sample(
+                    time.perf_counter() - t_start,
+                    _processed(m),
+                    mem.get("VmRSS", 0),
+                    mem.get("VmHWM", 0),
+                    (proc_cpu_s(pid) or 0.0) - cpu_base,
+                    int(m.get("seedworker_decisions_pending", 0)),
+                    int(m.get("seedworker_outcomes_held", 0)),
+                    state["sent"],
+                    _tx(m),
+                )
                 samples.append(s)
                 if time.perf_counter() - last_note[0] >= 30:
                     last_note[0] = time.perf_counter()
                     rate = s.events / s.t if s.t else 0.0
                     eta = (plan.events - s.events) / rate if rate else float("nan")
-                    _say(f"{s.events:,}/{plan.events:,} events in {s.t:.0f} s ({rate:,.0f}/s, ~{eta / 60:.1f} min "
-                         f"left); RSS {s.rss / 1024:.1f} MiB, pending {s.pending}, held {s.held}")
+                    _say(
+                        f"{s.events:,}/{plan.events:,} events in {s.t:.0f} s ({rate:,.0f}/s, ~{eta / 60:.1f} min "
+                        f"left); RSS {s.rss / 1024:.1f} MiB, pending {s.pending}, held {s.held}"
+                    )
 
         interval = 0.5 if report.quick else SAMPLE_S
         tasks = [asyncio.create_task(sample())]
-        _say(f"{plan.events:,} input events ({n:,} requests); worker pid {pid}, RSS {base.get('VmRSS', 0) / 1024:.1f} "
-             f"MiB at start; progress every 30 s")
+        _say(
+            f"{plan.events:,} input events ({n:,} requests); worker pid {pid}, RSS {base.get('VmRSS', 0) / 1024:.1f} "
+            f"MiB at start; progress every 30 s"
+        )
+
         async def watch() -> None:
             """Fail instead of waiting forever: the worker exited, or nothing was answered for two minutes."""
             last, since = -1, time.perf_counter()
@@ -384,12 +472,21 @@ async def _run(report, plan: Plan, bootstrap: str, note: str, broker_pid: int | 
         broker_cpu = proc_cpu_s(broker_pid) - broker0 if broker0 is not None else None
         mem = rss_kib(pid)
         worker_cpu = (proc_cpu_s(pid) or 0.0) - cpu_base
-        final = Sample(t_end, _processed(m), mem.get("VmRSS", 0), mem.get("VmHWM", 0), worker_cpu,
-                       int(m.get("seedworker_decisions_pending", 0)), int(m.get("seedworker_outcomes_held", 0)),
-                       state["sent"], _tx(m))
+        final = Sample(
+            t_end,
+            _processed(m),
+            mem.get("VmRSS", 0),
+            mem.get("VmHWM", 0),
+            worker_cpu,
+            int(m.get("seedworker_decisions_pending", 0)),
+            int(m.get("seedworker_outcomes_held", 0)),
+            state["sent"],
+            _tx(m),
+        )
         samples.append(final)
-        db_bytes = {p.name.removeprefix("sustained.sqlite") or "db": p.stat().st_size
-                    for p in workdir.glob("sustained.sqlite*")}
+        db_bytes = {
+            p.name.removeprefix("sustained.sqlite") or "db": p.stat().st_size for p in workdir.glob("sustained.sqlite*")
+        }
         # The counters move when a batch is stored, its selections go out just after: wait for the last ones.
         want = plan.requests + plan.counts["retried"]
         for _ in range(100):
@@ -400,10 +497,28 @@ async def _run(report, plan: Plan, bootstrap: str, note: str, broker_pid: int | 
         child.proc.send_signal(signal.SIGTERM)  # our own child, by its pid
         rc = await asyncio.wait_for(child.proc.wait(), 60)
 
-        _report(report, plan, note, state, m, final, samples, {
-            "ready_s": ready_s, "t_sent": t_sent, "busy": busy, "driver_cpu": driver_cpu, "broker_cpu": broker_cpu,
-            "db_bytes": db_bytes, "interval": interval, "selections": selections, "rc": rc, "base": base,
-            "run_id": run_id})
+        _report(
+            report,
+            plan,
+            note,
+            state,
+            m,
+            final,
+            samples,
+            {
+                "ready_s": ready_s,
+                "t_sent": t_sent,
+                "busy": busy,
+                "driver_cpu": driver_cpu,
+                "broker_cpu": broker_cpu,
+                "db_bytes": db_bytes,
+                "interval": interval,
+                "selections": selections,
+                "rc": rc,
+                "base": base,
+                "run_id": run_id,
+            },
+        )
     except BaseException:
         if child.proc is not None:
             _say(f"worker stderr:\n{child.stderr_tail()}")
@@ -429,29 +544,50 @@ def _slope(xs: np.ndarray, ys: np.ndarray) -> float:
     return float(np.polyfit(xs, ys, 1)[0])
 
 
-def _report(report, plan: Plan, note: str, state: dict, m: dict, final: Sample, samples: list[Sample],
-            x: dict) -> None:
+def _report(report, plan: Plan, note: str, state: dict, m: dict, final: Sample, samples: list[Sample], x: dict) -> None:
     mib = 1 / 1024
-    c = {k: int(m.get(f"seedworker_{k}_total", 0)) for k in
-         ("decisions", "duplicate_requests", "outcomes_learned", "duplicate_outcomes", "late_outcomes",
-          "mismatched_outcomes", "held_outcomes", "dangling_outcomes", "expired_decisions", "dead_letters")}
+    c = {
+        k: int(m.get(f"seedworker_{k}_total", 0))
+        for k in (
+            "decisions",
+            "duplicate_requests",
+            "outcomes_learned",
+            "duplicate_outcomes",
+            "late_outcomes",
+            "mismatched_outcomes",
+            "held_outcomes",
+            "dangling_outcomes",
+            "expired_decisions",
+            "dead_letters",
+        )
+    }
     report.line(f"broker: {note}; topics bench.{x['run_id']}.*, {PARTITIONS} partitions (control 1)")
-    report.line(f"worker: `python -m seedworker run --config` in a child process, default strategy (thompson), "
-                f"join.reward_wait_s {REWARD_WAIT_S:g} s of event time, max_batch {MAX_BATCH}, metrics endpoint on; "
-                f"ready {x['ready_s']:.1f} s after its start.")
-    report.line(f"traffic (closed loop, the driver answers the selections): {plan.requests:,} requests (K={K}, "
-                f"{BLUEPRINTS} blueprints, {STEP_S * 1e3:g} ms of event time apart, at most {WINDOW} unanswered), "
-                + ", ".join(f"{v:,} {k}" for k, v in plan.counts.items())
-                + f"; outcomes {DELAY_S[0]:g}–{DELAY_S[1]:g} s of event time after their request.")
+    report.line(
+        f"worker: `python -m seedworker run --config` in a child process, default strategy (thompson), "
+        f"join.reward_wait_s {REWARD_WAIT_S:g} s of event time, max_batch {MAX_BATCH}, metrics endpoint on; "
+        f"ready {x['ready_s']:.1f} s after its start."
+    )
+    report.line(
+        f"traffic (closed loop, the driver answers the selections): {plan.requests:,} requests (K={K}, "
+        f"{BLUEPRINTS} blueprints, {STEP_S * 1e3:g} ms of event time apart, at most {WINDOW} unanswered), "
+        + ", ".join(f"{v:,} {k}" for k, v in plan.counts.items())
+        + f"; outcomes {DELAY_S[0]:g}–{DELAY_S[1]:g} s of event time after their request."
+    )
     report.section(f"sustained run: {plan.events:,} input events through one worker")
     rate = final.events / final.t
-    report.line(f"duration {final.t:.0f} s ({final.t / 60:.1f} min) for {final.events:,} input events = {rate:,.0f} "
-                f"events/s overall (the driver had sent everything after {x['t_sent']:.0f} s). Machine busy "
-                f"{x['busy']} of 2 CPUs; worker CPU {final.cpu:.0f} s ({final.cpu / final.t:.2f} cores, "
-                f"{final.cpu / final.events * 1e6:.0f} µs/event); driver CPU {x['driver_cpu']:.0f} s "
-                f"({x['driver_cpu'] / final.t:.2f} cores)"
-                + (f"; broker CPU {x['broker_cpu']:.0f} s ({x['broker_cpu'] / final.t:.2f} cores)"
-                   if x["broker_cpu"] is not None else "") + ".")
+    report.line(
+        f"duration {final.t:.0f} s ({final.t / 60:.1f} min) for {final.events:,} input events = {rate:,.0f} "
+        f"events/s overall (the driver had sent everything after {x['t_sent']:.0f} s). Machine busy "
+        f"{x['busy']} of 2 CPUs; worker CPU {final.cpu:.0f} s ({final.cpu / final.t:.2f} cores, "
+        f"{final.cpu / final.events * 1e6:.0f} µs/event); driver CPU {x['driver_cpu']:.0f} s "
+        f"({x['driver_cpu'] / final.t:.2f} cores)"
+        + (
+            f"; broker CPU {x['broker_cpu']:.0f} s ({x['broker_cpu'] / final.t:.2f} cores)"
+            if x["broker_cpu"] is not None
+            else ""
+        )
+        + "."
+    )
     # Throughput and memory over the run, in tenths of the events.
     ev = np.array([s.events for s in samples], dtype=float)
     t = np.array([s.t for s in samples])
@@ -468,20 +604,43 @@ def _report(report, plan: Plan, note: str, state: dict, m: dict, final: Sample, 
         if i1 <= i0:
             continue
         seg = slice(i0, i1 + 1)
-        rows.append([f"{ev[i0] / 1e3:,.0f}k–{ev[i1] / 1e3:,.0f}k", f"{(ev[i1] - ev[i0]) / (t[i1] - t[i0]):,.0f}",
-                     f"{(cpu[i1] - cpu[i0]) / max(ev[i1] - ev[i0], 1) * 1e6:.0f}",
-                     f"{(cpu[i1] - cpu[i0]) / (t[i1] - t[i0]):.2f}",
-                     f"{(tx[i1] - tx[i0]) / max(ev[i1] - ev[i0], 1) * 1e6:.0f}",
-                     f"{rss[i1]:.1f}", f"{rss[seg].max():.1f}", f"{pend[seg].max()}", f"{int(pend[seg].mean())}",
-                     f"{held[seg].max()}"])
+        rows.append(
+            [
+                f"{ev[i0] / 1e3:,.0f}k–{ev[i1] / 1e3:,.0f}k",
+                f"{(ev[i1] - ev[i0]) / (t[i1] - t[i0]):,.0f}",
+                f"{(cpu[i1] - cpu[i0]) / max(ev[i1] - ev[i0], 1) * 1e6:.0f}",
+                f"{(cpu[i1] - cpu[i0]) / (t[i1] - t[i0]):.2f}",
+                f"{(tx[i1] - tx[i0]) / max(ev[i1] - ev[i0], 1) * 1e6:.0f}",
+                f"{rss[i1]:.1f}",
+                f"{rss[seg].max():.1f}",
+                f"{pend[seg].max()}",
+                f"{int(pend[seg].mean())}",
+                f"{held[seg].max()}",
+            ]
+        )
     report.line()
-    report.line(f"per tenth of the run (samples every {x['interval']:g} s): events/s; the worker's CPU time per event "
-                f"and in cores (a rising cost per event is the worker slowing down; fewer cores at the same cost is "
-                f"the machine giving it less); SQLite = wall time of the batch transactions per event (the worker's "
-                f"transaction_latency histogram); RSS at the tenth's end and its max (MiB); pending decisions max and "
-                f"mean; held outcomes max")
-    report.table(["events", "events/s", "CPU µs/event", "worker cores", "SQLite µs/event", "RSS end", "RSS max",
-                  "pending max", "pending mean", "held max"], rows)
+    report.line(
+        f"per tenth of the run (samples every {x['interval']:g} s): events/s; the worker's CPU time per event "
+        f"and in cores (a rising cost per event is the worker slowing down; fewer cores at the same cost is "
+        f"the machine giving it less); SQLite = wall time of the batch transactions per event (the worker's "
+        f"transaction_latency histogram); RSS at the tenth's end and its max (MiB); pending decisions max and "
+        f"mean; held outcomes max"
+    )
+    report.table(
+        [
+            "events",
+            "events/s",
+            "CPU µs/event",
+            "worker cores",
+            "SQLite µs/event",
+            "RSS end",
+            "RSS max",
+            "pending max",
+            "pending mean",
+            "held max",
+        ],
+        rows,
+    )
 
     warm = WARMUP_SHARE * final.events
     after = ev >= warm
@@ -491,69 +650,95 @@ def _report(report, plan: Plan, note: str, state: dict, m: dict, final: Sample, 
     slope_after = _slope(ev[after], rss[after]) * 1e5
     rss_warm = float(np.interp(warm, ev, rss))
     report.line()
-    report.line(f"RSS (VmRSS of the worker process): start {x['base'].get('VmRSS', 0) * mib:.1f} MiB (ready, before "
-                f"traffic), {float(np.interp(final.events / 4, ev, rss)):.1f} MiB after a quarter of the events, "
-                f"{rss_warm:.1f} MiB after half, end {final.rss * mib:.1f} MiB, max sampled {rss.max():.1f} MiB, peak "
-                f"(VmHWM) {final.hwm * mib:.1f} MiB. Slope in MiB per 100k events: {slope_all:+.2f} over the whole "
-                f"run, {slope_quarter:+.2f} after the first quarter, {slope_after:+.2f} over the second half. Part of "
-                f"the early growth is the worker's duplicate window (dedup_window = 100k decision ids in an "
-                f"OrderedDict, ~17 MiB measured apart), full after ~100k resolved decisions (~195k events here).")
+    report.line(
+        f"RSS (VmRSS of the worker process): start {x['base'].get('VmRSS', 0) * mib:.1f} MiB (ready, before "
+        f"traffic), {float(np.interp(final.events / 4, ev, rss)):.1f} MiB after a quarter of the events, "
+        f"{rss_warm:.1f} MiB after half, end {final.rss * mib:.1f} MiB, max sampled {rss.max():.1f} MiB, peak "
+        f"(VmHWM) {final.hwm * mib:.1f} MiB. Slope in MiB per 100k events: {slope_all:+.2f} over the whole "
+        f"run, {slope_quarter:+.2f} after the first quarter, {slope_after:+.2f} over the second half. Part of "
+        f"the early growth is the worker's duplicate window (dedup_window = 100k decision ids in an "
+        f"OrderedDict, ~17 MiB measured apart), full after ~100k resolved decisions (~195k events here)."
+    )
     enough = final.events >= 400_000 and int(after.sum()) >= 10
     flat = bool(np.isfinite(slope_after) and abs(slope_after) <= FLAT_MIB_PER_100K)
     verdict = ("PASS" if flat else "FAIL") if enough else "N/A "
-    report.line(f"  {verdict}  memory flat: least-squares RSS slope over the second half of the events "
-                f"{slope_after:+.2f} MiB per 100k events (criterion: |slope| ≤ {FLAT_MIB_PER_100K:g} MiB per 100k "
-                f"events, ~10 bytes per event: a leak of one small object per event exceeds it; the first half is "
-                f"warm-up, where bounded structures fill)"
-                + ("" if enough else "; no verdict under 400,000 events: the duplicate window alone takes ~195,000 "
-                   "to fill"))
+    report.line(
+        f"  {verdict}  memory flat: least-squares RSS slope over the second half of the events "
+        f"{slope_after:+.2f} MiB per 100k events (criterion: |slope| ≤ {FLAT_MIB_PER_100K:g} MiB per 100k "
+        f"events, ~10 bytes per event: a leak of one small object per event exceeds it; the first half is "
+        f"warm-up, where bounded structures fill)"
+        + ("" if enough else "; no verdict under 400,000 events: the duplicate window alone takes ~195,000 to fill")
+    )
     # Pending decisions: everything younger than reward_wait_s of event time may be pending, plus one batch.
     bound = int(REWARD_WAIT_S / STEP_S) + MAX_BATCH
     expected = int(SHARES[NEVER] * REWARD_WAIT_S / STEP_S)
     q = len(pend) // 4
     trend = q >= 3
-    early, late = (pend[q:2 * q].mean(), pend[3 * q:].mean()) if trend else (float("nan"), float("nan"))
+    early, late = (pend[q : 2 * q].mean(), pend[3 * q :].mean()) if trend else (float("nan"), float("nan"))
     bounded = int(pend.max()) <= bound and (not trend or late <= 1.25 * early)
-    report.line(f"  {'PASS' if bounded else 'FAIL'}  pending decisions bounded: max {pend.max()} (a priori bound "
-                f"{bound:,}: requests within reward_wait_s of event time, {REWARD_WAIT_S / STEP_S:,.0f}, plus one "
-                f"batch; expected level ≈ {expected} never answered + up to {WINDOW} in flight)"
-                + (f"; mean {early:.0f} in the second quarter of the samples, {late:.0f} in the last (criterion: max "
-                   f"within the bound and the last quarter's mean at most 1.25× the second's)" if trend else
-                   " (too few samples for the trend)") + f". Held outcomes max {held.max()}.")
+    report.line(
+        f"  {'PASS' if bounded else 'FAIL'}  pending decisions bounded: max {pend.max()} (a priori bound "
+        f"{bound:,}: requests within reward_wait_s of event time, {REWARD_WAIT_S / STEP_S:,.0f}, plus one "
+        f"batch; expected level ≈ {expected} never answered + up to {WINDOW} in flight)"
+        + (
+            f"; mean {early:.0f} in the second quarter of the samples, {late:.0f} in the last (criterion: max "
+            f"within the bound and the last quarter's mean at most 1.25× the second's)"
+            if trend
+            else " (too few samples for the trend)"
+        )
+        + f". Held outcomes max {held.max()}."
+    )
     total = sum(x["db_bytes"].values())
-    report.line(f"SQLite at the end: {total / 2**20:,.0f} MiB ("
-                + ", ".join(f"{'file' if k == 'db' else k} {v / 2**20:,.0f} MiB"
-                            for k, v in sorted(x["db_bytes"].items()))
-                + f"), {total / final.events * 1e5 / 2**20:.0f} MiB per 100k events: every decision (with its payload) "
-                f"is kept (acknowledged outbox rows are deleted); nothing prunes the decisions, so the disk use grows "
-                f"with the traffic.")
+    report.line(
+        f"SQLite at the end: {total / 2**20:,.0f} MiB ("
+        + ", ".join(f"{'file' if k == 'db' else k} {v / 2**20:,.0f} MiB" for k, v in sorted(x["db_bytes"].items()))
+        + f"), {total / final.events * 1e5 / 2**20:.0f} MiB per 100k events: every decision (with its payload) "
+        f"is kept (acknowledged outbox rows are deleted); nothing prunes the decisions, so the disk use grows "
+        f"with the traffic."
+    )
 
     # Exact checks against what the driver sent.
-    expect = {"decisions": plan.requests, "duplicate_requests": plan.counts["retried"],
-              "outcomes_learned": plan.counts["answered once"] + plan.counts["answered twice"],
-              "duplicate_outcomes": plan.counts["answered twice"], "late_outcomes": 0, "mismatched_outcomes": 0,
-              "held_outcomes": 0, "dangling_outcomes": 0, "dead_letters": 0}
+    expect = {
+        "decisions": plan.requests,
+        "duplicate_requests": plan.counts["retried"],
+        "outcomes_learned": plan.counts["answered once"] + plan.counts["answered twice"],
+        "duplicate_outcomes": plan.counts["answered twice"],
+        "late_outcomes": 0,
+        "mismatched_outcomes": 0,
+        "held_outcomes": 0,
+        "dangling_outcomes": 0,
+        "dead_letters": 0,
+    }
     wrong = [f"{k} {c[k]:,} (expected {v:,})" for k, v in expect.items() if c[k] != v]
     if c["expired_decisions"] + final.pending != plan.counts["never answered"]:
-        wrong.append(f"expired {c['expired_decisions']:,} + still pending {final.pending:,} ≠ never answered "
-                     f"{plan.counts['never answered']:,}")
+        wrong.append(
+            f"expired {c['expired_decisions']:,} + still pending {final.pending:,} ≠ never answered "
+            f"{plan.counts['never answered']:,}"
+        )
     if x["selections"] != plan.requests + plan.counts["retried"]:
-        wrong.append(f"{x['selections']:,} selections in the output topic (expected "
-                     f"{plan.requests + plan.counts['retried']:,})")
+        wrong.append(
+            f"{x['selections']:,} selections in the output topic (expected {plan.requests + plan.counts['retried']:,})"
+        )
     if x["rc"] != 0:
         wrong.append(f"the worker exited with {x['rc']} after SIGTERM")
-    report.line(("  FAIL  counts: " + "; ".join(wrong)) if wrong else (
-        f"  PASS  counts: {c['decisions']:,} decisions, {c['duplicate_requests']:,} retried requests answered again, "
-        f"{c['outcomes_learned']:,} outcomes learned, {c['duplicate_outcomes']:,} duplicates ignored, "
-        f"{c['expired_decisions']:,} expired + {final.pending:,} still pending at the end = the "
-        f"{plan.counts['never answered']:,} never answered; none late, mismatched, held or dead-lettered; "
-        f"{x['selections']:,} records in the output topic; clean exit on SIGTERM."))
+    report.line(
+        ("  FAIL  counts: " + "; ".join(wrong))
+        if wrong
+        else (
+            f"  PASS  counts: {c['decisions']:,} decisions, {c['duplicate_requests']:,} retried requests answered again, "
+            f"{c['outcomes_learned']:,} outcomes learned, {c['duplicate_outcomes']:,} duplicates ignored, "
+            f"{c['expired_decisions']:,} expired + {final.pending:,} still pending at the end = the "
+            f"{plan.counts['never answered']:,} never answered; none late, mismatched, held or dead-lettered; "
+            f"{x['selections']:,} records in the output topic; clean exit on SIGTERM."
+        )
+    )
     try:
         load = "%.2f %.2f %.2f" % os.getloadavg()
     except OSError:
         load = "n/a"
-    report.line(f"loadavg at the end: {load} (2 CPUs shared by the broker, the worker, the driver and anything "
-                f"else running)")
+    report.line(
+        f"loadavg at the end: {load} (2 CPUs shared by the broker, the worker, the driver and anything else running)"
+    )
 
 
 def main(report) -> None:

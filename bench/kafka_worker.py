@@ -37,7 +37,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -71,11 +71,16 @@ def build_requests(tag: str, n: int, seed: int) -> list[tuple[bytes, bytes, list
     rng = np.random.default_rng([seed, n, len(tag)])
     seeds = [{"seed_id": f"seed-{j}", "seed_idx": j, "state": "dormant"} for j in range(K)]
     ctx = {
-        "current_loss": rng.uniform(0.05, 2.5, n), "current_accuracy": rng.uniform(0.3, 0.95, n),
-        "learning_rate": 10 ** rng.uniform(-4, -2, n), "current_epoch": rng.integers(0, 100, n).astype(float),
-        "total_epochs": np.full(n, 100.0), "loss_momentum": rng.normal(0, 0.1, n),
-        "gradient_norm": rng.uniform(0.1, 5.0, n), "batch_size": rng.choice([32.0, 64.0, 128.0], n),
-        "gpu_memory_used": rng.uniform(1000, 8000, n), "available_memory_mb": rng.uniform(1000, 16000, n),
+        "current_loss": rng.uniform(0.05, 2.5, n),
+        "current_accuracy": rng.uniform(0.3, 0.95, n),
+        "learning_rate": 10 ** rng.uniform(-4, -2, n),
+        "current_epoch": rng.integers(0, 100, n).astype(float),
+        "total_epochs": np.full(n, 100.0),
+        "loss_momentum": rng.normal(0, 0.1, n),
+        "gradient_norm": rng.uniform(0.1, 5.0, n),
+        "batch_size": rng.choice([32.0, 64.0, 128.0], n),
+        "gpu_memory_used": rng.uniform(1000, 8000, n),
+        "available_memory_mb": rng.uniform(1000, 16000, n),
         "urgency": rng.uniform(0, 1, n),
     }
     cols = {k: v.tolist() for k, v in ctx.items()}
@@ -86,9 +91,15 @@ def build_requests(tag: str, n: int, seed: int) -> list[tuple[bytes, bytes, list
         did = decision_id_for(rid)
         bp = f"bp-{i % BLUEPRINTS}"
         body = {
-            "event_id": f"ev-{rid}", "event_type": "graft.requested", "schema_version": SCHEMA_VERSION,
-            "occurred_at": datetime.fromtimestamp(t0 + i * 1e-3, timezone.utc).isoformat(), "source": "bench",
-            "request_id": rid, "blueprint_id": bp, "layer_name": f"layer-{i % 4}", "seeds": seeds,
+            "event_id": f"ev-{rid}",
+            "event_type": "graft.requested",
+            "schema_version": SCHEMA_VERSION,
+            "occurred_at": datetime.fromtimestamp(t0 + i * 1e-3, UTC).isoformat(),
+            "source": "bench",
+            "request_id": rid,
+            "blueprint_id": bp,
+            "layer_name": f"layer-{i % 4}",
+            "seeds": seeds,
             "context": {k: c[i] for k, c in cols.items()},
         }
         out.append((bp.encode(), orjson.dumps(body), [(HEADER, did.encode())], did))
@@ -137,11 +148,18 @@ async def _passthrough(cfg: dict) -> dict:
 
     st = Clock(cfg["expect"])
     b = cfg["bootstrap"]
-    producer = AIOKafkaProducer(bootstrap_servers=b, client_id="bench-passthrough", enable_idempotence=True,
-                                acks="all", linger_ms=1)
-    consumer = AIOKafkaConsumer(bootstrap_servers=b, client_id="bench-passthrough", group_id=cfg["group"],
-                                enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=MAX_BATCH,
-                                isolation_level="read_uncommitted")
+    producer = AIOKafkaProducer(
+        bootstrap_servers=b, client_id="bench-passthrough", enable_idempotence=True, acks="all", linger_ms=1
+    )
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=b,
+        client_id="bench-passthrough",
+        group_id=cfg["group"],
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=MAX_BATCH,
+        isolation_level="read_uncommitted",
+    )
     ready = []
 
     class Listener(ConsumerRebalanceListener):
@@ -200,9 +218,16 @@ async def _worker(cfg: dict) -> dict:
     from seedworker.engine.worker import Worker
 
     st = Clock(cfg["expect"])
-    settings = Settings(db=cfg["db"], kafka={"bootstrap_servers": cfg["bootstrap"], "group_id": cfg["group"],
-                                             "client_id": "bench-worker", "topics": cfg["topics"],
-                                             "connect_timeout_s": 30})
+    settings = Settings(
+        db=cfg["db"],
+        kafka={
+            "bootstrap_servers": cfg["bootstrap"],
+            "group_id": cfg["group"],
+            "client_id": "bench-worker",
+            "topics": cfg["topics"],
+            "connect_timeout_s": 30,
+        },
+    )
     selections = settings.kafka.topics.selections
     pc = time.perf_counter
     prof = cProfile.Profile() if cfg.get("profile") else None
@@ -282,7 +307,7 @@ async def _worker(cfg: dict) -> dict:
     timeout = False
     try:
         await asyncio.wait_for(worker.run(), cfg["timeout_s"])
-    except asyncio.TimeoutError:
+    except TimeoutError:
         timeout = True
     if prof is not None:
         prof.dump_stats(cfg["profile"])
@@ -339,8 +364,17 @@ class Child:
         env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         with open(self.err_path, "wb") as err:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bench.kafka_worker", "pipe", json.dumps(self.cfg), cwd=str(REPO),
-                stdout=asyncio.subprocess.PIPE, stderr=err, stdin=asyncio.subprocess.DEVNULL, env=env)
+                sys.executable,
+                "-m",
+                "bench.kafka_worker",
+                "pipe",
+                json.dumps(self.cfg),
+                cwd=str(REPO),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=err,
+                stdin=asyncio.subprocess.DEVNULL,
+                env=env,
+            )
 
     def _stderr_tail(self) -> str:
         try:
@@ -354,19 +388,21 @@ class Child:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise RuntimeError(f"{self.cfg['kind']} child: no {tag} within {timeout:.0f}s; stderr:\n"
-                                   + self._stderr_tail())
+                raise RuntimeError(
+                    f"{self.cfg['kind']} child: no {tag} within {timeout:.0f}s; stderr:\n" + self._stderr_tail()
+                )
             try:
                 line = await asyncio.wait_for(self.proc.stdout.readline(), left)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
             if not line:
                 code = await self.proc.wait()
-                raise RuntimeError(f"{self.cfg['kind']} child exited ({code}) before {tag}; stderr:\n"
-                                   + self._stderr_tail())
+                raise RuntimeError(
+                    f"{self.cfg['kind']} child exited ({code}) before {tag}; stderr:\n" + self._stderr_tail()
+                )
             text = line.decode(errors="replace").strip()
             if text.startswith(tag + " "):
-                return json.loads(text[len(tag) + 1:])
+                return json.loads(text[len(tag) + 1 :])
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
@@ -378,7 +414,7 @@ class Child:
         if self.proc.returncode is None:
             try:
                 await asyncio.wait_for(self.proc.wait(), 30)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.proc.kill()  # only our own child, by its pid
                 await self.proc.wait()
 
@@ -407,8 +443,7 @@ def make_plan(report) -> Plan:
     if report.quick:
         return Plan(rounds, n=o.events or 2000, rate=300, warm_s=0.5, window_s=2.0 / rounds, profile_n=1000)
     # 20k requests and 10 s at 500 req/s per pipeline in all, split over the rounds
-    return Plan(rounds, n=o.events or 20_000 // rounds, rate=500, warm_s=1.0, window_s=10.0 / rounds,
-                profile_n=5000)
+    return Plan(rounds, n=o.events or 20_000 // rounds, rate=500, warm_s=1.0, window_s=10.0 / rounds, profile_n=5000)
 
 
 class Driver:
@@ -431,9 +466,12 @@ class Driver:
             for _ in range(100):  # until every partition has a leader
                 if set(names) <= set(await admin.list_topics()):
                     desc = await admin.describe_topics(names)
-                    if all(t.get("error_code", 0) == 0 and len(t.get("partitions", ())) == PARTITIONS
-                           and all(p.get("error_code", 0) == 0 and p.get("leader", -1) >= 0 for p in t["partitions"])
-                           for t in desc):
+                    if all(
+                        t.get("error_code", 0) == 0
+                        and len(t.get("partitions", ())) == PARTITIONS
+                        and all(p.get("error_code", 0) == 0 and p.get("leader", -1) >= 0 for p in t["partitions"])
+                        for t in desc
+                    ):
                         break
                 await asyncio.sleep(0.1)
         finally:
@@ -481,12 +519,24 @@ class Driver:
             await c.stop()
 
     def pipeline_cfg(self, kind: str, tag: str, expect: int, timeout_s: float, profile: str | None = None) -> dict:
-        cfg = {"kind": kind, "bootstrap": self.bootstrap, "group": f"bench-{self.run_id}-{tag}", "expect": expect,
-               "timeout_s": timeout_s, "in": self.topic(f"{tag}.in"), "out": self.topic(f"{tag}.out")}
+        cfg = {
+            "kind": kind,
+            "bootstrap": self.bootstrap,
+            "group": f"bench-{self.run_id}-{tag}",
+            "expect": expect,
+            "timeout_s": timeout_s,
+            "in": self.topic(f"{tag}.in"),
+            "out": self.topic(f"{tag}.out"),
+        }
         if kind == "worker":
             cfg["db"] = str(self.workdir / f"{tag}.sqlite")
-            cfg["topics"] = {"requests": cfg["in"], "selections": cfg["out"], "outcomes": self.topic(f"{tag}.outcomes"),
-                             "dead_letters": self.topic(f"{tag}.dlq"), "control": self.topic(f"{tag}.control")}
+            cfg["topics"] = {
+                "requests": cfg["in"],
+                "selections": cfg["out"],
+                "outcomes": self.topic(f"{tag}.outcomes"),
+                "dead_letters": self.topic(f"{tag}.dlq"),
+                "control": self.topic(f"{tag}.control"),
+            }
             cfg["profile"] = profile
         return cfg
 
@@ -512,8 +562,10 @@ class Driver:
         done["ready_s"] = t_ready - t0
         done["outputs_in_topic"] = await self.end_offsets(cfg["out"])
         if done.get("elapsed") is None or done["outputs_in_topic"] != n:
-            raise RuntimeError(f"{kind}: {done['outputs']} outputs acknowledged, {done['outputs_in_topic']} in the "
-                               f"output topic, {n} expected: {done}")
+            raise RuntimeError(
+                f"{kind}: {done['outputs']} outputs acknowledged, {done['outputs_in_topic']} in the "
+                f"output topic, {n} expected: {done}"
+            )
         if kind == "worker" and (done["counters"].get("decisions") != n or done["counters"].get("dead_letters")):
             raise RuntimeError(f"worker counters: {done['counters']}")
         return done
@@ -531,8 +583,9 @@ class Driver:
         try:
             await child.expect("READY", 90)
             producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=0)
-            collector = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                         auto_offset_reset="earliest")
+            collector = AIOKafkaConsumer(
+                bootstrap_servers=self.bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+            )
             await producer.start()
             await collector.start()
             tps = [TopicPartition(cfg["out"], p) for p in range(PARTITIONS)]
@@ -585,11 +638,18 @@ class Driver:
                 if client is not None:
                     await client.stop()
             await child.finish()
-        measured = [m[3] for m in msgs[plan.warm:]]
+        measured = [m[3] for m in msgs[plan.warm :]]
         lat = np.array([got[d] - sent[d] for d in measured if d in got], dtype=np.int64)
-        return {"lat_ns": lat, "lost": sum(1 for d in measured if d not in got), "n": len(measured),
-                "rate": total / produced_s, "child": done, "window": window, "machine_busy": busy_machine,
-                "out_bytes": out_bytes[0] / max(out_bytes[1], 1)}
+        return {
+            "lat_ns": lat,
+            "lost": sum(1 for d in measured if d not in got),
+            "n": len(measured),
+            "rate": total / produced_s,
+            "child": done,
+            "window": window,
+            "machine_busy": busy_machine,
+            "out_bytes": out_bytes[0] / max(out_bytes[1], 1),
+        }
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -611,8 +671,7 @@ def _breakdown(label: str, d: dict, per: str = "messages", scale: float = 1e6, t
     if not d.get("process"):  # the passthrough
         return [label, us(d["poll"]), us(d["send"]), "-", "-", "-", us(d["commit"]), us(total)]
     cpu = d["process"] - d["statuses"] - d["write"] - d["send"] - d["commit"]
-    return [label, us(d["poll"]), us(d["send"]), us(cpu), us(d["statuses"]), us(d["write"]), us(d["commit"]),
-            us(total)]
+    return [label, us(d["poll"]), us(d["send"]), us(cpu), us(d["statuses"]), us(d["write"]), us(d["commit"]), us(total)]
 
 
 BREAKDOWN = ["poll", "produce+acks", "worker CPU", "statuses", "SQLite write", "commit"]
@@ -622,9 +681,27 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b > 0 and np.isfinite(a) and np.isfinite(b) else float("nan")
 
 
-PROFILE_FUNCS = ("_decode", "_on_request", "decide", "apply_selection", "encode", "decode", "_headers_blob",
-                 "_outgoing", "selection_headers", "model_dump", "model_validate", "dump_state", "_event",
-                 "_statuses", "_expire", "_choose", "_viability", "transform", "update")
+PROFILE_FUNCS = (
+    "_decode",
+    "_on_request",
+    "decide",
+    "apply_selection",
+    "encode",
+    "decode",
+    "_headers_blob",
+    "_outgoing",
+    "selection_headers",
+    "model_dump",
+    "model_validate",
+    "dump_state",
+    "_event",
+    "_statuses",
+    "_expire",
+    "_choose",
+    "_viability",
+    "transform",
+    "update",
+)
 
 
 def report_profile(report, path: str, events: int) -> None:
@@ -644,20 +721,37 @@ def report_profile(report, path: str, events: int) -> None:
         return f"{where}:{line}({func})"
 
     report.line()
-    report.line(f"cProfile of the worker's process() over {events} requests (main thread only: while process() "
-                f"awaits, aiokafka's own tasks run and are counted too, and the SQLite transaction runs on aiosqlite's "
-                f"thread, so it shows as the event loop's epoll wait). Profiled time {total:.2f} s; per request:")
+    report.line(
+        f"cProfile of the worker's process() over {events} requests (main thread only: while process() "
+        f"awaits, aiokafka's own tasks run and are counted too, and the SQLite transaction runs on aiosqlite's "
+        f"thread, so it shows as the event loop's epoll wait). Profiled time {total:.2f} s; per request:"
+    )
     top = sorted(stats.items(), key=lambda kv: kv[1][2], reverse=True)[:16]
-    report.table(["function (by own time)", "calls/event", "own µs/event", "own share", "cumulative µs/event"],
-                 [[name(*k), f"{v[1] / events:.1f}", f"{v[2] / events * 1e6:.1f}", f"{v[2] / total:.0%}",
-                   f"{v[3] / events * 1e6:.1f}"] for k, v in top], "lrrrr")
+    report.table(
+        ["function (by own time)", "calls/event", "own µs/event", "own share", "cumulative µs/event"],
+        [
+            [
+                name(*k),
+                f"{v[1] / events:.1f}",
+                f"{v[2] / events * 1e6:.1f}",
+                f"{v[2] / total:.0%}",
+                f"{v[3] / events * 1e6:.1f}",
+            ]
+            for k, v in top
+        ],
+        "lrrrr",
+    )
     picked = [(k, v) for k, v in stats.items() if k[2] in PROFILE_FUNCS and "/seedworker/" in k[0]]
     picked.sort(key=lambda kv: kv[1][3], reverse=True)
     report.line()
-    report.table(["seedworker function (cumulative, cProfile-inflated)", "calls/event", "cumulative µs/event",
-                  "share"],
-                 [[name(*k), f"{v[1] / events:.1f}", f"{v[3] / events * 1e6:.1f}", f"{v[3] / total:.0%}"]
-                  for k, v in picked[:16]], "lrrr")
+    report.table(
+        ["seedworker function (cumulative, cProfile-inflated)", "calls/event", "cumulative µs/event", "share"],
+        [
+            [name(*k), f"{v[1] / events:.1f}", f"{v[3] / events * 1e6:.1f}", f"{v[3] / total:.0%}"]
+            for k, v in picked[:16]
+        ],
+        "lrrr",
+    )
 
 
 async def _run(report, plan: Plan, bootstrap: str, broker_note: str, workdir: Path) -> None:
@@ -679,63 +773,100 @@ async def _run(report, plan: Plan, bootstrap: str, broker_note: str, workdir: Pa
         _progress(f"pre-produced {plan.n} requests to {len(inputs)} input topics")
         tput: dict[str, list[dict]] = {k: [] for k in kinds}
         for r in range(plan.rounds):
-            for kind in (kinds if r % 2 == 0 else kinds[::-1]):
+            for kind in kinds if r % 2 == 0 else kinds[::-1]:
                 _progress(f"throughput round {r + 1}/{plan.rounds}: {kind}")
                 tput[kind].append(await d.throughput(kind, f"{short[kind]}{r}", plan.n, 150))
 
         # (b) latency, the same alternation
         lat: dict[str, list[dict]] = {k: [] for k in kinds}
         for r in range(plan.rounds):
-            for kind in (kinds if r % 2 == 0 else kinds[::-1]):
-                _progress(f"latency round {r + 1}/{plan.rounds}: {kind} at {plan.rate:g} req/s for "
-                          f"{plan.warm_s + plan.window_s:g} s")
+            for kind in kinds if r % 2 == 0 else kinds[::-1]:
+                _progress(
+                    f"latency round {r + 1}/{plan.rounds}: {kind} at {plan.rate:g} req/s for "
+                    f"{plan.warm_s + plan.window_s:g} s"
+                )
                 tag = f"{short[kind]}l{r}"
                 lmsgs = build_requests(f"{tag}-{d.run_id}", plan.warm + plan.measured, d.seed + 1 + r)
                 lat[kind].append(await d.latency(kind, tag, plan, lmsgs))
 
         # ---- the report
         report.line(f"broker: {broker_note}; topics bench.{d.run_id}.*, {PARTITIONS} partitions each, replication 1")
-        report.line(f"requests: graft.requested, K={K} seeds, {BLUEPRINTS} blueprints (key = blueprint id), 11 context "
-                    f"signals, ~{size} bytes. Passthrough output: {len(OUT_VALUE)} bytes + the input's headers; worker "
-                    f"output: the seed.selected event. Each pipeline runs in a child process (worker: "
-                    f"seedworker.engine.worker.Worker, default strategy, max_batch {MAX_BATCH}, its own SQLite file); the "
-                    f"driver (producer, consumer) is this process. {plan.rounds} round(s) per measurement, alternating "
-                    f"which pipeline goes first.")
+        report.line(
+            f"requests: graft.requested, K={K} seeds, {BLUEPRINTS} blueprints (key = blueprint id), 11 context "
+            f"signals, ~{size} bytes. Passthrough output: {len(OUT_VALUE)} bytes + the input's headers; worker "
+            f"output: the seed.selected event. Each pipeline runs in a child process (worker: "
+            f"seedworker.engine.worker.Worker, default strategy, max_batch {MAX_BATCH}, its own SQLite file); the "
+            f"driver (producer, consumer) is this process. {plan.rounds} round(s) per measurement, alternating "
+            f"which pipeline goes first."
+        )
         report.section(f"(a) throughput: {plan.n} pre-produced requests per pipeline and round")
-        report.line("events/s = N / (first non-empty poll → last output acknowledged by the broker); the output "
-                    "topic then holds exactly N records (checked). CPU = the pipeline process's CPU time (all "
-                    "threads) over the same span. start = process start → partitions assigned. machine busy = share "
-                    "of all CPUs in use meanwhile (everything: broker, pipeline, driver, other processes). The best "
-                    "round of each pipeline is the figure.")
+        report.line(
+            "events/s = N / (first non-empty poll → last output acknowledged by the broker); the output "
+            "topic then holds exactly N records (checked). CPU = the pipeline process's CPU time (all "
+            "threads) over the same span. start = process start → partitions assigned. machine busy = share "
+            "of all CPUs in use meanwhile (everything: broker, pipeline, driver, other processes). The best "
+            "round of each pipeline is the figure."
+        )
         rows = []
         best = {}
         for kind in kinds:
             rates = [plan.n / x["elapsed"] for x in tput[kind]]
             best[kind] = int(np.argmax(rates))
             for r, x in enumerate(tput[kind]):
-                rows.append([kind, r + 1, x["messages"], f"{x['elapsed']:.2f}", f"{rates[r]:,.0f}",
-                             f"{x['cpu'] / x['messages'] * 1e6:.0f}", x["batches"],
-                             f"{x['messages'] / max(x['batches'], 1):.0f}", f"{x['ready_s']:.1f}",
-                             x["machine_busy"], "best" if r == best[kind] and plan.rounds > 1 else ""])
-        report.table(["pipeline", "round", "events", "seconds", "events/s", "CPU µs/event", "batches", "events/batch",
-                      "start s", "machine busy", ""], rows)
+                rows.append(
+                    [
+                        kind,
+                        r + 1,
+                        x["messages"],
+                        f"{x['elapsed']:.2f}",
+                        f"{rates[r]:,.0f}",
+                        f"{x['cpu'] / x['messages'] * 1e6:.0f}",
+                        x["batches"],
+                        f"{x['messages'] / max(x['batches'], 1):.0f}",
+                        f"{x['ready_s']:.1f}",
+                        x["machine_busy"],
+                        "best" if r == best[kind] and plan.rounds > 1 else "",
+                    ]
+                )
+        report.table(
+            [
+                "pipeline",
+                "round",
+                "events",
+                "seconds",
+                "events/s",
+                "CPU µs/event",
+                "batches",
+                "events/batch",
+                "start s",
+                "machine busy",
+                "",
+            ],
+            rows,
+        )
         report.line()
-        report.line("where the time of the best round goes, µs per event (wall clock summed over batches): poll = "
-                    "getmany and record conversion (after the first records); produce+acks = send() of the batch's "
-                    "outputs and waiting for their acks; worker CPU = process() minus its awaits (decode, decide, "
-                    "encode, build the batch); statuses = the batch's SQLite id lookup; SQLite write = the batch's "
-                    "transaction (aiosqlite thread).")
+        report.line(
+            "where the time of the best round goes, µs per event (wall clock summed over batches): poll = "
+            "getmany and record conversion (after the first records); produce+acks = send() of the batch's "
+            "outputs and waiting for their acks; worker CPU = process() minus its awaits (decode, decide, "
+            "encode, build the batch); statuses = the batch's SQLite id lookup; SQLite write = the batch's "
+            "transaction (aiosqlite thread)."
+        )
         report.table(["pipeline", *BREAKDOWN, "total"], [_breakdown(k, tput[k][best[k]]) for k in kinds])
 
-        report.section(f"(b) decision latency at {plan.rate:g} req/s offered, {plan.window_s * plan.rounds:g} s "
-                       f"measured per pipeline ({plan.rounds} x ({plan.warm_s:g} s warm-up + {plan.window_s:g} s))")
-        report.line("latency = request handed to the driver's producer → its output returned by the driver's "
-                    "consumer (one process, monotonic clock), matched by the decision_id header. polled = the "
-                    "request's producer timestamp → returned by the pipeline's poll (ms clock, across processes). "
-                    "batches, events/batch, busy (share of the run in batch handling: the worker's process(), the "
-                    "passthrough's produce+acks+commit) and CPU (the pipeline process's CPU time per event) include "
-                    "the warm-up; machine busy = share of all CPUs in use while requests were produced and collected "
-                    "(everything on the machine): near 100%, the pipeline was short of CPU and the tail shows it.")
+        report.section(
+            f"(b) decision latency at {plan.rate:g} req/s offered, {plan.window_s * plan.rounds:g} s "
+            f"measured per pipeline ({plan.rounds} x ({plan.warm_s:g} s warm-up + {plan.window_s:g} s))"
+        )
+        report.line(
+            "latency = request handed to the driver's producer → its output returned by the driver's "
+            "consumer (one process, monotonic clock), matched by the decision_id header. polled = the "
+            "request's producer timestamp → returned by the pipeline's poll (ms clock, across processes). "
+            "batches, events/batch, busy (share of the run in batch handling: the worker's process(), the "
+            "passthrough's produce+acks+commit) and CPU (the pipeline process's CPU time per event) include "
+            "the warm-up; machine busy = share of all CPUs in use while requests were produced and collected "
+            "(everything on the machine): near 100%, the pipeline was short of CPU and the tail shows it."
+        )
         rows = []
         pooled = {}
         for kind in kinds:
@@ -743,26 +874,81 @@ async def _run(report, plan: Plan, bootstrap: str, broker_note: str, workdir: Pa
                 p50, p99, mx = _ms(x["lat_ns"])
                 c = x["child"]
                 busy = c["process"] or c["send"] + c["commit"]
-                rows.append([kind, r + 1, f"{x['rate']:.0f}", len(x["lat_ns"]), x["lost"], f"{p50:.1f}", f"{p99:.1f}",
-                             f"{mx:.1f}", f"{c['polled'][0]:.1f}", f"{c['polled'][1]:.1f}", c["batches"],
-                             f"{c['messages'] / max(c['batches'], 1):.1f}", f"{busy / x['window']:.0%}",
-                             f"{c['cpu'] / max(c['messages'], 1) * 1e6:.0f}", f"{x['out_bytes']:.0f}",
-                             x["machine_busy"]])
+                rows.append(
+                    [
+                        kind,
+                        r + 1,
+                        f"{x['rate']:.0f}",
+                        len(x["lat_ns"]),
+                        x["lost"],
+                        f"{p50:.1f}",
+                        f"{p99:.1f}",
+                        f"{mx:.1f}",
+                        f"{c['polled'][0]:.1f}",
+                        f"{c['polled'][1]:.1f}",
+                        c["batches"],
+                        f"{c['messages'] / max(c['batches'], 1):.1f}",
+                        f"{busy / x['window']:.0%}",
+                        f"{c['cpu'] / max(c['messages'], 1) * 1e6:.0f}",
+                        f"{x['out_bytes']:.0f}",
+                        x["machine_busy"],
+                    ]
+                )
             pooled[kind] = np.concatenate([x["lat_ns"] for x in lat[kind]])
             if plan.rounds > 1:
                 p50, p99, mx = _ms(pooled[kind])
-                rows.append([kind, "all", "", len(pooled[kind]), sum(x["lost"] for x in lat[kind]), f"{p50:.1f}",
-                             f"{p99:.1f}", f"{mx:.1f}", "", "", "", "", "", "", "", ""])
-        report.table(["pipeline", "round", "offered/s", "n", "lost", "p50 ms", "p99 ms", "max ms", "polled p50",
-                      "polled p99", "batches", "events/batch", "busy", "CPU µs/event", "output B", "machine busy"],
-                     rows)
+                rows.append(
+                    [
+                        kind,
+                        "all",
+                        "",
+                        len(pooled[kind]),
+                        sum(x["lost"] for x in lat[kind]),
+                        f"{p50:.1f}",
+                        f"{p99:.1f}",
+                        f"{mx:.1f}",
+                        "",
+                        "",
+                        "",
+                        "",
+                        "",
+                        "",
+                        "",
+                        "",
+                    ]
+                )
+        report.table(
+            [
+                "pipeline",
+                "round",
+                "offered/s",
+                "n",
+                "lost",
+                "p50 ms",
+                "p99 ms",
+                "max ms",
+                "polled p50",
+                "polled p99",
+                "batches",
+                "events/batch",
+                "busy",
+                "CPU µs/event",
+                "output B",
+                "machine busy",
+            ],
+            rows,
+        )
         report.line()
-        report.line("ms per batch in these runs (all rounds; 'handling' = produce+acks+commit for the passthrough, "
-                    "process() for the worker; poll includes waiting for records):")
+        report.line(
+            "ms per batch in these runs (all rounds; 'handling' = produce+acks+commit for the passthrough, "
+            "process() for the worker; poll includes waiting for records):"
+        )
         rows = []
         for kind in kinds:
-            c = {key: sum(x["child"][key] for x in lat[kind]) for key in
-                 ("poll", "send", "commit", "process", "statuses", "write", "batches", "messages")}
+            c = {
+                key: sum(x["child"][key] for x in lat[kind])
+                for key in ("poll", "send", "commit", "process", "statuses", "write", "batches", "messages")
+            }
             rows.append(_breakdown(kind, c, "batches", 1e3, c["process"] or c["send"] + c["commit"]))
         report.table(["pipeline", *BREAKDOWN, "handling"], rows)
 
@@ -774,34 +960,44 @@ async def _run(report, plan: Plan, bootstrap: str, broker_note: str, workdir: Pa
         ratio_99 = _ratio(p99_w, p99_pt)
         lost = sum(x["lost"] for k in kinds for x in lat[k])
         report.section("ratios (worker / passthrough) and goals")
-        report.line(f"throughput:  worker {t_w:,.0f} events/s / passthrough {t_pt:,.0f} events/s = {ratio_t:.2f} "
-                    f"({ratio_t:.0%})")
+        report.line(
+            f"throughput:  worker {t_w:,.0f} events/s / passthrough {t_pt:,.0f} events/s = {ratio_t:.2f} "
+            f"({ratio_t:.0%})"
+        )
         report.line(f"latency p50: worker {p50_w:.1f} ms / passthrough {p50_pt:.1f} ms = {_ratio(p50_w, p50_pt):.2f}x")
         report.line(f"latency p99: worker {p99_w:.1f} ms / passthrough {p99_pt:.1f} ms = {ratio_99:.2f}x")
         ok_t = ratio_t >= GOAL_TPUT
         ok_l = ratio_99 <= GOAL_P99 and lost == 0
-        report.line(f"  {'PASS' if ok_t else 'MISS'}  worker throughput {ratio_t:.0%} of the passthrough's "
-                    f"(goal >= {GOAL_TPUT:.0%})")
-        report.line(f"  {'PASS' if ok_l else 'MISS'}  worker p99 decision latency {ratio_99:.2f}x the passthrough's "
-                    f"(goal <= {GOAL_P99:g}x)" + (f"; {lost} outputs never arrived" if lost else ""))
+        report.line(
+            f"  {'PASS' if ok_t else 'MISS'}  worker throughput {ratio_t:.0%} of the passthrough's "
+            f"(goal >= {GOAL_TPUT:.0%})"
+        )
+        report.line(
+            f"  {'PASS' if ok_l else 'MISS'}  worker p99 decision latency {ratio_99:.2f}x the passthrough's "
+            f"(goal <= {GOAL_P99:g}x)" + (f"; {lost} outputs never arrived" if lost else "")
+        )
 
         if not (ok_t and ok_l):
             _progress(f"a goal is missed: profiling the worker over {plan.profile_n} requests")
             await d.create_topics([d.topic("wp.in")])
-            await d.produce(d.topic("wp.in"), msgs[:plan.profile_n])
+            await d.produce(d.topic("wp.in"), msgs[: plan.profile_n])
             path = str(workdir / "worker.prof")
             prof = await d.throughput("worker", "wp", plan.profile_n, 150, profile=path)
             report.line()
-            report.line(f"profiled run: {plan.profile_n / prof['elapsed']:,.0f} events/s under cProfile (unprofiled "
-                        f"best round: {t_w:,.0f})")
+            report.line(
+                f"profiled run: {plan.profile_n / prof['elapsed']:,.0f} events/s under cProfile (unprofiled "
+                f"best round: {t_w:,.0f})"
+            )
             report_profile(report, path, plan.profile_n)
         try:
             load = "%.2f %.2f %.2f" % os.getloadavg()
         except OSError:
             load = "n/a"
         report.line()
-        report.line(f"loadavg at the end: {load} ({os.cpu_count()} CPUs, shared by the broker, the pipeline, the "
-                    f"driver and anything else running)")
+        report.line(
+            f"loadavg at the end: {load} ({os.cpu_count()} CPUs, shared by the broker, the pipeline, the "
+            f"driver and anything else running)"
+        )
     finally:
         try:
             await d.delete_topics()
@@ -826,15 +1022,21 @@ def main(report) -> None:
         if env:
             bootstrap, note = env, f"KAFKA_BOOTSTRAP_SERVERS={env}"
         else:
-            kafka = LocalKafka(port=free_port(), workdir=workdir / "kafka", libs_dir=REPO_ROOT / ".cache/kafka/libs",
-                               die_with_parent=True)
+            kafka = LocalKafka(
+                port=free_port(),
+                workdir=workdir / "kafka",
+                libs_dir=REPO_ROOT / ".cache/kafka/libs",
+                die_with_parent=True,
+            )
             kafka.ensure_jars()
             t0 = time.perf_counter()
             _progress(f"starting LocalKafka on {kafka.bootstrap_servers}")
             kafka.start(timeout=120)
             bootstrap = kafka.bootstrap_servers
-            note = (f"LocalKafka (Apache Kafka {kafka.kafka_version()}, KRaft, one JVM) on {bootstrap}, started in "
-                    f"{time.perf_counter() - t0:.1f} s")
+            note = (
+                f"LocalKafka (Apache Kafka {kafka.kafka_version()}, KRaft, one JVM) on {bootstrap}, started in "
+                f"{time.perf_counter() - t0:.1f} s"
+            )
         asyncio.run(_run(report, plan, bootstrap, note, workdir))
     finally:
         quiet.setLevel(level)

@@ -1,3 +1,5 @@
-from seedworker.tools.cli import main
 import sys
+
+from seedworker.tools.cli import main
+
 sys.exit(main())

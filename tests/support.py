@@ -14,7 +14,7 @@ import os
 import sqlite3
 import subprocess
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -30,24 +30,41 @@ from seedworker.engine.worker import Worker
 from seedworker.store.readers import read_all
 from seedworker.store.store import Store
 
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
-REQ, OUT, SEL, CTL, DLQ = "graft.requested", "adaptation.outcome", "seed.selected", "seedworker.control", "seedworker.dlq"
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+REQ, OUT, SEL, CTL, DLQ = (
+    "graft.requested",
+    "adaptation.outcome",
+    "seed.selected",
+    "seedworker.control",
+    "seedworker.dlq",
+)
 
 
 def request(i: int | str, bp: str = "bp", k: int = 4, *, t: float | None = None, **fields) -> bytes:
     rid = i if isinstance(i, str) else f"req-{i}"
     when = T0 + timedelta(seconds=t if t is not None else (i if isinstance(i, int) else 0))
-    return ev.encode(ev.GraftRequested(
-        request_id=rid, blueprint_id=bp, occurred_at=when,
-        seeds=[ev.SeedCandidate(seed_id=f"layer3:{j}", seed_idx=j) for j in range(k)], **fields))
+    return ev.encode(
+        ev.GraftRequested(
+            request_id=rid,
+            blueprint_id=bp,
+            occurred_at=when,
+            seeds=[ev.SeedCandidate(seed_id=f"layer3:{j}", seed_idx=j) for j in range(k)],
+            **fields,
+        )
+    )
 
 
-def outcome(selected: ev.SeedSelected, gain: float, dt: float = 1.0, *, seed_id: str | None = None,
-            **fields) -> bytes:
-    return ev.encode(ev.AdaptationOutcome(
-        decision_id=selected.decision_id, blueprint_id=selected.blueprint_id,
-        seed_id=seed_id or selected.seed_id, accuracy_delta=gain,
-        occurred_at=selected.request_time + timedelta(seconds=dt), **fields))
+def outcome(selected: ev.SeedSelected, gain: float, dt: float = 1.0, *, seed_id: str | None = None, **fields) -> bytes:
+    return ev.encode(
+        ev.AdaptationOutcome(
+            decision_id=selected.decision_id,
+            blueprint_id=selected.blueprint_id,
+            seed_id=seed_id or selected.seed_id,
+            accuracy_delta=gain,
+            occurred_at=selected.request_time + timedelta(seconds=dt),
+            **fields,
+        )
+    )
 
 
 def training_request(i: int, bp: str = "bp", k: int = 4) -> bytes:
@@ -140,10 +157,25 @@ async def running_worker(settings: Settings, timeout: float = 60.0, *, bus=None)
                 raise
 
 
-
 # -- comparing stored states ----------------------------------------------------------------------------------------
-EXACT_STATE = frozenset({"pulls", "selections", "success_sum", "count", "decisions", "version", "dim", "seed_ids",
-                         "names", "by_strategy", "strategy", "half_life_s", "ridge", "clip"})
+EXACT_STATE = frozenset(
+    {
+        "pulls",
+        "selections",
+        "success_sum",
+        "count",
+        "decisions",
+        "version",
+        "dim",
+        "seed_ids",
+        "names",
+        "by_strategy",
+        "strategy",
+        "half_life_s",
+        "ridge",
+        "clip",
+    }
+)
 
 
 def assert_state_equal(got, want, path: str, exact: frozenset[str] = EXACT_STATE) -> None:
@@ -158,8 +190,9 @@ def assert_state_equal(got, want, path: str, exact: frozenset[str] = EXACT_STATE
         else:
             assert got == want, f"{path}: {got!r} != {want!r}"
     else:
-        np.testing.assert_allclose(np.asarray(got, dtype=float), np.asarray(want, dtype=float), rtol=1e-9,
-                                   atol=1e-9, err_msg=path)
+        np.testing.assert_allclose(
+            np.asarray(got, dtype=float), np.asarray(want, dtype=float), rtol=1e-9, atol=1e-9, err_msg=path
+        )
 
 
 # Replay must reproduce times, clocks and warm-start weights exactly too, not only the counts.
@@ -174,8 +207,12 @@ def assert_same(got, want, path: str) -> None:
 def stored_decisions(db: str | Path) -> dict[str, tuple]:
     con = sqlite3.connect(f"file:{Path(db).resolve()}?mode=ro", uri=True)
     try:
-        return {row[0]: row[1:] for row in con.execute(
-            "SELECT decision_id, status, reward, outcome_time, seed_id, strategy, payload FROM decisions")}
+        return {
+            row[0]: row[1:]
+            for row in con.execute(
+                "SELECT decision_id, status, reward, outcome_time, seed_id, strategy, payload FROM decisions"
+            )
+        }
     finally:
         con.close()
 
@@ -235,8 +272,9 @@ def disk_full(db: Path):
 def chattr(flag: str, path: Path) -> None:
     res = subprocess.run(["chattr", flag, str(path)], capture_output=True, text=True)
     if res.returncode != 0:
-        pytest.fail(f"chattr {flag} {path} failed (needs root and a file system with the immutable flag): "
-                    f"{res.stderr.strip()}")
+        pytest.fail(
+            f"chattr {flag} {path} failed (needs root and a file system with the immutable flag): {res.stderr.strip()}"
+        )
 
 
 def wal_unwritable(db: Path):
@@ -265,7 +303,7 @@ class FaultyStore(Store):
         super().__init__(path)
         self.inject = inject
 
-    async def open(self) -> "FaultyStore":
+    async def open(self) -> FaultyStore:
         await super().open()
         await self.inject(self)
         return self
@@ -283,10 +321,9 @@ async def restored(settings: Settings) -> Worker:
 
 
 # -- a worker's history on the memory bus (export/import, inspect) ---------------------------------------------------
-HISTORY_T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
+HISTORY_T0 = datetime(2026, 3, 1, tzinfo=UTC)
 HISTORY_BLUEPRINTS = ("bp-thompson", "bp-lin", "bp-eps")
-QUALITY = {"layer3:0": 0.0, "layer3:1": 0.03, "layer3:2": 0.01, "layer3:3": 0.02, "layer3:4": -0.01,
-           "layer3:9": 0.04}
+QUALITY = {"layer3:0": 0.0, "layer3:1": 0.03, "layer3:2": 0.01, "layer3:3": 0.02, "layer3:4": -0.01, "layer3:9": 0.04}
 
 
 class FlakyBus(MemoryBus):
@@ -301,29 +338,52 @@ class FlakyBus(MemoryBus):
 
 
 def history_settings(db, half_life_s: float | None = 600.0) -> Settings:
-    return Settings(db=str(db), kafka={"partitions": 2}, default_strategy="thompson",
-                    blueprint_strategies={"bp-lin": "linucb", "bp-eps": "epsilon-greedy"},
-                    decay={"half_life_s": half_life_s}, join={"reward_wait_s": 120.0, "hold_unknown_s": 60.0})
+    return Settings(
+        db=str(db),
+        kafka={"partitions": 2},
+        default_strategy="thompson",
+        blueprint_strategies={"bp-lin": "linucb", "bp-eps": "epsilon-greedy"},
+        decay={"half_life_s": half_life_s},
+        join={"reward_wait_s": 120.0, "hold_unknown_s": 60.0},
+    )
 
 
-def make_request(i: int, bp: str, rng: np.random.Generator, extra_seed: bool = False,
-                 at: float | None = None) -> bytes:
+def make_request(i: int, bp: str, rng: np.random.Generator, extra_seed: bool = False, at: float | None = None) -> bytes:
     seeds = [ev.SeedCandidate(seed_id=f"layer3:{j}", seed_idx=j) for j in range(5)]
     if extra_seed:  # a new seed, and one that is already grafted: known to the blueprint, never selectable
-        seeds += [ev.SeedCandidate(seed_id="layer3:8", seed_idx=8, state="grafted"),
-                  ev.SeedCandidate(seed_id="layer3:9", seed_idx=9)]
-    return ev.encode(ev.GraftRequested(
-        request_id=f"{bp}-req-{i}", blueprint_id=bp, occurred_at=HISTORY_T0 + timedelta(seconds=i if at is None else at),
-        seeds=seeds,
-        context={"current_loss": float(rng.uniform(0.2, 2.0)), "current_epoch": float(i),
-                 "learning_rate": float(rng.choice([1e-3, 1e-2])), "gradient_norm": float(rng.gamma(2.0))}))
+        seeds += [
+            ev.SeedCandidate(seed_id="layer3:8", seed_idx=8, state="grafted"),
+            ev.SeedCandidate(seed_id="layer3:9", seed_idx=9),
+        ]
+    return ev.encode(
+        ev.GraftRequested(
+            request_id=f"{bp}-req-{i}",
+            blueprint_id=bp,
+            occurred_at=HISTORY_T0 + timedelta(seconds=i if at is None else at),
+            seeds=seeds,
+            context={
+                "current_loss": float(rng.uniform(0.2, 2.0)),
+                "current_epoch": float(i),
+                "learning_rate": float(rng.choice([1e-3, 1e-2])),
+                "gradient_norm": float(rng.gamma(2.0)),
+            },
+        )
+    )
 
 
 def make_outcome(s: ev.SeedSelected, rng: np.random.Generator, dt: float = 5.0, **kw) -> bytes:
     gain = QUALITY[s.seed_id] + 0.01 * s.context.get("current_loss", 0.0) + float(rng.normal(0, 0.01))
-    return ev.encode(ev.AdaptationOutcome(
-        decision_id=s.decision_id, blueprint_id=s.blueprint_id, seed_id=s.seed_id, accuracy_delta=gain,
-        occurred_at=s.request_time + timedelta(seconds=dt), latency_ms=float(rng.uniform(1, 5)), **kw))
+    return ev.encode(
+        ev.AdaptationOutcome(
+            decision_id=s.decision_id,
+            blueprint_id=s.blueprint_id,
+            seed_id=s.seed_id,
+            accuracy_delta=gain,
+            occurred_at=s.request_time + timedelta(seconds=dt),
+            latency_ms=float(rng.uniform(1, 5)),
+            **kw,
+        )
+    )
 
 
 def decision_order(bus: MemoryBus) -> list[ev.SeedSelected]:
@@ -348,12 +408,27 @@ async def run_history(settings: Settings, *, n: int = 24, seed: int = 7) -> Flak
             continue  # no outcome: pending now, expired later
         bus.produce(OUT, s.blueprint_id.encode(), make_outcome(s, rng, dt=150.0 if k % 11 == 5 else 5.0))
     bus.produce(OUT, sel[0].blueprint_id.encode(), make_outcome(sel[0], rng))  # a duplicate
-    bus.produce(OUT, b"bp-thompson", ev.encode(ev.AdaptationOutcome(  # never gets its decision: dangling
-        request_id="bp-thompson-req-never", blueprint_id="bp-thompson", seed_id="layer3:1", accuracy_delta=0.1,
-        occurred_at=HISTORY_T0 + timedelta(seconds=n))))
+    bus.produce(
+        OUT,
+        b"bp-thompson",
+        ev.encode(
+            ev.AdaptationOutcome(  # never gets its decision: dangling
+                request_id="bp-thompson-req-never",
+                blueprint_id="bp-thompson",
+                seed_id="layer3:1",
+                accuracy_delta=0.1,
+                occurred_at=HISTORY_T0 + timedelta(seconds=n),
+            )
+        ),
+    )
     bus.produce(REQ, b"bp-lin", b'{"event_type": "graft.requested", "request_id": ')  # a dead letter
-    bus.produce(CTL, None, ev.encode(ev.StrategySwitch(strategy="ucb", blueprint_id="bp-eps",
-                                                           occurred_at=HISTORY_T0 + timedelta(seconds=n))))
+    bus.produce(
+        CTL,
+        None,
+        ev.encode(
+            ev.StrategySwitch(strategy="ucb", blueprint_id="bp-eps", occurred_at=HISTORY_T0 + timedelta(seconds=n))
+        ),
+    )
     for i in range(n, n + 12):  # later requests: time moves on (expiry), and a new seed arrives (warm start)
         for bp in HISTORY_BLUEPRINTS:
             bus.produce(REQ, bp.encode(), make_request(i + 200, bp, rng, extra_seed=i % 3 == 0))
@@ -363,9 +438,19 @@ async def run_history(settings: Settings, *, n: int = 24, seed: int = 7) -> Flak
     assert len(sel) == 3 * 12
     for s in sel[:-6]:  # the newest few stay pending
         bus.produce(OUT, s.blueprint_id.encode(), make_outcome(s, rng))
-    bus.produce(OUT, b"bp-lin", ev.encode(ev.AdaptationOutcome(  # its request comes after the export: held
-        request_id="bp-lin-req-900", blueprint_id="bp-lin", seed_id="layer3:2", accuracy_delta=0.05,
-        occurred_at=HISTORY_T0 + timedelta(seconds=n + 230))))
+    bus.produce(
+        OUT,
+        b"bp-lin",
+        ev.encode(
+            ev.AdaptationOutcome(  # its request comes after the export: held
+                request_id="bp-lin-req-900",
+                blueprint_id="bp-lin",
+                seed_id="layer3:2",
+                accuracy_delta=0.05,
+                occurred_at=HISTORY_T0 + timedelta(seconds=n + 230),
+            )
+        ),
+    )
     await drain(settings, bus)
 
     # The broker goes away after the next batch is committed: its selections stay in the outbox, unsent.

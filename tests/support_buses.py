@@ -57,9 +57,11 @@ class MemoryBusUnderTest:
         return self.topics
 
     def settings(self, **overrides) -> Settings:
-        return Settings(db=str(self.tmp_path / "state.sqlite"),
-                        kafka={"topics": self.topics, "partitions": PARTITIONS, "output_partitions": PARTITIONS},
-                        **overrides)
+        return Settings(
+            db=str(self.tmp_path / "state.sqlite"),
+            kafka={"topics": self.topics, "partitions": PARTITIONS, "output_partitions": PARTITIONS},
+            **overrides,
+        )
 
     def worker(self, settings: Settings, **kwargs) -> Worker:
         return Worker(settings, bus=self.bus, **kwargs)
@@ -89,8 +91,12 @@ class MemoryBusUnderTest:
 
     async def until(self, kind: str, cond, what: str, timeout: float = 60.0) -> list:
         topic = self.topics[kind]
-        await eventually(lambda: cond(self.bus.read(topic)), what, timeout,
-                         detail=lambda: f"({len(self.bus.read(topic))} records read)")
+        await eventually(
+            lambda: cond(self.bus.read(topic)),
+            what,
+            timeout,
+            detail=lambda: f"({len(self.bus.read(topic))} records read)",
+        )
         return self.bus.read(topic)
 
     async def to_end(self, kind: str) -> list:
@@ -114,15 +120,24 @@ class KafkaBusUnderTest:
         await self.producer.start()
 
     async def create_topics(self, **partitions: int) -> dict[str, str]:
-        self.topics = {kind: await self.topic_factory(f"bus-{kind.replace('_', '-')}", n)
-                       for kind, n in _partitions(partitions).items()}
+        self.topics = {
+            kind: await self.topic_factory(f"bus-{kind.replace('_', '-')}", n)
+            for kind, n in _partitions(partitions).items()
+        }
         return self.topics
 
     def settings(self, **overrides) -> Settings:
-        return Settings(db=str(self.tmp_path / "state.sqlite"),
-                        kafka={"bootstrap_servers": self.bootstrap, "group_id": unique_topic("group"),
-                               "topics": self.topics, "partitions": PARTITIONS, "output_partitions": PARTITIONS},
-                        **overrides)
+        return Settings(
+            db=str(self.tmp_path / "state.sqlite"),
+            kafka={
+                "bootstrap_servers": self.bootstrap,
+                "group_id": unique_topic("group"),
+                "topics": self.topics,
+                "partitions": PARTITIONS,
+                "output_partitions": PARTITIONS,
+            },
+            **overrides,
+        )
 
     def worker(self, settings: Settings, **kwargs) -> Worker:
         return Worker(settings, **kwargs)
@@ -174,8 +189,9 @@ class KafkaBusUnderTest:
 def bus_backend(request, tmp_path):
     if request.param == "memory":
         return MemoryBusUnderTest(tmp_path)
-    return KafkaBusUnderTest(request.getfixturevalue("kafka_bootstrap"),
-                             request.getfixturevalue("kafka_topic_factory"), tmp_path)
+    return KafkaBusUnderTest(
+        request.getfixturevalue("kafka_bootstrap"), request.getfixturevalue("kafka_topic_factory"), tmp_path
+    )
 
 
 @pytest.fixture

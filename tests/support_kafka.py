@@ -28,14 +28,24 @@ def topic_names(prefix: str) -> dict[str, str]:
 
 async def create_topics(factory, prefix: str) -> dict[str, str]:
     """The worker's five topics, created up front (and deleted after the test) by the broker fixture."""
-    return {kind: await factory(f"{prefix}-{kind.replace('_', '-')}", 1 if kind == "control" else PARTITIONS)
-            for kind in TOPIC_KINDS}
+    return {
+        kind: await factory(f"{prefix}-{kind.replace('_', '-')}", 1 if kind == "control" else PARTITIONS)
+        for kind in TOPIC_KINDS
+    }
 
 
 def make_settings(bootstrap: str, tmp_path: Path, topics: dict[str, str], **kafka) -> Settings:
-    return Settings(db=str(tmp_path / "state.sqlite"),
-                    kafka={"bootstrap_servers": bootstrap, "group_id": unique_topic("group"), "topics": topics,
-                           "partitions": PARTITIONS, "output_partitions": PARTITIONS, **kafka})
+    return Settings(
+        db=str(tmp_path / "state.sqlite"),
+        kafka={
+            "bootstrap_servers": bootstrap,
+            "group_id": unique_topic("group"),
+            "topics": topics,
+            "partitions": PARTITIONS,
+            "output_partitions": PARTITIONS,
+            **kafka,
+        },
+    )
 
 
 class Reader:
@@ -43,8 +53,9 @@ class Reader:
 
     def __init__(self, bootstrap: str, topic: str, partitions: int = PARTITIONS):
         self.tps = [TopicPartition(topic, p) for p in range(partitions)]
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                         auto_offset_reset="earliest", group_id=None)
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest", group_id=None
+        )
         self.records: list = []
 
     async def __aenter__(self) -> Self:
@@ -65,8 +76,9 @@ class Reader:
         deadline = time.monotonic() + timeout
         while not cond(self.records):
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} "
-                                     f"({len(self.records)} records read)")
+                raise AssertionError(
+                    f"timed out after {timeout:.0f}s waiting for {what} ({len(self.records)} records read)"
+                )
             await self.poll()
         return self.records
 
@@ -88,13 +100,18 @@ class WorkerProcess:
         self.log = log
         env = {k: v for k, v in os.environ.items() if not k.startswith("SEEDWORKER_")}
         env.update({f"SEEDWORKER_KAFKA__TOPICS__{kind.upper()}": name for kind, name in topics.items()})
-        env.update(SEEDWORKER_KAFKA__PARTITIONS=str(PARTITIONS), SEEDWORKER_KAFKA__OUTPUT_PARTITIONS=str(PARTITIONS),
-                   SEEDWORKER_KAFKA__GROUP_ID=group, PYTHONUNBUFFERED="1")
+        env.update(
+            SEEDWORKER_KAFKA__PARTITIONS=str(PARTITIONS),
+            SEEDWORKER_KAFKA__OUTPUT_PARTITIONS=str(PARTITIONS),
+            SEEDWORKER_KAFKA__GROUP_ID=group,
+            PYTHONUNBUFFERED="1",
+        )
         self.env = env
         self.cmd = [sys.executable, "-m", "seedworker", "run", "--bootstrap-servers", bootstrap, "--db", str(db)]
         # The settings the worker process sees, for the independent replay.
-        self.settings = load_settings(None, environ=env, overrides={"kafka.bootstrap_servers": bootstrap,
-                                                                    "db": str(db)})
+        self.settings = load_settings(
+            None, environ=env, overrides={"kafka.bootstrap_servers": bootstrap, "db": str(db)}
+        )
         self.proc: subprocess.Popen | None = None
         self.starts = 0
 

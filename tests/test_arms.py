@@ -23,25 +23,35 @@ def _outcomes(rng: np.random.Generator, n: int, arms: int, t_span: float = 2000.
     out = []
     for _ in range(n):
         x = np.concatenate([[1.0], rng.normal(size=DIM - 1)])
-        out.append(dict(
-            arm=int(rng.integers(arms)),
-            t=float(rng.uniform(0.0, t_span)),
-            reward=float(rng.normal(0.3, 0.5)),
-            success=bool(rng.random() < 0.6),
-            memory_mb=float(rng.uniform(10, 500)),
-            latency_ms=float(rng.uniform(0.1, 20)),
-            x=x,
-        ))
+        out.append(
+            dict(
+                arm=int(rng.integers(arms)),
+                t=float(rng.uniform(0.0, t_span)),
+                reward=float(rng.normal(0.3, 0.5)),
+                success=bool(rng.random() < 0.6),
+                memory_mb=float(rng.uniform(10, 500)),
+                latency_ms=float(rng.uniform(0.1, 20)),
+                x=x,
+            )
+        )
     return out
 
 
-def _table(outcomes: list[dict], arms: int, half_life_s: float | None, dim: int = DIM,
-           detect: bool = False) -> ArmTable:
+def _table(
+    outcomes: list[dict], arms: int, half_life_s: float | None, dim: int = DIM, detect: bool = False
+) -> ArmTable:
     table = ArmTable(dim=dim, ridge=RIDGE, half_life_s=half_life_s, detect=detect)
     table.rows([f"s{i}" for i in range(arms)])
     for o in outcomes:
-        table.learn(o["arm"], reward=o["reward"], success=o["success"], t=o["t"], memory_mb=o["memory_mb"],
-                    latency_ms=o["latency_ms"], x=o["x"])
+        table.learn(
+            o["arm"],
+            reward=o["reward"],
+            success=o["success"],
+            t=o["t"],
+            memory_mb=o["memory_mb"],
+            latency_ms=o["latency_ms"],
+            x=o["x"],
+        )
     return table
 
 
@@ -173,16 +183,19 @@ def test_counts_discounted_decay_to_the_blueprint_clock():
 
 # -- order independence (property) ------------------------------------------------------------------------------
 _finite = dict(allow_nan=False, allow_infinity=False)
-_outcome = st.fixed_dictionaries({
-    "arm": st.integers(0, 2),
-    "t": st.floats(0.0, 1000.0, **_finite),  # with h=100 the smallest weight is 2**-10: no underflow
-    "reward": st.floats(-1.0, 1.0, **_finite),
-    "success": st.booleans(),
-    "memory_mb": st.floats(0.0, 1000.0, **_finite),
-    "latency_ms": st.floats(0.0, 50.0, **_finite),
-    "x": st.lists(st.floats(-3.0, 3.0, **_finite), min_size=DIM - 1, max_size=DIM - 1).map(
-        lambda v: np.array([1.0, *v])),
-})
+_outcome = st.fixed_dictionaries(
+    {
+        "arm": st.integers(0, 2),
+        "t": st.floats(0.0, 1000.0, **_finite),  # with h=100 the smallest weight is 2**-10: no underflow
+        "reward": st.floats(-1.0, 1.0, **_finite),
+        "success": st.booleans(),
+        "memory_mb": st.floats(0.0, 1000.0, **_finite),
+        "latency_ms": st.floats(0.0, 50.0, **_finite),
+        "x": st.lists(st.floats(-3.0, 3.0, **_finite), min_size=DIM - 1, max_size=DIM - 1).map(
+            lambda v: np.array([1.0, *v])
+        ),
+    }
+)
 
 
 @st.composite
@@ -217,8 +230,15 @@ def test_rows_adds_seeds_and_grows_capacity_preserving_data():
     first = [f"seed-{i}" for i in range(8)]
     assert table.rows(first).tolist() == list(range(8))
     for o in _outcomes(rng, 80, 8):  # every row of the initial capacity holds data
-        table.learn(o["arm"], reward=o["reward"], success=o["success"], t=o["t"], memory_mb=o["memory_mb"],
-                    latency_ms=o["latency_ms"], x=o["x"])
+        table.learn(
+            o["arm"],
+            reward=o["reward"],
+            success=o["success"],
+            t=o["t"],
+            memory_mb=o["memory_mb"],
+            latency_ms=o["latency_ms"],
+            x=o["x"],
+        )
     table.select(3, 42.0)
     table.select(7, 43.0)
     assert (table.pulls > 0).all() and len(table.pulls) == 8
@@ -286,8 +306,15 @@ def _filled(h: float | None = 200.0, n_seeds: int = 11) -> ArmTable:
     table = ArmTable(dim=DIM, ridge=RIDGE, half_life_s=h)
     table.rows([f"s{i}" for i in range(n_seeds)])
     for o in _outcomes(rng, 80, n_seeds - 1):  # the last seed stays untried
-        table.learn(o["arm"], reward=o["reward"], success=o["success"], t=o["t"], memory_mb=o["memory_mb"],
-                    latency_ms=o["latency_ms"], x=o["x"])
+        table.learn(
+            o["arm"],
+            reward=o["reward"],
+            success=o["success"],
+            t=o["t"],
+            memory_mb=o["memory_mb"],
+            latency_ms=o["latency_ms"],
+            x=o["x"],
+        )
     table.select(1, 5.0)
     return table
 

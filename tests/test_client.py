@@ -8,8 +8,8 @@ import uuid
 
 import pytest
 
-from seedworker.contract import events as ev
 from seedworker.broker.client import SeedClient
+from seedworker.contract import events as ev
 from seedworker.core.config import Settings, Topics
 from seedworker.engine.worker import Worker
 from tests.kafka_broker import unique_topic
@@ -34,17 +34,24 @@ async def wait_for(predicate, timeout: float = 30.0, what: str = "condition") ->
 
 async def test_request_selection_round_trip_and_outcome_learned(kafka_bootstrap, tmp_path):
     topics = unique_topics()
-    settings = Settings(kafka={"bootstrap_servers": kafka_bootstrap, "topics": topics,
-                               "group_id": f"client-test-{uuid.uuid4().hex[:8]}"},
-                        db=str(tmp_path / "s.sqlite"))
+    settings = Settings(
+        kafka={
+            "bootstrap_servers": kafka_bootstrap,
+            "topics": topics,
+            "group_id": f"client-test-{uuid.uuid4().hex[:8]}",
+        },
+        db=str(tmp_path / "s.sqlite"),
+    )
     worker = Worker(settings)
     task = asyncio.create_task(worker.run())
     try:
         await asyncio.wait_for(worker.ready.wait(), 60)
-        async with SeedClient(bootstrap_servers=kafka_bootstrap, topics=Topics(**topics), client_id="test-tamiyo",
-                              timeout_s=30) as client:
-            selected = await client.request_seed(blueprint_id="bp-1", seeds=SEEDS, context=CONTEXT,
-                                                 request_id="req-1", trace_id="trace-1", timeout=60)
+        async with SeedClient(
+            bootstrap_servers=kafka_bootstrap, topics=Topics(**topics), client_id="test-tamiyo", timeout_s=30
+        ) as client:
+            selected = await client.request_seed(
+                blueprint_id="bp-1", seeds=SEEDS, context=CONTEXT, request_id="req-1", trace_id="trace-1", timeout=60
+            )
             assert selected.request_id == "req-1"
             assert selected.decision_id == ev.decision_id_for("req-1")
             assert selected.blueprint_id == "bp-1"
@@ -52,19 +59,24 @@ async def test_request_selection_round_trip_and_outcome_learned(kafka_bootstrap,
             assert selected.selection_reason and selected.trace_id == "trace-1"
 
             # Several in flight at once, each answered with its own selection.
-            many = await asyncio.gather(*(
-                client.request_seed(blueprint_id=f"bp-{i % 2}", seeds=SEEDS, context=CONTEXT, timeout=30)
-                for i in range(10)))
+            many = await asyncio.gather(
+                *(
+                    client.request_seed(blueprint_id=f"bp-{i % 2}", seeds=SEEDS, context=CONTEXT, timeout=30)
+                    for i in range(10)
+                )
+            )
             assert len({s.request_id for s in many}) == 10
 
-            outcome = await client.report_outcome(selected, accuracy_delta=0.02, latency_ms=12.0, memory_mb=64.0,
-                                                  throughput=300.0, success=True)
+            outcome = await client.report_outcome(
+                selected, accuracy_delta=0.02, latency_ms=12.0, memory_mb=64.0, throughput=300.0, success=True
+            )
             assert outcome.decision_id == selected.decision_id
             await wait_for(lambda: worker.counters["outcomes_learned"] >= 1, what="the outcome to be learned")
 
             # A retried request gets the decision already made, not a new one.
-            again = await client.request_seed(blueprint_id="bp-1", seeds=SEEDS, context=CONTEXT,
-                                              request_id="req-1", timeout=30)
+            again = await client.request_seed(
+                blueprint_id="bp-1", seeds=SEEDS, context=CONTEXT, request_id="req-1", timeout=30
+            )
             assert (again.decision_id, again.seed_id) == (selected.decision_id, selected.seed_id)
         assert worker.counters["decisions"] == 11
     finally:
@@ -74,8 +86,9 @@ async def test_request_selection_round_trip_and_outcome_learned(kafka_bootstrap,
 
 async def test_timeout_when_no_worker_runs(kafka_bootstrap, kafka_topic_factory):
     # The topics exist (a worker ran once) but nobody consumes the requests now.
-    topics = Topics(requests=await kafka_topic_factory("client-req"),
-                    selections=await kafka_topic_factory("client-sel"))
+    topics = Topics(
+        requests=await kafka_topic_factory("client-req"), selections=await kafka_topic_factory("client-sel")
+    )
     async with SeedClient(bootstrap_servers=kafka_bootstrap, topics=topics, timeout_s=5) as client:
         t0 = time.monotonic()
         with pytest.raises(TimeoutError, match=r"no seed selection for request 'lonely-1'.*within 1\.5s"):

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import yaml
 
-from seedworker.core.config import SEED_SELECTION, SEED_STRATEGIES, ConfigError, RewardSettings, Settings, load_settings
-from seedworker.core.policies import STRATEGIES
 from seedworker.contract.events import AdaptationOutcome
+from seedworker.core.config import SEED_SELECTION, SEED_STRATEGIES, ConfigError, RewardSettings, Settings, load_settings
 from seedworker.core.features import DEFAULT_FEATURES
+from seedworker.core.policies import STRATEGIES
 from seedworker.core.reward import RewardFunction
 
 TOML = """
@@ -120,8 +120,12 @@ def test_environment_overrides(toml_file):
     assert s.strategies["ucb"] == {"exploration": 2}
     assert s.salt == "pepper"
     # Without a file (a half-life needs a strategy that decays: the default forgets by change detection).
-    assert load_settings(environ={"SEEDWORKER_HALF_LIFE_S": "90", "SEEDWORKER_DEFAULT_STRATEGY": "thompson"}
-                         ).decay.half_life_s == 90.0
+    assert (
+        load_settings(
+            environ={"SEEDWORKER_HALF_LIFE_S": "90", "SEEDWORKER_DEFAULT_STRATEGY": "thompson"}
+        ).decay.half_life_s
+        == 90.0
+    )
 
 
 def test_environment_is_only_read_from_the_environ_argument(monkeypatch):
@@ -138,8 +142,14 @@ def test_settings_objects_never_read_the_environment(monkeypatch):
 
 
 def test_environment_json_sections_merge_with_nested_variables(toml_file):
-    s = load_settings(toml_file, environ={"SEEDWORKER_KAFKA": '{"client_id": "c1"}', "SEEDWORKER_KAFKA__GROUP_ID": "g2",
-                                          "SEEDWORKER_STRATEGIES": '{"softmax": {"temperature": 0.5}}'})
+    s = load_settings(
+        toml_file,
+        environ={
+            "SEEDWORKER_KAFKA": '{"client_id": "c1"}',
+            "SEEDWORKER_KAFKA__GROUP_ID": "g2",
+            "SEEDWORKER_STRATEGIES": '{"softmax": {"temperature": 0.5}}',
+        },
+    )
     assert (s.kafka.client_id, s.kafka.group_id) == ("c1", "g2")
     assert s.kafka.bootstrap_servers == "broker-1:9092,broker-2:9092"  # the file's key beside them stays
     assert s.strategies["softmax"] == {"temperature": 0.5} and s.strategies["ucb"] == {"exploration": 0.5}
@@ -150,10 +160,17 @@ def test_null_unsets_an_optional_setting(toml_file):
 
 
 def test_numeric_looking_values_of_string_settings_stay_strings():
-    s = load_settings(environ={"SEEDWORKER_GROUP_ID": "42", "SEEDWORKER_SALT": "1.50",
-                               "SEEDWORKER_KAFKA__SASL_PASSWORD": "000123", "SEEDWORKER_DB": "true",
-                               "SEEDWORKER_KAFKA__SECURITY_PROTOCOL": "SASL_SSL",
-                               "SEEDWORKER_KAFKA__SASL_MECHANISM": "PLAIN", "SEEDWORKER_KAFKA__SASL_USERNAME": "7"})
+    s = load_settings(
+        environ={
+            "SEEDWORKER_GROUP_ID": "42",
+            "SEEDWORKER_SALT": "1.50",
+            "SEEDWORKER_KAFKA__SASL_PASSWORD": "000123",
+            "SEEDWORKER_DB": "true",
+            "SEEDWORKER_KAFKA__SECURITY_PROTOCOL": "SASL_SSL",
+            "SEEDWORKER_KAFKA__SASL_MECHANISM": "PLAIN",
+            "SEEDWORKER_KAFKA__SASL_USERNAME": "7",
+        }
+    )
     assert s.kafka.group_id == "42"
     assert s.salt == "1.50"
     assert s.kafka.sasl_password.get_secret_value() == "000123"
@@ -161,8 +178,11 @@ def test_numeric_looking_values_of_string_settings_stay_strings():
 
 
 def test_explicit_overrides_win(toml_file):
-    s = load_settings(toml_file, environ={"SEEDWORKER_DECAY__HALF_LIFE_S": "600"},
-                      overrides={"decay.half_life_s": 60.0, "default_strategy": "softmax", "salt": None})
+    s = load_settings(
+        toml_file,
+        environ={"SEEDWORKER_DECAY__HALF_LIFE_S": "600"},
+        overrides={"decay.half_life_s": 60.0, "default_strategy": "softmax", "salt": None},
+    )
     assert s.decay.half_life_s == 60.0
     assert s.default_strategy == "softmax"
     assert s.salt == "pepper"  # None means "not given"
@@ -184,21 +204,25 @@ def test_unknown_key():
 
 def test_environment_errors_name_the_variable():
     assert _error(environ={"SEEDWORKER_DECAY__HALF_LIFE_S": "soon"}).startswith(
-        "invalid settings: SEEDWORKER_DECAY__HALF_LIFE_S: decay.half_life_s: ")
+        "invalid settings: SEEDWORKER_DECAY__HALF_LIFE_S: decay.half_life_s: "
+    )
     assert "SEEDWORKER_HALF_LIFE_S: decay.half_life_s: " in _error(environ={"SEEDWORKER_HALF_LIFE_S": "soon"})
     assert "SEEDWORKER_BOGUS: bogus: unknown setting" in _error(environ={"SEEDWORKER_BOGUS": "1"})
     assert "SEEDWORKER_REWARD__CLIP_MIN: reward: clip_min" in _error(environ={"SEEDWORKER_REWARD__CLIP_MIN": "5"})
     assert "SEEDWORKER_DEFAULT_STRATEGY: default_strategy: unknown strategy" in _error(
-        environ={"SEEDWORKER_DEFAULT_STRATEGY": "ucb2"})
+        environ={"SEEDWORKER_DEFAULT_STRATEGY": "ucb2"}
+    )
     assert "SEEDWORKER_STRATEGIES__UCB__EXPLORE: strategies.ucb" in _error(
-        environ={"SEEDWORKER_STRATEGIES__UCB__EXPLORE": "1"})
+        environ={"SEEDWORKER_STRATEGIES__UCB__EXPLORE": "1"}
+    )
     # Malformed JSON for a list or a section: the variable is named, and its value is not echoed.
     msg = _error(environ={"SEEDWORKER_SELECTABLE_STATES": "[dormant", "SEEDWORKER_KAFKA__TOPICS": "{secret"})
     assert "SEEDWORKER_SELECTABLE_STATES: selectable_states: not valid JSON" in msg
     assert "SEEDWORKER_KAFKA__TOPICS: kafka.topics: not valid JSON" in msg and "secret" not in msg
     # A short name and its long form at once: which one wins would be an accident of ordering.
-    assert "both set kafka.bootstrap_servers" in _error(environ={"SEEDWORKER_BOOTSTRAP_SERVERS": "a:1",
-                                                                 "SEEDWORKER_KAFKA__BOOTSTRAP_SERVERS": "b:1"})
+    assert "both set kafka.bootstrap_servers" in _error(
+        environ={"SEEDWORKER_BOOTSTRAP_SERVERS": "a:1", "SEEDWORKER_KAFKA__BOOTSTRAP_SERVERS": "b:1"}
+    )
     # An explicit override replaces the variable, so its problem is the override's, not the variable's.
     msg = _error(environ={"SEEDWORKER_KAFKA__PARTITIONS": "2"}, overrides={"kafka.partitions": "x"})
     assert "kafka.partitions: Input should be a valid integer" in msg and "SEEDWORKER" not in msg
@@ -222,8 +246,9 @@ def test_bad_type():
 def test_unknown_strategy():
     msg = _error(overrides={"default_strategy": "ucb2"})
     assert "default_strategy" in msg and "unknown strategy 'ucb2'" in msg and "thompson" in msg
-    assert "blueprint_strategies.bp7: unknown strategy 'nope'" in _error(overrides={
-        "blueprint_strategies": {"bp7": "nope"}})
+    assert "blueprint_strategies.bp7: unknown strategy 'nope'" in _error(
+        overrides={"blueprint_strategies": {"bp7": "nope"}}
+    )
     assert "strategies.nope: unknown strategy 'nope'" in _error(overrides={"strategies": {"nope": {"x": 1}}})
     assert "strategies.ucb" in _error(overrides={"strategies": {"ucb": {"explore": 1.0}}})
     assert "epsilon-greedy" in _error(overrides={"strategies": {"epsilon-greedy": {"epsilon": 2.0}}})
@@ -232,8 +257,7 @@ def test_unknown_strategy():
 def test_discounted_ucb_needs_a_half_life():
     assert "decay.half_life_s" in _error(overrides={"default_strategy": "discounted-ucb"})
     assert "decay.half_life_s" in _error(overrides={"blueprint_strategies": {"bp": "discounted-ucb"}})
-    s = load_settings(environ={"SEEDWORKER_DECAY__HALF_LIFE_S": "600",
-                               "SEEDWORKER_DEFAULT_STRATEGY": "discounted-ucb"})
+    s = load_settings(environ={"SEEDWORKER_DECAY__HALF_LIFE_S": "600", "SEEDWORKER_DEFAULT_STRATEGY": "discounted-ucb"})
     assert s.default_strategy == "discounted-ucb" and s.policy("discounted-ucb").discounted is True
 
 
@@ -263,13 +287,21 @@ def test_default_reward_is_the_accuracy_gain():
 
 
 def test_reward_weights():
-    f = RewardFunction(accuracy_weight=2.0, loss_weight=0.5, latency_weight=0.01, memory_weight=0.001,
-                       throughput_weight=0.0001, clip_min=-100.0, clip_max=100.0)
+    f = RewardFunction(
+        accuracy_weight=2.0,
+        loss_weight=0.5,
+        latency_weight=0.01,
+        memory_weight=0.001,
+        throughput_weight=0.0001,
+        clip_min=-100.0,
+        clip_max=100.0,
+    )
     o = _outcome(accuracy_delta=0.04, loss_delta=-0.1, latency_ms=3.0, memory_mb=250.0, throughput=1200.0)
     expected = 2.0 * 0.04 - 0.5 * (-0.1) - 0.01 * 3.0 - 0.001 * 250.0 + 0.0001 * 1200.0
     assert f(o) == pytest.approx(expected, rel=1e-12)
-    assert f.of(accuracy_delta=0.04, loss_delta=-0.1, latency_ms=3.0, memory_mb=250.0,
-                throughput=1200.0) == pytest.approx(expected, rel=1e-12)
+    assert f.of(
+        accuracy_delta=0.04, loss_delta=-0.1, latency_ms=3.0, memory_mb=250.0, throughput=1200.0
+    ) == pytest.approx(expected, rel=1e-12)
 
 
 def test_failure_reward():
@@ -289,8 +321,9 @@ def test_reward_clipping():
 
 def test_reward_settings_build_the_function(toml_file):
     f = load_settings(toml_file, environ={}).reward.function()
-    assert f == RewardFunction(accuracy_weight=2.0, latency_weight=0.01, failure_reward=-0.5, clip_min=-2.0,
-                               clip_max=2.0)
+    assert f == RewardFunction(
+        accuracy_weight=2.0, latency_weight=0.01, failure_reward=-0.5, clip_min=-2.0, clip_max=2.0
+    )
     assert f(_outcome(accuracy_delta=0.1, latency_ms=4.0)) == pytest.approx(2.0 * 0.1 - 0.01 * 4.0)
     assert f(_outcome(accuracy_delta=5.0)) == 2.0
 
@@ -329,7 +362,9 @@ def test_the_documents_yaml_needs_a_time_scale_for_its_per_outcome_decay(tmp_pat
 
 
 def test_the_documents_yaml_with_an_outcome_interval(tmp_path, caplog):
-    path = _yaml(tmp_path, SEED_YAML.replace("  min_samples_required", "  outcome_interval_s: 60\n  min_samples_required"))
+    path = _yaml(
+        tmp_path, SEED_YAML.replace("  min_samples_required", "  outcome_interval_s: 60\n  min_samples_required")
+    )
     with caplog.at_level("WARNING", logger="seedworker.core.config"):
         s = load_settings(path, environ={})
     assert "performance_window_size is ignored" in caplog.text
@@ -343,8 +378,7 @@ def test_the_documents_yaml_with_an_outcome_interval(tmp_path, caplog):
     # The document's Beta counts do not decay; seedworker's do, as every learning strategy's under a half-life.
     assert (beta.alpha, beta.beta) == (1.0, 1.0) and s.strategy_problem("beta-thompson") is None
     # ε halves at the same selection as the document's 0.1 * 0.995^t.
-    assert eps.current_epsilon(round(eps.decay_steps)) == pytest.approx(0.1 * 0.995 ** round(eps.decay_steps),
-                                                                       rel=0.01)
+    assert eps.current_epsilon(round(eps.decay_steps)) == pytest.approx(0.1 * 0.995 ** round(eps.decay_steps), rel=0.01)
     assert eps.current_epsilon(round(eps.decay_steps)) == pytest.approx(0.05, rel=0.01)
 
 
@@ -372,16 +406,26 @@ def test_decay_factor_one_is_no_decay_and_the_strategy_names_map(tmp_path):
     assert set(SEED_STRATEGIES.values()) <= set(STRATEGIES)
     assert {"ucb", "thompson", "epsilon_greedy", "contextual"} <= set(SEED_STRATEGIES)  # the document's options
     # seedworker's own names are accepted as they are; anything else is refused, naming the key.
-    assert load_settings(_yaml(tmp_path, "seed_selection: {default_strategy: softmax}"),
-                         environ={}).default_strategy == "softmax"
+    assert (
+        load_settings(_yaml(tmp_path, "seed_selection: {default_strategy: softmax}"), environ={}).default_strategy
+        == "softmax"
+    )
     msg = _error(path=_yaml(tmp_path, "seed_selection: {default_strategy: greedy}"))
     assert "seed_selection.default_strategy: unknown strategy 'greedy'" in msg and "epsilon_greedy" in msg
 
 
 def test_every_document_key_has_a_row_with_a_note():
-    documented = {"default_strategy", "performance_window_size", "performance_decay_factor", "min_samples_required",
-                  "ucb.exploration_constant", "epsilon_greedy.initial_epsilon", "epsilon_greedy.decay_rate",
-                  "thompson.alpha_prior", "thompson.beta_prior"}
+    documented = {
+        "default_strategy",
+        "performance_window_size",
+        "performance_decay_factor",
+        "min_samples_required",
+        "ucb.exploration_constant",
+        "epsilon_greedy.initial_epsilon",
+        "epsilon_greedy.decay_rate",
+        "thompson.alpha_prior",
+        "thompson.beta_prior",
+    }
     assert documented <= set(SEED_SELECTION)
     assert all(row.note for row in SEED_SELECTION.values())
 
@@ -392,35 +436,48 @@ def test_seed_selection_errors_name_the_documents_key(tmp_path):
     assert "seed_selection.ucb.exploration: unknown setting" in msg
     assert "seed_selection.thompson: must be a mapping" in msg
     assert "seed_selection.contextual.feature_dim: no equivalent" in _error(
-        path=_yaml(tmp_path, "seed_selection: {contextual: {feature_dim: 10}}"))
+        path=_yaml(tmp_path, "seed_selection: {contextual: {feature_dim: 10}}")
+    )
     # A value the conversion accepts but the setting does not: both keys are named.
     assert "seed_selection.min_samples_required: min_samples: Input should be a valid integer" in _error(
-        path=_yaml(tmp_path, "seed_selection: {min_samples_required: five}"))
+        path=_yaml(tmp_path, "seed_selection: {min_samples_required: five}")
+    )
     assert "seed_selection.epsilon_greedy.initial_epsilon: must be at most 1" in _error(
-        path=_yaml(tmp_path, "seed_selection: {epsilon_greedy: {initial_epsilon: 1.5}}"))
+        path=_yaml(tmp_path, "seed_selection: {epsilon_greedy: {initial_epsilon: 1.5}}")
+    )
     assert "seed_selection.thompson.alpha_prior: must be above 0" in _error(
-        path=_yaml(tmp_path, "seed_selection: {thompson: {alpha_prior: 0}}"))
+        path=_yaml(tmp_path, "seed_selection: {thompson: {alpha_prior: 0}}")
+    )
     assert "seed_selection: must be a mapping" in _error(path=_yaml(tmp_path, "seed_selection: [1, 2]"))
     # The section and seedworker's own key for the same setting: refused rather than one silently winning.
     assert "seed_selection.min_samples_required and min_samples both set min_samples" in _error(
-        path=_yaml(tmp_path, "min_samples: 2\nseed_selection: {min_samples_required: 5}"))
-    assert "both set strategies.ucb.exploration" in _error(path=_yaml(
-        tmp_path, "strategies: {ucb: {exploration: 1}}\nseed_selection: {ucb: {exploration_constant: 2}}"))
+        path=_yaml(tmp_path, "min_samples: 2\nseed_selection: {min_samples_required: 5}")
+    )
+    assert "both set strategies.ucb.exploration" in _error(
+        path=_yaml(tmp_path, "strategies: {ucb: {exploration: 1}}\nseed_selection: {ucb: {exploration_constant: 2}}")
+    )
 
 
 def test_seed_selection_precedence_and_seedworker_keys_beside_it(tmp_path):
-    path = _yaml(tmp_path, "seed_selection:\n  min_samples_required: 5\n  ucb: {exploration_constant: 1.0}\n"
-                           "kafka:\n  group_id: tamiyo\nstrategies:\n  ucb: {discounted: false}\n")
+    path = _yaml(
+        tmp_path,
+        "seed_selection:\n  min_samples_required: 5\n  ucb: {exploration_constant: 1.0}\n"
+        "kafka:\n  group_id: tamiyo\nstrategies:\n  ucb: {discounted: false}\n",
+    )
     s = load_settings(path, environ={"SEEDWORKER_MIN_SAMPLES": "7"})
     assert s.min_samples == 7  # the environment over the file, whichever layout the file uses
-    assert s.kafka.group_id == "tamiyo" and s.strategies["ucb"] == {"discounted": False, "exploration": 1 / math.sqrt(2)}
+    assert s.kafka.group_id == "tamiyo" and s.strategies["ucb"] == {
+        "discounted": False,
+        "exploration": 1 / math.sqrt(2),
+    }
     assert load_settings(path, environ={"SEEDWORKER_MIN_SAMPLES": "7"}, overrides={"min_samples": 3}).min_samples == 3
     # The environment's problems still name the variable when the file is YAML.
     assert "SEEDWORKER_MIN_SAMPLES: min_samples" in _error(path=path, environ={"SEEDWORKER_MIN_SAMPLES": "-1"})
     # The section also works in a TOML file.
     toml = tmp_path / "seed.toml"
-    toml.write_text('[seed_selection]\ndefault_strategy = "epsilon_greedy"\n[seed_selection.epsilon_greedy]\n'
-                    'decay_rate = 1.0\n')
+    toml.write_text(
+        '[seed_selection]\ndefault_strategy = "epsilon_greedy"\n[seed_selection.epsilon_greedy]\ndecay_rate = 1.0\n'
+    )
     s = load_settings(toml, environ={})
     assert s.default_strategy == "epsilon-greedy" and s.policy("epsilon-greedy").decay_steps is None
 

@@ -19,10 +19,10 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from seedworker.tools.cli import build_parser
 from seedworker.core.config import ENV_ALIASES, ENV_PREFIX, ConfigError, Settings, load_settings
-from seedworker.ops.http_server import LIVENESS_PATH, METRICS_PATH, READINESS_PATH, ROUTES
 from seedworker.engine.worker import Worker
+from seedworker.ops.http_server import LIVENESS_PATH, METRICS_PATH, READINESS_PATH, ROUTES
+from seedworker.tools.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -79,7 +79,7 @@ def env_list(container: dict) -> dict[str, str | None]:
 def setting_for(name: str) -> tuple[str, ...]:
     """The settings path a SEEDWORKER_* name sets; fails unless every step is a declared field."""
     assert name.startswith(ENV_PREFIX), name
-    key = name[len(ENV_PREFIX):].lower()
+    key = name[len(ENV_PREFIX) :].lower()
     path = ENV_ALIASES.get(key) or tuple(key.split("__"))
     model = Settings
     for step in path:
@@ -170,14 +170,15 @@ def test_compose_topics_partitions_and_env_agree_with_the_worker():
     settings = check_env_names(worker["environment"])
     k = settings.kafka
     script = "\n".join(init["command"])
-    created = {m.group(1): int(m.group(2))
-               for m in re.finditer(r"--topic (\S+) --partitions (\d+)", script)}
+    created = {m.group(1): int(m.group(2)) for m in re.finditer(r"--topic (\S+) --partitions (\d+)", script)}
     t = k.topics
     assert set(created) == {t.requests, t.outcomes, t.selections, t.dead_letters, t.control}
     assert created[t.requests] == created[t.outcomes] == k.partitions  # co-partitioning, which the worker checks
     assert created[t.selections] == created[t.dead_letters] == k.output_partitions
     assert created[t.control] == 1
-    assert all(f"--bootstrap-server {k.bootstrap_servers} " in line for line in script.splitlines() if "--topic" in line)
+    assert all(
+        f"--bootstrap-server {k.bootstrap_servers} " in line for line in script.splitlines() if "--topic" in line
+    )
     env = kafka["environment"]
     assert f"PLAINTEXT://{k.bootstrap_servers}" in env["KAFKA_ADVERTISED_LISTENERS"]
     assert "broker" in env["KAFKA_PROCESS_ROLES"] and "controller" in env["KAFKA_PROCESS_ROLES"]  # KRaft
@@ -269,10 +270,10 @@ def test_k8s_probes_port_and_annotations_agree_with_the_server(manifests, contai
         assert get["path"] == path and path in ROUTES
         assert get["port"] in (cport["name"], port)
     template = manifests["StatefulSet"]["spec"]["template"]
-    for annotations in (template["metadata"]["annotations"], manifests["Service"]["metadata"]["annotations"]):
-        assert annotations["prometheus.io/scrape"] == "true"
-        assert annotations["prometheus.io/port"] == str(port)
-        assert annotations["prometheus.io/path"] == METRICS_PATH and METRICS_PATH in ROUTES
+    for notes in (template["metadata"]["annotations"], manifests["Service"]["metadata"]["annotations"]):
+        assert notes["prometheus.io/scrape"] == "true"
+        assert notes["prometheus.io/port"] == str(port)
+        assert notes["prometheus.io/path"] == METRICS_PATH and METRICS_PATH in ROUTES
     assert k8s_settings.log_format == "json"
 
 
@@ -286,7 +287,12 @@ def test_k8s_state_volume_topics_and_user(manifests, container, k8s_settings):
     # Replicas share the group's partitions (each with its own volume); more than the partitions would idle.
     assert 1 <= sts["replicas"] <= k.partitions
     assert (t.requests, t.outcomes, t.selections, t.dead_letters, t.control) == (
-        "graft.requested", "adaptation.outcome", "seed.selected", "seedworker.dlq", "seedworker.control")
+        "graft.requested",
+        "adaptation.outcome",
+        "seed.selected",
+        "seedworker.dlq",
+        "seedworker.control",
+    )
     assert k.partitions == k.output_partitions == 3
     pod = sts["template"]["spec"]
     users = [rest for w, rest in dockerfile() if w == "USER"]

@@ -14,14 +14,16 @@ from datetime import timedelta
 import numpy as np
 import pytest
 
-from seedworker.contract import events as ev
 from seedworker.broker.memory import MemoryBus
-from seedworker.tools.cli import main
+from seedworker.contract import events as ev
 from seedworker.core.config import Settings
+from seedworker.core.selector import SeedSelector
+from seedworker.engine.worker import Worker
+from seedworker.tools.cli import main
 from seedworker.tools.estimators import (
+    Z95,
     Estimate,
     RunningMeanModel,
-    Z95,
     doubly_robust,
     effective_sample_size,
     ips,
@@ -38,15 +40,23 @@ from seedworker.tools.evaluate import (
     summarize,
     write_simulated_log,
 )
-from seedworker.core.selector import SeedSelector
 from seedworker.tools.simulation.envs import START, make_env
-from seedworker.engine.worker import Worker
 
 ESTIMATORS = ("ips", "snips", "dr")
 
 
-async def simulated(tmp_path, scenario: str = "stationary", *, strategy: str, steps: int, n_seeds: int = 4,
-                    seed: int = 0, batch: int = 1, options: dict | None = None, **env_options):
+async def simulated(
+    tmp_path,
+    scenario: str = "stationary",
+    *,
+    strategy: str,
+    steps: int,
+    n_seeds: int = 4,
+    seed: int = 0,
+    batch: int = 1,
+    options: dict | None = None,
+    **env_options,
+):
     env = make_env(scenario, n_seeds=n_seeds, steps=steps, seed=seed, **env_options)
     db = tmp_path / f"{scenario}-{strategy}-{seed}.sqlite"
     settings = Settings(**(options or {}))
@@ -99,8 +109,12 @@ def test_running_mean_model_falls_back_to_the_blueprint_then_zero():
 
 # -- reading a decision's distribution -----------------------------------------------------------------------------
 def _request(rid: str, k: int = 4, **kw) -> dict:
-    return {"request_id": rid, "blueprint_id": "bp", "seeds": [{"seed_id": f"s{j}", "seed_idx": j} for j in range(k)],
-            **kw}
+    return {
+        "request_id": rid,
+        "blueprint_id": "bp",
+        "seeds": [{"seed_id": f"s{j}", "seed_idx": j} for j in range(k)],
+        **kw,
+    }
 
 
 def test_distribution_of_ties_logging_only_non_viable_and_quadrature():
@@ -131,8 +145,9 @@ async def test_uniform_logs_cover_seed0_uniform_and_the_best_seed(tmp_path):
     fixed policies' true values are the known means. Measured: 35 of 36 intervals cover, largest |z| 2.12."""
     covered, worst, ratios = 0, 0.0, []
     for seed in range(4):
-        env, db, expected, settings = await simulated(tmp_path, strategy="random", steps=2000, seed=seed, batch=50,
-                                                      noise=0.005)
+        env, db, expected, settings = await simulated(
+            tmp_path, strategy="random", steps=2000, seed=seed, batch=50, noise=0.005
+        )
         best = f"fixed:{env.best}"
         results, _ = run(db, best, settings, expected)
         truths = {"seed0": env.means[0], "random": env.means.mean(), best: env.means[env.best]}
@@ -156,8 +171,13 @@ async def test_learning_targets_cover_their_replay_value_and_the_logging_strateg
     """Softmax logging over contextual seeds, outcomes learned one by one. A learning target's true value is the
     mean over decisions of pi_t . E[r_t] with pi_t its replayed distribution. Measured |z| <= 0.85, ESS >= 243."""
     env, db, expected, settings = await simulated(
-        tmp_path, "contextual", strategy="softmax", steps=1000, seed=2,
-        options={"min_samples": 0, "strategies": {"softmax": {"temperature": 1.0}}})
+        tmp_path,
+        "contextual",
+        strategy="softmax",
+        steps=1000,
+        seed=2,
+        options={"min_samples": 0, "strategies": {"softmax": {"temperature": 1.0}}},
+    )
     results, _ = run(db, "softmax,ucb,thompson,epsilon-greedy,linucb", settings, expected)
     own = results["softmax"]
     # Same settings, same history, same seeded draws: the replayed selector gives every logged pick the logged
@@ -175,8 +195,9 @@ async def test_learning_targets_cover_their_replay_value_and_the_logging_strateg
 
 async def test_quadrature_logs_are_supported_everywhere(tmp_path):
     """Thompson logs quadrature propensities: the other candidates' probabilities are positive, not logged."""
-    env, db, expected, settings = await simulated(tmp_path, strategy="thompson", steps=300, seed=1, batch=1,
-                                                  options={"min_samples": 0})
+    env, db, expected, settings = await simulated(
+        tmp_path, strategy="thompson", steps=300, seed=1, batch=1, options={"min_samples": 0}
+    )
     records = read_log(db)
     assert {r.selected.propensity_method for r in records} == {"quadrature"}
     results, _ = run(db, "thompson,epsilon-greedy,ucb", settings, expected)
@@ -229,9 +250,11 @@ async def test_burn_in_of_a_learning_log_is_off_support_for_the_baselines(tmp_pa
     seed0, uniform = results["seed0"], results["random"]
     assert seed0.off_support == 3 - burn_in.index(0) and uniform.off_support == 3
     # The last untried seed is chosen with propensity 1: deterministic, the others probability 0.
-    assert uniform.ips.note == ("not identifiable (logging policy deterministic on 1 of 60 decisions; logged "
-                                "probability 0, or a Monte-Carlo estimate of 0, for seeds the target may choose on 2 "
-                                "of 60 decisions)")
+    assert uniform.ips.note == (
+        "not identifiable (logging policy deterministic on 1 of 60 decisions; logged "
+        "probability 0, or a Monte-Carlo estimate of 0, for seeds the target may choose on 2 "
+        "of 60 decisions)"
+    )
     assert seed0.ips.value is None if after < 4 else seed0.ips.value is not None
 
 
@@ -243,16 +266,35 @@ async def test_decisions_without_an_observed_reward_are_counted_and_left_out(tmp
     await worker.start()
     try:
         for i in range(10):
-            bus.produce("graft.requested", b"bp", ev.encode(ev.GraftRequested(
-                request_id=f"r{i}", blueprint_id="bp", occurred_at=START + timedelta(seconds=i),
-                seeds=[ev.SeedCandidate(seed_id=f"s{j}", seed_idx=j) for j in range(3)])))
+            bus.produce(
+                "graft.requested",
+                b"bp",
+                ev.encode(
+                    ev.GraftRequested(
+                        request_id=f"r{i}",
+                        blueprint_id="bp",
+                        occurred_at=START + timedelta(seconds=i),
+                        seeds=[ev.SeedCandidate(seed_id=f"s{j}", seed_idx=j) for j in range(3)],
+                    )
+                ),
+            )
         await worker.process(await bus.poll(1, 100))
         sel = [ev.decode(m.value) for m in bus.read("seed.selected")]
         for s in sel[:6]:  # r6..r9 never get an outcome; r5's outcome names another seed
             seed = s.seed_id if s.request_id != "r5" else next(f"s{j}" for j in range(3) if f"s{j}" != s.seed_id)
-            bus.produce("adaptation.outcome", b"bp", ev.encode(ev.AdaptationOutcome(
-                decision_id=s.decision_id, blueprint_id="bp", seed_id=seed, accuracy_delta=0.1 * s.seed_idx,
-                occurred_at=START + timedelta(seconds=20))))
+            bus.produce(
+                "adaptation.outcome",
+                b"bp",
+                ev.encode(
+                    ev.AdaptationOutcome(
+                        decision_id=s.decision_id,
+                        blueprint_id="bp",
+                        seed_id=seed,
+                        accuracy_delta=0.1 * s.seed_idx,
+                        occurred_at=START + timedelta(seconds=20),
+                    )
+                ),
+            )
         await worker.process(await bus.poll(1, 100))
     finally:
         await worker.close()
@@ -284,8 +326,25 @@ def test_targets_that_cannot_be_replayed_say_why():
 # -- the command ---------------------------------------------------------------------------------------------------
 def test_command_simulates_a_log_and_prints_json(tmp_path, capsys):
     db = tmp_path / "sim.sqlite"
-    assert main(["evaluate", "--db", str(db), "--simulate", "stationary", "--steps", "150", "--seeds", "3",
-                 "--strategies", "ucb", "--json"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--db",
+                str(db),
+                "--simulate",
+                "stationary",
+                "--steps",
+                "150",
+                "--seeds",
+                "3",
+                "--strategies",
+                "ucb",
+                "--json",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["decisions"] == 150 and out["logged_by"] == {"epsilon-greedy": 150}
     assert set(out["targets"]) == {"ucb", *BASELINES} and out["not_evaluated"] == {}

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
+from seedworker.contract.events import CandidateScore, GraftRequested, SeedSelected, encode
 from seedworker.core.arms import ArmTable
 from seedworker.core.config import Settings
-from seedworker.contract.events import CandidateScore, GraftRequested, SeedSelected, encode
 from seedworker.core.policies import Draw, Situation, base, make_policy, thompson, ucb
+from seedworker.core.policies import propensity as P
 from seedworker.core.policies.base import Choice
 from seedworker.core.policies.linucb import LinearThompson
-from seedworker.core.policies import propensity as P
 from seedworker.core.policies.propensity import gaussian_max_probability, ncdf
 from seedworker.core.policies.thompson import GaussianThompson
 from seedworker.core.selector import SeedSelector
@@ -109,9 +109,14 @@ def test_draws_look_independent_across_requests():
 
 def test_directly_built_event_equals_model_construct():
     sel = SeedSelector(Settings(default_strategy="thompson"))
-    req = GraftRequested.model_validate({
-        "request_id": "r1", "blueprint_id": "bp", "context": {"current_loss": 1.0},
-        "seeds": [{"seed_id": f"s{i}", "seed_idx": i, "state": "dormant" if i else "fossilized"} for i in range(4)]})
+    req = GraftRequested.model_validate(
+        {
+            "request_id": "r1",
+            "blueprint_id": "bp",
+            "context": {"current_loss": 1.0},
+            "seeds": [{"seed_id": f"s{i}", "seed_idx": i, "state": "dormant" if i else "fossilized"} for i in range(4)],
+        }
+    )
     fast = sel.decide(req)
     fields = dict(fast.__dict__)
     fields["scores"] = [CandidateScore.model_construct(**c.__dict__) for c in fast.scores]
@@ -214,14 +219,29 @@ def _random_table(rng: np.random.Generator, k: int, half_life_s: float | None, p
     prior = (float(rng.uniform(0.1, 3.0)), float(rng.normal(0.5, 0.2))) if priors else None
     table.rows([f"s{j}" for j in range(k)], prior)
     tried = rng.random(k) < 0.8
-    for step in range(int(rng.integers(k, 20 * k))):
+    for _ in range(int(rng.integers(k, 20 * k))):
         j = int(rng.integers(k))
         if tried[j]:
-            table.learn(j, reward=float(rng.normal(0.4 + 0.02 * j, 0.3)), success=bool(rng.random() < 0.5),
-                        t=float(rng.uniform(0.0, 500.0)))
+            table.learn(
+                j,
+                reward=float(rng.normal(0.4 + 0.02 * j, 0.3)),
+                success=bool(rng.random() < 0.5),
+                t=float(rng.uniform(0.0, 500.0)),
+            )
     if ties and k > 2:  # a copy of arm 0's statistics in arm 1: an exact tie of any score
-        for name in ("pulls", "reward_sum", "reward_sq_sum", "success_sum", "w", "w_reward", "w_reward_sq",
-                     "w_success", "t_ref", "prior_w", "prior_mean"):
+        for name in (
+            "pulls",
+            "reward_sum",
+            "reward_sq_sum",
+            "success_sum",
+            "w",
+            "w_reward",
+            "w_reward_sq",
+            "w_success",
+            "t_ref",
+            "prior_w",
+            "prior_mean",
+        ):
             getattr(table, name)[1] = getattr(table, name)[0]
     return table
 
@@ -236,15 +256,20 @@ def test_index_policies_give_the_same_choice_on_lists_and_arrays(name, monkeypat
     for trial in range(150):
         k = int(rng.integers(1, base.SMALL + 1))
         table = _random_table(rng, k, rng.choice([None, 300.0]), bool(rng.random() < 0.3), bool(rng.random() < 0.3))
-        rows = rng.permutation(k)[:int(rng.integers(1, k + 1))].astype(np.intp)
+        rows = rng.permutation(k)[: int(rng.integers(1, k + 1))].astype(np.intp)
         s = Situation(table, rows, np.zeros(2), 5, Draw("salt", f"r{trial}"))
         small = policy.choose(s)
         with monkeypatch.context() as m:
             m.setattr(ucb, "SMALL", 0)
             m.setattr(base, "SMALL", 0)
             big = policy.choose(Situation(table, rows, np.zeros(2), 5, Draw("salt", f"r{trial}")))
-        assert (small.index, small.propensity, small.method, small.explored, small.reason) == \
-               (big.index, big.propensity, big.method, big.explored, big.reason)
+        assert (small.index, small.propensity, small.method, small.explored, small.reason) == (
+            big.index,
+            big.propensity,
+            big.method,
+            big.explored,
+            big.reason,
+        )
         np.testing.assert_array_equal(small.scores, big.scores)
         checked += small.propensity < 1.0
     assert checked >= 10  # ties (propensity 1/ties) were among the states compared
@@ -253,7 +278,7 @@ def test_index_policies_give_the_same_choice_on_lists_and_arrays(name, monkeypat
 @pytest.mark.parametrize("half_life_s, priors", [(None, False), (None, True), (300.0, False), (300.0, True)])
 def test_moments_equal_counts_means_variances(half_life_s, priors):
     rng = np.random.default_rng(12)
-    for trial in range(30):
+    for _ in range(30):
         table = _random_table(rng, int(rng.integers(1, 40)), half_life_s, priors, False)
         rows = rng.permutation(len(table)).astype(np.intp)
         for discounted in (False, True):
@@ -274,13 +299,15 @@ def test_monte_carlo_propensity_is_the_share_of_one_block_of_draws(name):
     rows = table.rows([f"s{j}" for j in range(6)])
     for step in range(90):
         x = np.concatenate([[1.0], rng.normal(size=2)])
-        table.learn(step % 6, reward=float(rng.normal(0.5, 0.3)), success=bool(rng.random() < 0.5), t=float(step),
-                    x=x)
+        table.learn(step % 6, reward=float(rng.normal(0.5, 0.3)), success=bool(rng.random() < 0.5), t=float(step), x=x)
     x = np.array([1.0, 0.2, -0.4])
     for r in range(20):
         choice = policy.choose(Situation(table, rows, x, 90, Draw("salt", f"m{r}")))
-        block = policy._sample(Situation(table, rows, x, 90, Draw("salt", f"m{r}")), Draw("salt", f"m{r}").rng,
-                               1 + policy.propensity_samples)
+        block = policy._sample(
+            Situation(table, rows, x, 90, Draw("salt", f"m{r}")),
+            Draw("salt", f"m{r}").rng,
+            1 + policy.propensity_samples,
+        )
         winners = block.argmax(axis=1)
         assert choice.method == "monte_carlo" and choice.index == winners[0]
         np.testing.assert_array_equal(choice.scores, block[0])
@@ -358,7 +385,6 @@ def _array_quadrature(loc: np.ndarray, sd: np.ndarray, i: int, budget: int | Non
     p = float(w.dot(f)) + P._UPPER_TAIL
     # Below -U the integrand is left out (at most 1e-9): a pick no competitor can reach comes out as 1 - 1e-9.
     return 1.0 if p > 1.0 - 1e-8 else max(p, 0.0)
-
 
 
 def test_small_k_quadrature_gives_the_same_floats_as_the_array_code():

@@ -25,20 +25,32 @@ from pathlib import Path
 
 import pytest
 
-from seedworker.contract import events as ev
 from seedworker.broker.base import BusError
 from seedworker.broker.memory import MemoryBus
+from seedworker.contract import events as ev
 from seedworker.core.config import Settings
+from seedworker.engine.worker import Worker
 from seedworker.store.readers import read_all
 from seedworker.store.store import Store, StoreError
-from seedworker.engine.worker import Worker
 from tests.support import FaultyStore, assert_state_equal, disk_full, file_deleted, outcome, wal_unwritable
 from tests.support import training_request as request
 
 REQUESTS, OUTCOMES, SELECTIONS = "graft.requested", "adaptation.outcome", "seed.selected"
 # what a decision is, without the envelope's fresh event id and time
-DECISION_FIELDS = {"decision_id", "request_id", "blueprint_id", "seed_id", "seed_idx", "strategy", "selection_reason",
-                   "propensity", "scores", "explored", "state_version", "request_time"}
+DECISION_FIELDS = {
+    "decision_id",
+    "request_id",
+    "blueprint_id",
+    "seed_id",
+    "seed_idx",
+    "strategy",
+    "selection_reason",
+    "propensity",
+    "scores",
+    "explored",
+    "state_version",
+    "request_time",
+}
 
 
 FAULTS = {

@@ -26,19 +26,28 @@ import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from seedworker.contract import events as ev
-from seedworker.broker.base import Outgoing
 from seedworker.broker.aiokafka_internals import pace_metadata_updates
+from seedworker.broker.base import Outgoing
 from seedworker.broker.kafka import KafkaBus
+from seedworker.contract import events as ev
 from seedworker.core.config import KafkaSettings
-from seedworker.dev.local_kafka import REPO_ROOT, LocalKafka, free_port
 from seedworker.core.selector import SeedSelector
+from seedworker.dev.local_kafka import REPO_ROOT, LocalKafka, free_port
+from seedworker.engine.worker import Worker
 from seedworker.store.readers import read_all
 from seedworker.store.store import StoreError
-from seedworker.engine.worker import Worker
 from tests.kafka_broker import unique_topic
-from tests.support import (FaultyStore, assert_state_equal, chattr, check_selection, disk_full, distinct_requests,
-                           eventually, outcome, running_worker)
+from tests.support import (
+    FaultyStore,
+    assert_state_equal,
+    chattr,
+    check_selection,
+    disk_full,
+    distinct_requests,
+    eventually,
+    outcome,
+    running_worker,
+)
 from tests.support import training_request as request
 from tests.support_kafka import PARTITIONS, Reader, WorkerProcess, create_topics, make_settings, topic_names
 
@@ -48,8 +57,12 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.kafka]
 @pytest.fixture(scope="module")
 def own_kafka(tmp_path_factory):
     """A private broker these tests may stop and start: never the session's shared one."""
-    kafka = LocalKafka(port=free_port(), workdir=tmp_path_factory.mktemp("kafka"),
-                       libs_dir=REPO_ROOT / ".cache" / "kafka" / "libs", die_with_parent=True)
+    kafka = LocalKafka(
+        port=free_port(),
+        workdir=tmp_path_factory.mktemp("kafka"),
+        libs_dir=REPO_ROOT / ".cache" / "kafka" / "libs",
+        die_with_parent=True,
+    )
     kafka.ensure_jars()
     kafka.start(timeout=120)
     try:
@@ -72,13 +85,18 @@ async def create_own_topics(bootstrap: str, names: dict[str, str]) -> dict[str, 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(name, 1 if kind == "control" else PARTITIONS, 1)
-                                   for kind, name in names.items()])
+        await admin.create_topics(
+            [NewTopic(name, 1 if kind == "control" else PARTITIONS, 1) for kind, name in names.items()]
+        )
         deadline = time.monotonic() + 30
         while True:
             descs = await admin.describe_topics(list(names.values()))
-            if all(d.get("error_code", 0) == 0 and d.get("partitions")
-                   and all(p.get("leader", -1) >= 0 for p in d["partitions"]) for d in descs):
+            if all(
+                d.get("error_code", 0) == 0
+                and d.get("partitions")
+                and all(p.get("leader", -1) >= 0 for p in d["partitions"])
+                for d in descs
+            ):
                 return names
             assert time.monotonic() < deadline, f"topics not ready: {descs}"
             await asyncio.sleep(0.1)
@@ -112,8 +130,9 @@ class Tamiyo:
             await self.producer.send(self.topics["requests"], value, key=bp.encode())
             if self.rng.random() < 0.03:  # a client retry of an earlier request
                 rid = f"req-{self.rng.randint(max(0, i - 50), i)}"
-                await self.producer.send(self.topics["requests"], self.request_bytes[rid],
-                                         key=self.request_bp[rid].encode())
+                await self.producer.send(
+                    self.topics["requests"], self.request_bytes[rid], key=self.request_bp[rid].encode()
+                )
                 self.dup_requests += 1
             self.sent += 1
 
@@ -123,7 +142,8 @@ class Tamiyo:
             # A re-sent copy is the same message; only the headers naming the request it answers (a retried
             # request's own offset) may differ.
             self.copies[s.decision_id].append(
-                (r.key, r.value, tuple(h for h in r.headers or () if not h[0].startswith("source."))))
+                (r.key, r.value, tuple(h for h in r.headers or () if not h[0].startswith("source.")))
+            )
             if s.decision_id in self.first:
                 continue  # a re-sent copy: no new outcome
             self.first[s.decision_id] = s
@@ -187,13 +207,15 @@ async def test_broker_restart_mid_stream_loses_nothing(own_kafka, tmp_path):
     try:
         wp.start()
         async with Reader(bootstrap, topics["selections"]) as sel:
+
             async def converse(window: int = 30) -> None:
                 """Requests a window ahead of the answers, an outcome for each answer, all the time: also while
                 the broker shuts down and while it is away (the client holds what it cannot send)."""
                 deadline = time.monotonic() + 200
                 while len(tamiyo.first) < n_requests:
-                    assert time.monotonic() < deadline, (f"only {len(tamiyo.first)} of {n_requests} requests "
-                                                         f"answered{wp.tail()}")
+                    assert time.monotonic() < deadline, (
+                        f"only {len(tamiyo.first)} of {n_requests} requests answered{wp.tail()}"
+                    )
                     assert wp.alive(), f"the worker exited ({wp.proc.returncode}){wp.tail()}"
                     ahead = min(n_requests, len(tamiyo.first) + window) - tamiyo.sent
                     if ahead > 0:
@@ -201,8 +223,9 @@ async def test_broker_restart_mid_stream_loses_nothing(own_kafka, tmp_path):
                     await tamiyo.answer(await sel.poll(50))
 
             talk = asyncio.create_task(converse())
-            await eventually(lambda: len(tamiyo.first) >= restart_at or talk.done(), f"{restart_at} answers",
-                             timeout=90)
+            await eventually(
+                lambda: len(tamiyo.first) >= restart_at or talk.done(), f"{restart_at} answers", timeout=90
+            )
             answered_before = len(tamiyo.first)
             down_s = await outage(own_kafka, 8.0)
             assert wp.alive(), f"the worker exited while the broker was away ({wp.proc.returncode}){wp.tail()}"
@@ -213,9 +236,13 @@ async def test_broker_restart_mid_stream_loses_nothing(own_kafka, tmp_path):
             inputs = [TopicPartition(topics[k], p) for k in ("requests", "outcomes") for p in range(PARTITIONS)]
             end = await sel.consumer.end_offsets(inputs)
             want = {(tp.topic, tp.partition): off for tp, off in end.items()}
-            await eventually(lambda: all(read_all(db)["offsets"].get(tp, 0) >= o for tp, o in want.items()),
-                             "the worker to consume every request and outcome", timeout=60, interval=0.1,
-                             detail=lambda: f"{read_all(db)['offsets']} vs {want}{wp.tail()}")
+            await eventually(
+                lambda: all(read_all(db)["offsets"].get(tp, 0) >= o for tp, o in want.items()),
+                "the worker to consume every request and outcome",
+                timeout=60,
+                interval=0.1,
+                detail=lambda: f"{read_all(db)['offsets']} vs {want}{wp.tail()}",
+            )
             rc = await wp.terminate()
             assert rc == 0, f"the worker exited with {rc} on SIGTERM{wp.tail()}"
             assert wp.starts == 1  # it lived through the outage: nobody restarted it
@@ -233,8 +260,10 @@ async def test_broker_restart_mid_stream_loses_nothing(own_kafka, tmp_path):
     failures = wp.log.read_text(errors="replace").count("Unable to update metadata")
     assert failures < 100 * down_s, f"{failures} failed metadata updates in a {down_s:.0f}s outage"
     resent = sum(len(cs) - 1 for cs in tamiyo.copies.values())
-    print(f"broker restart: away {down_s:.1f}s after {answered_before} answers, {failures} failed metadata "
-          f"updates, {resent} re-sent selections ({tamiyo.dup_requests} retried requests), counters {c}")
+    print(
+        f"broker restart: away {down_s:.1f}s after {answered_before} answers, {failures} failed metadata "
+        f"updates, {resent} re-sent selections ({tamiyo.dup_requests} retried requests), counters {c}"
+    )
 
 
 # -- 2. the producer gives up during the outage -------------------------------------------------------------------
@@ -275,8 +304,9 @@ async def test_send_outlasts_a_producer_that_gave_up(own_kafka):
         await eventually(lambda: len(acknowledged) >= 50 or task.done(), "50 acknowledged sends", timeout=60)
         down_s = await outage(own_kafka, 6.0)
         after = len(acknowledged)
-        await eventually(lambda: len(acknowledged) >= after + 50 or task.done(), "50 more sends after the restart",
-                         timeout=120)
+        await eventually(
+            lambda: len(acknowledged) >= after + 50 or task.done(), "50 more sends after the restart", timeout=120
+        )
         enough.set()
         await asyncio.wait_for(task, 60)  # raises what stopped the pump
     finally:
@@ -286,8 +316,10 @@ async def test_send_outlasts_a_producer_that_gave_up(own_kafka):
         values = [r.value for r in await reader.to_end()]
     assert {f"m{i}".encode() for i in acknowledged} <= set(values)
     assert bus.producer_renewals >= 1, "no message was given up during the outage: nothing was tested"
-    print(f"renewal: away {down_s:.1f}s, {len(acknowledged)} sends acknowledged, {bus.producer_renewals} producer "
-          f"renewals, {len(values) - len(set(values))} duplicates on the topic")
+    print(
+        f"renewal: away {down_s:.1f}s, {len(acknowledged)} sends acknowledged, {bus.producer_renewals} producer "
+        f"renewals, {len(values) - len(set(values))} duplicates on the topic"
+    )
 
 
 # -- 3. disk full, in-process on the shared broker -----------------------------------------------------------------
@@ -301,8 +333,9 @@ async def committed_offsets(bootstrap: str, group: str) -> dict[tuple[str, int],
     return {(tp.topic, tp.partition): om.offset for tp, om in got.items()}
 
 
-async def test_disk_full_stops_the_worker_and_a_restart_processes_the_batch(kafka_bootstrap, kafka_topic_factory,
-                                                                             tmp_path):
+async def test_disk_full_stops_the_worker_and_a_restart_processes_the_batch(
+    kafka_bootstrap, kafka_topic_factory, tmp_path
+):
     topics = await create_topics(kafka_topic_factory, "full")
     settings = make_settings(kafka_bootstrap, tmp_path, topics)
     db = Path(settings.db)
@@ -320,11 +353,14 @@ async def test_disk_full_stops_the_worker_and_a_restart_processes_the_batch(kafk
     try:
         async with running_worker(settings), Reader(kafka_bootstrap, topics["selections"]) as sel:
             await ask(range(30))
-            first = [check_selection(r, sent) for r in await sel.until(
-                lambda rs: distinct_requests(rs) >= set(sent), "30 answers")]
+            first = [
+                check_selection(r, sent)
+                for r in await sel.until(lambda rs: distinct_requests(rs) >= set(sent), "30 answers")
+            ]
         for s in first:
-            await producer.send(topics["outcomes"], outcome(s, 0.1 if s.seed_idx == 1 else 0.02),
-                                key=s.blueprint_id.encode())
+            await producer.send(
+                topics["outcomes"], outcome(s, 0.1 if s.seed_idx == 1 else 0.02), key=s.blueprint_id.encode()
+            )
         await ask(range(30, 50))
         before = read_all(db)
         group_before = await committed_offsets(kafka_bootstrap, settings.kafka.group_id)
@@ -344,8 +380,9 @@ async def test_disk_full_stops_the_worker_and_a_restart_processes_the_batch(kafk
         # the disk has room again (a new connection has no page cap): the next start processes the batch
         async with running_worker(settings) as (w, _), Reader(kafka_bootstrap, topics["selections"]) as sel:
             await sel.until(lambda rs: distinct_requests(rs) >= set(sent), "answers to all 50 requests")
-            await eventually(lambda: w.counters["outcomes_learned"] == 30, "30 outcomes learned",
-                             detail=lambda: repr(w))
+            await eventually(
+                lambda: w.counters["outcomes_learned"] == 30, "30 outcomes learned", detail=lambda: repr(w)
+            )
         async with Reader(kafka_bootstrap, topics["selections"]) as sel:
             records = await sel.to_end()
     finally:
@@ -388,8 +425,9 @@ async def test_cli_exits_non_zero_naming_the_store_and_the_cause(kafka_bootstrap
         rc = await asyncio.to_thread(wp.proc.wait, 60)
         output = wp.log.read_text(errors="replace")
         assert rc == 1, f"exit code {rc}{wp.tail()}"
-        assert (f"seedworker: cannot write to {db}: disk I/O error (SQLITE_IOERR_WRITE); stopped consuming"
-                in output), wp.tail()
+        assert f"seedworker: cannot write to {db}: disk I/O error (SQLITE_IOERR_WRITE); stopped consuming" in output, (
+            wp.tail()
+        )
         async with Reader(kafka_bootstrap, topics["selections"]) as sel:
             assert distinct_requests(await sel.to_end()) == {f"req-{i}" for i in range(20)}
         chattr("-i", wal)

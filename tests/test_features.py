@@ -142,7 +142,7 @@ def test_per_signal_code_gives_the_same_floats_as_the_array_code():
     names = tuple(f"f{j}" for j in range(12))
     fm = FeatureMap(names=names, clip=5.0)
     count, mean, m2 = np.zeros(12), np.zeros(12), np.zeros(12)
-    for step in range(400):
+    for _ in range(400):
         values = rng.normal(rng.uniform(-50, 50, 12), rng.uniform(0.01, 30, 12))
         ctx = {}
         for j, n in enumerate(names):

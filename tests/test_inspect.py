@@ -12,32 +12,40 @@ import math
 import os
 import threading
 from argparse import Namespace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import orjson
 import pytest
 
-from seedworker.contract import events as ev
 from seedworker.broker.memory import MemoryBus
-from seedworker.tools.cli import main
+from seedworker.contract import events as ev
 from seedworker.core.config import Settings
-from seedworker.tools.inspect import SCORE_REQUEST_ID, read, rolling_mean, rolling_share, run
+from seedworker.engine.worker import Worker
 from seedworker.store.readers import read_snapshot
 from seedworker.store.rows import Batch
 from seedworker.store.store import Store
-from seedworker.engine.worker import Worker
+from seedworker.tools.cli import main
+from seedworker.tools.inspect import SCORE_REQUEST_ID, read, rolling_mean, rolling_share, run
 from tests.support import (
     HISTORY_BLUEPRINTS as BLUEPRINTS,
+)
+from tests.support import (
     OUT as OUTCOMES,
+)
+from tests.support import (
     REQ as REQUESTS,
+)
+from tests.support import (
     decision_order as selections,
+)
+from tests.support import (
     drain,
-    restored,
     history_settings,
     make_outcome,
     make_request,
+    restored,
     run_history,
 )
 
@@ -52,12 +60,13 @@ def inspect_json(db, settings: Settings | None = None) -> dict:
 
 
 def iso(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
 
 
 def files(directory: Path) -> dict[str, tuple[str, int]]:
-    return {p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-            for p in sorted(directory.iterdir())}
+    return {
+        p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns) for p in sorted(directory.iterdir())
+    }
 
 
 # -- the figures ---------------------------------------------------------------------------------------------------
@@ -70,26 +79,41 @@ async def test_the_report_agrees_with_the_worker_and_with_the_decisions(tmp_path
     assert report["counters"] == w.counters.values
     assert report["watched"]["dead_letters"] == 2 and report["watched"]["dangling_outcomes"] == 1
     assert report["watched"]["duplicate_outcomes"] == 1 and report["watched"]["late_outcomes"] > 0
-    assert report["pending"] == {"count": len(w.selector.pending), "oldest_request_time": min(
-        s.request_time for s in w.selector.pending.values()).isoformat().replace("+00:00", "Z")}
+    assert report["pending"] == {
+        "count": len(w.selector.pending),
+        "oldest_request_time": min(s.request_time for s in w.selector.pending.values())
+        .isoformat()
+        .replace("+00:00", "Z"),
+    }
     assert report["pending"]["count"] == 9
     assert report["held_outcomes"]["count"] == w.held_outcomes == 1
     assert report["unsent_outbox"] == {"seed.selected": 3, "seedworker.dlq": 1}
     assert {(o["topic"], o["partition"]): o["next_offset"] for o in report["offsets"]} == w._stored_offsets
     assert {bp: b["strategy"] for bp, b in report["blueprints"].items()} == {
-        "bp-eps": "ucb", "bp-lin": "linucb", "bp-thompson": "thompson"}  # bp-eps was switched on the control topic
+        "bp-eps": "ucb",
+        "bp-lin": "linucb",
+        "bp-thompson": "thompson",
+    }  # bp-eps was switched on the control topic
 
     # Per seed, from the decisions themselves: selections, last selected, learned rewards and their times.
-    rows = read_snapshot(settings.db, lambda c: c.execute(
-        "SELECT blueprint_id, seed_id, request_time, reward, outcome_time FROM decisions").fetchall())
+    rows = read_snapshot(
+        settings.db,
+        lambda c: c.execute(
+            "SELECT blueprint_id, seed_id, request_time, reward, outcome_time FROM decisions"
+        ).fetchall(),
+    )
     published = {(s.blueprint_id, s.seed_id) for s in selections(bus)}
     for bp in BLUEPRINTS:
         seeds = {s["seed_id"]: s for s in report["blueprints"][bp]["seeds"]}
         assert [s["seed_idx"] for s in seeds.values()] == sorted(s["seed_idx"] for s in seeds.values())
         assert sum(s["share"] for s in seeds.values()) == pytest.approx(1.0)
         grafted = seeds.pop("layer3:8")  # listed in requests, never selectable: known, but no candidate
-        assert (grafted["seed_idx"], grafted["selections"], grafted["share"], grafted["last_selected"]) == (8, 0, 0.0,
-                                                                                                            None)
+        assert (grafted["seed_idx"], grafted["selections"], grafted["share"], grafted["last_selected"]) == (
+            8,
+            0,
+            0.0,
+            None,
+        )
         assert (grafted["candidate"], grafted["score"], grafted["note"]) == (False, None, "is grafted, not selectable")
         assert seeds["layer3:9"]["seed_idx"] == 9 and report["blueprints"][bp]["next_choice"]["seed_id"] != "layer3:8"
         total = sum(1 for r in rows if r[0] == bp)
@@ -108,14 +132,21 @@ async def test_the_report_agrees_with_the_worker_and_with_the_decisions(tmp_path
             newest = max(t for _, t in learned)
             weights = np.array([2.0 ** ((t - newest) / 600.0) for _, t in learned])
             assert s["decayed_mean"] == pytest.approx((weights * rewards).sum() / weights.sum(), abs=1e-12)
-    assert any(s["decayed_mean"] != pytest.approx(s["mean_reward"], abs=1e-6)
-               for b in report["blueprints"].values() for s in b["seeds"])
+    assert any(
+        s["decayed_mean"] != pytest.approx(s["mean_reward"], abs=1e-6)
+        for b in report["blueprints"].values()
+        for s in b["seeds"]
+    )
 
 
 @pytest.mark.parametrize("strategy", ["thompson", "linucb", "ucb", "epsilon-greedy", "softmax", "lin-thompson"])
 async def test_scores_and_next_pick_are_what_the_worker_decides_for_the_neutral_request(tmp_path, strategy):
-    settings = Settings(db=str(tmp_path / "state.sqlite"), kafka={"partitions": 2}, default_strategy=strategy,
-                        decay={"half_life_s": 900.0})
+    settings = Settings(
+        db=str(tmp_path / "state.sqlite"),
+        kafka={"partitions": 2},
+        default_strategy=strategy,
+        decay={"half_life_s": 900.0},
+    )
     rng = np.random.default_rng(3)
     bus = MemoryBus()
     await bus.ensure_topics({REQUESTS: 2, OUTCOMES: 2})
@@ -131,15 +162,28 @@ async def test_scores_and_next_pick_are_what_the_worker_decides_for_the_neutral_
     bp = report["blueprints"]["bp"]
     assert bp["strategy"] == strategy
     # The same request, sent to the worker: every known seed, no context, the synthetic request id.
-    bus.produce(REQUESTS, b"bp", ev.encode(ev.GraftRequested(
-        request_id=SCORE_REQUEST_ID, blueprint_id="bp", occurred_at=datetime(2026, 3, 1, 0, 1, tzinfo=timezone.utc),
-        seeds=[ev.SeedCandidate(seed_id=s["seed_id"], seed_idx=s["seed_idx"]) for s in bp["seeds"]])))
+    bus.produce(
+        REQUESTS,
+        b"bp",
+        ev.encode(
+            ev.GraftRequested(
+                request_id=SCORE_REQUEST_ID,
+                blueprint_id="bp",
+                occurred_at=datetime(2026, 3, 1, 0, 1, tzinfo=UTC),
+                seeds=[ev.SeedCandidate(seed_id=s["seed_id"], seed_idx=s["seed_idx"]) for s in bp["seeds"]],
+            )
+        ),
+    )
     await drain(settings, bus)
     (decided,) = [s for s in selections(bus) if s.request_id == SCORE_REQUEST_ID]
     assert decided.features == [1.0] + [0.0] * (len(decided.features) - 1)  # the neutral context
-    assert bp["next_choice"] == {"seed_id": decided.seed_id, "strategy": decided.strategy,
-                                 "propensity": decided.propensity, "explored": decided.explored,
-                                 "reason": decided.selection_reason}
+    assert bp["next_choice"] == {
+        "seed_id": decided.seed_id,
+        "strategy": decided.strategy,
+        "propensity": decided.propensity,
+        "explored": decided.explored,
+        "reason": decided.selection_reason,
+    }
     assert [c.score for c in decided.scores] == [s["score"] for s in bp["seeds"]]
     assert [c.probability for c in decided.scores] == [s["probability"] for s in bp["seeds"]]
     assert any(s["score"] is not None for s in bp["seeds"])
@@ -149,7 +193,7 @@ async def test_scores_and_next_pick_are_what_the_worker_decides_for_the_neutral_
 class _PauseBeforeCommit:
     """The store's sqlite3 connection, held at the COMMIT of one batch until the test lets it go."""
 
-    def __init__(self, conn, store: "PausingStore"):
+    def __init__(self, conn, store: PausingStore):
         self._conn = conn
         self._store = store
 
@@ -172,7 +216,7 @@ class PausingStore(Store):
         self.armed = False
         self.inside, self.release = threading.Event(), threading.Event()
 
-    async def open(self) -> "PausingStore":
+    async def open(self) -> PausingStore:
         await super().open()
         self._db._connection = _PauseBeforeCommit(self._db._connection, self)  # type: ignore[union-attr]
         return self
@@ -232,8 +276,10 @@ async def test_secrets_never_appear_in_the_output(tmp_path, capsys, monkeypatch)
     await store.write(Batch(meta={"sasl_password": "meta-secret-5c1d"}))
     await store.close()
     config = tmp_path / "seedworker.toml"
-    config.write_text('salt = "pepper-7f3a9c"\n[kafka]\nsecurity_protocol = "SASL_PLAINTEXT"\n'
-                      'sasl_mechanism = "PLAIN"\nsasl_username = "svc-user-4411"\nsasl_password = "hunter2-9d8e7f"\n')
+    config.write_text(
+        'salt = "pepper-7f3a9c"\n[kafka]\nsecurity_protocol = "SASL_PLAINTEXT"\n'
+        'sasl_mechanism = "PLAIN"\nsasl_username = "svc-user-4411"\nsasl_password = "hunter2-9d8e7f"\n'
+    )
     monkeypatch.setenv("SEEDWORKER_KAFKA__SASL_PASSWORD", "env-secret-b2a0")
     for argv in ([], ["--json"], ["--blueprint", "bp-lin"]):
         assert main(["inspect", "--db", settings.db, "--config", str(config), *argv]) == 0
@@ -284,7 +330,7 @@ async def test_plot_and_its_rolling_series(tmp_path, capsys):
     names, share = rolling_share(seeds, 3)
     assert names == ["a", "b", "c"]
     for t in range(len(seeds)):
-        last = seeds[max(0, t - 2): t + 1]
+        last = seeds[max(0, t - 2) : t + 1]
         assert share[t].tolist() == pytest.approx([last.count(n) / len(last) for n in names])
     values = np.array([1.0, 2.0, 4.0, 8.0])
     assert rolling_mean(values, 2).tolist() == [1.0, 1.5, 3.0, 6.0]

@@ -52,7 +52,7 @@ async def test_resources_in_the_text_and_json_output(tmp_path):
     assert any(s["latency_ms"]["ci95"] for s in seeds)
     row = next(s for s in seeds if s["latency_ms"]["ci95"])
     lines = out.splitlines()
-    table = lines[lines.index(header) + 2:]
+    table = lines[lines.index(header) + 2 :]
     line = next(line for line in table if line.split()[0] == row["seed_id"])
     # The columns line up with the header: the latency cell sits under "latency ms".
     start = header.index("latency ms") + len("latency ms")
@@ -67,8 +67,10 @@ async def test_inspect_takes_the_documents_yaml(tmp_path, capsys):
     settings = history_settings(tmp_path / "state.sqlite")
     await run_history(settings)
     config = tmp_path / "tamiyo.yaml"
-    config.write_text("seed_selection:\n  default_strategy: epsilon_greedy\n  performance_decay_factor: 0.9\n"
-                      "  outcome_interval_s: 30\n  epsilon_greedy: {initial_epsilon: 0.3}\n")
+    config.write_text(
+        "seed_selection:\n  default_strategy: epsilon_greedy\n  performance_decay_factor: 0.9\n"
+        "  outcome_interval_s: 30\n  epsilon_greedy: {initial_epsilon: 0.3}\n"
+    )
     assert main(["inspect", "--db", settings.db, "--config", str(config), "--json"]) == 0
     report = orjson.loads(capsys.readouterr().out)
     assert report["default_strategy"] == "epsilon-greedy"

@@ -28,28 +28,31 @@ from prometheus_client import REGISTRY, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 
-from seedworker.contract import events as ev
 from seedworker.broker.memory import MemoryBus
-from seedworker.tools.cli import build_parser
+from seedworker.contract import events as ev
 from seedworker.core.config import ConfigError, Settings, load_settings
-from seedworker.ops.http_server import HttpServer, endpoint_for
 from seedworker.dev.local_kafka import REPO_ROOT, free_port
+from seedworker.engine.worker import Worker
+from seedworker.ops.http_server import HttpServer, endpoint_for
 from seedworker.ops.logs import JsonFormatter, configure
 from seedworker.ops.metrics import COUNTER_HELP, Registry, WorkerMetrics, exposition
-from seedworker.engine.worker import Worker
+from seedworker.tools.cli import build_parser
 from tests.kafka_broker import unique_topic
 from tests.support import T0, outcome
 from tests.support import training_request as request
 from tests.support_buses import bus, bus_backend  # noqa: F401 (fixtures)
 
 REQ, OUT, CTL = "graft.requested", "adaptation.outcome", "seedworker.control"
-SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*",?)*\})? '
-                    r'(-?[0-9.e+-]+|\+Inf|-Inf|NaN)$')
+SAMPLE = re.compile(
+    r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*",?)*\})? '
+    r"(-?[0-9.e+-]+|\+Inf|-Inf|NaN)$"
+)
 
 
 # -- helpers -----------------------------------------------------------------------------------------------------
 async def http_get(port: int, path: str, method: str = "GET") -> tuple[int, str, dict]:
     """A plain HTTP client (urllib, no proxy) in a thread, so the server on this loop can answer."""
+
     def fetch():
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method)
@@ -118,8 +121,11 @@ def serve(worker: Worker) -> HttpServer:
 
 @pytest.fixture
 def settings(tmp_path):
-    return Settings(db=str(tmp_path / "state.sqlite"), kafka={"partitions": 2, "max_batch": 4},
-                    join={"hold_unknown_s": 60, "reward_wait_s": 600})
+    return Settings(
+        db=str(tmp_path / "state.sqlite"),
+        kafka={"partitions": 2, "max_batch": 4},
+        join={"hold_unknown_s": 60, "reward_wait_s": 600},
+    )
 
 
 # -- the registry and the format ---------------------------------------------------------------------------------
@@ -137,7 +143,7 @@ def test_histogram_buckets_are_cumulative_and_inclusive():
 
 def test_label_values_and_help_are_escaped():
     reg = Registry()
-    g = Gauge("odd_gauge", 'help with a \\ and a\nnewline', ("a", "b"), registry=reg)
+    g = Gauge("odd_gauge", "help with a \\ and a\nnewline", ("a", "b"), registry=reg)
     g.labels('q"uote', "back\\slash\nnewline").set(3)
     text = exposition(reg).decode()
     (fam,) = list(text_string_to_metric_families(text))
@@ -188,7 +194,10 @@ def test_histograms_leave_out_the_openmetrics_created_series():
     check_format(text)
     assert "_created" not in text
     assert {(s.name, s.value) for f in text_string_to_metric_families(text) for s in f.samples} == {
-        ("x_seconds_bucket", 1), ("x_seconds_sum", 0.5), ("x_seconds_count", 1)}
+        ("x_seconds_bucket", 1),
+        ("x_seconds_sum", 0.5),
+        ("x_seconds_count", 1),
+    }
 
 
 # -- the worker's metrics over HTTP --------------------------------------------------------------------------------
@@ -223,11 +232,28 @@ async def test_scrape_counts_match_the_events_fed(settings):
         bus.produce(OUT, b"bp", outcome(sel[f"req-{i}"], 0.01))
     bus.produce(OUT, b"bp", outcome(sel["req-0"], 0.01))  # a second outcome for a resolved decision
     other = next(f"layer3:{j}" for j in range(4) if f"layer3:{j}" != sel["req-6"].seed_id)
-    bus.produce(OUT, b"bp", ev.encode(ev.AdaptationOutcome(
-        decision_id=sel["req-6"].decision_id, blueprint_id="bp", seed_id=other, accuracy_delta=0.1,
-        occurred_at=T0 + timedelta(seconds=7))))
-    bus.produce(OUT, b"bp", ev.encode(ev.AdaptationOutcome(  # its decision never comes: held, then dangling
-        request_id="ghost", blueprint_id="bp", seed_id="layer3:0", occurred_at=T0 + timedelta(seconds=20))))
+    bus.produce(
+        OUT,
+        b"bp",
+        ev.encode(
+            ev.AdaptationOutcome(
+                decision_id=sel["req-6"].decision_id,
+                blueprint_id="bp",
+                seed_id=other,
+                accuracy_delta=0.1,
+                occurred_at=T0 + timedelta(seconds=7),
+            )
+        ),
+    )
+    bus.produce(
+        OUT,
+        b"bp",
+        ev.encode(
+            ev.AdaptationOutcome(  # its decision never comes: held, then dangling
+                request_id="ghost", blueprint_id="bp", seed_id="layer3:0", occurred_at=T0 + timedelta(seconds=20)
+            )
+        ),
+    )
     bus.produce(OUT, b"bp", b"{broken")
     # After reward_wait_s (600 s): late, not learned, so req-7 goes on waiting. It also moves event time on, expiring
     # req-7/8/9 and releasing the ghost.
@@ -242,9 +268,19 @@ async def test_scrape_counts_match_the_events_fed(settings):
         s = await scrape(server.port)
     finally:
         await server.stop()
-    expected = {"decisions": 10, "dead_letters": 3, "duplicate_requests": 2, "outcomes_learned": 6,
-                "duplicate_outcomes": 1, "mismatched_outcomes": 1, "held_outcomes": 1, "dangling_outcomes": 1,
-                "late_outcomes": 1, "expired_decisions": 3, "strategy_switches": 1}
+    expected = {
+        "decisions": 10,
+        "dead_letters": 3,
+        "duplicate_requests": 2,
+        "outcomes_learned": 6,
+        "duplicate_outcomes": 1,
+        "mismatched_outcomes": 1,
+        "held_outcomes": 1,
+        "dangling_outcomes": 1,
+        "late_outcomes": 1,
+        "expired_decisions": 3,
+        "strategy_switches": 1,
+    }
     assert set(expected) == set(COUNTER_HELP)
     for name, n in expected.items():
         assert value(s, f"seedworker_{name}_total") == n == w2.counters[name], name
@@ -263,8 +299,14 @@ async def test_two_workers_in_one_process_have_their_own_registries(tmp_path):
         await bus.ensure_topics({REQ: 2, OUT: 2})
         for i in range(n):
             bus.produce(REQ, b"bp", request(i))
-        workers.append(Worker(Settings(db=str(tmp_path / f"state-{n}.sqlite"), kafka={"partitions": 2}), bus=bus,
-                              burst=True, idle_polls=1))
+        workers.append(
+            Worker(
+                Settings(db=str(tmp_path / f"state-{n}.sqlite"), kafka={"partitions": 2}),
+                bus=bus,
+                burst=True,
+                idle_polls=1,
+            )
+        )
     w3, w5 = workers
     for w in workers:
         WorkerMetrics(w)
@@ -277,10 +319,14 @@ async def test_two_workers_in_one_process_have_their_own_registries(tmp_path):
     assert value(s3, "seedworker_decisions_total") == 3 and value(s5, "seedworker_decisions_total") == 5
     assert value(s3, "seedworker_selection_latency_seconds_count") == 3
     assert value(s5, "seedworker_selection_latency_seconds_count") == 5
-    assert (value(s5, "seedworker_transaction_latency_seconds_bucket", le="+Inf")
-            - value(s5, "seedworker_transaction_latency_seconds_bucket", le="10.0")) == 1
-    assert (value(s3, "seedworker_transaction_latency_seconds_bucket", le="+Inf")
-            - value(s3, "seedworker_transaction_latency_seconds_bucket", le="10.0")) == 0
+    assert (
+        value(s5, "seedworker_transaction_latency_seconds_bucket", le="+Inf")
+        - value(s5, "seedworker_transaction_latency_seconds_bucket", le="10.0")
+    ) == 1
+    assert (
+        value(s3, "seedworker_transaction_latency_seconds_bucket", le="+Inf")
+        - value(s3, "seedworker_transaction_latency_seconds_bucket", le="10.0")
+    ) == 0
     # Nothing of theirs in prometheus_client's process-global registry.
     assert not [f.name for f in REGISTRY.collect() if f.name.startswith("seedworker_")]
 
@@ -317,11 +363,13 @@ async def test_the_lag_gauge_shows_the_snapshot_taken_before_the_scrape(settings
     bus.lag = lag
     s = samples((await worker.metrics.exposition()).decode())
     assert {k: v for k, v in s.items() if k[0] == "seedworker_consumer_lag_messages"} == {
-        ("seedworker_consumer_lag_messages", (("partition", "0"), ("topic", REQ))): 8}
+        ("seedworker_consumer_lag_messages", (("partition", "0"), ("topic", REQ))): 8
+    }
     s = samples((await worker.metrics.exposition()).decode())
     # The whole snapshot is replaced: a partition gone from the bus's answer (revoked) is gone from the gauge.
     assert {k: v for k, v in s.items() if k[0] == "seedworker_consumer_lag_messages"} == {
-        ("seedworker_consumer_lag_messages", (("partition", "0"), ("topic", OUT))): 2}
+        ("seedworker_consumer_lag_messages", (("partition", "0"), ("topic", OUT))): 2
+    }
     assert calls == [0, 1]
 
 
@@ -346,13 +394,19 @@ async def test_readiness_follows_the_worker_and_lag_is_exported(settings):
 
         async def decided():
             return worker.counters["decisions"] == 5
+
         await eventually(decided, "5 decisions")
         s = await scrape(server.port)
         assert value(s, "seedworker_decisions_total") == 5
         assert value(s, "seedworker_ready") == 1
         lag = {k: v for k, v in s.items() if k[0] == "seedworker_consumer_lag_messages"}
         assert {dict(k[1])["topic"] + f"[{dict(k[1])['partition']}]" for k in lag} == {
-            f"{REQ}[0]", f"{REQ}[1]", f"{OUT}[0]", f"{OUT}[1]", f"{CTL}[0]"}
+            f"{REQ}[0]",
+            f"{REQ}[1]",
+            f"{OUT}[0]",
+            f"{OUT}[1]",
+            f"{CTL}[0]",
+        }
         assert set(lag.values()) == {0}
 
         assert (await http_get(server.port, "/metrics", method="HEAD"))[:2] == (200, "")
@@ -391,8 +445,13 @@ def test_endpoint_is_off_when_the_port_is_zero(settings):
 
 # -- settings and flags ----------------------------------------------------------------------------------------------
 def test_metrics_settings_from_environment_and_flags():
-    s = load_settings(environ={"SEEDWORKER_METRICS__PORT": "9464", "SEEDWORKER_METRICS__HOST": "0.0.0.0",
-                               "SEEDWORKER_LOG_FORMAT": "json"})
+    s = load_settings(
+        environ={
+            "SEEDWORKER_METRICS__PORT": "9464",
+            "SEEDWORKER_METRICS__HOST": "0.0.0.0",
+            "SEEDWORKER_LOG_FORMAT": "json",
+        }
+    )
     assert (s.metrics.host, s.metrics.port, s.log_format) == ("0.0.0.0", 9464, "json")
     assert Settings().metrics.port == 0 and Settings().log_format == "plain"
     with pytest.raises(ConfigError, match="metrics.port"):
@@ -532,24 +591,44 @@ async def test_bus_lag_counts_unconsumed_messages(bus):
 
 @pytest.mark.kafka
 async def test_seedworker_run_serves_metrics_health_and_json_logs(kafka_bootstrap, kafka_topic_factory, tmp_path):
-    topics = {kind: await kafka_topic_factory(f"ops-{kind.replace('_', '-')}", 1 if kind == "control" else 3)
-              for kind in ("requests", "outcomes", "selections", "dead_letters", "control")}
+    topics = {
+        kind: await kafka_topic_factory(f"ops-{kind.replace('_', '-')}", 1 if kind == "control" else 3)
+        for kind in ("requests", "outcomes", "selections", "dead_letters", "control")
+    }
     port = free_port()
-    env = {**os.environ, "SEEDWORKER_GROUP_ID": unique_topic("group"), "SEEDWORKER_KAFKA__PARTITIONS": "3",
-           "SEEDWORKER_KAFKA__OUTPUT_PARTITIONS": "3",
-           **{f"SEEDWORKER_KAFKA__TOPICS__{kind.upper()}": name for kind, name in topics.items()}}
-    cmd = [sys.executable, "-m", "seedworker", "run", "--bootstrap-servers", kafka_bootstrap,
-           "--db", str(tmp_path / "state.sqlite"), "--metrics-port", str(port), "--log-format", "json"]
+    env = {
+        **os.environ,
+        "SEEDWORKER_GROUP_ID": unique_topic("group"),
+        "SEEDWORKER_KAFKA__PARTITIONS": "3",
+        "SEEDWORKER_KAFKA__OUTPUT_PARTITIONS": "3",
+        **{f"SEEDWORKER_KAFKA__TOPICS__{kind.upper()}": name for kind, name in topics.items()},
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "seedworker",
+        "run",
+        "--bootstrap-servers",
+        kafka_bootstrap,
+        "--db",
+        str(tmp_path / "state.sqlite"),
+        "--metrics-port",
+        str(port),
+        "--log-format",
+        "json",
+    ]
     log_path = tmp_path / "worker.log"
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
     try:
+
         async def ready():
             try:
                 return (await http_get(port, "/readyz"))[0] == 200
             except (urllib.error.URLError, ConnectionError):
                 assert proc.poll() is None, log_path.read_text()
                 return False
+
         await eventually(ready, "the worker's /readyz")
         assert (await http_get(port, "/healthz"))[0] == 200
 
@@ -566,11 +645,18 @@ async def test_seedworker_run_serves_metrics_health_and_json_logs(kafka_bootstra
 
         async def drained():
             last.update(await scrape(port))
-            lag = {(dict(k[1])["topic"], dict(k[1])["partition"]): v for k, v in last.items()
-                   if k[0] == "seedworker_consumer_lag_messages"}
+            lag = {
+                (dict(k[1])["topic"], dict(k[1])["partition"]): v
+                for k, v in last.items()
+                if k[0] == "seedworker_consumer_lag_messages"
+            }
             wanted = {(topics[k], str(p)) for k in ("requests", "outcomes") for p in range(3)}
-            return (last.get(("seedworker_decisions_total", ())) == 30 and wanted <= set(lag)
-                    and all(lag[tp] == 0 for tp in wanted))
+            return (
+                last.get(("seedworker_decisions_total", ())) == 30
+                and wanted <= set(lag)
+                and all(lag[tp] == 0 for tp in wanted)
+            )
+
         await eventually(drained, "30 decisions and zero lag on every input partition")
         assert value(last, "seedworker_selection_latency_seconds_count") == 30
         assert value(last, "seedworker_transaction_latency_seconds_count") >= 1

@@ -47,8 +47,9 @@ def _x(rng: np.random.Generator) -> np.ndarray:
     return np.concatenate([[1.0], rng.normal(size=DIM - 1)])
 
 
-def _table(means=(0.40, 0.50, 0.45, 0.55), n: int = 6, sd: float = 0.3, seed: int = 0,
-           half_life_s: float | None = HALF_LIFE) -> ArmTable:
+def _table(
+    means=(0.40, 0.50, 0.45, 0.55), n: int = 6, sd: float = 0.3, seed: int = 0, half_life_s: float | None = HALF_LIFE
+) -> ArmTable:
     """A modestly informed table: close means, so stochastic policies do not always agree."""
     rng = np.random.default_rng(seed)
     table = ArmTable(dim=DIM, ridge=1.0, half_life_s=half_life_s)
@@ -61,8 +62,9 @@ def _table(means=(0.40, 0.50, 0.45, 0.55), n: int = 6, sd: float = 0.3, seed: in
 
 
 def _situation(table: ArmTable, rows, x, request_id: str, decisions: int = 10) -> Situation:
-    return Situation(table, np.asarray(rows, dtype=np.intp), np.asarray(x, dtype=float), decisions,
-                     Draw(SALT, request_id))
+    return Situation(
+        table, np.asarray(rows, dtype=np.intp), np.asarray(x, dtype=float), decisions, Draw(SALT, request_id)
+    )
 
 
 def _pooled_sd(rewards_by_arm: list[list[float]]) -> float:
@@ -87,8 +89,13 @@ def test_contract(name, params):
         c1 = policy.choose(_situation(table, rows, x, rid))
         c2 = policy.choose(_situation(table, rows, x, rid))
         # Seeded determinism: same Draw + same state -> the same Choice, field by field.
-        assert (c1.index, c1.propensity, c1.method, c1.explored, c1.reason) == \
-               (c2.index, c2.propensity, c2.method, c2.explored, c2.reason)
+        assert (c1.index, c1.propensity, c1.method, c1.explored, c1.reason) == (
+            c2.index,
+            c2.propensity,
+            c2.method,
+            c2.explored,
+            c2.reason,
+        )
         for a, b in ((c1.scores, c2.scores), (c1.probabilities, c2.probabilities)):
             assert (a is None) == (b is None)
             if a is not None:
@@ -275,8 +282,7 @@ def test_linucb_score_by_hand(alpha):
     choice = LinUCB(alpha=alpha).choose(s)
     assert_allclose(choice.scores, expected, rtol=1e-10)
     assert choice.index == int(np.argmax(expected))
-    assert_allclose(LinUCB(alpha=alpha).greedy(s),
-                    [table.theta[i] @ x for i in range(3)], rtol=1e-12)
+    assert_allclose(LinUCB(alpha=alpha).greedy(s), [table.theta[i] @ x for i in range(3)], rtol=1e-12)
 
 
 def test_linucb_untrained_arm_scores_its_prior_width():

@@ -17,21 +17,40 @@ from seedworker.engine.processor import Processor
 from seedworker.engine.replay import Replay
 from seedworker.store.readers import read_all
 from seedworker.store.store import Store
-from tests.support import CTL, DLQ, OUT, REQ, SEL, T0, dead_letters, drain, new_bus, outcome, request, selections
-from tests.support import EXACT_STATE, assert_state_equal
+from tests.support import (
+    CTL,
+    DLQ,
+    EXACT_STATE,
+    OUT,
+    REQ,
+    SEL,
+    T0,
+    assert_state_equal,
+    dead_letters,
+    drain,
+    new_bus,
+    outcome,
+    request,
+    selections,
+)
 
 
 @pytest.fixture
 def settings(tmp_path):
-    return Settings(db=str(tmp_path / "state.sqlite"), kafka={"partitions": 2},
-                    join={"reward_wait_s": 100.0, "hold_unknown_s": 50.0})
+    return Settings(
+        db=str(tmp_path / "state.sqlite"),
+        kafka={"partitions": 2},
+        join={"reward_wait_s": 100.0, "hold_unknown_s": 50.0},
+    )
 
 
 async def replayed(settings, bus, tmp_path) -> dict:
     """The state `seedworker replay` rebuilds from the bus's topics (merged by record timestamp)."""
     t = settings.kafka.topics
-    records = sorted((m for name in (t.selections, t.outcomes, t.control, t.dead_letters) for m in bus.read(name)),
-                     key=lambda m: m.timestamp_ms)
+    records = sorted(
+        (m for name in (t.selections, t.outcomes, t.control, t.dead_letters) for m in bus.read(name)),
+        key=lambda m: m.timestamp_ms,
+    )
     db = tmp_path / "replayed.sqlite"
     store = await Store(db).open()
     try:
@@ -88,8 +107,11 @@ async def test_a_message_dated_far_ahead_is_dead_lettered_and_moves_no_clock(set
     if kind == "request":
         bus.produce(REQ, b"bp", request("r-2099", t=(future - T0).total_seconds()))
     elif kind == "outcome":
-        bus.produce(OUT, b"bp", ev.encode(ev.AdaptationOutcome(decision_id="x", blueprint_id="bp",
-                                                               seed_id="layer3:0", occurred_at=future)))
+        bus.produce(
+            OUT,
+            b"bp",
+            ev.encode(ev.AdaptationOutcome(decision_id="x", blueprint_id="bp", seed_id="layer3:0", occurred_at=future)),
+        )
     else:
         bus.produce(CTL, None, ev.encode(ev.StrategySwitch(strategy="ucb", occurred_at=future)))
     w = await drain(settings, bus)
@@ -131,8 +153,9 @@ async def test_an_outcome_without_occurred_at_takes_its_record_timestamp(setting
     bus.produce(REQ, b"bp", request("r0", t=0))
     await drain(settings, bus)
     (s,) = selections(bus)
-    raw = ev.encode(ev.AdaptationOutcome(decision_id=s.decision_id, blueprint_id="bp", seed_id=s.seed_id,
-                                         accuracy_delta=0.5))
+    raw = ev.encode(
+        ev.AdaptationOutcome(decision_id=s.decision_id, blueprint_id="bp", seed_id=s.seed_id, accuracy_delta=0.5)
+    )
     body = {k: v for k, v in __import__("orjson").loads(raw).items() if k != "occurred_at"}
     m = bus.produce(OUT, b"bp", __import__("orjson").dumps(body))
     settings = settings.model_copy(update={"join": settings.join.model_copy(update={"reward_wait_s": 1e12})})
@@ -146,8 +169,12 @@ async def test_an_outcome_without_occurred_at_takes_its_record_timestamp(setting
 @pytest.mark.parametrize("restart", [False, True])
 async def test_learn_late_learns_an_expired_decision_once_and_replaces_the_default_reward(tmp_path, restart):
     def make(db, **join):
-        return Settings(db=str(tmp_path / db), kafka={"partitions": 2}, default_strategy="linucb",
-                        join={"reward_wait_s": 100.0, "hold_unknown_s": 50.0, **join})
+        return Settings(
+            db=str(tmp_path / db),
+            kafka={"partitions": 2},
+            default_strategy="linucb",
+            join={"reward_wait_s": 100.0, "hold_unknown_s": 50.0, **join},
+        )
 
     late = make("late.sqlite", learn_late=True, default_reward=-0.5)
     bus = await new_bus()
@@ -184,9 +211,18 @@ async def test_a_late_outcome_naming_another_blueprint_is_dead_lettered_and_rest
     bus.produce(REQ, b"bp", request("r0", t=0))
     await drain(settings, bus)
     (s,) = selections(bus)
-    bus.produce(OUT, b"elsewhere", ev.encode(ev.AdaptationOutcome(
-        decision_id=s.decision_id, blueprint_id="elsewhere", seed_id=s.seed_id,
-        occurred_at=T0 + timedelta(seconds=1))))
+    bus.produce(
+        OUT,
+        b"elsewhere",
+        ev.encode(
+            ev.AdaptationOutcome(
+                decision_id=s.decision_id,
+                blueprint_id="elsewhere",
+                seed_id=s.seed_id,
+                occurred_at=T0 + timedelta(seconds=1),
+            )
+        ),
+    )
     await drain(settings, bus)
     await drain(settings, bus)
     assert any("names blueprint 'elsewhere'" in r or "is not the blueprint_id" in r for _, r in dead_letters(bus))
@@ -312,12 +348,23 @@ async def test_a_stored_row_that_cannot_be_read_is_reported_and_skipped(settings
 
 def test_the_in_process_api_uses_the_same_join():
     sel = SeedSelector(Settings(join={"reward_wait_s": 10.0}))
-    req = {"request_id": "r", "blueprint_id": "bp", "occurred_at": T0.isoformat(),
-           "seeds": [{"seed_id": "a", "seed_idx": 0}, {"seed_id": "b", "seed_idx": 1}]}
+    req = {
+        "request_id": "r",
+        "blueprint_id": "bp",
+        "occurred_at": T0.isoformat(),
+        "seeds": [{"seed_id": "a", "seed_idx": 0}, {"seed_id": "b", "seed_idx": 1}],
+    }
     s = sel.select(req)
     other = "b" if s.seed_id == "a" else "a"
-    res = sel.record_outcome({"decision_id": s.decision_id, "blueprint_id": "bp", "seed_id": other,
-                              "accuracy_delta": 1.0, "occurred_at": (T0 + timedelta(seconds=1)).isoformat()})
+    res = sel.record_outcome(
+        {
+            "decision_id": s.decision_id,
+            "blueprint_id": "bp",
+            "seed_id": other,
+            "accuracy_delta": 1.0,
+            "occurred_at": (T0 + timedelta(seconds=1)).isoformat(),
+        }
+    )
     assert res.status == "mismatched" and sel.blueprints["bp"].arms.pulls.sum() == 0
     s2 = sel.select({**req, "request_id": "r2"})
     sel.select({**req, "request_id": "r3", "occurred_at": (T0 + timedelta(seconds=60)).isoformat()})
@@ -353,8 +400,11 @@ def test_processor_is_a_plain_object():
     """The worker, the replay and the rebuild compose the processor; nothing subclasses the worker."""
     from seedworker.engine import replay, worker
 
-    assert not any(isinstance(v, type) and issubclass(v, worker.Worker) and v is not worker.Worker
-                   for m in (replay, worker) for v in vars(m).values())
+    assert not any(
+        isinstance(v, type) and issubclass(v, worker.Worker) and v is not worker.Worker
+        for m in (replay, worker)
+        for v in vars(m).values()
+    )
     assert Processor.__mro__ == (Processor, object)
 
 

@@ -38,15 +38,29 @@ from seedworker.engine.processor import Processor
 from seedworker.engine.replay import Replay
 from seedworker.store.readers import read_all
 from seedworker.store.store import Store
-from tests.support import CTL, DLQ, OUT, REQ, SEL, T0
-from tests.support import assert_state_equal
+from tests.support import CTL, DLQ, OUT, REQ, SEL, T0, assert_state_equal
 
 PARTITIONS = 2
 BLUEPRINTS = ["bp-a", "bp-b", "bp-c"]
 REQUEST_IDS = [f"r{i}" for i in range(8)]
 # Compared exactly: counts and identities. Times of the arms' clocks are left to the float comparison (1e-9).
-EXACT = frozenset({"pulls", "selections", "success_sum", "count", "decisions", "dim", "seed_ids", "names",
-                   "by_strategy", "strategy", "half_life_s", "ridge", "clip"})
+EXACT = frozenset(
+    {
+        "pulls",
+        "selections",
+        "success_sum",
+        "count",
+        "decisions",
+        "dim",
+        "seed_ids",
+        "names",
+        "by_strategy",
+        "strategy",
+        "half_life_s",
+        "ridge",
+        "clip",
+    }
+)
 
 
 class ProcessorMachine(RuleBasedStateMachine):
@@ -57,9 +71,13 @@ class ProcessorMachine(RuleBasedStateMachine):
         super().__init__()
         self.loop = asyncio.new_event_loop()
         self.dir = tempfile.TemporaryDirectory()
-        self.settings = Settings(db=str(Path(self.dir.name) / "live.sqlite"), kafka={"partitions": PARTITIONS},
-                                 join=self.join, default_strategy=self.default_strategy,
-                                 blueprint_strategies={"bp-c": "linucb"})
+        self.settings = Settings(
+            db=str(Path(self.dir.name) / "live.sqlite"),
+            kafka={"partitions": PARTITIONS},
+            join=self.join,
+            default_strategy=self.default_strategy,
+            blueprint_strategies={"bp-c": "linucb"},
+        )
         self.bus = MemoryBus()
         self.run(self.bus.ensure_topics({REQ: PARTITIONS, OUT: PARTITIONS, SEL: 2, DLQ: 2, CTL: 1}))
         self.store = self.run(Store(self.settings.db).open())
@@ -89,32 +107,49 @@ class ProcessorMachine(RuleBasedStateMachine):
     def _produce(self, topic: str, key: bytes | None, value: bytes) -> None:
         self.queue.append(self.bus.produce(topic, key, value))
 
-    @rule(bp=st.sampled_from(BLUEPRINTS), rid=st.sampled_from(REQUEST_IDS), k=st.integers(2, 3),
-          t=st.integers(0, 600), kind=st.sampled_from(["plain", "plain", "plain", "future", "miskeyed",
-                                                       "extreme", "no-time"]))
+    @rule(
+        bp=st.sampled_from(BLUEPRINTS),
+        rid=st.sampled_from(REQUEST_IDS),
+        k=st.integers(2, 3),
+        t=st.integers(0, 600),
+        kind=st.sampled_from(["plain", "plain", "plain", "future", "miskeyed", "extreme", "no-time"]),
+    )
     def request(self, bp, rid, k, t, kind):
         context = {"current_loss": 1.0 + t / 100.0}
         if kind == "extreme":
             context = {"current_loss": 1.7e308, "gradient_norm": -1.7e308}
         when = T0 + timedelta(seconds=t) if kind != "future" else T0 + timedelta(days=36500)
-        req = ev.GraftRequested(request_id=rid, blueprint_id=bp, occurred_at=when, context=context,
-                                seeds=[ev.SeedCandidate(seed_id=f"s{j}", seed_idx=j) for j in range(k)])
+        req = ev.GraftRequested(
+            request_id=rid,
+            blueprint_id=bp,
+            occurred_at=when,
+            context=context,
+            seeds=[ev.SeedCandidate(seed_id=f"s{j}", seed_idx=j) for j in range(k)],
+        )
         body = orjson.loads(ev.encode(req))
         if kind == "no-time":
             del body["occurred_at"]
         self._produce(REQ, b"wrong-key" if kind == "miskeyed" else bp.encode(), orjson.dumps(body))
 
     @precondition(lambda self: self.published)
-    @rule(data=st.data(), dt=st.integers(-5, 300), gain=st.floats(-0.5, 0.5),
-          kind=st.sampled_from(["chosen", "chosen", "chosen", "other-seed", "miskeyed", "no-time", "huge"]))
+    @rule(
+        data=st.data(),
+        dt=st.integers(-5, 300),
+        gain=st.floats(-0.5, 0.5),
+        kind=st.sampled_from(["chosen", "chosen", "chosen", "other-seed", "miskeyed", "no-time", "huge"]),
+    )
     def outcome(self, data, dt, gain, kind):
         s = data.draw(st.sampled_from(self.published))
         seed = s.seed_id
         if kind == "other-seed":
             seed = next(c.seed_id for c in s.scores if c.seed_id != s.seed_id)
-        o = ev.AdaptationOutcome(decision_id=s.decision_id, blueprint_id=s.blueprint_id, seed_id=seed,
-                                 accuracy_delta=1e308 if kind == "huge" else gain,
-                                 occurred_at=s.request_time + timedelta(seconds=dt))
+        o = ev.AdaptationOutcome(
+            decision_id=s.decision_id,
+            blueprint_id=s.blueprint_id,
+            seed_id=seed,
+            accuracy_delta=1e308 if kind == "huge" else gain,
+            occurred_at=s.request_time + timedelta(seconds=dt),
+        )
         body = orjson.loads(ev.encode(o))
         if kind == "no-time":
             del body["occurred_at"]
@@ -132,22 +167,47 @@ class ProcessorMachine(RuleBasedStateMachine):
     @rule(bp=st.sampled_from(BLUEPRINTS + ["bp-unknown"]), t=st.integers(0, 600))
     def outcome_before_or_without_its_request(self, bp, t):
         rid = f"early-{t % 5}"
-        self._produce(OUT, bp.encode(), ev.encode(ev.AdaptationOutcome(
-            request_id=rid, blueprint_id=bp, seed_id="s0", accuracy_delta=0.1,
-            occurred_at=T0 + timedelta(seconds=t))))
+        self._produce(
+            OUT,
+            bp.encode(),
+            ev.encode(
+                ev.AdaptationOutcome(
+                    request_id=rid,
+                    blueprint_id=bp,
+                    seed_id="s0",
+                    accuracy_delta=0.1,
+                    occurred_at=T0 + timedelta(seconds=t),
+                )
+            ),
+        )
 
     @rule(bp=st.sampled_from(BLUEPRINTS), t=st.integers(0, 600))
     def request_after_its_outcome(self, bp, t):
         rid = f"early-{t % 5}"
-        self._produce(REQ, bp.encode(), ev.encode(ev.GraftRequested(
-            request_id=rid, blueprint_id=bp, occurred_at=T0 + timedelta(seconds=t),
-            seeds=[ev.SeedCandidate(seed_id="s0", seed_idx=0), ev.SeedCandidate(seed_id="s1", seed_idx=1)])))
+        self._produce(
+            REQ,
+            bp.encode(),
+            ev.encode(
+                ev.GraftRequested(
+                    request_id=rid,
+                    blueprint_id=bp,
+                    occurred_at=T0 + timedelta(seconds=t),
+                    seeds=[ev.SeedCandidate(seed_id="s0", seed_idx=0), ev.SeedCandidate(seed_id="s1", seed_idx=1)],
+                )
+            ),
+        )
 
-    @rule(strategy=st.sampled_from(["ucb", "thompson", "epsilon-greedy", "discounted-ucb", "no-such"]),
-          bp=st.sampled_from([None, *BLUEPRINTS]))
+    @rule(
+        strategy=st.sampled_from(["ucb", "thompson", "epsilon-greedy", "discounted-ucb", "no-such"]),
+        bp=st.sampled_from([None, *BLUEPRINTS]),
+    )
     def switch(self, strategy, bp):
-        body = {"event_type": "strategy.switch", "strategy": strategy, "blueprint_id": bp,
-                "occurred_at": T0.isoformat()}
+        body = {
+            "event_type": "strategy.switch",
+            "strategy": strategy,
+            "blueprint_id": bp,
+            "occurred_at": T0.isoformat(),
+        }
         self._produce(CTL, None, orjson.dumps(body))
 
     @rule(topic=st.sampled_from([REQ, OUT, CTL]), value=st.sampled_from([b"not json", b"{}", b"[1]", b"\xff"]))
@@ -222,8 +282,10 @@ class ProcessorMachine(RuleBasedStateMachine):
 
     @invariant()
     def learned_at_most_once(self):
-        learned = self._rows("SELECT COUNT(*) FROM decisions WHERE status IN ('resolved', 'late') OR "
-                             "(status = 'expired' AND reward IS NOT NULL)")[0][0]
+        learned = self._rows(
+            "SELECT COUNT(*) FROM decisions WHERE status IN ('resolved', 'late') OR "
+            "(status = 'expired' AND reward IS NOT NULL)"
+        )[0][0]
         pulls = sum(int(s["arms"]["pulls"].sum()) for s in read_all(self.settings.db)["blueprints"].values())
         assert pulls == learned
 
@@ -236,15 +298,24 @@ class ProcessorMachine(RuleBasedStateMachine):
         held = self._rows("SELECT COUNT(*) FROM held_outcomes")[0][0]
         late_learned = self._rows("SELECT COUNT(*) FROM decisions WHERE status = 'late'")[0][0]
         fed = sum(1 for m in self.processed if m.topic == OUT)
-        accounted = (dead + c.get("outcomes_learned", 0) + c.get("duplicate_outcomes", 0)
-                     + c.get("late_outcomes", 0) - late_learned + c.get("mismatched_outcomes", 0)
-                     + c.get("dangling_outcomes", 0) + held)
+        accounted = (
+            dead
+            + c.get("outcomes_learned", 0)
+            + c.get("duplicate_outcomes", 0)
+            + c.get("late_outcomes", 0)
+            - late_learned
+            + c.get("mismatched_outcomes", 0)
+            + c.get("dangling_outcomes", 0)
+            + held
+        )
         assert accounted == fed, (accounted, fed, c)
 
     def check_replay(self):
         """The whole log replayed into a fresh store gives the live state."""
-        records = sorted((m for name in (SEL, OUT, CTL, DLQ) for m in self.bus.read(name)),
-                         key=lambda m: (m.timestamp_ms, m.topic, m.partition, m.offset))
+        records = sorted(
+            (m for name in (SEL, OUT, CTL, DLQ) for m in self.bus.read(name)),
+            key=lambda m: (m.timestamp_ms, m.topic, m.partition, m.offset),
+        )
         db = Path(self.dir.name) / "replayed.sqlite"
         store = self.run(Store(db).open())
         try:
@@ -271,8 +342,13 @@ class LateAndDefaultMachine(ProcessorMachine):
     default_strategy = "ucb"  # a default reward cannot be combined with change detection (glr-ucb, the default)
 
 
-SETTINGS = settings(derandomize=True, max_examples=15, stateful_step_count=30, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+SETTINGS = settings(
+    derandomize=True,
+    max_examples=15,
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 
 
 def _with_final_replay(machine):

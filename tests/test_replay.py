@@ -14,30 +14,37 @@ from pathlib import Path
 
 import pytest
 
-from seedworker.contract import events as ev
 from seedworker.broker.memory import MemoryBus
-from seedworker.tools.cli import main
+from seedworker.contract import events as ev
+from seedworker.contract.headers import SOURCE_OFFSET, SOURCE_PARTITION, WARM_START
 from seedworker.core.config import Settings
 from seedworker.engine.replay import Replay
 from seedworker.store.readers import read_all
 from seedworker.store.store import Store
-from seedworker.contract.headers import SOURCE_OFFSET, SOURCE_PARTITION, WARM_START
+from seedworker.tools.cli import main
 from tests.support import T0, assert_same_store, drain, outcome, root_logging, snapshot  # noqa: F401 (fixture)
 from tests.support import training_request as request
 
 REQUESTS, OUTCOMES, SELECTIONS, CONTROL, DLQ = (
-    "graft.requested", "adaptation.outcome", "seed.selected", "seedworker.control", "seedworker.dlq")
+    "graft.requested",
+    "adaptation.outcome",
+    "seed.selected",
+    "seedworker.control",
+    "seedworker.dlq",
+)
 
 
 async def rebuild(settings: Settings, bus: MemoryBus, db: Path, order=None) -> Replay:
     """What `seedworker replay` does, with the memory bus's records merged by their stamp."""
     t = settings.kafka.topics
-    records = sorted((m for name in (t.selections, t.outcomes, t.control, t.dead_letters) for m in bus.read(name)),
-                     key=lambda m: m.timestamp_ms)
+    records = sorted(
+        (m for name in (t.selections, t.outcomes, t.control, t.dead_letters) for m in bus.read(name)),
+        key=lambda m: m.timestamp_ms,
+    )
     store = await Store(db).open()
     worker = await Replay(settings, store).start()
     try:
-        for m in (order(records) if order else records):
+        for m in order(records) if order else records:
             await worker.feed(m)
         await worker.finish({(t.requests, p): 0 for p in range(len(bus.topics[t.requests]))})
     finally:
@@ -47,9 +54,13 @@ async def rebuild(settings: Settings, bus: MemoryBus, db: Path, order=None) -> R
 
 @pytest.fixture
 def settings(tmp_path):
-    return Settings(db=str(tmp_path / "live.sqlite"), kafka={"partitions": 2}, decay={"half_life_s": 900.0},
-                    default_strategy="thompson",
-                    blueprint_strategies={"bp-lin": "linucb", "bp-ucb": "ucb", "bp-dis": "discounted-ucb"})
+    return Settings(
+        db=str(tmp_path / "live.sqlite"),
+        kafka={"partitions": 2},
+        decay={"half_life_s": 900.0},
+        default_strategy="thompson",
+        blueprint_strategies={"bp-lin": "linucb", "bp-ucb": "ucb", "bp-dis": "discounted-ucb"},
+    )
 
 
 @pytest.fixture
@@ -75,8 +86,15 @@ def gain(s: ev.SeedSelected) -> float:
 async def test_rebuilt_store_equals_the_live_one(settings, bus, tmp_path):
     bps = ["bp-lin", "bp-ucb", "bp-dis", "bp-ts"]
     # an outcome that comes before its request (a single-seed request, so it matches the choice), held live
-    early = ev.encode(ev.AdaptationOutcome(request_id="req-90", blueprint_id="bp-one", seed_id="layer3:0",
-                                           accuracy_delta=0.3, occurred_at=T0 + timedelta(seconds=91)))
+    early = ev.encode(
+        ev.AdaptationOutcome(
+            request_id="req-90",
+            blueprint_id="bp-one",
+            seed_id="layer3:0",
+            accuracy_delta=0.3,
+            occurred_at=T0 + timedelta(seconds=91),
+        )
+    )
     bus.produce(OUTCOMES, b"bp-one", early)
     await drain(settings, bus)
     for i in range(40):
@@ -93,8 +111,13 @@ async def test_rebuilt_store_equals_the_live_one(settings, bus, tmp_path):
         if i % 7 == 0:
             bus.produce(OUTCOMES, s.blueprint_id.encode(), value)  # the same outcome again
     bus.produce(OUTCOMES, b"bad", b'{"event_type": "adaptation.outcome", "blueprint_id": "b"}')
-    bus.produce(CONTROL, None, ev.encode(ev.StrategySwitch(strategy="epsilon-greedy", blueprint_id="bp-ts",
-                                                           occurred_at=T0 + timedelta(seconds=45))))
+    bus.produce(
+        CONTROL,
+        None,
+        ev.encode(
+            ev.StrategySwitch(strategy="epsilon-greedy", blueprint_id="bp-ts", occurred_at=T0 + timedelta(seconds=45))
+        ),
+    )
     bus.produce(REQUESTS, b"bp-ucb", request(1, "bp-ucb"))  # a retry
     await drain(settings, bus)
     for i in range(40, 60):  # bp-ucb now offers a fifth seed: warm-started from what the blueprint learned
@@ -105,8 +128,15 @@ async def test_rebuilt_store_equals_the_live_one(settings, bus, tmp_path):
         bus.produce(OUTCOMES, s.blueprint_id.encode(), outcome(s, gain(s)))
     w = await drain(settings, bus)
     c = w.counters
-    assert (c["decisions"], c["outcomes_learned"], c["held_outcomes"], c["duplicate_outcomes"],
-            c["duplicate_requests"], c["dead_letters"], c["strategy_switches"]) == (61, 61, 1, 6, 1, 2, 1)
+    assert (
+        c["decisions"],
+        c["outcomes_learned"],
+        c["held_outcomes"],
+        c["duplicate_outcomes"],
+        c["duplicate_requests"],
+        c["dead_letters"],
+        c["strategy_switches"],
+    ) == (61, 61, 1, 6, 1, 2, 1)
     live = snapshot(settings.db)
     assert live["blueprints"]["bp-ucb"]["arms"]["prior_w"][4] == 1.0  # the fifth seed was warm-started
 
@@ -141,8 +171,7 @@ async def test_warm_start_comes_from_the_log_not_from_the_replay_order(settings,
     assert_same_store(tmp_path / "logged.sqlite", live)
 
     def without_warm_start(records):
-        return [replace(m, headers=tuple(h for h in m.headers if h[0] != WARM_START))
-                for m in outcomes_first(records)]
+        return [replace(m, headers=tuple(h for h in m.headers if h[0] != WARM_START)) for m in outcomes_first(records)]
 
     await rebuild(settings, bus, tmp_path / "guessed.sqlite", order=without_warm_start)
     guessed = read_all(tmp_path / "guessed.sqlite")["blueprints"]["bp-ucb"]["arms"]["prior_mean"][4]
@@ -154,8 +183,15 @@ async def test_expiry_late_and_dangling_outcomes_as_live(settings, bus, tmp_path
     drops the orphan outcome in the batch of the jump, then reads the late outcome. The replay reads all of it in
     one stream, so it has to end its batch where the live worker's expiry happened."""
     bus.produce(REQUESTS, b"bp-ts", request(0, "bp-ts"))
-    bus.produce(OUTCOMES, b"bp-ts", ev.encode(ev.AdaptationOutcome(
-        request_id="nobody", blueprint_id="bp-ts", seed_id="layer3:0", occurred_at=T0 + timedelta(seconds=2))))
+    bus.produce(
+        OUTCOMES,
+        b"bp-ts",
+        ev.encode(
+            ev.AdaptationOutcome(
+                request_id="nobody", blueprint_id="bp-ts", seed_id="layer3:0", occurred_at=T0 + timedelta(seconds=2)
+            )
+        ),
+    )
     await drain(settings, bus)
     (s,) = selections_of(bus).values()
     bus.produce(REQUESTS, b"bp-ts", request(5000, "bp-ts"))  # 5000 s later
@@ -185,7 +221,8 @@ async def test_request_offsets_come_from_the_selections_and_dead_letters(setting
     await rebuild(settings, bus, tmp_path / "rebuilt.sqlite")
     rebuilt = read_all(tmp_path / "rebuilt.sqlite")["offsets"]
     assert {tp: o for tp, o in rebuilt.items() if tp[0] == REQUESTS} == {
-        tp: o for tp, o in live["offsets"].items() if tp[0] == REQUESTS}
+        tp: o for tp, o in live["offsets"].items() if tp[0] == REQUESTS
+    }
     assert read_all(tmp_path / "rebuilt.sqlite")["counters"]["dead_letters"] == 1
 
 

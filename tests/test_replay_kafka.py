@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -24,13 +24,21 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
 from seedworker.contract import events as ev
-from seedworker.tools.cli import main
 from seedworker.core.config import Settings
 from seedworker.engine.replay import replay
 from seedworker.store.readers import read_all
+from seedworker.tools.cli import main
 from tests.kafka_broker import unique_topic
-from tests.support import (T0, assert_same, assert_same_store, eventually, outcome,  # noqa: F401 (fixture)
-                           root_logging, running_worker, snapshot)
+from tests.support import (  # noqa: F401 (fixture)
+    T0,
+    assert_same,
+    assert_same_store,
+    eventually,
+    outcome,
+    root_logging,
+    running_worker,
+    snapshot,
+)
 from tests.support import training_request as request
 from tests.support_kafka import PARTITIONS, Reader, create_topics
 
@@ -41,10 +49,19 @@ BLUEPRINTS = [*STRATEGIES, "bp-ts"]  # bp-ts: the default strategy (thompson)
 
 
 def settings_for(bootstrap: str, db: Path, topics: dict[str, str]) -> Settings:
-    return Settings(db=str(db), decay={"half_life_s": 900.0}, default_strategy="thompson",
-                    blueprint_strategies=STRATEGIES,
-                    kafka={"bootstrap_servers": bootstrap, "group_id": unique_topic("group"), "topics": topics,
-                           "partitions": PARTITIONS, "output_partitions": PARTITIONS})
+    return Settings(
+        db=str(db),
+        decay={"half_life_s": 900.0},
+        default_strategy="thompson",
+        blueprint_strategies=STRATEGIES,
+        kafka={
+            "bootstrap_servers": bootstrap,
+            "group_id": unique_topic("group"),
+            "topics": topics,
+            "partitions": PARTITIONS,
+            "output_partitions": PARTITIONS,
+        },
+    )
 
 
 def delete_store(db: Path) -> None:
@@ -54,8 +71,15 @@ def delete_store(db: Path) -> None:
 
 
 def outcome_for(request_id: str, bp: str, seed_id: str, gain: float, at: float) -> bytes:
-    return ev.encode(ev.AdaptationOutcome(request_id=request_id, blueprint_id=bp, seed_id=seed_id,
-                                          accuracy_delta=gain, occurred_at=T0 + timedelta(seconds=at)))
+    return ev.encode(
+        ev.AdaptationOutcome(
+            request_id=request_id,
+            blueprint_id=bp,
+            seed_id=seed_id,
+            accuracy_delta=gain,
+            occurred_at=T0 + timedelta(seconds=at),
+        )
+    )
 
 
 def gain(s: ev.SeedSelected) -> float:
@@ -73,8 +97,9 @@ class Tamiyo:
 
     async def answered(self, request_ids) -> dict[str, ev.SeedSelected]:
         want = set(request_ids)
-        records = await self.answers.until(lambda rs: want <= {orjson.loads(r.value)["request_id"] for r in rs},
-                                           f"answers to {len(want)} requests")
+        records = await self.answers.until(
+            lambda rs: want <= {orjson.loads(r.value)["request_id"] for r in rs}, f"answers to {len(want)} requests"
+        )
         out: dict[str, ev.SeedSelected] = {}
         for r in records:
             s = ev.decode(r.value, ev.SEED_SELECTED)
@@ -84,8 +109,7 @@ class Tamiyo:
 
 
 @pytest.mark.timeout(240)
-async def test_replay_rebuilds_the_live_state_after_the_store_is_lost(kafka_bootstrap, kafka_topic_factory,
-                                                                      tmp_path):
+async def test_replay_rebuilds_the_live_state_after_the_store_is_lost(kafka_bootstrap, kafka_topic_factory, tmp_path):
     topics = await create_topics(kafka_topic_factory, "replay")
     live_db = tmp_path / "live.sqlite"
     settings = settings_for(kafka_bootstrap, live_db, topics)
@@ -107,14 +131,17 @@ async def test_replay_rebuilds_the_live_state_after_the_store_is_lost(kafka_boot
             wave = {f"req-{i}": BLUEPRINTS[i % len(BLUEPRINTS)] for i in range(60)}
             for rid, bp in wave.items():
                 await tamiyo.send("requests", request(int(rid[4:]), bp), bp)
-            for j, rid in enumerate(early):
+            for j, _rid in enumerate(early):
                 await tamiyo.send("requests", request(300 + j, "bp-one", k=1), "bp-one")
             await tamiyo.send("requests", request(310, "bp-ts"), "bp-ts")
             await tamiyo.send("requests", b'{"event_type": "graft.requested", "request_id": ', "bp-bad")
             await tamiyo.send("requests", request(3, wave["req-3"]), wave["req-3"])  # a client retry
             chosen = await tamiyo.answered([*wave, *early, "req-310"])
-            await eventually(lambda: c["outcomes_learned"] == 3 and c["mismatched_outcomes"] == 1,
-                             "the early outcomes joined", detail=lambda: repr(worker))
+            await eventually(
+                lambda: c["outcomes_learned"] == 3 and c["mismatched_outcomes"] == 1,
+                "the early outcomes joined",
+                detail=lambda: repr(worker),
+            )
 
             # 3. their outcomes, some twice (the same bytes, or a new event id), and a bad one
             for n, rid in enumerate(wave):
@@ -129,8 +156,13 @@ async def test_replay_rebuilds_the_live_state_after_the_store_is_lost(kafka_boot
             await eventually(lambda: c["outcomes_learned"] == 63, "63 outcomes learned", detail=lambda: repr(worker))
 
             # 4. a strategy switch, then a second wave in which bp-ucb offers a fifth seed (warm-started)
-            await tamiyo.send("control", ev.encode(ev.StrategySwitch(
-                strategy="ucb-v", blueprint_id="bp-ts", occurred_at=T0 + timedelta(seconds=60))), "bp-ts")
+            await tamiyo.send(
+                "control",
+                ev.encode(
+                    ev.StrategySwitch(strategy="ucb-v", blueprint_id="bp-ts", occurred_at=T0 + timedelta(seconds=60))
+                ),
+                "bp-ts",
+            )
             await eventually(lambda: c["strategy_switches"] == 1, "the switch", detail=lambda: repr(worker))
             second = {f"req-{i}": BLUEPRINTS[i % len(BLUEPRINTS)] for i in range(60, 100)}
             for rid, bp in second.items():
@@ -139,8 +171,7 @@ async def test_replay_rebuilds_the_live_state_after_the_store_is_lost(kafka_boot
             for rid in second:
                 s = chosen[rid]
                 await tamiyo.send("outcomes", outcome(s, gain(s), dt=2), s.blueprint_id)
-            await eventually(lambda: c["outcomes_learned"] == 103, "103 outcomes learned",
-                             detail=lambda: repr(worker))
+            await eventually(lambda: c["outcomes_learned"] == 103, "103 outcomes learned", detail=lambda: repr(worker))
 
             # 5. a decision without outcome, an orphan outcome, then event time jumps by 5000 s: the decision
             #    expires and the orphan dangles; the late outcome comes after that; one outcome stays held
@@ -150,27 +181,40 @@ async def test_replay_rebuilds_the_live_state_after_the_store_is_lost(kafka_boot
             await eventually(lambda: c["held_outcomes"] == 5, "the orphan held", detail=lambda: repr(worker))
             await tamiyo.send("requests", request(5120, "bp-lin"), "bp-lin")
             await tamiyo.answered(["req-5120"])  # published: its timestamp is before the late outcome's
-            await eventually(lambda: c["expired_decisions"] == 1 and c["dangling_outcomes"] == 1,
-                             "the expiry", detail=lambda: repr(worker))
+            await eventually(
+                lambda: c["expired_decisions"] == 1 and c["dangling_outcomes"] == 1,
+                "the expiry",
+                detail=lambda: repr(worker),
+            )
             await tamiyo.send("outcomes", outcome(lonely, 0.3, dt=4500), "bp-ts")
             await tamiyo.send("outcomes", outcome_for("req-9999", "bp-lin", "layer3:1", 0.1, 5121), "bp-lin")
-            await eventually(lambda: c["late_outcomes"] == 1 and c["held_outcomes"] == 6, "the late outcome",
-                             detail=lambda: repr(worker))
+            await eventually(
+                lambda: c["late_outcomes"] == 1 and c["held_outcomes"] == 6,
+                "the late outcome",
+                detail=lambda: repr(worker),
+            )
         live = snapshot(live_db)
         # a worker killed after publishing a batch but before marking it sent publishes it again at its next start:
         # the same records once more (key, value, headers), which the live store does not count
         async with Reader(kafka_bootstrap, topics["selections"]) as sel:
             for r in (await sel.to_end())[:3]:
-                await producer.send_and_wait(topics["selections"], r.value, key=r.key, partition=r.partition,
-                                             headers=list(r.headers))
+                await producer.send_and_wait(
+                    topics["selections"], r.value, key=r.key, partition=r.partition, headers=list(r.headers)
+                )
             published = await sel.to_end()
     finally:
         await producer.stop()
 
     lc = live["counters"]
     assert lc["decisions"] == 60 + 3 + 1 + 40 + 2
-    assert (lc["duplicate_requests"], lc["dead_letters"], lc["expired_decisions"], lc["late_outcomes"],
-            lc["dangling_outcomes"], lc["mismatched_outcomes"]) == (1, 2, 1, 1, 1, 1)
+    assert (
+        lc["duplicate_requests"],
+        lc["dead_letters"],
+        lc["expired_decisions"],
+        lc["late_outcomes"],
+        lc["dangling_outcomes"],
+        lc["mismatched_outcomes"],
+    ) == (1, 2, 1, 1, 1, 1)
     assert lc["duplicate_outcomes"] == 7 + 5
     assert live["blueprints"]["bp-ucb"]["arms"]["prior_w"][4] == 1.0  # the fifth seed was warm-started
     statuses = Counter(row[0] for row in live["decisions"].values())
@@ -200,6 +244,7 @@ async def test_replay_rebuilds_the_live_state_after_the_store_is_lost(kafka_boot
             await producer.stop()
     async with Reader(kafka_bootstrap, topics["selections"]) as sel:
         after = await sel.to_end()
+
     def per_request(records) -> Counter:
         return Counter(orjson.loads(r.value)["request_id"] for r in records)
 
@@ -218,30 +263,41 @@ async def _produce_and_learn(tamiyo: Tamiyo, worker, ids: dict[str, str], learne
     for rid in ids:
         s = chosen[rid]
         await tamiyo.send("outcomes", outcome(s, gain(s)), s.blueprint_id)
-    await eventually(lambda: worker.counters["outcomes_learned"] == learned, f"{learned} outcomes learned",
-                     detail=lambda: repr(worker))
+    await eventually(
+        lambda: worker.counters["outcomes_learned"] == learned,
+        f"{learned} outcomes learned",
+        detail=lambda: repr(worker),
+    )
 
 
 def write_config(path: Path, bootstrap: str, topics: dict[str, str]) -> Path:
-    lines = ['default_strategy = "thompson"', "[decay]", "half_life_s = 900.0", "[blueprint_strategies]",
-             *(f'"{bp}" = "{name}"' for bp, name in STRATEGIES.items()),
-             "[kafka]", f'bootstrap_servers = "{bootstrap}"', f"partitions = {PARTITIONS}",
-             f"output_partitions = {PARTITIONS}", "[kafka.topics]",
-             *(f'{kind} = "{name}"' for kind, name in topics.items())]
+    lines = [
+        'default_strategy = "thompson"',
+        "[decay]",
+        "half_life_s = 900.0",
+        "[blueprint_strategies]",
+        *(f'"{bp}" = "{name}"' for bp, name in STRATEGIES.items()),
+        "[kafka]",
+        f'bootstrap_servers = "{bootstrap}"',
+        f"partitions = {PARTITIONS}",
+        f"output_partitions = {PARTITIONS}",
+        "[kafka.topics]",
+        *(f'{kind} = "{name}"' for kind, name in topics.items()),
+    ]
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
-async def test_replay_says_what_retention_deleted(kafka_bootstrap, kafka_topic_factory, tmp_path, capsys,
-                                                 root_logging):
+async def test_replay_says_what_retention_deleted(kafka_bootstrap, kafka_topic_factory, tmp_path, capsys, root_logging):
     topics = await create_topics(kafka_topic_factory, "retention")
     settings = settings_for(kafka_bootstrap, tmp_path / "live.sqlite", topics)
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
     await producer.start()
     try:
         async with running_worker(settings) as (worker, _task), Reader(kafka_bootstrap, topics["selections"]) as sel:
-            await _produce_and_learn(Tamiyo(producer, topics, sel), worker,
-                                     {f"req-{i}": BLUEPRINTS[i % 3] for i in range(45)}, 45)
+            await _produce_and_learn(
+                Tamiyo(producer, topics, sel), worker, {f"req-{i}": BLUEPRINTS[i % 3] for i in range(45)}, 45
+            )
     finally:
         await producer.stop()
 
@@ -265,7 +321,8 @@ async def test_replay_says_what_retention_deleted(kafka_bootstrap, kafka_topic_f
     report = json.loads(capsys.readouterr().out)
     assert report["complete"] is False
     assert {(g["topic"], g["partition"], g["first_offset"]) for g in report["retention"]} == {
-        (tp.topic, tp.partition, n) for tp, n in cut.items()}
+        (tp.topic, tp.partition, n) for tp, n in cut.items()
+    }
     assert report["decisions"] == 45 - deleted
     # the outcomes of the deleted decisions have no decision to join: held (their event time has not moved on)
     assert report["counters"]["outcomes_learned"] == 45 - deleted
@@ -290,7 +347,7 @@ async def test_replay_from_a_timestamp(kafka_bootstrap, kafka_topic_factory, tmp
             tamiyo = Tamiyo(producer, topics, sel)
             await _produce_and_learn(tamiyo, worker, {f"req-{i}": "bp-old" for i in range(20)}, 20)
             await asyncio.sleep(0.05)
-            since = datetime.now(timezone.utc)
+            since = datetime.now(UTC)
             await asyncio.sleep(0.05)
             await _produce_and_learn(tamiyo, worker, {f"req-{i}": BLUEPRINTS[i % 2] for i in range(20, 50)}, 50)
     finally:
@@ -311,4 +368,5 @@ async def test_replay_from_a_timestamp(kafka_bootstrap, kafka_topic_factory, tmp
     for kind in ("requests", "outcomes"):
         name = topics[kind]
         assert {tp: o for tp, o in state["offsets"].items() if tp[0] == name} == {
-            tp: o for tp, o in live["offsets"].items() if tp[0] == name}
+            tp: o for tp, o in live["offsets"].items() if tp[0] == name
+        }

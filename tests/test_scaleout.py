@@ -18,14 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from seedworker.contract import events as ev
 from seedworker.broker.base import BusError, Committed
 from seedworker.broker.memory import MemoryBus
+from seedworker.contract import events as ev
 from seedworker.core.config import Settings, Topics
-from seedworker.engine.ownership import co_partitioned, own_state_current
 from seedworker.core.selector import SeedSelector
-from seedworker.store.readers import read_all
+from seedworker.engine.ownership import co_partitioned, own_state_current
 from seedworker.engine.worker import Worker
+from seedworker.store.readers import read_all
 from tests.support import T0, assert_state_equal, outcome
 from tests.support import training_request as request
 
@@ -69,8 +69,11 @@ class Group:
         await self.bus.ensure_topics({REQUESTS: PARTITIONS, OUTCOMES: PARTITIONS})
 
     def settings_of(self, name: str) -> Settings:
-        return Settings(db=str(self.tmp_path / f"{name}.sqlite"),
-                        kafka={"partitions": PARTITIONS, "output_partitions": PARTITIONS}, **self.settings)
+        return Settings(
+            db=str(self.tmp_path / f"{name}.sqlite"),
+            kafka={"partitions": PARTITIONS, "output_partitions": PARTITIONS},
+            **self.settings,
+        )
 
     async def join(self, name: str, assignment, bus: MemoryBus | None = None) -> Worker:
         if bus is None:
@@ -96,7 +99,7 @@ class Group:
 
     def tamiyo(self) -> int:
         """An outcome for each decision answered for the first time."""
-        new = self.produced(SELECTIONS)[self.read:]
+        new = self.produced(SELECTIONS)[self.read :]
         self.read += len(new)
         n = 0
         for m in new:
@@ -229,7 +232,11 @@ async def test_partitions_moving_between_workers_keep_one_consistent_state(tmp_p
         g.check({0: "a", 1: "a", 2: "b", 3: "b"})
         # the group's commits name the owners
         assert {p: g.bus.owners[(REQUESTS, p)] for p in range(PARTITIONS)} == {
-            0: a.worker_id, 1: a.worker_id, 2: b.worker_id, 3: b.worker_id}
+            0: a.worker_id,
+            1: a.worker_id,
+            2: b.worker_id,
+            3: b.worker_id,
+        }
         # counters count what each worker did: together every decision and outcome once
         assert a.counters["decisions"] + b.counters["decisions"] >= 160  # b's first store decided 0..47 of 2, 3
     finally:
@@ -295,7 +302,7 @@ async def test_unsent_answers_go_out_when_nobody_took_the_partitions_over(tmp_pa
         b = await g.join("b", {2, 3}, bus=flaky)  # its own partitions back, nobody touched them: current
         assert b.counters["rebuilt_partitions"] == 0
         published = [m.value for m in g.bus.read(SELECTIONS)]
-        assert published[-len(stored):] == stored  # byte for byte
+        assert published[-len(stored) :] == stored  # byte for byte
         await g.pump()
         g.check({0: "a", 1: "a", 2: "b", 3: "b"})
     finally:
@@ -335,8 +342,9 @@ async def test_every_worker_applies_every_strategy_switch(tmp_path, blueprints_s
         await g.pump()
         on_b = next(bp for bp in BLUEPRINTS if partition_of(bp) in (2, 3))
         g.bus.produce(CONTROL, None, ev.encode(ev.StrategySwitch(strategy="ucb", occurred_at=T0)))
-        g.bus.produce(CONTROL, None, ev.encode(ev.StrategySwitch(strategy="epsilon-greedy", blueprint_id=on_b,
-                                                                 occurred_at=T0)))
+        g.bus.produce(
+            CONTROL, None, ev.encode(ev.StrategySwitch(strategy="epsilon-greedy", blueprint_id=on_b, occurred_at=T0))
+        )
         await g.pump()
         for w in (a, b):
             assert w.counters["strategy_switches"] == 2

@@ -51,11 +51,16 @@ def worker_process(bootstrap: str, tmp_path: Path, name: str, topics: dict[str, 
     wp = WorkerProcess(bootstrap, tmp_path / f"{name}.sqlite", topics, group, tmp_path / f"{name}.log")
     # Six partitions; a dead worker is noticed after 6 s (the smallest session Kafka allows by default), a joining
     # one within a heartbeat.
-    wp.env.update(SEEDWORKER_KAFKA__PARTITIONS=str(PARTITIONS), SEEDWORKER_KAFKA__OUTPUT_PARTITIONS=str(PARTITIONS),
-                  SEEDWORKER_KAFKA__SESSION_TIMEOUT_MS="6000", SEEDWORKER_KAFKA__HEARTBEAT_INTERVAL_MS="1000",
-                  SEEDWORKER_KAFKA__CLIENT_ID=f"seedworker-{name}")
-    wp.settings = load_settings(None, environ=wp.env, overrides={"kafka.bootstrap_servers": bootstrap,
-                                                                 "db": str(tmp_path / f"{name}.sqlite")})
+    wp.env.update(
+        SEEDWORKER_KAFKA__PARTITIONS=str(PARTITIONS),
+        SEEDWORKER_KAFKA__OUTPUT_PARTITIONS=str(PARTITIONS),
+        SEEDWORKER_KAFKA__SESSION_TIMEOUT_MS="6000",
+        SEEDWORKER_KAFKA__HEARTBEAT_INTERVAL_MS="1000",
+        SEEDWORKER_KAFKA__CLIENT_ID=f"seedworker-{name}",
+    )
+    wp.settings = load_settings(
+        None, environ=wp.env, overrides={"kafka.bootstrap_servers": bootstrap, "db": str(tmp_path / f"{name}.sqlite")}
+    )
     return wp
 
 
@@ -64,19 +69,23 @@ async def committed_offsets(admin: AIOKafkaAdminClient, group: str, tps: list[To
 
 
 @pytest.mark.timeout(300)
-async def test_workers_in_one_group_lose_nothing_and_count_nothing_twice(kafka_bootstrap, kafka_topic_factory,
-                                                                         tmp_path):
+async def test_workers_in_one_group_lose_nothing_and_count_nothing_twice(
+    kafka_bootstrap, kafka_topic_factory, tmp_path
+):
     seed = 20260303
     request_rng, kill_rng = random.Random(seed), random.Random(seed + 1)
     window, per_phase = 40, 150  # outstanding requests; answers after the group settled, before the next change
     blueprints = {f"bp-{b:02d}": 3 + b % 3 for b in range(16)}  # blueprint -> number of candidate seeds
     best = {bp: b % k for b, (bp, k) in enumerate(blueprints.items())}
 
-    topics = {kind: await kafka_topic_factory(f"scale-{kind.replace('_', '-')}", 1 if kind == "control" else PARTITIONS)
-              for kind in KINDS}
+    topics = {
+        kind: await kafka_topic_factory(f"scale-{kind.replace('_', '-')}", 1 if kind == "control" else PARTITIONS)
+        for kind in KINDS
+    }
     group = unique_topic("scale-group")
-    workers = {name: worker_process(kafka_bootstrap, tmp_path, name, topics, group)
-               for name in ("w1", "w2", "w3", "w4")}
+    workers = {
+        name: worker_process(kafka_bootstrap, tmp_path, name, topics, group) for name in ("w1", "w2", "w3", "w4")
+    }
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", enable_idempotence=True, linger_ms=2)
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     await producer.start()
@@ -117,8 +126,12 @@ async def test_workers_in_one_group_lose_nothing_and_count_nothing_twice(kafka_b
             workers[name].start()
             live.append(workers[name])
         # phases: (what changes, the workers the group's commits name once it has settled after the change)
-        phases = [(None, {"w1", "w2", "w3"}), ("kill w2", {"w1", "w3"}), ("start w4", {"w1", "w3", "w4"}),
-                  ("restart w2", {"w1", "w2", "w3", "w4"})]
+        phases = [
+            (None, {"w1", "w2", "w3"}),
+            ("kill w2", {"w1", "w3"}),
+            ("start w4", {"w1", "w3", "w4"}),
+            ("restart w2", {"w1", "w2", "w3", "w4"}),
+        ]
         phase, settled_at, last_check = 0, None, 0.0
         while await owners_now() != phases[0][1]:  # the first three have joined and claimed their partitions
             assert all(wp.alive() for wp in live), tails()
@@ -131,8 +144,9 @@ async def test_workers_in_one_group_lose_nothing_and_count_nothing_twice(kafka_b
                 sending = phase < len(phases) - 1 or settled_at is None or len(first) - settled_at < per_phase
                 if not sending and len(first) == next_i:
                     break
-                assert time.monotonic() < deadline, (f"phase {phases[phase][0]}: {len(first)} of {next_i} requests "
-                                                     f"answered{tails()}")
+                assert time.monotonic() < deadline, (
+                    f"phase {phases[phase][0]}: {len(first)} of {next_i} requests answered{tails()}"
+                )
                 for wp in live:
                     assert wp.alive(), f"a worker died on its own (exit {wp.proc.returncode}){wp.tail()}"
                 while sending and next_i - len(first) < window:
@@ -244,6 +258,11 @@ async def test_workers_in_one_group_lose_nothing_and_count_nothing_twice(kafka_b
     assert counters["w4"].get("rebuilt_partitions", 0) >= 1  # a new store has nothing current
     assert sum(c.get("rebuilt_partitions", 0) for c in counters.values()) >= 4
     assert not any(c.get("dead_letters", 0) for c in counters.values())
-    print(f"scale-out: {len(first)} requests, owners {owners}, retries {retries}, per worker (decisions, rebuilt partitions, superseded "
-          f"rows): " + ", ".join(f"{n} ({c.get('decisions', 0)}, {c.get('rebuilt_partitions', 0)}, "
-                                f"{c.get('superseded_outbox_rows', 0)})" for n, c in counters.items()))
+    print(
+        f"scale-out: {len(first)} requests, owners {owners}, retries {retries}, per worker (decisions, rebuilt partitions, superseded "
+        f"rows): "
+        + ", ".join(
+            f"{n} ({c.get('decisions', 0)}, {c.get('rebuilt_partitions', 0)}, {c.get('superseded_outbox_rows', 0)})"
+            for n, c in counters.items()
+        )
+    )

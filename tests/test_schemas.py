@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
 
 from seedworker import SeedSelector
 from seedworker.contract import schemas as contract
-from seedworker.core.config import Topics
 from seedworker.contract.events import (
     MODELS,
     SCHEMA_VERSION,
@@ -23,6 +22,7 @@ from seedworker.contract.events import (
     decode,
     encode,
 )
+from seedworker.core.config import Topics
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
 EVENT_TYPES = sorted(MODELS)
@@ -78,7 +78,9 @@ def outcome_payload(**changes: Any) -> dict[str, Any]:
 def test_checked_in_files_match_the_models():
     rendered = contract.render()
     drifted = contract.check(SCHEMAS)
-    assert not drifted, f"schemas/ is out of date with seedworker/contract/events.py ({', '.join(drifted)}): run `make schemas`"
+    assert not drifted, (
+        f"schemas/ is out of date with seedworker/contract/events.py ({', '.join(drifted)}): run `make schemas`"
+    )
     on_disk = {p.name for p in SCHEMAS.iterdir() if p.is_file()}
     assert set(rendered) <= on_disk
     assert set(rendered) == {f"{t}.schema.json" for t in EVENT_TYPES} | {"asyncapi.json"}
@@ -124,10 +126,41 @@ def test_event_schema_is_valid_2020_12(event_type: str):
 # Keywords pydantic may emit that 2020-12 defines; anything else (e.g. pydantic's "ge" when a bound follows a
 # validator) is silently ignored by validators, so the schema would promise a check it does not make.
 KNOWN_KEYWORDS = {
-    "$schema", "$id", "$ref", "$defs", "title", "description", "default", "examples", "deprecated", "readOnly",
-    "writeOnly", "type", "const", "enum", "format", "pattern", "minLength", "maxLength", "minimum", "maximum",
-    "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "items", "prefixItems", "minItems", "maxItems",
-    "uniqueItems", "properties", "additionalProperties", "required", "anyOf", "oneOf", "allOf", "not",
+    "$schema",
+    "$id",
+    "$ref",
+    "$defs",
+    "title",
+    "description",
+    "default",
+    "examples",
+    "deprecated",
+    "readOnly",
+    "writeOnly",
+    "type",
+    "const",
+    "enum",
+    "format",
+    "pattern",
+    "minLength",
+    "maxLength",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "multipleOf",
+    "items",
+    "prefixItems",
+    "minItems",
+    "maxItems",
+    "uniqueItems",
+    "properties",
+    "additionalProperties",
+    "required",
+    "anyOf",
+    "oneOf",
+    "allOf",
+    "not",
 }
 
 
@@ -194,8 +227,10 @@ def _without(payload: dict, key: str) -> dict:
 
 INVALID = {
     "empty seeds": ("graft.requested", request_payload(seeds=[])),
-    "too many seeds": ("graft.requested", request_payload(
-        seeds=[{"seed_id": f"s{i}", "seed_idx": i} for i in range(257)])),
+    "too many seeds": (
+        "graft.requested",
+        request_payload(seeds=[{"seed_id": f"s{i}", "seed_idx": i} for i in range(257)]),
+    ),
     "missing request_id": ("graft.requested", _without(request_payload(), "request_id")),
     "empty request_id": ("graft.requested", request_payload(request_id="")),
     "negative seed_idx": ("graft.requested", request_payload(seeds=[{"seed_id": "a", "seed_idx": -1}])),
@@ -319,9 +354,12 @@ def test_header_constants_match_document():
     doc = load("asyncapi.json")
     messages = doc["components"]["messages"]
     assert set(contract.EVENT_HEADERS) == set(messages["graftRequested"]["headers"]["properties"])
-    assert set(contract.EVENT_HEADERS) | {contract.HEADER_DECISION_ID, contract.HEADER_SOURCE_PARTITION,
-                                          contract.HEADER_SOURCE_OFFSET, contract.HEADER_WARM_START} == set(
-        messages["seedSelected"]["headers"]["properties"])
+    assert set(contract.EVENT_HEADERS) | {
+        contract.HEADER_DECISION_ID,
+        contract.HEADER_SOURCE_PARTITION,
+        contract.HEADER_SOURCE_OFFSET,
+        contract.HEADER_WARM_START,
+    } == set(messages["seedSelected"]["headers"]["properties"])
     assert set(contract.DEAD_LETTER_HEADERS) == set(messages["deadLetter"]["headers"]["required"])
 
 
@@ -329,10 +367,23 @@ def test_worker_selection_headers_are_documented():
     from seedworker.contract import headers
 
     selected = SeedSelector().select(request_payload())
-    sent = {name for name, _ in headers.selection(decision_id=selected.decision_id,
-                                                  schema_version=selected.schema_version,
-                                                  trace_id="t-1", source=(0, 17), warm_start=b"none")}
+    sent = {
+        name
+        for name, _ in headers.selection(
+            decision_id=selected.decision_id,
+            schema_version=selected.schema_version,
+            trace_id="t-1",
+            source=(0, 17),
+            warm_start=b"none",
+        )
+    }
     documented = load("asyncapi.json")["components"]["messages"]["seedSelected"]["headers"]["properties"]
     assert sent <= set(documented), f"worker sends undocumented headers {sorted(sent - set(documented))}"
-    assert {"event_type", "schema_version", "content-type", "source.partition", "source.offset",
-            "seed.warm_start"} <= sent
+    assert {
+        "event_type",
+        "schema_version",
+        "content-type",
+        "source.partition",
+        "source.offset",
+        "seed.warm_start",
+    } <= sent

@@ -23,13 +23,13 @@ import trustme
 from cryptography.hazmat.primitives import serialization
 from pydantic import ValidationError
 
-from seedworker.tools import cli
 from seedworker.broker.base import AuthenticationError, BusError
 from seedworker.broker.client import SeedClient
-from seedworker.core.config import ConfigError, KafkaSettings, Settings, Topics, load_settings
 from seedworker.broker.security import client_options, describe, ssl_context
+from seedworker.core.config import ConfigError, KafkaSettings, Settings, Topics, load_settings
 from seedworker.dev.local_kafka import REPO_ROOT, LocalKafka, free_port
 from seedworker.engine.worker import Worker
+from seedworker.tools import cli
 from tests.kafka_broker import unique_topic
 
 USER = "alice"
@@ -75,13 +75,18 @@ def pki(tmp_path_factory) -> dict[str, str]:
         cert = ca.issue_cert(identity)
         # Kafka's PEM keystore reads PKCS#8 keys only.
         key = serialization.load_pem_private_key(cert.private_key_pem.bytes(), password=None).private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
         Path(paths[name]).write_bytes(key + b"".join(pem.bytes() for pem in cert.cert_chain_pems))
     client.cert_chain_pems[0].write_to_path(paths["client"])
     key = serialization.load_pem_private_key(client.private_key_pem.bytes(), password=None)
-    Path(paths["client_key"]).write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(KEY_PASSWORD.encode())))
+    Path(paths["client_key"]).write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(KEY_PASSWORD.encode()),
+        )
+    )
     return paths
 
 
@@ -91,9 +96,17 @@ def secure_kafka(tmp_path_factory, pki) -> Iterator[LocalKafka]:
     while len(ports) < 3:
         ports.add(free_port())
     port, sasl_port, ssl_port = ports
-    kafka = LocalKafka(port=port, sasl_port=sasl_port, workdir=tmp_path_factory.mktemp("sasl-kafka"),
-                       libs_dir=REPO_ROOT / ".cache" / "kafka" / "libs", scram_users={USER: PASSWORD},
-                       ssl_port=ssl_port, ssl_keystore=pki["server"], ssl_truststore=pki["ca"], die_with_parent=True)
+    kafka = LocalKafka(
+        port=port,
+        sasl_port=sasl_port,
+        workdir=tmp_path_factory.mktemp("sasl-kafka"),
+        libs_dir=REPO_ROOT / ".cache" / "kafka" / "libs",
+        scram_users={USER: PASSWORD},
+        ssl_port=ssl_port,
+        ssl_keystore=pki["server"],
+        ssl_truststore=pki["ca"],
+        die_with_parent=True,
+    )
     kafka.ensure_jars()
     try:
         kafka.start(timeout=120)
@@ -102,14 +115,32 @@ def secure_kafka(tmp_path_factory, pki) -> Iterator[LocalKafka]:
         kafka.stop()
 
 
-def sasl_settings(kafka: LocalKafka, tmp_path: Path, *, mechanism: str = "SCRAM-SHA-256", user: str = USER,
-                  password: str = PASSWORD, bootstrap: str | None = None, **overrides) -> Settings:
+def sasl_settings(
+    kafka: LocalKafka,
+    tmp_path: Path,
+    *,
+    mechanism: str = "SCRAM-SHA-256",
+    user: str = USER,
+    password: str = PASSWORD,
+    bootstrap: str | None = None,
+    **overrides,
+) -> Settings:
     topics = {name: unique_topic(f"sec-{name}") for name in Topics.model_fields}
-    return Settings(db=str(tmp_path / "state.sqlite"),
-                    kafka={"bootstrap_servers": bootstrap or kafka.sasl_bootstrap_servers, "topics": topics,
-                           "group_id": unique_topic("sec-group"), "security_protocol": "SASL_PLAINTEXT",
-                           "sasl_mechanism": mechanism, "sasl_username": user, "sasl_password": password,
-                           "partitions": 2, "output_partitions": 2, **overrides})
+    return Settings(
+        db=str(tmp_path / "state.sqlite"),
+        kafka={
+            "bootstrap_servers": bootstrap or kafka.sasl_bootstrap_servers,
+            "topics": topics,
+            "group_id": unique_topic("sec-group"),
+            "security_protocol": "SASL_PLAINTEXT",
+            "sasl_mechanism": mechanism,
+            "sasl_username": user,
+            "sasl_password": password,
+            "partitions": 2,
+            "output_partitions": 2,
+            **overrides,
+        },
+    )
 
 
 def with_mechanism(kafka: KafkaSettings, mechanism: str) -> KafkaSettings:
@@ -143,17 +174,20 @@ async def eventually(cond, what: str, timeout: float = 60.0) -> None:
 
 # -- SASL against the real broker ----------------------------------------------------------------------------------
 @pytest.mark.kafka
-async def test_authenticated_worker_and_clients_round_trip_through_the_sasl_listener(secure_kafka, tmp_path, caplog,
-                                                                                     capsys):
+async def test_authenticated_worker_and_clients_round_trip_through_the_sasl_listener(
+    secure_kafka, tmp_path, caplog, capsys
+):
     caplog.set_level(logging.DEBUG)
     settings = sasl_settings(secure_kafka, tmp_path, mechanism="SCRAM-SHA-256")
     async with running(Worker(settings)) as worker:
         # Tamiyo logs in with each mechanism the listener offers; every request is answered by the worker.
         for mechanism in ("SCRAM-SHA-512", "PLAIN", "SCRAM-SHA-256"):
-            async with SeedClient.from_settings(with_mechanism(settings.kafka, mechanism), timeout_s=60,
-                                                client_id=f"tamiyo-{mechanism}") as client:
-                selected = await client.request_seed(blueprint_id="bp-secure", seeds=SEEDS, timeout=60,
-                                                     request_id=f"req-{mechanism}")
+            async with SeedClient.from_settings(
+                with_mechanism(settings.kafka, mechanism), timeout_s=60, client_id=f"tamiyo-{mechanism}"
+            ) as client:
+                selected = await client.request_seed(
+                    blueprint_id="bp-secure", seeds=SEEDS, timeout=60, request_id=f"req-{mechanism}"
+                )
                 assert selected.request_id == f"req-{mechanism}"
                 assert selected.seed_id in {s["seed_id"] for s in SEEDS}
                 await client.report_outcome(selected, accuracy_delta=0.01)
@@ -164,8 +198,10 @@ async def test_authenticated_worker_and_clients_round_trip_through_the_sasl_list
 
     # inspect with the worker's own settings file, credentials included: they are read, never printed.
     config = tmp_path / "seedworker.toml"
-    config.write_text(f'[kafka]\nsecurity_protocol = "SASL_PLAINTEXT"\nsasl_mechanism = "SCRAM-SHA-256"\n'
-                      f'sasl_username = "{USER}"\nsasl_password = "{PASSWORD}"\n')
+    config.write_text(
+        f'[kafka]\nsecurity_protocol = "SASL_PLAINTEXT"\nsasl_mechanism = "SCRAM-SHA-256"\n'
+        f'sasl_username = "{USER}"\nsasl_password = "{PASSWORD}"\n'
+    )
     capsys.readouterr()
     assert cli.main(["inspect", "--db", settings.db, "--config", str(config)]) == 0
     as_text = capsys.readouterr()
@@ -173,8 +209,17 @@ async def test_authenticated_worker_and_clients_round_trip_through_the_sasl_list
     as_json = capsys.readouterr()
     assert "bp-secure" in as_text.out
     assert json.loads(as_json.out)["blueprints"]["bp-secure"]["decisions"] == 3
-    assert_no_secret(caplog.text, as_text.out, as_text.err, as_json.out, as_json.err, repr(settings), str(settings),
-                     repr(worker), settings.model_dump_json())
+    assert_no_secret(
+        caplog.text,
+        as_text.out,
+        as_text.err,
+        as_json.out,
+        as_json.err,
+        repr(settings),
+        str(settings),
+        repr(worker),
+        settings.model_dump_json(),
+    )
 
 
 CASES = {
@@ -187,13 +232,21 @@ CASES = {
 
 @pytest.mark.kafka
 @pytest.mark.parametrize("mechanism,user,password,listener,error", CASES.values(), ids=CASES.keys())
-async def test_refused_login_fails_at_once_with_a_clear_message(secure_kafka, tmp_path, caplog, mechanism, user,
-                                                                password, listener, error):
+async def test_refused_login_fails_at_once_with_a_clear_message(
+    secure_kafka, tmp_path, caplog, mechanism, user, password, listener, error
+):
     caplog.set_level(logging.DEBUG)
     address = secure_kafka.sasl_bootstrap_servers if listener == "sasl" else secure_kafka.bootstrap_servers
     # A long connect timeout: the refusal must end the start by itself, not the timeout.
-    settings = sasl_settings(secure_kafka, tmp_path, mechanism=mechanism, user=user, password=password,
-                             bootstrap=address, connect_timeout_s=240)
+    settings = sasl_settings(
+        secure_kafka,
+        tmp_path,
+        mechanism=mechanism,
+        user=user,
+        password=password,
+        bootstrap=address,
+        connect_timeout_s=240,
+    )
     worker = Worker(settings)
     with pytest.raises(AuthenticationError) as refused:
         await asyncio.wait_for(worker.run(), 120)
@@ -215,14 +268,29 @@ async def test_refused_login_fails_at_once_with_a_clear_message(secure_kafka, tm
 
 
 @pytest.mark.kafka
-def test_seedworker_run_reports_a_refused_login_without_the_password(secure_kafka, tmp_path, monkeypatch, capsys,
-                                                                      caplog):
+def test_seedworker_run_reports_a_refused_login_without_the_password(
+    secure_kafka, tmp_path, monkeypatch, capsys, caplog
+):
     caplog.set_level(logging.DEBUG)
-    for key, value in {"SECURITY_PROTOCOL": "SASL_PLAINTEXT", "SASL_MECHANISM": "SCRAM-SHA-512",
-                       "SASL_USERNAME": USER, "SASL_PASSWORD": WRONG, "CONNECT_TIMEOUT_S": "240"}.items():
+    for key, value in {
+        "SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "SASL_MECHANISM": "SCRAM-SHA-512",
+        "SASL_USERNAME": USER,
+        "SASL_PASSWORD": WRONG,
+        "CONNECT_TIMEOUT_S": "240",
+    }.items():
         monkeypatch.setenv(f"SEEDWORKER_KAFKA__{key}", value)
-    code = cli.main(["run", "--bootstrap-servers", secure_kafka.sasl_bootstrap_servers,
-                     "--db", str(tmp_path / "run.sqlite"), "--group-id", unique_topic("sec-cli")])
+    code = cli.main(
+        [
+            "run",
+            "--bootstrap-servers",
+            secure_kafka.sasl_bootstrap_servers,
+            "--db",
+            str(tmp_path / "run.sqlite"),
+            "--group-id",
+            unique_topic("sec-cli"),
+        ]
+    )
     out = capsys.readouterr()
     assert code == 1
     assert "refused" in out.err and "SCRAM-SHA-512" in out.err and secure_kafka.sasl_bootstrap_servers in out.err
@@ -238,32 +306,55 @@ def test_security_settings_are_checked_as_a_whole():
 
     assert "'PLAINTEXT', 'SSL', 'SASL_PLAINTEXT' or 'SASL_SSL'" in problem(security_protocol="SASL")
     assert "'PLAIN', 'SCRAM-SHA-256' or 'SCRAM-SHA-512'" in problem(
-        security_protocol="SASL_SSL", sasl_mechanism="GSSAPI", sasl_username=USER, sasl_password=PASSWORD)
+        security_protocol="SASL_SSL", sasl_mechanism="GSSAPI", sasl_username=USER, sasl_password=PASSWORD
+    )
     assert "security_protocol SASL_PLAINTEXT needs sasl_mechanism, sasl_password" in problem(
-        security_protocol="SASL_PLAINTEXT", sasl_username=USER)
+        security_protocol="SASL_PLAINTEXT", sasl_username=USER
+    )
     assert "sasl_username, sasl_password: only used with security_protocol SASL_PLAINTEXT or SASL_SSL" in problem(
-        sasl_username=USER, sasl_password=PASSWORD)
+        sasl_username=USER, sasl_password=PASSWORD
+    )
     assert "ssl_cafile: only used with security_protocol SSL or SASL_SSL, not SASL_PLAINTEXT" in problem(
-        security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN", sasl_username=USER, sasl_password=PASSWORD,
-        ssl_cafile="/ca.pem")
+        security_protocol="SASL_PLAINTEXT",
+        sasl_mechanism="PLAIN",
+        sasl_username=USER,
+        sasl_password=PASSWORD,
+        ssl_cafile="/ca.pem",
+    )
     assert "only used with ssl_certfile" in problem(security_protocol="SSL", ssl_keyfile="/key.pem")
-    lower = load_settings(environ={}, overrides={"kafka.security_protocol": "sasl_ssl", "kafka.sasl_mechanism":
-                                                 "scram-sha-512", "kafka.sasl_username": USER,
-                                                 "kafka.sasl_password": PASSWORD})
+    lower = load_settings(
+        environ={},
+        overrides={
+            "kafka.security_protocol": "sasl_ssl",
+            "kafka.sasl_mechanism": "scram-sha-512",
+            "kafka.sasl_username": USER,
+            "kafka.sasl_password": PASSWORD,
+        },
+    )
     assert (lower.kafka.security_protocol, lower.kafka.sasl_mechanism) == ("SASL_SSL", "SCRAM-SHA-512")
 
 
 def test_passwords_never_print():
-    environ = {"SEEDWORKER_KAFKA__SECURITY_PROTOCOL": "SASL_SSL", "SEEDWORKER_KAFKA__SASL_MECHANISM": "PLAIN",
-               "SEEDWORKER_KAFKA__SASL_USERNAME": USER, "SEEDWORKER_KAFKA__SASL_PASSWORD": PASSWORD,
-               "SEEDWORKER_KAFKA__SSL_CERTFILE": "/client.pem",
-               "SEEDWORKER_KAFKA__SSL_KEYFILE_PASSWORD": KEY_PASSWORD}
+    environ = {
+        "SEEDWORKER_KAFKA__SECURITY_PROTOCOL": "SASL_SSL",
+        "SEEDWORKER_KAFKA__SASL_MECHANISM": "PLAIN",
+        "SEEDWORKER_KAFKA__SASL_USERNAME": USER,
+        "SEEDWORKER_KAFKA__SASL_PASSWORD": PASSWORD,
+        "SEEDWORKER_KAFKA__SSL_CERTFILE": "/client.pem",
+        "SEEDWORKER_KAFKA__SSL_KEYFILE_PASSWORD": KEY_PASSWORD,
+    }
     settings = load_settings(environ=environ)
     assert settings.kafka.sasl_password.get_secret_value() == PASSWORD
     assert settings.kafka.ssl_keyfile_password.get_secret_value() == KEY_PASSWORD
     assert "**********" in repr(settings.kafka)
-    assert_no_secret(repr(settings), str(settings), repr(settings.kafka), str(settings.model_dump()),
-                     settings.model_dump_json(), json.dumps(settings.model_dump(mode="json")))
+    assert_no_secret(
+        repr(settings),
+        str(settings),
+        repr(settings.kafka),
+        str(settings.model_dump()),
+        settings.model_dump_json(),
+        json.dumps(settings.model_dump(mode="json")),
+    )
     # Errors about other settings, and about the security settings themselves, do not echo the input.
     with pytest.raises(ConfigError) as bad_other:
         load_settings(environ={**environ, "SEEDWORKER_MIN_SAMPLES": "-1"})
@@ -272,18 +363,25 @@ def test_passwords_never_print():
     with pytest.raises(ValidationError) as direct:
         Settings(default_strategy="nope", kafka={"security_protocol": "PLAINTEXT", "sasl_password": PASSWORD})
     assert "min_samples" in str(bad_other.value) and "sasl_mechanism" in str(bad_combination.value)
-    assert_no_secret(*exception_texts(bad_other.value), *exception_texts(bad_combination.value),
-                     *exception_texts(direct.value))
+    assert_no_secret(
+        *exception_texts(bad_other.value), *exception_texts(bad_combination.value), *exception_texts(direct.value)
+    )
 
 
 def test_client_options_carry_the_security_settings_to_aiokafka():
     assert client_options(KafkaSettings()) == {"security_protocol": "PLAINTEXT"}
-    sasl = KafkaSettings(security_protocol="SASL_PLAINTEXT", sasl_mechanism="SCRAM-SHA-512", sasl_username=USER,
-                         sasl_password=PASSWORD)
-    assert client_options(sasl) == {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "SCRAM-SHA-512",
-                                    "sasl_plain_username": USER, "sasl_plain_password": PASSWORD}
+    sasl = KafkaSettings(
+        security_protocol="SASL_PLAINTEXT", sasl_mechanism="SCRAM-SHA-512", sasl_username=USER, sasl_password=PASSWORD
+    )
+    assert client_options(sasl) == {
+        "security_protocol": "SASL_PLAINTEXT",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": USER,
+        "sasl_plain_password": PASSWORD,
+    }
     assert describe("k1:9093,k2:9093", client_options(sasl)) == (
-        "SASL_PLAINTEXT, SCRAM-SHA-512 as user 'alice', at k1:9093,k2:9093")
+        "SASL_PLAINTEXT, SCRAM-SHA-512 as user 'alice', at k1:9093,k2:9093"
+    )
     over_tls = client_options(sasl.model_copy(update={"security_protocol": "SASL_SSL"}))
     context = over_tls["ssl_context"]
     assert isinstance(context, ssl.SSLContext)
@@ -296,8 +394,14 @@ def test_client_options_carry_the_security_settings_to_aiokafka():
 async def test_worker_and_client_over_mutual_tls(secure_kafka, pki, tmp_path, caplog):
     caplog.set_level(logging.DEBUG)
     topics = {name: unique_topic(f"tls-{name}") for name in Topics.model_fields}
-    kafka = {**tls_settings(pki).model_dump(), "bootstrap_servers": secure_kafka.ssl_bootstrap_servers,
-             "topics": topics, "group_id": unique_topic("tls-group"), "partitions": 1, "output_partitions": 1}
+    kafka = {
+        **tls_settings(pki).model_dump(),
+        "bootstrap_servers": secure_kafka.ssl_bootstrap_servers,
+        "topics": topics,
+        "group_id": unique_topic("tls-group"),
+        "partitions": 1,
+        "output_partitions": 1,
+    }
     settings = Settings(db=str(tmp_path / "tls.sqlite"), kafka=kafka)
     async with running(Worker(settings)) as worker:
         async with SeedClient.from_settings(settings.kafka, client_id="tamiyo-tls", timeout_s=60) as client:
@@ -306,16 +410,23 @@ async def test_worker_and_client_over_mutual_tls(secure_kafka, pki, tmp_path, ca
 
     # The broker requires the client certificate (so the run above presented one). TLS 1.3 reports the refusal as a
     # closed connection, which cannot be told from a broker going away: this one ends with the connect timeout.
-    anonymous = KafkaSettings.model_validate({**settings.kafka.model_dump(), "ssl_certfile": None,
-                                              "ssl_keyfile": None, "ssl_keyfile_password": None,
-                                              "connect_timeout_s": 2})
+    anonymous = KafkaSettings.model_validate(
+        {
+            **settings.kafka.model_dump(),
+            "ssl_certfile": None,
+            "ssl_keyfile": None,
+            "ssl_keyfile_password": None,
+            "connect_timeout_s": 2,
+        }
+    )
     with pytest.raises(BusError) as dropped:
         await asyncio.wait_for(Worker(settings.model_copy(update={"kafka": anonymous})).run(), 120)
     assert not isinstance(dropped.value, AuthenticationError)
 
     # A broker whose certificate our CA did not sign is refused at once, by the worker and by the client.
-    untrusted = KafkaSettings.model_validate({**settings.kafka.model_dump(), "ssl_cafile": pki["other_ca"],
-                                              "connect_timeout_s": 240})
+    untrusted = KafkaSettings.model_validate(
+        {**settings.kafka.model_dump(), "ssl_cafile": pki["other_ca"], "connect_timeout_s": 240}
+    )
     caplog.clear()
     with pytest.raises(AuthenticationError) as refused:
         await asyncio.wait_for(Worker(settings.model_copy(update={"kafka": untrusted})).run(), 120)
@@ -362,8 +473,16 @@ async def handshake(context: ssl.SSLContext, port: int) -> bytes:
 
 
 def tls_settings(pki: dict[str, str], **overrides) -> KafkaSettings:
-    return KafkaSettings(**{"security_protocol": "SSL", "ssl_cafile": pki["ca"], "ssl_certfile": pki["client"],
-                            "ssl_keyfile": pki["client_key"], "ssl_keyfile_password": KEY_PASSWORD, **overrides})
+    return KafkaSettings(
+        **{
+            "security_protocol": "SSL",
+            "ssl_cafile": pki["ca"],
+            "ssl_certfile": pki["client"],
+            "ssl_keyfile": pki["client_key"],
+            "ssl_keyfile_password": KEY_PASSWORD,
+            **overrides,
+        }
+    )
 
 
 async def test_tls_context_verifies_the_broker_and_presents_the_client_certificate(pki):

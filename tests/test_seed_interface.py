@@ -6,7 +6,7 @@ from __future__ import annotations
 import enum
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -15,7 +15,7 @@ from seedworker.core.config import Settings, load_settings
 from seedworker.core.seed_interface import IntelligentSeedSelector, seedworker_strategy
 from seedworker.core.selector import SeedSelector
 
-T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
 
 
 class State(enum.Enum):
@@ -145,8 +145,10 @@ def test_strategy_names_either_way_and_switching():
 def test_default_strategy_comes_from_the_settings_or_the_document():
     assert IntelligentSeedSelector().selector.default_strategy == "ucb"  # the document's default
     assert IntelligentSeedSelector(settings=Settings()).selector.default_strategy == "ucb"
-    assert IntelligentSeedSelector(settings=Settings(default_strategy="softmax")).current_strategy == \
-        "performance_weighted"
+    assert (
+        IntelligentSeedSelector(settings=Settings(default_strategy="softmax")).current_strategy
+        == "performance_weighted"
+    )
     shared = SeedSelector(Settings(default_strategy="linucb"))
     assert IntelligentSeedSelector(selector=shared).selector is shared and shared.default_strategy == "linucb"
     with pytest.raises(ValueError, match="not both"):
@@ -155,8 +157,9 @@ def test_default_strategy_comes_from_the_settings_or_the_document():
 
 def test_settings_from_the_documents_yaml(tmp_path):
     path = tmp_path / "tamiyo.yaml"
-    path.write_text("seed_selection:\n  default_strategy: contextual\n  performance_decay_factor: 1.0\n"
-                    "  min_samples_required: 2\n")
+    path.write_text(
+        "seed_selection:\n  default_strategy: contextual\n  performance_decay_factor: 1.0\n  min_samples_required: 2\n"
+    )
     sel = IntelligentSeedSelector(settings=load_settings(path, environ={}), clock=Clock(), id_prefix="y")
     assert sel.current_strategy == "contextual" and sel.selector.default_strategy == "linucb"
     bp = _blueprint(2)
@@ -177,7 +180,14 @@ def test_selection_stats_keys():
     assert st["top_performing_seeds"][0] == best
     assert st["seedworker"]["top_performers"][0]["blueprint_id"] == "b"
     assert len(sel.selection_history) == 3 and set(sel.selection_history[0]) == {
-        "timestamp", "blueprint_id", "seed_id", "seed_idx", "strategy", "context", "decision_id"}
+        "timestamp",
+        "blueprint_id",
+        "seed_id",
+        "seed_idx",
+        "strategy",
+        "context",
+        "decision_id",
+    }
 
 
 def test_a_fixed_id_prefix_reproduces_the_run():
@@ -210,8 +220,9 @@ def test_the_documents_metrics_reach_the_per_seed_statistics():
     bp = _blueprint(2)
     for lat in (3.0, 5.0):
         _, seed = sel.select_seed(bp)
-        sel.record_outcome(seed.id, bp.id, {"accuracy_delta": 0.1, "latency_ms": lat, "memory_mb": 64.0,
-                                            "throughput": 1000.0})
+        sel.record_outcome(
+            seed.id, bp.id, {"accuracy_delta": 0.1, "latency_ms": lat, "memory_mb": 64.0, "throughput": 1000.0}
+        )
     row = next(r for r in sel.get_selection_stats()["seedworker"]["seeds"] if r["seed_id"] == "s0")
     assert row["measured"] == 2 and row["latency_ms"]["mean"] == 4.0 and row["memory_mb"]["mean"] == 64.0
     # 3 and 5 ms: sample sd sqrt(2) over sqrt(2) outcomes, so the half-width is 1.96.

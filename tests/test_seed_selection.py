@@ -49,11 +49,7 @@ class TestSeedSelection:
             selected_seeds.append(idx)
 
             # Simulate performance
-            selector.record_outcome(
-                seed.id, blueprint.id,
-                {'accuracy_delta': np.random.randn() * 0.1},
-                success=True
-            )
+            selector.record_outcome(seed.id, blueprint.id, {"accuracy_delta": np.random.randn() * 0.1}, success=True)
 
         # Verify all seeds were explored
         assert len(set(selected_seeds)) == 5
@@ -71,9 +67,10 @@ class TestSeedSelection:
 
             # Record performance based on seed
             selector.record_outcome(
-                seed.id, blueprint.id,
-                {'accuracy_delta': performance_levels[idx] + np.random.randn() * 0.01},
-                success=True
+                seed.id,
+                blueprint.id,
+                {"accuracy_delta": performance_levels[idx] + np.random.randn() * 0.01},
+                success=True,
             )
 
         # Check selection statistics
@@ -81,7 +78,7 @@ class TestSeedSelection:
         selection_counts = defaultdict(int)
 
         for history in selector.selection_history:
-            selection_counts[history['seed_idx']] += 1
+            selection_counts[history["seed_idx"]] += 1
 
         # Best seed should be selected most often
         assert selection_counts[2] > selection_counts[0]

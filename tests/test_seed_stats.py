@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import pickle
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
@@ -14,7 +14,7 @@ from seedworker.core.arms import ArmTable
 from seedworker.core.config import Settings
 from seedworker.core.selector import SeedSelector, interval95
 
-T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
 PROFILE = {"a": (2.0, 100.0, 900.0), "b": (5.0, 300.0, 400.0)}  # latency_ms, memory_mb, throughput means
 
 
@@ -24,17 +24,33 @@ def _run(n: int = 60, seed: int = 7) -> tuple[SeedSelector, dict[str, list[tuple
     seen: dict[str, list[tuple[float, float, float]]] = {"a": [], "b": []}
     for i in range(n):
         t = (T0 + timedelta(seconds=i)).isoformat()
-        s = sel.select({"request_id": f"r{i}", "blueprint_id": "bp", "occurred_at": t,
-                        "seeds": [{"seed_id": "a", "seed_idx": 0}, {"seed_id": "b", "seed_idx": 1}]})
+        s = sel.select(
+            {
+                "request_id": f"r{i}",
+                "blueprint_id": "bp",
+                "occurred_at": t,
+                "seeds": [{"seed_id": "a", "seed_idx": 0}, {"seed_id": "b", "seed_idx": 1}],
+            }
+        )
         lat, mem, thr = (max(0.0, float(rng.normal(m, m / 5))) for m in PROFILE[s.seed_id])
         # Failures fall on odd and even requests alike: round-robin alternates the two seeds, and whichever the
         # burn-in's random pick put first, each gets some (any path of the decisions' random stream).
         if i % 10 == 9:
             continue  # no outcome: stays pending, counts as a selection only
         seen[s.seed_id].append((lat, mem, thr))
-        sel.record_outcome({"decision_id": s.decision_id, "blueprint_id": "bp", "seed_id": s.seed_id,
-                            "accuracy_delta": 0.01, "latency_ms": lat, "memory_mb": mem, "throughput": thr,
-                            "occurred_at": t, "success": (i // 2) % 3 != 0})
+        sel.record_outcome(
+            {
+                "decision_id": s.decision_id,
+                "blueprint_id": "bp",
+                "seed_id": s.seed_id,
+                "accuracy_delta": 0.01,
+                "latency_ms": lat,
+                "memory_mb": mem,
+                "throughput": thr,
+                "occurred_at": t,
+                "success": (i // 2) % 3 != 0,
+            }
+        )
     return sel, seen
 
 
@@ -62,8 +78,14 @@ def test_per_seed_means_and_intervals_match_the_samples():
 def test_a_default_reward_is_not_a_measurement():
     sel, _ = _run(n=4)
     before = {r["seed_id"]: r["measured"] for r in sel.stats()["seeds"]}
-    s = sel.select({"request_id": "late", "blueprint_id": "bp", "occurred_at": T0.isoformat(),
-                    "seeds": [{"seed_id": "a", "seed_idx": 0}, {"seed_id": "b", "seed_idx": 1}]})
+    s = sel.select(
+        {
+            "request_id": "late",
+            "blueprint_id": "bp",
+            "occurred_at": T0.isoformat(),
+            "seeds": [{"seed_id": "a", "seed_idx": 0}, {"seed_id": "b", "seed_idx": 1}],
+        }
+    )
     sel.learn_reward(s, -0.1, T0.timestamp())
     after = {r["seed_id"]: r for r in sel.stats()["seeds"]}
     assert after[s.seed_id]["measured"] == before[s.seed_id] and after[s.seed_id]["outcomes"] > before[s.seed_id]
@@ -107,8 +129,9 @@ def test_a_state_saved_before_resources_were_counted_loads():
     old.load_state_dict(state)
     rows = old.stats()["seeds"]
     assert [r["measured"] for r in rows] == [0, 0] and all(r["outcomes"] > 0 for r in rows)
-    assert rows == [{**r, "measured": 0, **{k: {"mean": None, "ci95": None} for k in ("latency_ms", "memory_mb",
-                                                                                  "throughput")}}
-                    for r in sel.stats()["seeds"]]  # everything else as before
+    assert rows == [
+        {**r, "measured": 0, **{k: {"mean": None, "ci95": None} for k in ("latency_ms", "memory_mb", "throughput")}}
+        for r in sel.stats()["seeds"]
+    ]  # everything else as before
     old.blueprints["bp"].arms.observe(0, memory_mb=1.0, latency_ms=1.0, throughput=1.0)  # counting starts now
     assert old.stats()["seeds"][0]["measured"] == 1

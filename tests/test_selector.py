@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
 
-from seedworker.core.config import Settings
 from seedworker.contract.events import AdaptationOutcome, GraftRequested, SeedSelected, decision_id_for, decode, encode
+from seedworker.core.config import Settings
 from seedworker.core.selector import FALLBACK, SeedSelector
 
-T0 = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 SEEDS = ("a", "b", "c", "d")
 QUALITY = {"a": 0.1, "b": 0.6, "c": 0.3, "d": 0.2}
 
@@ -24,17 +24,27 @@ def _selector(**settings) -> SeedSelector:
     return SeedSelector(Settings(**settings), clock=_clock)
 
 
-def _request(rid: str, *, seeds=SEEDS, bp: str = "bp", t: float = 0.0, states: dict | None = None,
-             context: dict | None = None, constraints: dict | None = None, strategy: str | None = None,
-             idx: dict | None = None) -> dict:
+def _request(
+    rid: str,
+    *,
+    seeds=SEEDS,
+    bp: str = "bp",
+    t: float = 0.0,
+    states: dict | None = None,
+    context: dict | None = None,
+    constraints: dict | None = None,
+    strategy: str | None = None,
+    idx: dict | None = None,
+) -> dict:
     states = states or {}
     idx = idx or {}
     req = {
         "request_id": rid,
         "blueprint_id": bp,
         "occurred_at": (T0 + timedelta(seconds=t)).isoformat(),
-        "seeds": [{"seed_id": s, "seed_idx": idx.get(s, i), "state": states.get(s, "dormant")}
-                  for i, s in enumerate(seeds)],
+        "seeds": [
+            {"seed_id": s, "seed_idx": idx.get(s, i), "state": states.get(s, "dormant")} for i, s in enumerate(seeds)
+        ],
         "context": context if context is not None else {"current_loss": 1.0, "learning_rate": 0.01},
     }
     if constraints is not None:
@@ -44,8 +54,15 @@ def _request(rid: str, *, seeds=SEEDS, bp: str = "bp", t: float = 0.0, states: d
     return req
 
 
-def _outcome(selected: SeedSelected, *, reward: float, t: float, success: bool = True, memory_mb: float = 0.0,
-             by_request_id: bool = False) -> dict:
+def _outcome(
+    selected: SeedSelected,
+    *,
+    reward: float,
+    t: float,
+    success: bool = True,
+    memory_mb: float = 0.0,
+    by_request_id: bool = False,
+) -> dict:
     out = {
         "blueprint_id": selected.blueprint_id,
         "seed_id": selected.seed_id,
@@ -62,8 +79,12 @@ def _outcome(selected: SeedSelected, *, reward: float, t: float, success: bool =
 
 
 def _context(rng: np.random.Generator) -> dict:
-    return {"current_loss": float(rng.uniform(0.5, 3.0)), "learning_rate": float(10 ** rng.uniform(-4, -1)),
-            "current_epoch": float(rng.integers(0, 50)), "gradient_norm": float(rng.lognormal(0, 1))}
+    return {
+        "current_loss": float(rng.uniform(0.5, 3.0)),
+        "learning_rate": float(10 ** rng.uniform(-4, -1)),
+        "current_epoch": float(rng.integers(0, 50)),
+        "gradient_norm": float(rng.lognormal(0, 1)),
+    }
 
 
 def _assert_state_equal(a, b, path: str = "state") -> None:
@@ -144,9 +165,16 @@ def test_request_may_name_its_strategy():
 
 def test_stats_contents():
     sel = _selector(default_strategy="ucb")
-    assert sel.stats() == {"selections_per_strategy": {}, "total_selections": 0, "unique_seeds_selected": 0,
-                           "blueprints": 0, "pending_decisions": 0, "top_performers": [], "default_strategy": "ucb",
-                           "seeds": []}
+    assert sel.stats() == {
+        "selections_per_strategy": {},
+        "total_selections": 0,
+        "unique_seeds_selected": 0,
+        "blueprints": 0,
+        "pending_decisions": 0,
+        "top_performers": [],
+        "default_strategy": "ucb",
+        "seeds": [],
+    }
     _burn_in(sel, seeds=("a", "b", "c"))
     _burn_in(sel, bp="bp2", seeds=("x", "y"))
     picks = [sel.select(_request(f"r{i}", seeds=("a", "b", "c"), t=10.0 + i)) for i in range(3)]
@@ -231,8 +259,15 @@ def test_memory_budget_excludes_tracked_seeds_and_keeps_untried_ones():
     seeds = ("a", "b", "c")
     first = {}
     for i, sid in enumerate(("a", "b")):
-        s = sel.select(_request(f"seed-{sid}", seeds=seeds, t=float(i), strategy="seed0",
-                                idx={"a": 0, "b": 1, "c": 2} if sid == "a" else {"b": 0, "a": 1, "c": 2}))
+        s = sel.select(
+            _request(
+                f"seed-{sid}",
+                seeds=seeds,
+                t=float(i),
+                strategy="seed0",
+                idx={"a": 0, "b": 1, "c": 2} if sid == "a" else {"b": 0, "a": 1, "c": 2},
+            )
+        )
         assert s.seed_id == sid
         first[sid] = s
     sel.record_outcome(_outcome(first["a"], reward=0.9, memory_mb=2000.0, t=5.0))  # best, but too big
@@ -267,8 +302,9 @@ def test_latency_limit_excludes_a_slow_seed():
 
 def test_nothing_viable_falls_back_with_a_reason():
     sel = _selector()
-    s = sel.select(_request("none", t=0.0, states={sid: "active" for sid in SEEDS},
-                            idx={"a": 3, "b": 2, "c": 0, "d": 1}))
+    s = sel.select(
+        _request("none", t=0.0, states={sid: "active" for sid in SEEDS}, idx={"a": 3, "b": 2, "c": 0, "d": 1})
+    )
     assert s.strategy == FALLBACK == "fallback"
     assert s.propensity_method == "fallback" and s.propensity == 1.0
     assert s.seed_id == "c"  # the lowest seed_idx
@@ -298,8 +334,9 @@ def test_duplicate_and_unknown_outcomes():
     assert arms.pulls[i] == 1 and arms.reward_sum[i] == pytest.approx(0.4)
     _assert_state_equal(snapshot, sel.state_dict())
 
-    unknown = sel.record_outcome({"request_id": "never-asked", "blueprint_id": "bp", "seed_id": "a",
-                                  "accuracy_delta": 0.9})
+    unknown = sel.record_outcome(
+        {"request_id": "never-asked", "blueprint_id": "bp", "seed_id": "a", "accuracy_delta": 0.9}
+    )
     assert unknown.status == "unknown" and unknown.decision_id == decision_id_for("never-asked")
     _assert_state_equal(snapshot, sel.state_dict())
 
@@ -349,8 +386,13 @@ def _live_run(sel: SeedSelector, steps: int, seed: int, new_seed_at: int | None 
         arrive = now + float(rng.uniform(5.0, 200.0))
         # The outcome's own event time is jittered too, so event times are not in arrival order either.
         reward = float(np.clip(rng.normal(QUALITY.get(selected.seed_id, 0.4), 0.1), -1, 1))
-        outcome = _outcome(selected, reward=reward, t=arrive - float(rng.uniform(0, 150)),
-                           success=bool(rng.random() < 0.8), memory_mb=float(rng.uniform(10, 100)))
+        outcome = _outcome(
+            selected,
+            reward=reward,
+            t=arrive - float(rng.uniform(0, 150)),
+            success=bool(rng.random() < 0.8),
+            memory_mb=float(rng.uniform(10, 100)),
+        )
         waiting.append((arrive, selected, outcome))
     for _, selected, outcome in sorted(waiting, key=lambda w: w[0]):
         assert sel.record_outcome(outcome).status == "learned"
@@ -414,9 +456,12 @@ def test_replay_with_a_seed_that_appears_mid_stream_in_live_order(half_life_s):
     _assert_state_equal(live.state_dict(), _replay(settings, log, "live").state_dict())
 
 
-@pytest.mark.xfail(strict=True, reason="known limitation: a seed first offered mid-stream is warm-started from the "
-                   "pooled mean of the outcomes learned *so far*, so its prior depends on how outcomes interleave "
-                   "with selections; a replay that reorders outcomes gives it a different prior")
+@pytest.mark.xfail(
+    strict=True,
+    reason="known limitation: a seed first offered mid-stream is warm-started from the "
+    "pooled mean of the outcomes learned *so far*, so its prior depends on how outcomes interleave "
+    "with selections; a replay that reorders outcomes gives it a different prior",
+)
 def test_replay_with_a_seed_that_appears_mid_stream_in_another_order():
     settings = Settings.model_validate({"decay": {"half_life_s": 600.0}})
     live = SeedSelector(settings, clock=_clock)

@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 
 from seedworker.core.policies import STRATEGIES
-from seedworker.tools.simulation import BASELINE, SCENARIOS, make_env, simulate
-from seedworker.tools.simulation import command
+from seedworker.tools.simulation import BASELINE, SCENARIOS, command, make_env, simulate
 
 CORE = ["ucb", "thompson", "epsilon-greedy", "softmax", "linucb", "lin-thompson"]
 LEARNERS = [name for name in STRATEGIES if name != BASELINE]
@@ -169,16 +168,34 @@ def test_command_writes_json_and_png_and_the_same_seed_gives_the_same_json(tmp_p
         assert doc["scenario"] == name and doc["steps"] == 120 and doc["seed"] == 11 and doc["delay"] == 2
         assert doc["baseline"] == BASELINE and BASELINE in doc["results"]
         row = doc["results"]["ucb"]
-        for key in ("mean_reward", "cumulative_regret", "best_share_after_exploration", "seeds_never_tried",
-                    "improvement_over_seed0_pct", "selections", "cumulative_regret_curve"):
+        for key in (
+            "mean_reward",
+            "cumulative_regret",
+            "best_share_after_exploration",
+            "seeds_never_tried",
+            "improvement_over_seed0_pct",
+            "selections",
+            "cumulative_regret_curve",
+        ):
             assert key in row
         assert sum(row["selections"]) == 120
     assert "ucb" in table and "seed0 (baseline)" in table and "never tried" in table
 
 
 def test_command_json_on_stdout_and_errors(tmp_path, capsys):
-    argv = ["--scenario", "changepoint", "--steps", "60", "--strategies", "ucb,discounted-ucb", "--no-plot",
-            "--no-progress", "--json", "--out", str(tmp_path)]
+    argv = [
+        "--scenario",
+        "changepoint",
+        "--steps",
+        "60",
+        "--strategies",
+        "ucb,discounted-ucb",
+        "--no-plot",
+        "--no-progress",
+        "--json",
+        "--out",
+        str(tmp_path),
+    ]
     assert _run(argv) == 0
     out = capsys.readouterr().out
     doc = json.loads(out)["scenarios"]["changepoint"]

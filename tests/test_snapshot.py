@@ -15,10 +15,15 @@ import numpy as np
 import orjson
 import pytest
 
-from seedworker.contract import events as ev
 from seedworker.broker.memory import MemoryBus
-from seedworker.tools.cli import main
+from seedworker.contract import events as ev
 from seedworker.core.config import Settings
+from seedworker.engine.worker import Worker
+from seedworker.store.migrations import SCHEMA_VERSION
+from seedworker.store.readers import read_snapshot
+from seedworker.store.rows import load_state
+from seedworker.store.store import Store
+from seedworker.tools.cli import main
 from seedworker.tools.snapshot import (
     FORMAT_VERSION,
     SnapshotError,
@@ -28,15 +33,9 @@ from seedworker.tools.snapshot import (
     export_snapshot,
     import_snapshot,
 )
-from seedworker.store.migrations import SCHEMA_VERSION
-from seedworker.store.readers import read_snapshot
-from seedworker.store.rows import load_state
-from seedworker.store.store import Store
-from seedworker.engine.worker import Worker
-
 from tests.support import HISTORY_BLUEPRINTS as BLUEPRINTS
-from tests.support import drain, history_settings, make_outcome, make_request, run_history
 from tests.support import decision_order as selections
+from tests.support import drain, history_settings, make_outcome, make_request, run_history
 
 REQUESTS, OUTCOMES, CONTROL = "graft.requested", "adaptation.outcome", "seedworker.control"
 
@@ -61,8 +60,12 @@ def assert_same(a, b, where: str = "state") -> None:
 
 
 def stored_states(db) -> dict:
-    return read_snapshot(db, lambda c: {bp: load_state(s) for bp, s in c.execute(
-        "SELECT blueprint_id, state FROM blueprints ORDER BY blueprint_id")})
+    return read_snapshot(
+        db,
+        lambda c: {
+            bp: load_state(s) for bp, s in c.execute("SELECT blueprint_id, state FROM blueprints ORDER BY blueprint_id")
+        },
+    )
 
 
 @pytest.fixture
@@ -94,11 +97,13 @@ async def test_export_import_export_is_byte_identical_and_keeps_the_state_exact(
     assert_same(stored_states(settings.db), stored_states(target))
     # Payloads are stored byte for byte: a retried request gets exactly the stored answer again.
     rows = "SELECT decision_id, status, reward, outcome_time, payload FROM decisions ORDER BY rowid"
-    assert read_snapshot(settings.db, lambda c: c.execute(rows).fetchall()) == \
-        read_snapshot(target, lambda c: c.execute(rows).fetchall())
+    assert read_snapshot(settings.db, lambda c: c.execute(rows).fetchall()) == read_snapshot(
+        target, lambda c: c.execute(rows).fetchall()
+    )
     unsent = "SELECT topic, key, value, headers FROM outbox WHERE sent_at IS NULL ORDER BY id"
-    assert read_snapshot(settings.db, lambda c: c.execute(unsent).fetchall()) == \
-        read_snapshot(target, lambda c: c.execute(unsent).fetchall())
+    assert read_snapshot(settings.db, lambda c: c.execute(unsent).fetchall()) == read_snapshot(
+        target, lambda c: c.execute(unsent).fetchall()
+    )
 
 
 @pytest.mark.parametrize("half_life_s", [None, 600.0])
@@ -189,16 +194,19 @@ async def drain_one_request(settings: Settings) -> None:
     await drain(settings, bus)
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda d: d.update(format="something-else"), "format: not a seedworker-snapshot"),
-    (lambda d: d.update(format_version=99), "format_version"),
-    (lambda d: d.update(schema_version=99), "schema_version: exported from store schema 99"),
-    (lambda d: d["decisions"][3]["payload"].pop("seed_id"), r"decisions\[3\]: payload: seed_id"),
-    (lambda d: d["decisions"][3]["payload"].update(decision_id="x"), r"decisions\[3\]: payload is the decision"),
-    (lambda d: d["counters"].update(decisions="many"), "decisions: expected an integer"),
-    (lambda d: d["held_outcomes"][0].pop("held_since"), r"held_outcomes\[0\]: missing 'held_since'"),
-    (lambda d: d["outbox"][0].update(value="not base64!"), r"outbox\[0\]"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: d.update(format="something-else"), "format: not a seedworker-snapshot"),
+        (lambda d: d.update(format_version=99), "format_version"),
+        (lambda d: d.update(schema_version=99), "schema_version: exported from store schema 99"),
+        (lambda d: d["decisions"][3]["payload"].pop("seed_id"), r"decisions\[3\]: payload: seed_id"),
+        (lambda d: d["decisions"][3]["payload"].update(decision_id="x"), r"decisions\[3\]: payload is the decision"),
+        (lambda d: d["counters"].update(decisions="many"), "decisions: expected an integer"),
+        (lambda d: d["held_outcomes"][0].pop("held_since"), r"held_outcomes\[0\]: missing 'held_since'"),
+        (lambda d: d["outbox"][0].update(value="not base64!"), r"outbox\[0\]"),
+    ],
+)
 async def test_a_bad_document_is_refused_naming_the_place_and_nothing_is_written(history, tmp_path, edit, message):
     settings, _ = history
     doc = export_snapshot(settings.db)
@@ -236,11 +244,23 @@ async def _in_thread(fn, *args):
 # -- values --------------------------------------------------------------------------------------------------------
 def test_values_round_trip_exactly_through_json():
     tiny = np.nextafter(0.0, 1.0)
-    state = {"clock": -math.inf, "x": 0.1 + 0.2, "neg_zero": -0.0, "nan": math.nan, "n": 3, "flag": True,
-             "name": "Infinity", "none": None, "ids": ["a", "b"], "names": ("p", "q"),
-             "cols": np.array([1 / 3, -np.inf, np.inf, np.nan, -0.0, tiny, 1e308]),
-             "empty": np.zeros((0, 3, 3)), "ints": np.arange(4, dtype=np.int64),
-             "np_scalar": np.float64(2.5e-300), "mat": np.linspace(-1, 1, 12).reshape(2, 2, 3)}
+    state = {
+        "clock": -math.inf,
+        "x": 0.1 + 0.2,
+        "neg_zero": -0.0,
+        "nan": math.nan,
+        "n": 3,
+        "flag": True,
+        "name": "Infinity",
+        "none": None,
+        "ids": ["a", "b"],
+        "names": ("p", "q"),
+        "cols": np.array([1 / 3, -np.inf, np.inf, np.nan, -0.0, tiny, 1e308]),
+        "empty": np.zeros((0, 3, 3)),
+        "ints": np.arange(4, dtype=np.int64),
+        "np_scalar": np.float64(2.5e-300),
+        "mat": np.linspace(-1, 1, 12).reshape(2, 2, 3),
+    }
     back = decode_value(orjson.loads(orjson.dumps(encode_value(state))))
     expect = dict(state, names=["p", "q"], np_scalar=2.5e-300)  # tuples come back as lists, numpy scalars as floats
     assert_same(expect, back)

@@ -23,17 +23,25 @@ def imported_modules(path: Path) -> list[tuple[int, str]]:
 
 
 def test_no_test_module_imports_another_test_module():
-    offending = [f"{path.name}:{line} imports {module}"
-                 for path in sorted(TESTS.glob("*.py"))
-                 for line, module in imported_modules(path)
-                 if module.startswith("tests.test_")]
+    offending = [
+        f"{path.name}:{line} imports {module}"
+        for path in sorted(TESTS.glob("*.py"))
+        for line, module in imported_modules(path)
+        if module.startswith("tests.test_")
+    ]
     assert not offending, "import shared helpers from tests/support*.py instead:\n" + "\n".join(offending)
 
 
 def test_the_check_sees_every_import_form(tmp_path):
     path = tmp_path / "probe.py"
-    path.write_text("from tests.test_worker import request\nimport tests.test_worker_kafka\n"
-                    "from tests import test_replay\nfrom .test_faults import disk_full\nfrom tests.support import T0\n")
+    path.write_text(
+        "from tests.test_worker import request\nimport tests.test_worker_kafka\n"
+        "from tests import test_replay\nfrom .test_faults import disk_full\nfrom tests.support import T0\n"
+    )
     modules = [m for _, m in imported_modules(path)]
     assert [m for m in modules if m.startswith("tests.test_")] == [
-        "tests.test_worker", "tests.test_worker_kafka", "tests.test_replay", "tests.test_faults"]
+        "tests.test_worker",
+        "tests.test_worker_kafka",
+        "tests.test_replay",
+        "tests.test_faults",
+    ]

@@ -7,11 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from seedworker.contract import events as ev
 from seedworker.broker.memory import MemoryBus
+from seedworker.contract import events as ev
 from seedworker.core.config import Settings
-from seedworker.store.readers import read_all
 from seedworker.engine.worker import Worker
+from seedworker.store.readers import read_all
 from tests.support import T0, check_selection, distinct_requests, drain, eventually, outcome, selections
 from tests.support import training_request as request
 from tests.support_buses import bus, bus_backend  # noqa: F401 (fixtures)
@@ -20,8 +20,9 @@ CONTROL = "seedworker.control"
 
 
 def switch(strategy: str, blueprint_id: str | None = None, logging_only: bool | None = None) -> bytes:
-    return ev.encode(ev.StrategySwitch(strategy=strategy, blueprint_id=blueprint_id, logging_only=logging_only,
-                                       occurred_at=T0))
+    return ev.encode(
+        ev.StrategySwitch(strategy=strategy, blueprint_id=blueprint_id, logging_only=logging_only, occurred_at=T0)
+    )
 
 
 def arm_arrays(db: str, bp: str) -> dict[str, np.ndarray]:
@@ -78,8 +79,11 @@ async def test_control_messages_are_processed_in_order_with_requests(settings, m
     w = Worker(settings, bus=memory_bus)
     await w.start()
     try:
-        fetch = [memory_bus.produce("graft.requested", b"bp", request(1)), memory_bus.produce(CONTROL, None, switch("seed0")),
-                 memory_bus.produce("graft.requested", b"bp", request(2))]
+        fetch = [
+            memory_bus.produce("graft.requested", b"bp", request(1)),
+            memory_bus.produce(CONTROL, None, switch("seed0")),
+            memory_bus.produce("graft.requested", b"bp", request(2)),
+        ]
         await w.process(fetch)
     finally:
         await w.close()
@@ -131,14 +135,16 @@ async def test_switch_keeps_statistics_and_later_decisions_log_the_new_strategy(
         return read_all(settings.db)["counters"].get(name, 0)
 
     async with bus.running(settings) as (worker, _task):
+
         async def ask(indices, bp: str = "bp") -> list[ev.SeedSelected]:
             for i in indices:
                 await bus.send("requests", request(i, bp), bp.encode())
                 sent[f"req-{i}"] = bp
             await bus.flush()
             want = [f"req-{i}" for i in indices]
-            records = await bus.until("selections", lambda rs: set(want) <= distinct_requests(rs),
-                                      f"answers to {len(want)} requests")
+            records = await bus.until(
+                "selections", lambda rs: set(want) <= distinct_requests(rs), f"answers to {len(want)} requests"
+            )
             answers = {s.request_id: s for s in (check_selection(r, sent) for r in records)}
             return [answers[rid] for rid in want]
 
@@ -153,8 +159,10 @@ async def test_switch_keeps_statistics_and_later_decisions_log_the_new_strategy(
 
         await bus.send("control", switch("ucb", blueprint_id="bp"))
         await bus.flush()
-        await eventually(lambda: worker.counters["strategy_switches"] == 1 and stored("strategy_switches") == 1,
-                         "the switch to be applied and stored")
+        await eventually(
+            lambda: worker.counters["strategy_switches"] == 1 and stored("strategy_switches") == 1,
+            "the switch to be applied and stored",
+        )
         after = arm_arrays(settings.db, "bp")
         assert before.keys() == after.keys()
         for k in before:  # the switch changed nothing that was learned

@@ -14,8 +14,8 @@ import random
 import orjson
 import pytest
 
-from seedworker.contract import events as ev
 from seedworker.broker.memory import MemoryBus
+from seedworker.contract import events as ev
 from seedworker.core.config import ConfigError, Settings
 from seedworker.store.readers import read_all
 from seedworker.store.store import Store
@@ -34,14 +34,16 @@ async def test_requests_are_answered_and_outcomes_learned(bus):
     settings = bus.settings()
     sent: dict[str, str] = {}
     async with bus.running(settings) as (worker, task):
+
         async def ask(indices) -> list[ev.SeedSelected]:
             for i in indices:
                 await bus.send("requests", request(i, bp, k), bp.encode())
                 sent[f"req-{i}"] = bp
             await bus.flush()
             want = {f"req-{i}" for i in indices}
-            records = await bus.until("selections", lambda rs: want <= distinct_requests(rs),
-                                      f"answers to {len(want)} requests")
+            records = await bus.until(
+                "selections", lambda rs: want <= distinct_requests(rs), f"answers to {len(want)} requests"
+            )
             return [check_selection(r, sent) for r in records if orjson.loads(r.value)["request_id"] in want]
 
         first = await ask(range(40))
@@ -51,8 +53,9 @@ async def test_requests_are_answered_and_outcomes_learned(bus):
             gain = (0.3 if s.seed_idx == best else 0.0) + rng.gauss(0.0, 0.02)
             await bus.send("outcomes", outcome(s, gain), bp.encode())
         await bus.flush()
-        await eventually(lambda: worker.counters["outcomes_learned"] == 40, "40 outcomes learned",
-                         detail=lambda: repr(worker))
+        await eventually(
+            lambda: worker.counters["outcomes_learned"] == 40, "40 outcomes learned", detail=lambda: repr(worker)
+        )
 
         later = await ask(range(40, 100))
         assert len(later) == 60
@@ -76,10 +79,17 @@ ODD_INPUT = [
     ("requests", b"[1,2]", b""),
     ("requests", b'{"event_type":"graft.requested","schema_version":"2.0"}', b""),
     ("requests", b'{"event_type":"graft.requested","request_id":"x","blueprint_id":"b","seeds":[]}', b""),
-    ("requests", b'{"event_type":"graft.requested","request_id":"x","blueprint_id":"b",'
-                 b'"seeds":[{"seed_id":"a","seed_idx":0}],"context":{"current_loss":NaN}}', b""),
-    ("outcomes", b'{"event_type":"adaptation.outcome","blueprint_id":"b","seed_id":"a","request_id":"r",'
-                 b'"latency_ms":-1}', b"latency_ms"),
+    (
+        "requests",
+        b'{"event_type":"graft.requested","request_id":"x","blueprint_id":"b",'
+        b'"seeds":[{"seed_id":"a","seed_idx":0}],"context":{"current_loss":NaN}}',
+        b"",
+    ),
+    (
+        "outcomes",
+        b'{"event_type":"adaptation.outcome","blueprint_id":"b","seed_id":"a","request_id":"r","latency_ms":-1}',
+        b"latency_ms",
+    ),
 ]
 
 
@@ -97,10 +107,24 @@ def bad_message(kind: int, i: int, rng: random.Random) -> tuple[str, bytes, byte
     if kind == 4:
         return "requests", orjson.dumps({**base, "seeds": []}), b"seeds"
     if kind == 5:
-        return ("requests", orjson.dumps({**base, "seeds": [{"seed_id": f"s{j}", "seed_idx": j} for j in range(300)]}),
-                b"seeds")
-    return ("outcomes", json.dumps({"event_type": "adaptation.outcome", "blueprint_id": "bp-bad", "seed_id": "s0",
-                                    "request_id": f"req-{i}", "latency_ms": -5.0}).encode(), b"latency_ms")
+        return (
+            "requests",
+            orjson.dumps({**base, "seeds": [{"seed_id": f"s{j}", "seed_idx": j} for j in range(300)]}),
+            b"seeds",
+        )
+    return (
+        "outcomes",
+        json.dumps(
+            {
+                "event_type": "adaptation.outcome",
+                "blueprint_id": "bp-bad",
+                "seed_id": "s0",
+                "request_id": f"req-{i}",
+                "latency_ms": -5.0,
+            }
+        ).encode(),
+        b"latency_ms",
+    )
 
 
 async def test_bad_input_goes_to_the_dead_letter_topic(bus):
@@ -109,8 +133,11 @@ async def test_bad_input_goes_to_the_dead_letter_topic(bus):
     rng = random.Random(3)
     await bus.create_topics()
     settings = bus.settings()
-    messages = [("good", i) for i in range(100)] + [("bad", i) for i in range(300)] + [
-        ("odd", j) for j in range(len(ODD_INPUT))]
+    messages = (
+        [("good", i) for i in range(100)]
+        + [("bad", i) for i in range(300)]
+        + [("odd", j) for j in range(len(ODD_INPUT))]
+    )
     rng.shuffle(messages)
     n_bad = 300 + len(ODD_INPUT)
     bad: dict[tuple[str, int, int], tuple] = {}  # (topic, partition, offset) -> (key, value, headers, reason)
@@ -198,9 +225,19 @@ async def test_duplicates_unknown_and_retried_requests(settings):
     bus.produce("adaptation.outcome", b"bp", outcome(s, 0.02))
     # Request 2 offers one candidate, so its decision (and the early outcome's seed) is known before it is made.
     early = ev.GraftRequested.model_validate(json.loads(request(2, k=1)))
-    bus.produce("adaptation.outcome", b"bp", ev.encode(ev.AdaptationOutcome(
-        request_id="req-2", blueprint_id="bp", seed_id="layer3:0", accuracy_delta=0.1,
-        occurred_at=early.occurred_at)))
+    bus.produce(
+        "adaptation.outcome",
+        b"bp",
+        ev.encode(
+            ev.AdaptationOutcome(
+                request_id="req-2",
+                blueprint_id="bp",
+                seed_id="layer3:0",
+                accuracy_delta=0.1,
+                occurred_at=early.occurred_at,
+            )
+        ),
+    )
     bus.produce("graft.requested", b"bp", request(1))
     w = await drain(settings, bus)
     assert w.counters["duplicate_outcomes"] == 1
@@ -217,6 +254,7 @@ async def test_store_file_is_private(settings):
     store = await Store(settings.db).open()
     await store.close()
     import os
+
     assert os.stat(settings.db).st_mode & 0o777 == 0o600
 
 
@@ -227,8 +265,15 @@ async def test_outcome_for_another_seed_is_not_credited_to_the_chosen_one(settin
     await drain(settings, bus)
     (s,) = selections(bus)
     other = next(f"layer3:{j}" for j in range(4) if f"layer3:{j}" != s.seed_id)
-    bus.produce("adaptation.outcome", b"bp", ev.encode(ev.AdaptationOutcome(
-        request_id="req-1", blueprint_id="bp", seed_id=other, accuracy_delta=0.5, occurred_at=s.request_time)))
+    bus.produce(
+        "adaptation.outcome",
+        b"bp",
+        ev.encode(
+            ev.AdaptationOutcome(
+                request_id="req-1", blueprint_id="bp", seed_id=other, accuracy_delta=0.5, occurred_at=s.request_time
+            )
+        ),
+    )
     w = await drain(settings, bus)
     assert w.counters["mismatched_outcomes"] == 1 and w.counters["outcomes_learned"] == 0
     assert read_all(settings.db)["blueprints"]["bp"]["arms"]["pulls"].sum() == 0

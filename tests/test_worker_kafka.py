@@ -65,8 +65,9 @@ async def test_crash_restart_loses_nothing_and_counts_nothing_twice(kafka_bootst
             next_i = 0
             deadline = time.monotonic() + 150
             while len(first) < n_requests:
-                assert time.monotonic() < deadline, (f"only {len(first)} of {n_requests} requests answered "
-                                                     f"(after {kills} kills){wp.tail()}")
+                assert time.monotonic() < deadline, (
+                    f"only {len(first)} of {n_requests} requests answered (after {kills} kills){wp.tail()}"
+                )
                 assert wp.alive(), f"the worker died on its own (exit {wp.proc.returncode}){wp.tail()}"
                 while next_i < n_requests and next_i - len(first) < window:
                     bp = request_rng.choice(list(blueprints))
@@ -112,8 +113,13 @@ async def test_crash_restart_loses_nothing_and_counts_nothing_twice(kafka_bootst
                 offsets = read_all(db)["offsets"]
                 return all(offsets.get(tp, 0) >= off for tp, off in want_offsets.items())
 
-            await eventually(drained, "the worker to consume every request and outcome", timeout=60,
-                             interval=0.1, detail=lambda: f"{read_all(db)['offsets']} vs {want_offsets}{wp.tail()}")
+            await eventually(
+                drained,
+                "the worker to consume every request and outcome",
+                timeout=60,
+                interval=0.1,
+                detail=lambda: f"{read_all(db)['offsets']} vs {want_offsets}{wp.tail()}",
+            )
             rc = await wp.terminate()
             assert rc == 0, f"the worker exited with {rc} on SIGTERM{wp.tail()}"
 
@@ -165,8 +171,10 @@ async def test_crash_restart_loses_nothing_and_counts_nothing_twice(kafka_bootst
     assert set(snap["blueprints"]) == set(replay.blueprints) == set(blueprints)
     for bp, state in replay.blueprints.items():
         assert_state_equal(snap["blueprints"][bp], state.to_dict(), bp)
-    print(f"crash test: {kills} kills, {resent} re-sent selections ({dup_requests} retried requests), "
-          f"{dup_outcomes} duplicate outcomes, counters {c}")
+    print(
+        f"crash test: {kills} kills, {resent} re-sent selections ({dup_requests} retried requests), "
+        f"{dup_outcomes} duplicate outcomes, counters {c}"
+    )
 
 
 # -- compressed input -----------------------------------------------------------------------------------------

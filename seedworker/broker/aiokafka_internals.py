@@ -40,8 +40,9 @@ def metadata_update_fits(client) -> bool:
         params = tuple(inspect.signature(update).parameters.values())
     except (TypeError, ValueError):
         return False
-    return (tuple(p.name for p in params) == METADATA_UPDATE_PARAMETERS
-            and all(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params))
+    return tuple(p.name for p in params) == METADATA_UPDATE_PARAMETERS and all(
+        p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params
+    )
 
 
 def pace_metadata_updates(client, first_s: float = 0.1, cap_s: float = 1.0) -> bool:
@@ -58,9 +59,12 @@ def pace_metadata_updates(client, first_s: float = 0.1, cap_s: float = 1.0) -> b
     if not metadata_update_fits(client):
         if not _warned:
             _warned = True
-            log.warning("this aiokafka (%s) has no AIOKafkaClient._metadata_update%s to wrap: failed metadata "
-                        "updates are not paced, and a broker outage may make the producer spin",
-                        _aiokafka_version(), METADATA_UPDATE_PARAMETERS)
+            log.warning(
+                "this aiokafka (%s) has no AIOKafkaClient._metadata_update%s to wrap: failed metadata "
+                "updates are not paced, and a broker outage may make the producer spin",
+                _aiokafka_version(),
+                METADATA_UPDATE_PARAMETERS,
+            )
         return False
     update = client._metadata_update
     if getattr(update, "seedworker_paced", False):

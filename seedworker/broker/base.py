@@ -12,8 +12,10 @@ gives a group-less reader for rebuilding a partition's state from the topics (se
 from __future__ import annotations
 
 import zlib
+from collections.abc import Awaitable, Callable, Iterable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import AsyncContextManager, Awaitable, Callable, Iterable, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 Headers = tuple[tuple[str, bytes], ...]
 TP = tuple[str, int]
@@ -68,10 +70,9 @@ class Bus(Protocol):
     async def fetch_committed(self, tps: list[TP]) -> dict[TP, Committed]: ...
     def pause(self, tps: list[TP]) -> None: ...
     def resume(self, tps: list[TP]) -> None: ...
-    def reader(self) -> AsyncContextManager: ...
+    def reader(self) -> AbstractAsyncContextManager: ...
 
 
 def partition_for(key: bytes | None, partitions: int) -> int:
     # Only the in-memory bus uses this; Kafka's producer uses murmur2 itself.
     return zlib.crc32(key or b"") % partitions
-

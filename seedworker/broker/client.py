@@ -45,17 +45,18 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
-from seedworker.contract import events as ev
 from seedworker.broker.aiokafka_internals import fetch_all_metadata
 from seedworker.broker.base import AuthenticationError
-from seedworker.core.config import KafkaSettings, Topics
 from seedworker.broker.security import client_options, describe, refusal, refusal_reason
+from seedworker.contract import events as ev
+from seedworker.core.config import KafkaSettings, Topics
 
 log = logging.getLogger("seedworker.broker.client")
 
@@ -76,9 +77,17 @@ class SeedClient:
     raise :class:`~seedworker.broker.kafka.AuthenticationError` (a ``ConnectionError``) at start, without retrying.
     """
 
-    def __init__(self, *, bootstrap_servers: str = "127.0.0.1:9092", topics: Topics | None = None,
-                 client_id: str = "tamiyo", timeout_s: float = 30.0, source: str = "tamiyo",
-                 metadata_refresh_s: float = 5.0, kafka_options: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        *,
+        bootstrap_servers: str = "127.0.0.1:9092",
+        topics: Topics | None = None,
+        client_id: str = "tamiyo",
+        timeout_s: float = 30.0,
+        source: str = "tamiyo",
+        metadata_refresh_s: float = 5.0,
+        kafka_options: Mapping[str, Any] | None = None,
+    ):
         if timeout_s <= 0:
             raise ValueError("timeout_s must be positive")
         self.bootstrap_servers = bootstrap_servers
@@ -97,17 +106,19 @@ class SeedClient:
         self._started = False
 
     @classmethod
-    def from_settings(cls, kafka: KafkaSettings, **kwargs: Any) -> "SeedClient":
+    def from_settings(cls, kafka: KafkaSettings, **kwargs: Any) -> SeedClient:
         """A client for the broker, topics and security settings (SASL, TLS) of a worker's ``settings.kafka``."""
         kwargs.setdefault("kafka_options", client_options(kafka))
         return cls(bootstrap_servers=kafka.bootstrap_servers, topics=kafka.topics, **kwargs)
 
     def __repr__(self) -> str:
-        return (f"<SeedClient {self.bootstrap_servers} selections={self.topics.selections!r} "
-                f"partitions={sorted(self._assigned)} waiting={len(self._waiting)}>")
+        return (
+            f"<SeedClient {self.bootstrap_servers} selections={self.topics.selections!r} "
+            f"partitions={sorted(self._assigned)} waiting={len(self._waiting)}>"
+        )
 
     # -- life cycle ----------------------------------------------------------------------------------------------
-    async def __aenter__(self) -> "SeedClient":
+    async def __aenter__(self) -> SeedClient:
         await self.start()
         return self
 
@@ -123,8 +134,9 @@ class SeedClient:
         try:
             self._producer = AIOKafkaProducer(**common, acks="all", enable_idempotence=True, linger_ms=1)
             await self._connect("producer", self._producer.start)
-            self._consumer = AIOKafkaConsumer(**common, group_id=None, enable_auto_commit=False,
-                                              auto_offset_reset="earliest")
+            self._consumer = AIOKafkaConsumer(
+                **common, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
+            )
             await self._connect("consumer", self._consumer.start)
             # Position on the existing partitions now, before any request can be sent.
             await self._refresh_assignment(initial=True)
@@ -143,15 +155,19 @@ class SeedClient:
                 return
             except (KafkaConnectionError, KafkaError, OSError) as exc:
                 # aiokafka reports refused credentials like an unreachable broker; ask once, they will not heal.
-                reason = refusal_reason(exc) or await refusal(self.bootstrap_servers, self.kafka_options,
-                                                              max(min(deadline - time.monotonic(), 10.0), 1.0))
+                reason = refusal_reason(exc) or await refusal(
+                    self.bootstrap_servers, self.kafka_options, max(min(deadline - time.monotonic(), 10.0), 1.0)
+                )
                 if reason is not None:
                     where = describe(self.bootstrap_servers, self.kafka_options)
-                    raise AuthenticationError(f"SeedClient: Kafka refused the {what} ({where}): {reason}; "
-                                              "not retried") from exc
+                    raise AuthenticationError(
+                        f"SeedClient: Kafka refused the {what} ({where}): {reason}; not retried"
+                    ) from exc
                 if time.monotonic() + delay > deadline:
-                    raise ConnectionError(f"SeedClient: cannot reach Kafka at {self.bootstrap_servers} "
-                                          f"({what}) within {self.timeout_s:g}s: {exc}") from exc
+                    raise ConnectionError(
+                        f"SeedClient: cannot reach Kafka at {self.bootstrap_servers} "
+                        f"({what}) within {self.timeout_s:g}s: {exc}"
+                    ) from exc
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
@@ -249,12 +265,19 @@ class SeedClient:
         self._waiting.clear()
 
     # -- the API -------------------------------------------------------------------------------------------------
-    async def request_seed(self, *, blueprint_id: str, seeds: Iterable[SeedLike],
-                           context: Mapping[str, float] | ev.TrainingContext | None = None,
-                           constraints: Mapping[str, float] | ev.Constraints | None = None,
-                           request_id: str | None = None, timeout: float | None = None,
-                           layer_name: str | None = None, strategy: str | None = None,
-                           trace_id: str | None = None) -> ev.SeedSelected:
+    async def request_seed(
+        self,
+        *,
+        blueprint_id: str,
+        seeds: Iterable[SeedLike],
+        context: Mapping[str, float] | ev.TrainingContext | None = None,
+        constraints: Mapping[str, float] | ev.Constraints | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+        layer_name: str | None = None,
+        strategy: str | None = None,
+        trace_id: str | None = None,
+    ) -> ev.SeedSelected:
         """Publish a ``graft.requested`` and return the worker's ``seed.selected`` for it.
 
         ``seeds`` are :class:`~seedworker.contract.events.SeedCandidate`, dicts of their fields, or plain seed ids (their
@@ -263,8 +286,7 @@ class SeedClient:
         Re-sending the same ``request_id`` is safe: the worker answers a retry with the decision it already made.
         """
         self._check_open()
-        request = self._request(blueprint_id, seeds, context, constraints, request_id, layer_name, strategy,
-                                trace_id)
+        request = self._request(blueprint_id, seeds, context, constraints, request_id, layer_name, strategy, trace_id)
         rid = request.request_id
         if rid in self._waiting:
             raise ValueError(f"request_id {rid!r} is already waiting for its selection")
@@ -275,43 +297,73 @@ class SeedClient:
         try:
             async with asyncio.timeout(limit):
                 await self._producer.send_and_wait(
-                    self.topics.requests, ev.encode(request), key=request.blueprint_id.encode(),
-                    headers=self._headers(ev.GRAFT_REQUESTED, request.trace_id))
+                    self.topics.requests,
+                    ev.encode(request),
+                    key=request.blueprint_id.encode(),
+                    headers=self._headers(ev.GRAFT_REQUESTED, request.trace_id),
+                )
                 published = True
                 return await fut
         except TimeoutError:
             if published:
-                why = (f"the request was published to {self.topics.requests!r} but no answer arrived on "
-                       f"{self.topics.selections!r}. Is a seedworker running against {self.bootstrap_servers}?")
+                why = (
+                    f"the request was published to {self.topics.requests!r} but no answer arrived on "
+                    f"{self.topics.selections!r}. Is a seedworker running against {self.bootstrap_servers}?"
+                )
             else:
-                why = (f"the request could not be published to {self.topics.requests!r} at {self.bootstrap_servers} "
-                       f"(does the topic exist? the worker creates it at start)")
-            raise TimeoutError(f"no seed selection for request {rid!r} (blueprint {blueprint_id!r}) within "
-                               f"{limit:g}s: {why}") from None
+                why = (
+                    f"the request could not be published to {self.topics.requests!r} at {self.bootstrap_servers} "
+                    f"(does the topic exist? the worker creates it at start)"
+                )
+            raise TimeoutError(
+                f"no seed selection for request {rid!r} (blueprint {blueprint_id!r}) within {limit:g}s: {why}"
+            ) from None
         finally:
             if self._waiting.get(rid) is fut:
                 del self._waiting[rid]
 
-    async def report_outcome(self, selected: ev.SeedSelected, *, accuracy_delta: float, latency_ms: float = 0.0,
-                             memory_mb: float = 0.0, throughput: float = 0.0, success: bool = True,
-                             loss_delta: float = 0.0, occurred_at: datetime | None = None) -> ev.AdaptationOutcome:
+    async def report_outcome(
+        self,
+        selected: ev.SeedSelected,
+        *,
+        accuracy_delta: float,
+        latency_ms: float = 0.0,
+        memory_mb: float = 0.0,
+        throughput: float = 0.0,
+        success: bool = True,
+        loss_delta: float = 0.0,
+        occurred_at: datetime | None = None,
+    ) -> ev.AdaptationOutcome:
         """Publish the ``adaptation.outcome`` of a selection (keyed by blueprint, like the request) and wait for
         the broker's acknowledgement. Returns the event that was sent."""
         self._check_open()
         raw: dict[str, Any] = {
-            "event_type": ev.ADAPTATION_OUTCOME, "source": self.source, "trace_id": selected.trace_id,
-            "correlation_id": selected.request_id, "decision_id": selected.decision_id,
-            "request_id": selected.request_id, "blueprint_id": selected.blueprint_id, "seed_id": selected.seed_id,
-            "accuracy_delta": accuracy_delta, "loss_delta": loss_delta, "latency_ms": latency_ms,
-            "memory_mb": memory_mb, "throughput": throughput, "success": success,
+            "event_type": ev.ADAPTATION_OUTCOME,
+            "source": self.source,
+            "trace_id": selected.trace_id,
+            "correlation_id": selected.request_id,
+            "decision_id": selected.decision_id,
+            "request_id": selected.request_id,
+            "blueprint_id": selected.blueprint_id,
+            "seed_id": selected.seed_id,
+            "accuracy_delta": accuracy_delta,
+            "loss_delta": loss_delta,
+            "latency_ms": latency_ms,
+            "memory_mb": memory_mb,
+            "throughput": throughput,
+            "success": success,
         }
         if occurred_at is not None:
             raw["occurred_at"] = occurred_at
         outcome = ev.from_dict(raw, ev.ADAPTATION_OUTCOME)
         await self._producer.send_and_wait(
-            self.topics.outcomes, ev.encode(outcome), key=selected.blueprint_id.encode(),
-            headers=self._headers(ev.ADAPTATION_OUTCOME, outcome.trace_id,
-                                  ("decision_id", selected.decision_id.encode())))
+            self.topics.outcomes,
+            ev.encode(outcome),
+            key=selected.blueprint_id.encode(),
+            headers=self._headers(
+                ev.ADAPTATION_OUTCOME, outcome.trace_id, ("decision_id", selected.decision_id.encode())
+            ),
+        )
         return outcome  # type: ignore[return-value]
 
     # -- helpers -------------------------------------------------------------------------------------------------
@@ -321,8 +373,9 @@ class SeedClient:
         if self._producer is None or self._task is None:
             raise ClientClosedError("SeedClient is not started (use 'async with SeedClient(...) as client')")
 
-    def _request(self, blueprint_id, seeds, context, constraints, request_id, layer_name, strategy,
-                 trace_id) -> ev.GraftRequested:
+    def _request(
+        self, blueprint_id, seeds, context, constraints, request_id, layer_name, strategy, trace_id
+    ) -> ev.GraftRequested:
         candidates = []
         for k, s in enumerate(seeds):
             if isinstance(s, str):
@@ -335,16 +388,27 @@ class SeedClient:
             context = context.values()
         if isinstance(constraints, ev.Constraints):
             constraints = constraints.model_dump(exclude_none=True)
-        raw = {"event_type": ev.GRAFT_REQUESTED, "source": self.source,
-               "request_id": request_id or f"{self.client_id}-{uuid.uuid4().hex}",
-               "trace_id": trace_id or uuid.uuid4().hex, "blueprint_id": blueprint_id, "layer_name": layer_name,
-               "seeds": candidates, "context": dict(context or {}), "constraints": constraints, "strategy": strategy}
+        raw = {
+            "event_type": ev.GRAFT_REQUESTED,
+            "source": self.source,
+            "request_id": request_id or f"{self.client_id}-{uuid.uuid4().hex}",
+            "trace_id": trace_id or uuid.uuid4().hex,
+            "blueprint_id": blueprint_id,
+            "layer_name": layer_name,
+            "seeds": candidates,
+            "context": dict(context or {}),
+            "constraints": constraints,
+            "strategy": strategy,
+        }
         return ev.from_dict({k: v for k, v in raw.items() if v is not None}, ev.GRAFT_REQUESTED)  # type: ignore
 
     @staticmethod
     def _headers(event_type: str, trace_id: str | None, *extra: tuple[str, bytes]) -> list[tuple[str, bytes]]:
-        headers = [("event_type", event_type.encode()), ("schema_version", ev.SCHEMA_VERSION.encode()),
-                   ("content-type", JSON)]
+        headers = [
+            ("event_type", event_type.encode()),
+            ("schema_version", ev.SCHEMA_VERSION.encode()),
+            ("content-type", JSON),
+        ]
         if trace_id:
             headers.append(("trace_id", trace_id.encode()))
         headers.extend(extra)

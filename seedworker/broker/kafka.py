@@ -5,13 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Iterable
+from collections.abc import Iterable
 
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaConnectionError, KafkaError, KafkaTimeoutError, OutOfOrderSequenceNumber, TopicAlreadyExistsError
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    OutOfOrderSequenceNumber,
+    TopicAlreadyExistsError,
+)
 
 from seedworker.broker.aiokafka_internals import pace_metadata_updates
 from seedworker.broker.base import TP, AuthenticationError, BusError, Committed, Message, OnAssign, Outgoing
@@ -58,15 +66,23 @@ class KafkaBus:
                 return await fn()
             except (KafkaConnectionError, KafkaError, OSError) as exc:
                 # aiokafka reports refused credentials like an unreachable broker; ask once, they will not heal.
-                reason = refusal_reason(exc) or await refusal(self.settings.bootstrap_servers, self._common(),
-                                                              max(min(deadline - loop.time(), 10.0), 1.0))
+                reason = refusal_reason(exc) or await refusal(
+                    self.settings.bootstrap_servers, self._common(), max(min(deadline - loop.time(), 10.0), 1.0)
+                )
                 if reason is not None:
                     where = describe(self.settings.bootstrap_servers, self._security or {})
                     raise AuthenticationError(f"Kafka refused {what} ({where}): {reason}; not retried") from exc
                 if loop.time() + delay > deadline:
-                    raise BusError(f"cannot reach Kafka at {self.settings.bootstrap_servers} for {what}: {exc}") from exc
-                log.warning("Kafka at %s not reachable for %s (%s); retrying in %.1fs",
-                            self.settings.bootstrap_servers, what, exc, delay)
+                    raise BusError(
+                        f"cannot reach Kafka at {self.settings.bootstrap_servers} for {what}: {exc}"
+                    ) from exc
+                log.warning(
+                    "Kafka at %s not reachable for %s (%s); retrying in %.1fs",
+                    self.settings.bootstrap_servers,
+                    what,
+                    exc,
+                    delay,
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -77,8 +93,11 @@ class KafkaBus:
         await self._retry("the admin client", admin.start)
         try:
             existing = await self._describe(admin, list(partitions))
-            missing = [NewTopic(name, n, self.settings.replication_factor)
-                       for name, n in partitions.items() if name not in existing]
+            missing = [
+                NewTopic(name, n, self.settings.replication_factor)
+                for name, n in partitions.items()
+                if name not in existing
+            ]
             if missing:
                 try:
                     await admin.create_topics(missing)
@@ -113,28 +132,37 @@ class KafkaBus:
             async def on_partitions_assigned(self, assigned):
                 await on_assign([(tp.topic, tp.partition) for tp in assigned])
 
-
         self._producer = self._new_producer()
         await self._retry("the producer", self._producer.start)
         self._admin = AIOKafkaAdminClient(**self._common())
         await self._retry("the admin client", self._admin.start)
         if self._broadcast_offsets:
-            self._broadcast = AIOKafkaConsumer(**self._common(), group_id=None, enable_auto_commit=False,
-                                               auto_offset_reset="earliest", fetch_max_wait_ms=s.fetch_max_wait_ms)
+            self._broadcast = AIOKafkaConsumer(
+                **self._common(),
+                group_id=None,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                fetch_max_wait_ms=s.fetch_max_wait_ms,
+            )
             await self._retry("the consumer of the control topic", self._broadcast.start)
             self._broadcast.assign([TopicPartition(*tp) for tp in self._broadcast_offsets])
             for tp, offset in self._broadcast_offsets.items():
                 self._broadcast.seek(TopicPartition(*tp), offset)
         self._consumer = AIOKafkaConsumer(
-            **self._common(), group_id=s.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
-            max_poll_records=s.max_batch, isolation_level="read_uncommitted",
+            **self._common(),
+            group_id=s.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=s.max_batch,
+            isolation_level="read_uncommitted",
             # Idle partitions (at times the outcomes): with the default 500 ms the broker parks a fetch for them and
             # the busy partitions wait behind it (measured: p99 poll lag 160 -> 600 ms).
             fetch_max_wait_ms=s.fetch_max_wait_ms,
             # Range assignment gives a member the same partition numbers of every topic (they have equal counts),
             # so a blueprint's requests and outcomes go to the same worker; round robin would split them.
             partition_assignment_strategy=(RangePartitionAssignor,),
-            session_timeout_ms=s.session_timeout_ms, heartbeat_interval_ms=s.heartbeat_interval_ms,
+            session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=s.heartbeat_interval_ms,
         )
         await self._retry("the consumer", self._consumer.start)
         self._consumer.subscribe(topics, listener=Listener())
@@ -148,9 +176,17 @@ class KafkaBus:
 
         # A batch of decisions is ~2 KB each and sent at once: with the default 16 KB producer batches a 500-event
         # batch becomes ~70 produce requests in turn; 512 KB batches make it a few.
-        producer = AIOKafkaProducer(**{**self._common(), "enable_idempotence": True, "acks": "all", "linger_ms": 1,
-                                       "max_batch_size": 512 * 1024, "max_request_size": self.settings.max_request_size,
-                                       **self.producer_options})
+        producer = AIOKafkaProducer(
+            **{
+                **self._common(),
+                "enable_idempotence": True,
+                "acks": "all",
+                "linger_ms": 1,
+                "max_batch_size": 512 * 1024,
+                "max_request_size": self.settings.max_request_size,
+                **self.producer_options,
+            }
+        )
         # Only through aiokafka's private client API (see seedworker.broker.aiokafka_internals).
         pace_metadata_updates(producer.client)
         return producer
@@ -162,12 +198,12 @@ class KafkaBus:
                     # The producer's stop waits for unacknowledged messages, forever while the broker is away: they
                     # are still in the outbox, so do not wait long.
                     await asyncio.wait_for(client.stop(), 10.0)
-                except (Exception, asyncio.TimeoutError) as exc:  # closing must not hide the reason we are closing
+                except (TimeoutError, Exception) as exc:  # closing must not hide the reason we are closing
                     log.warning("error while closing a Kafka client: %r", exc)
         if self._admin is not None:
             try:
                 await asyncio.wait_for(self._admin.close(), 10.0)
-            except (Exception, asyncio.TimeoutError) as exc:
+            except (TimeoutError, Exception) as exc:
                 log.warning("error while closing a Kafka client: %r", exc)
         self._consumer = self._broadcast = self._producer = self._admin = None
 
@@ -181,8 +217,7 @@ class KafkaBus:
         out = []
         for records in batches.values():
             for r in records:
-                out.append(Message(r.topic, r.partition, r.offset, r.key, r.value, tuple(r.headers or ()),
-                                   r.timestamp))
+                out.append(Message(r.topic, r.partition, r.offset, r.key, r.value, tuple(r.headers or ()), r.timestamp))
         return out
 
     def seek(self, tp: TP, offset: int) -> None:
@@ -200,17 +235,29 @@ class KafkaBus:
     async def fetch_committed(self, tps: list[TP]) -> dict[TP, Committed]:
         """The group's committed offsets with their metadata (who committed them), from the group coordinator."""
 
-        found = await self._retry("the group's committed offsets", lambda: self._admin.list_consumer_group_offsets(
-            self.settings.group_id, partitions=[TopicPartition(*tp) for tp in tps]))
-        return {(tp.topic, tp.partition): Committed(om.offset, om.metadata or "")
-                for tp, om in found.items() if om.offset >= 0}
+        found = await self._retry(
+            "the group's committed offsets",
+            lambda: self._admin.list_consumer_group_offsets(
+                self.settings.group_id, partitions=[TopicPartition(*tp) for tp in tps]
+            ),
+        )
+        return {
+            (tp.topic, tp.partition): Committed(om.offset, om.metadata or "")
+            for tp, om in found.items()
+            if om.offset >= 0
+        }
 
     @contextlib.asynccontextmanager
     async def reader(self):
         """A group-less consumer (nothing assigned yet) for reading whole partitions; stopped afterwards."""
 
-        consumer = AIOKafkaConsumer(**self._common(), group_id=None, enable_auto_commit=False,
-                                    auto_offset_reset="earliest", fetch_max_wait_ms=self.settings.fetch_max_wait_ms)
+        consumer = AIOKafkaConsumer(
+            **self._common(),
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
+        )
         await self._retry("a reader", consumer.start)
         try:
             yield consumer
@@ -245,23 +292,33 @@ class KafkaBus:
             if futures:
                 _, waiting = await asyncio.wait(futures, timeout=max(deadline - loop.time(), 0.0))
                 if waiting:
-                    raise BusError(f"Kafka at {self.settings.bootstrap_servers} did not acknowledge {len(waiting)} "
-                                   f"of {len(pending)} messages within {limit:g}s")
-            failed = [m for m, f in zip(pending, futures) if _failure(f)] + pending[len(futures):]
+                    raise BusError(
+                        f"Kafka at {self.settings.bootstrap_servers} did not acknowledge {len(waiting)} "
+                        f"of {len(pending)} messages within {limit:g}s"
+                    )
+            failed = [m for m, f in zip(pending, futures) if _failure(f)] + pending[len(futures) :]
             if not failed:
                 return
             if error is None:
                 error = next(_failure(f) for f in futures if _failure(f))
             if not _retriable(error):
-                raise BusError(f"Kafka at {self.settings.bootstrap_servers} refused {len(failed)} messages: "
-                               f"{error!r}; not retried") from error
+                raise BusError(
+                    f"Kafka at {self.settings.bootstrap_servers} refused {len(failed)} messages: {error!r}; not retried"
+                ) from error
             if len(failed) < len(pending):
                 deadline = loop.time() + limit  # progress: the time limit counts from the last acknowledgement
             if loop.time() + delay > deadline:
-                raise BusError(f"Kafka at {self.settings.bootstrap_servers} did not take {len(failed)} messages "
-                               f"within {limit:g}s: {error!r}") from error
-            log.warning("Kafka did not take %d of %d messages (%r); sending them again on a new producer in %.2fs",
-                        len(failed), len(pending), error, delay)
+                raise BusError(
+                    f"Kafka at {self.settings.bootstrap_servers} did not take {len(failed)} messages "
+                    f"within {limit:g}s: {error!r}"
+                ) from error
+            log.warning(
+                "Kafka did not take %d of %d messages (%r); sending them again on a new producer in %.2fs",
+                len(failed),
+                len(pending),
+                error,
+                delay,
+            )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
             await self._renew_producer()
@@ -271,7 +328,7 @@ class KafkaBus:
         old, self._producer = self._producer, self._new_producer()
         try:
             await asyncio.wait_for(old.stop(), 10.0)  # every message it had is settled: this does not wait
-        except (Exception, asyncio.TimeoutError) as exc:
+        except (TimeoutError, Exception) as exc:
             log.warning("error while closing the old producer: %r", exc)
         await self._retry("a new producer", self._producer.start)
         self.producer_renewals += 1
@@ -281,10 +338,11 @@ class KafkaBus:
 
         try:
             # aiokafka retries a commit until the group coordinator answers, i.e. for as long as the broker is away.
-            await asyncio.wait_for(self._consumer.commit({TopicPartition(*tp): (off, owner)
-                                                          for tp, off in offsets.items()}),
-                                   min(self.settings.connect_timeout_s, 5.0))
-        except (CommitFailedError, IllegalStateError, KafkaError, asyncio.TimeoutError) as exc:
+            await asyncio.wait_for(
+                self._consumer.commit({TopicPartition(*tp): (off, owner) for tp, off in offsets.items()}),
+                min(self.settings.connect_timeout_s, 5.0),
+            )
+        except (TimeoutError, CommitFailedError, IllegalStateError, KafkaError) as exc:
             # SQLite holds the true offsets; a group commit that did not go through costs a stale lag figure, or
             # (seedworker.engine.ownership) a rebuild by the partition's next owner, nothing else.
             log.info("Kafka group commit skipped: %r", exc)
@@ -309,7 +367,7 @@ class KafkaBus:
                 try:
                     # Returns at once for a partition with a valid position; one being reset would wait, so bound it.
                     position = await asyncio.wait_for(consumer.position(tp), 1.0)
-                except (IllegalStateError, asyncio.TimeoutError):
+                except (TimeoutError, IllegalStateError):
                     continue  # revoked meanwhile, or its position is being reset
                 out[(tp.topic, tp.partition)] = max(high - position, 0)
         return out
@@ -322,5 +380,6 @@ def _failure(future: asyncio.Future) -> BaseException | None:
 def _retriable(exc: BaseException) -> bool:
     """Whether sending again (on a new producer) may succeed."""
 
-    return isinstance(exc, (KafkaTimeoutError, KafkaConnectionError, OutOfOrderSequenceNumber, asyncio.TimeoutError,
-                            OSError)) or bool(getattr(exc, "retriable", False))
+    return isinstance(
+        exc, (KafkaTimeoutError, KafkaConnectionError, OutOfOrderSequenceNumber, asyncio.TimeoutError, OSError)
+    ) or bool(getattr(exc, "retriable", False))

@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable, Iterable, Iterator, NamedTuple
+from typing import NamedTuple
 
 from seedworker.broker.base import TP, Committed, Headers, Message, OnAssign, Outgoing, partition_for
+
 
 class RecordClock:
     """Record timestamps: the wall clock in ms, one more than the last one when the clock has not moved on."""
@@ -18,7 +20,7 @@ class RecordClock:
         self.now = now
         self.last = 0
 
-    def __iter__(self) -> "RecordClock":
+    def __iter__(self) -> RecordClock:
         return self
 
     def __next__(self) -> int:
@@ -46,14 +48,23 @@ class MemoryBus:
     _paused: set[TP] = field(default_factory=set)
     _listeners: tuple = ()
 
-    def member(self, assignment: Iterable[int] | None = None) -> "MemoryBus":
+    def member(self, assignment: Iterable[int] | None = None) -> MemoryBus:
         """Another consumer in this group, on the same topics."""
-        return MemoryBus(topics=self.topics, committed=self.committed, owners=self.owners, clock=self.clock,
-                         assignment=None if assignment is None else set(assignment))
+        return MemoryBus(
+            topics=self.topics,
+            committed=self.committed,
+            owners=self.owners,
+            clock=self.clock,
+            assignment=None if assignment is None else set(assignment),
+        )
 
     def _owned(self) -> list[TP]:
-        return [(t, p) for t in self._subscribed for p in range(len(self.topics.get(t, [])))
-                if self.assignment is None or p in self.assignment]
+        return [
+            (t, p)
+            for t in self._subscribed
+            for p in range(len(self.topics.get(t, [])))
+            if self.assignment is None or p in self.assignment
+        ]
 
     async def start(self, topics: list[str], on_assign: OnAssign, on_revoke: OnAssign) -> None:
         self._subscribed = list(topics)
@@ -100,7 +111,7 @@ class MemoryBus:
                 continue
             part = self.topics[t][p]
             pos = self._positions.get((t, p), 0)
-            take = part[pos: pos + max_records - len(out)]
+            take = part[pos : pos + max_records - len(out)]
             out.extend(take)
             self._positions[(t, p)] = pos + len(take)
         if not out:
@@ -129,7 +140,7 @@ class MemoryBus:
         return {tp: Committed(self.committed[tp], self.owners.get(tp, "")) for tp in tps if tp in self.committed}
 
     @contextlib.asynccontextmanager
-    async def reader(self) -> AsyncIterator["_MemoryReader"]:
+    async def reader(self) -> AsyncIterator[_MemoryReader]:
         yield _MemoryReader(self)
 
     def read(self, topic: str) -> list[Message]:
@@ -137,8 +148,9 @@ class MemoryBus:
 
     async def lag(self) -> dict[TP, int]:
         """Messages not consumed yet, per assigned partition."""
-        return {(t, p): len(self.topics[t][p]) - self._positions.get((t, p), 0)
-                for t, p in self._owned() + self._broadcast}
+        return {
+            (t, p): len(self.topics[t][p]) - self._positions.get((t, p), 0) for t, p in self._owned() + self._broadcast
+        }
 
 
 class _Record(NamedTuple):
@@ -182,10 +194,11 @@ class _MemoryReader:
         out = {}
         for tp in tps:
             pos = self._positions[tp]
-            records = [_Record(m.topic, m.partition, m.offset, m.timestamp_ms, m.key, m.value, m.headers)
-                       for m in self._part(tp)[pos: pos + max_records]]
+            records = [
+                _Record(m.topic, m.partition, m.offset, m.timestamp_ms, m.key, m.value, m.headers)
+                for m in self._part(tp)[pos : pos + max_records]
+            ]
             if records:
                 out[tp] = records
                 self._positions[tp] = pos + len(records)
         return out
-

@@ -41,8 +41,14 @@ if not any(isinstance(f, _SaslBytesFilter) for f in _aiokafka_conn_log.filters):
     _aiokafka_conn_log.addFilter(_SaslBytesFilter())
 
 
-def ssl_context(*, cafile: str | None = None, certfile: str | None = None, keyfile: str | None = None,
-                password: str | None = None, check_hostname: bool = True) -> ssl.SSLContext:
+def ssl_context(
+    *,
+    cafile: str | None = None,
+    certfile: str | None = None,
+    keyfile: str | None = None,
+    password: str | None = None,
+    check_hostname: bool = True,
+) -> ssl.SSLContext:
     """A TLS client context: the broker's certificate is always verified (against ``cafile``, else the system's
     CAs); ``check_hostname`` also matches it to the broker's address; ``certfile``/``keyfile`` for mutual TLS."""
     for key, path in (("ssl_cafile", cafile), ("ssl_certfile", certfile), ("ssl_keyfile", keyfile)):
@@ -57,8 +63,10 @@ def ssl_context(*, cafile: str | None = None, certfile: str | None = None, keyfi
         try:
             context.load_cert_chain(certfile, keyfile, password)
         except ssl.SSLError as exc:
-            raise ConfigError(f"kafka.ssl_certfile/ssl_keyfile: cannot load the client certificate {certfile} "
-                              f"(wrong key or key password?): {exc}") from None
+            raise ConfigError(
+                f"kafka.ssl_certfile/ssl_keyfile: cannot load the client certificate {certfile} "
+                f"(wrong key or key password?): {exc}"
+            ) from None
     return context
 
 
@@ -67,14 +75,20 @@ def client_options(kafka: KafkaSettings) -> dict[str, Any]:
     options: dict[str, Any] = {"security_protocol": kafka.security_protocol}
     if kafka.security_protocol.startswith("SASL_"):
         assert kafka.sasl_password is not None  # KafkaSettings validates SASL settings as a whole
-        options.update(sasl_mechanism=kafka.sasl_mechanism, sasl_plain_username=kafka.sasl_username,
-                       sasl_plain_password=kafka.sasl_password.get_secret_value())
+        options.update(
+            sasl_mechanism=kafka.sasl_mechanism,
+            sasl_plain_username=kafka.sasl_username,
+            sasl_plain_password=kafka.sasl_password.get_secret_value(),
+        )
     if kafka.security_protocol.endswith("SSL"):
         key_password = kafka.ssl_keyfile_password
         options["ssl_context"] = ssl_context(
-            cafile=kafka.ssl_cafile, certfile=kafka.ssl_certfile, keyfile=kafka.ssl_keyfile,
+            cafile=kafka.ssl_cafile,
+            certfile=kafka.ssl_certfile,
+            keyfile=kafka.ssl_keyfile,
             password=key_password.get_secret_value() if key_password is not None else None,
-            check_hostname=kafka.ssl_check_hostname)
+            check_hostname=kafka.ssl_check_hostname,
+        )
     return options
 
 
@@ -93,10 +107,14 @@ def _refusals() -> dict[type[BaseException], str]:
     # protocol, and a TLS handshake that fails on a certificate: none of them heals by trying again.
     credentials = "check kafka.sasl_username and kafka.sasl_password"
     mechanism = "the broker does not offer it: check kafka.sasl_mechanism"
-    return {errors.SaslAuthenticationFailed: credentials, errors.AuthenticationFailedError: credentials,
-            errors.UnsupportedSaslMechanismError: mechanism, errors.AuthenticationMethodNotSupported: mechanism,
-            errors.IllegalSaslStateError: "the listener does not speak SASL: check kafka.security_protocol, the port",
-            ssl.SSLError: "check kafka.ssl_cafile and ssl_check_hostname, and that the listener speaks TLS"}
+    return {
+        errors.SaslAuthenticationFailed: credentials,
+        errors.AuthenticationFailedError: credentials,
+        errors.UnsupportedSaslMechanismError: mechanism,
+        errors.AuthenticationMethodNotSupported: mechanism,
+        errors.IllegalSaslStateError: "the listener does not speak SASL: check kafka.security_protocol, the port",
+        ssl.SSLError: "check kafka.ssl_cafile and ssl_check_hostname, and that the listener speaks TLS",
+    }
 
 
 def refusal_reason(exc: BaseException) -> str | None:
@@ -117,17 +135,22 @@ async def refusal(bootstrap_servers: str, options: Mapping[str, Any], timeout_s:
         return None
     from aiokafka.conn import create_conn
 
-    security = {k: options[k] for k in ("security_protocol", "ssl_context", "sasl_mechanism", "sasl_plain_username",
-                                        "sasl_plain_password") if options.get(k) is not None}
+    security = {
+        k: options[k]
+        for k in ("security_protocol", "ssl_context", "sasl_mechanism", "sasl_plain_username", "sasl_plain_password")
+        if options.get(k) is not None
+    }
     for address in bootstrap_servers.split(","):
         host, _, port = address.strip().rpartition(":")
         if not port.isdigit():
             continue
         try:
             conn = await asyncio.wait_for(
-                create_conn(host.strip("[]") or "127.0.0.1", int(port), request_timeout_ms=int(timeout_s * 1000),
-                            **security),
-                timeout_s)
+                create_conn(
+                    host.strip("[]") or "127.0.0.1", int(port), request_timeout_ms=int(timeout_s * 1000), **security
+                ),
+                timeout_s,
+            )
         except Exception as exc:  # noqa: BLE001 - unreachable or timed out is not a refusal: try the next address
             if (reason := refusal_reason(exc)) is not None:
                 return reason

@@ -15,9 +15,9 @@ import math
 import os
 import threading
 import uuid
+from datetime import UTC, datetime
 from functools import cached_property
-from datetime import datetime, timezone
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import (
@@ -62,7 +62,7 @@ def _finite(value: float) -> float:
 def _utc(value: datetime) -> datetime:
     if value.tzinfo is None:
         raise ValueError("must carry a timezone (UTC)")
-    return value.astimezone(timezone.utc)
+    return value.astimezone(UTC)
 
 
 Finite = Annotated[float, AfterValidator(_finite)]
@@ -105,7 +105,7 @@ def new_event_id() -> str:
             pool, at = os.urandom(_RANDOM_POOL), 0
             _random[0] = pool
         _random[1] = at + 16
-    b = bytearray(pool[at:at + 16])
+    b = bytearray(pool[at : at + 16])
     b[6] = (b[6] & 0x0F) | 0x40  # version 4
     b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
     h = b.hex()
@@ -113,7 +113,7 @@ def new_event_id() -> str:
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class _Model(BaseModel):
@@ -189,7 +189,7 @@ class GraftRequested(Envelope):
     strategy: str | None = None
 
     @model_validator(mode="after")
-    def _unique_seeds(self) -> "GraftRequested":
+    def _unique_seeds(self) -> GraftRequested:
         ids = [s.seed_id for s in self.seeds]
         if len(set(ids)) != len(ids):
             dup = sorted({i for i in ids if ids.count(i) > 1})
@@ -250,7 +250,7 @@ class AdaptationOutcome(Envelope):
     success: bool = True
 
     @model_validator(mode="after")
-    def _needs_a_join_key(self) -> "AdaptationOutcome":
+    def _needs_a_join_key(self) -> AdaptationOutcome:
         if not self.decision_id and not self.request_id:
             raise ValueError("decision_id: one of decision_id or request_id is required")
         return self
@@ -269,7 +269,7 @@ class StrategySwitch(Envelope):
     logging_only: bool | None = None
 
 
-Event = Union[GraftRequested, SeedSelected, AdaptationOutcome, StrategySwitch]
+Event = GraftRequested | SeedSelected | AdaptationOutcome | StrategySwitch
 MODELS: dict[str, type[Envelope]] = {
     GRAFT_REQUESTED: GraftRequested,
     SEED_SELECTED: SeedSelected,

@@ -57,12 +57,22 @@ def int_value(headers: Iterable[tuple[str, bytes]] | None, name: str) -> int | N
         return None
 
 
-def selection(*, decision_id: str, schema_version: str, trace_id: str | None,
-              source: tuple[int, int] | None = None, warm_start: bytes | None = None) -> Headers:
+def selection(
+    *,
+    decision_id: str,
+    schema_version: str,
+    trace_id: str | None,
+    source: tuple[int, int] | None = None,
+    warm_start: bytes | None = None,
+) -> Headers:
     """The headers of a seed.selected record: the event headers, its decision id, the graft.requested record it
     answers (partition, offset) and, when the decision registered new seeds, their warm start."""
-    out = [(EVENT_TYPE, b"seed.selected"), (SCHEMA_VERSION, schema_version.encode()), (CONTENT_TYPE, JSON),
-           (DECISION_ID, decision_id.encode())]
+    out = [
+        (EVENT_TYPE, b"seed.selected"),
+        (SCHEMA_VERSION, schema_version.encode()),
+        (CONTENT_TYPE, JSON),
+        (DECISION_ID, decision_id.encode()),
+    ]
     if trace_id:
         out.append((TRACE_ID, trace_id.encode()))
     if source is not None:
@@ -72,12 +82,17 @@ def selection(*, decision_id: str, schema_version: str, trace_id: str | None,
     return tuple(out)
 
 
-def dead_letter(original: Iterable[tuple[str, bytes]] | None, *, reason: str, topic: str, partition: int,
-                offset: int) -> Headers:
+def dead_letter(
+    original: Iterable[tuple[str, bytes]] | None, *, reason: str, topic: str, partition: int, offset: int
+) -> Headers:
     """The original headers without earlier ``dlq.*`` ones, then the reason and the source record."""
     kept = [(k, v) for k, v in original or () if not k.startswith(DLQ_PREFIX)]
-    return tuple(kept) + ((DLQ_REASON, reason.encode()[:MAX_REASON_BYTES]), (DLQ_TOPIC, topic.encode()),
-                          (DLQ_PARTITION, b"%d" % partition), (DLQ_OFFSET, b"%d" % offset))
+    return tuple(kept) + (
+        (DLQ_REASON, reason.encode()[:MAX_REASON_BYTES]),
+        (DLQ_TOPIC, topic.encode()),
+        (DLQ_PARTITION, b"%d" % partition),
+        (DLQ_OFFSET, b"%d" % offset),
+    )
 
 
 def dead_letter_source(headers: Iterable[tuple[str, bytes]] | None) -> tuple[str, int, int] | None:

@@ -18,8 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from seedworker import __version__
 from seedworker.contract import headers
@@ -112,23 +113,46 @@ def event_schema(event_type: str) -> dict[str, Any]:
 # -- AsyncAPI --------------------------------------------------------------------------------------------------------
 _CHANNELS = {
     # channel id: (Topics field, message id, event type or None for dead letters, description)
-    "graftRequested": ("requests", "graftRequested", GRAFT_REQUESTED,
-                       "Graft requests. seedworker consumes them and answers each on seed.selected."),
-    "seedSelected": ("selections", "seedSelected", SEED_SELECTED,
-                     "One selection per graft request, keyed like the request."),
-    "adaptationOutcome": ("outcomes", "adaptationOutcome", ADAPTATION_OUTCOME,
-                          "Outcomes of grafted seeds; seedworker learns from them."),
-    "control": ("control", "strategySwitch", STRATEGY_SWITCH,
-                "Control messages for running workers (strategy switches)."),
-    "deadLetters": ("dead_letters", "deadLetter", None,
-                    "Input messages seedworker could not accept, byte for byte, with the reason in the headers."),
+    "graftRequested": (
+        "requests",
+        "graftRequested",
+        GRAFT_REQUESTED,
+        "Graft requests. seedworker consumes them and answers each on seed.selected.",
+    ),
+    "seedSelected": (
+        "selections",
+        "seedSelected",
+        SEED_SELECTED,
+        "One selection per graft request, keyed like the request.",
+    ),
+    "adaptationOutcome": (
+        "outcomes",
+        "adaptationOutcome",
+        ADAPTATION_OUTCOME,
+        "Outcomes of grafted seeds; seedworker learns from them.",
+    ),
+    "control": (
+        "control",
+        "strategySwitch",
+        STRATEGY_SWITCH,
+        "Control messages for running workers (strategy switches).",
+    ),
+    "deadLetters": (
+        "dead_letters",
+        "deadLetter",
+        None,
+        "Input messages seedworker could not accept, byte for byte, with the reason in the headers.",
+    ),
 }
 
 _OPERATIONS = {
     # operation id: (action, channel id, summary)
     "receiveGraftRequested": ("receive", "graftRequested", "Consume graft requests and choose a seed for each."),
-    "receiveAdaptationOutcome": ("receive", "adaptationOutcome",
-                                 "Consume outcomes and update the statistics of the selected seed."),
+    "receiveAdaptationOutcome": (
+        "receive",
+        "adaptationOutcome",
+        "Consume outcomes and update the statistics of the selected seed.",
+    ),
     "receiveStrategySwitch": ("receive", "control", "Consume strategy switches."),
     "sendSeedSelected": ("send", "seedSelected", "Publish the selection made for a graft request."),
     "sendDeadLetter": ("send", "deadLetters", "Publish an input message that could not be accepted."),
@@ -145,7 +169,9 @@ def _event_headers(event_type: str) -> dict[str, Any]:
         "properties": {
             HEADER_EVENT_TYPE: {"type": "string", "const": event_type, "description": "the payload's event_type"},
             HEADER_SCHEMA_VERSION: {
-                "type": "string", "pattern": SCHEMA_VERSION_PATTERN, "examples": [SCHEMA_VERSION],
+                "type": "string",
+                "pattern": SCHEMA_VERSION_PATTERN,
+                "examples": [SCHEMA_VERSION],
                 "description": "the payload's schema_version",
             },
             HEADER_TRACE_ID: {"type": "string", "description": "the payload's trace_id, when it has one"},
@@ -154,27 +180,33 @@ def _event_headers(event_type: str) -> dict[str, Any]:
     }
     if event_type == SEED_SELECTED:
         headers["properties"][HEADER_DECISION_ID] = {
-            "type": "string", "description": "the payload's decision_id, so consumers can join without parsing it",
+            "type": "string",
+            "description": "the payload's decision_id, so consumers can join without parsing it",
         }
         headers["properties"][HEADER_SOURCE_PARTITION] = {
-            "type": "string", "pattern": "^[0-9]+$",
+            "type": "string",
+            "pattern": "^[0-9]+$",
             "description": "partition of the graft.requested record this selection answers",
         }
         headers["properties"][HEADER_SOURCE_OFFSET] = {
-            "type": "string", "pattern": "^[0-9]+$",
+            "type": "string",
+            "pattern": "^[0-9]+$",
             "description": "offset of that record (a retried request's answer names the retry's record)",
         }
         headers["properties"][HEADER_WARM_START] = {
             "type": "string",
             "description": "only on the decision that first saw new seeds: 'none', or '<pseudo_count>,<mean>' of "
-                           "the blueprint prior they started from (exact floats), for replay",
+            "the blueprint prior they started from (exact floats), for replay",
         }
     return headers
 
 
 def _key(description: str) -> dict[str, Any]:
-    return {"bindings": {"kafka": {"bindingVersion": KAFKA_BINDING_VERSION,
-                                   "key": {"type": "string", "description": description}}}}
+    return {
+        "bindings": {
+            "kafka": {"bindingVersion": KAFKA_BINDING_VERSION, "key": {"type": "string", "description": description}}
+        }
+    }
 
 
 def _event_message(event_type: str) -> dict[str, Any]:
@@ -213,10 +245,16 @@ def _dead_letter_message() -> dict[str, Any]:
                     "description": "why it was rejected, naming the field (e.g. 'seeds: ...'); at most 4000 bytes",
                 },
                 HEADER_DLQ_TOPIC: {"type": "string", "description": "topic the message was read from"},
-                HEADER_DLQ_PARTITION: {"type": "string", "pattern": "^[0-9]+$",
-                                       "description": "partition it was read from (decimal)"},
-                HEADER_DLQ_OFFSET: {"type": "string", "pattern": "^[0-9]+$",
-                                    "description": "offset it was read at (decimal)"},
+                HEADER_DLQ_PARTITION: {
+                    "type": "string",
+                    "pattern": "^[0-9]+$",
+                    "description": "partition it was read from (decimal)",
+                },
+                HEADER_DLQ_OFFSET: {
+                    "type": "string",
+                    "pattern": "^[0-9]+$",
+                    "description": "offset it was read at (decimal)",
+                },
             },
         },
         "payload": {
@@ -230,9 +268,13 @@ def _dead_letter_message() -> dict[str, Any]:
 
 def asyncapi() -> dict[str, Any]:
     """The AsyncAPI 3.0.0 document of seedworker's topics, as a dict."""
-    topics = {"requests": default_topics.REQUESTS, "outcomes": default_topics.OUTCOMES,
-              "selections": default_topics.SELECTIONS, "dead_letters": default_topics.DEAD_LETTERS,
-              "control": default_topics.CONTROL}
+    topics = {
+        "requests": default_topics.REQUESTS,
+        "outcomes": default_topics.OUTCOMES,
+        "selections": default_topics.SELECTIONS,
+        "dead_letters": default_topics.DEAD_LETTERS,
+        "control": default_topics.CONTROL,
+    }
     messages: dict[str, Any] = {}
     channels: dict[str, Any] = {}
     for channel_id, (field, message_id, event_type, description) in _CHANNELS.items():
@@ -252,11 +294,13 @@ def asyncapi() -> dict[str, Any]:
             "messages": [{"$ref": f"#/channels/{channel_id}/messages/{message_id}"}],
         }
         if action == "receive":
-            operation["bindings"] = {"kafka": {
-                "bindingVersion": KAFKA_BINDING_VERSION,
-                "groupId": {"type": "string", "enum": [default_topics.GROUP_ID]},
-                "clientId": {"type": "string", "enum": [default_topics.CLIENT_ID]},
-            }}
+            operation["bindings"] = {
+                "kafka": {
+                    "bindingVersion": KAFKA_BINDING_VERSION,
+                    "groupId": {"type": "string", "enum": [default_topics.GROUP_ID]},
+                    "clientId": {"type": "string", "enum": [default_topics.CLIENT_ID]},
+                }
+            }
         operations[operation_id] = operation
     operations["receiveGraftRequested"]["reply"] = {
         "channel": {"$ref": "#/channels/seedSelected"},
@@ -345,12 +389,28 @@ def write(directory: str | Path = DEFAULT_DIR) -> list[str]:
 # -- command line ----------------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--write", dest="schemas_mode", action="store_const", const="write",
-                      help="regenerate the files (what `make schemas` runs)")
-    mode.add_argument("--check", dest="schemas_mode", action="store_const", const="check",
-                      help="exit 1 when the files differ from the models (the default)")
-    parser.add_argument("--dir", dest="schemas_dir", type=Path, default=DEFAULT_DIR, metavar="DIR",
-                        help=f"directory of the generated files (default: {DEFAULT_DIR})")
+    mode.add_argument(
+        "--write",
+        dest="schemas_mode",
+        action="store_const",
+        const="write",
+        help="regenerate the files (what `make schemas` runs)",
+    )
+    mode.add_argument(
+        "--check",
+        dest="schemas_mode",
+        action="store_const",
+        const="check",
+        help="exit 1 when the files differ from the models (the default)",
+    )
+    parser.add_argument(
+        "--dir",
+        dest="schemas_dir",
+        type=Path,
+        default=DEFAULT_DIR,
+        metavar="DIR",
+        help=f"directory of the generated files (default: {DEFAULT_DIR})",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

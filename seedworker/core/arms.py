@@ -30,7 +30,7 @@ in fold order, not under any order.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -85,8 +85,9 @@ _SPLITS = np.arange(_HISTORY + 1, dtype=float)  # candidate split positions s, s
 class ArmTable:
     """Columns of statistics for the arms of one blueprint; row i is seed ``seed_ids[i]``."""
 
-    def __init__(self, *, dim: int, ridge: float = 1.0, half_life_s: float | None = None, capacity: int = 8,
-                 detect: bool = False):
+    def __init__(
+        self, *, dim: int, ridge: float = 1.0, half_life_s: float | None = None, capacity: int = 8, detect: bool = False
+    ):
         self.dim = dim
         self.ridge = ridge
         self.half_life_s = half_life_s
@@ -150,12 +151,26 @@ class ArmTable:
         self._resource_view = memoryview(self.resources).cast("B").cast("d")  # flat: plain float item updates
         # Scalar updates go through memoryviews: item access on them is plain float arithmetic, without the
         # numpy-scalar boxing that makes ``col[i] += v`` cost several times more. Same IEEE operations, same values.
-        self._learn_views = tuple(memoryview(getattr(self, name)) for name in (
-            "pulls", "reward_sum", "reward_sq_sum", "success_sum", "w", "w_reward", "w_reward_sq", "w_success",
-            "w_memory", "w_latency", "t_ref"))
+        self._learn_views = tuple(
+            memoryview(getattr(self, name))
+            for name in (
+                "pulls",
+                "reward_sum",
+                "reward_sq_sum",
+                "success_sum",
+                "w",
+                "w_reward",
+                "w_reward_sq",
+                "w_success",
+                "w_memory",
+                "w_latency",
+                "t_ref",
+            )
+        )
         self._select_views = memoryview(self.selections), memoryview(self.last_selected)
-        self._linear_views = tuple(memoryview(getattr(self, name)) for name in (
-            "lin_w", "lin_sq", "_lin_rss", "_lin_dof", "_lin_trace"))
+        self._linear_views = tuple(
+            memoryview(getattr(self, name)) for name in ("lin_w", "lin_sq", "_lin_rss", "_lin_dof", "_lin_trace")
+        )
 
     def __len__(self) -> int:
         return len(self.seed_ids)
@@ -276,7 +291,7 @@ class ArmTable:
         n = self._hist_n[i]
         if n == _HISTORY:
             keep = _HISTORY // 2
-            buf[:keep] = buf[n - keep:n]
+            buf[:keep] = buf[n - keep : n]
             n = keep
         buf[n] = reward
         n += 1
@@ -294,8 +309,8 @@ class ArmTable:
         # Constant rewards leave only rounding noise in the deviations (about 1e-17 of their magnitude): no change.
         if s0 <= 1e-24 * n * m * m or s0 == 0.0:
             return None
-        cs = np.cumsum(c)[_MIN_SIDE - 1:n - _MIN_SIDE]
-        split = _SPLITS[_MIN_SIDE:n - _MIN_SIDE + 1]
+        cs = np.cumsum(c)[_MIN_SIDE - 1 : n - _MIN_SIDE]
+        split = _SPLITS[_MIN_SIDE : n - _MIN_SIDE + 1]
         cs *= cs
         cs /= split * (n - split)
         j = int(cs.argmax())
@@ -411,8 +426,16 @@ class ArmTable:
         r[k + 6] += throughput * throughput
 
     def _rescale(self, i: int, factor: float) -> None:
-        for col in (self.w, self.w_reward, self.w_reward_sq, self.w_success, self.w_memory, self.w_latency,
-                    self.lin_w, self.lin_sq):
+        for col in (
+            self.w,
+            self.w_reward,
+            self.w_reward_sq,
+            self.w_success,
+            self.w_memory,
+            self.w_latency,
+            self.lin_w,
+            self.lin_sq,
+        ):
             col[i] *= factor
         self._gram[i] *= factor
         self.b[i] *= factor
@@ -687,17 +710,22 @@ class ArmTable:
             out["changes"] = self.changes
             # One array of every arm's segment rewards and one of their lengths: plain arrays like every other entry.
             out["history_n"] = np.array(self._hist_n[:n], dtype=np.int64)
-            out["history"] = np.concatenate([self._history[i][:self._hist_n[i]] for i in range(n)] or [np.empty(0)])
+            out["history"] = np.concatenate([self._history[i][: self._hist_n[i]] for i in range(n)] or [np.empty(0)])
         for name in (*_SCALARS, *_MATRICES):
             out[name] = getattr(self, name)[:n].copy()
         out["resources"] = self.resources[:n].copy()
         return out
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ArmTable":
+    def from_dict(cls, data: dict) -> ArmTable:
         n = len(data["seed_ids"])
-        table = cls(dim=data["dim"], ridge=data["ridge"], half_life_s=data["half_life_s"], capacity=max(8, n),
-                    detect=data.get("detect", False))  # a state saved without a detector stays without one
+        table = cls(
+            dim=data["dim"],
+            ridge=data["ridge"],
+            half_life_s=data["half_life_s"],
+            capacity=max(8, n),
+            detect=data.get("detect", False),
+        )  # a state saved without a detector stays without one
         table.seed_ids = list(data["seed_ids"])
         table.index = {s: i for i, s in enumerate(table.seed_ids)}
         table.clock = data["clock"]
@@ -711,7 +739,7 @@ class ArmTable:
             table.changes = data["changes"]
             start = 0
             for i, m in enumerate(data["history_n"].tolist()):
-                table._history[i][:m] = data["history"][start:start + m]
+                table._history[i][:m] = data["history"][start : start + m]
                 table._hist_n[i] = m
                 start += m
         table._gram[:n] = data["gram"]

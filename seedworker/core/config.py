@@ -15,12 +15,12 @@ import logging
 import math
 import os
 import tomllib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, get_args, get_origin
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
-
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict, SettingsError
@@ -65,7 +65,7 @@ class RewardSettings(_Section):
     clip_max: float = 1.0
 
     @model_validator(mode="after")
-    def _clip_order(self) -> "RewardSettings":
+    def _clip_order(self) -> RewardSettings:
         if self.clip_min >= self.clip_max:
             raise ValueError("clip_min must be below clip_max")
         return self
@@ -122,7 +122,7 @@ class KafkaSettings(_Section):
         return value.upper() if isinstance(value, str) else value
 
     @model_validator(mode="after")
-    def _security_consistent(self) -> "KafkaSettings":
+    def _security_consistent(self) -> KafkaSettings:
         protocol = self.security_protocol
         sasl = ("sasl_mechanism", "sasl_username", "sasl_password")
         if protocol.startswith("SASL_"):
@@ -130,8 +130,9 @@ class KafkaSettings(_Section):
             if missing:
                 raise ValueError(f"security_protocol {protocol} needs {', '.join(missing)}")
         elif given := [key for key in sasl if getattr(self, key)]:
-            raise ValueError(f"{', '.join(given)}: only used with security_protocol SASL_PLAINTEXT or SASL_SSL, "
-                             f"not {protocol}")
+            raise ValueError(
+                f"{', '.join(given)}: only used with security_protocol SASL_PLAINTEXT or SASL_SSL, not {protocol}"
+            )
         tls = ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_keyfile_password")
         if not protocol.endswith("SSL") and (given := [key for key in tls if getattr(self, key)]):
             raise ValueError(f"{', '.join(given)}: only used with security_protocol SSL or SASL_SSL, not {protocol}")
@@ -162,9 +163,11 @@ class MetricsSettings(_Section):
 
 # A default reward that a late outcome replaces is taken out of the statistics again (seedworker.core.join), but a
 # change detector's segment is a sequence that may have restarted since: it cannot be taken out exactly.
-_DEFAULT_WITH_DETECTION = ("a default reward replaced by a late outcome cannot be taken out of a change detector's "
-                           "history; choose a strategy without change detection (e.g. 'ucb', 'thompson'), or unset "
-                           "join.default_reward")
+_DEFAULT_WITH_DETECTION = (
+    "a default reward replaced by a late outcome cannot be taken out of a change detector's "
+    "history; choose a strategy without change detection (e.g. 'ucb', 'thompson'), or unset "
+    "join.default_reward"
+)
 
 
 class Settings(BaseSettings):
@@ -172,8 +175,15 @@ class Settings(BaseSettings):
     schema, but constructing one reads nothing: ``load_settings`` hands the environment in (see ``_Environment``)."""
 
     model_config = SettingsConfigDict(
-        extra="forbid", validate_assignment=True, hide_input_in_errors=True, env_prefix=ENV_PREFIX,
-        env_nested_delimiter="__", case_sensitive=False, env_ignore_empty=True, env_parse_none_str="null")
+        extra="forbid",
+        validate_assignment=True,
+        hide_input_in_errors=True,
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        case_sensitive=False,
+        env_ignore_empty=True,
+        env_parse_none_str="null",
+    )
 
     default_strategy: str = "glr-ucb"
     strategies: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -200,10 +210,12 @@ class Settings(BaseSettings):
     dedup_window: int = Field(default=100_000, ge=1)
 
     @model_validator(mode="after")
-    def _strategies_exist(self) -> "Settings":
-        keyed = [("default_strategy", self.default_strategy),
-                 *((f"blueprint_strategies.{bp}", n) for bp, n in self.blueprint_strategies.items()),
-                 *((f"strategies.{n}", n) for n in self.strategies)]
+    def _strategies_exist(self) -> Settings:
+        keyed = [
+            ("default_strategy", self.default_strategy),
+            *((f"blueprint_strategies.{bp}", n) for bp, n in self.blueprint_strategies.items()),
+            *((f"strategies.{n}", n) for n in self.strategies),
+        ]
         for key, name in keyed:
             problem = self.strategy_problem(name)
             if problem:
@@ -224,20 +236,28 @@ class Settings(BaseSettings):
         if name == "discounted-ucb" and half_life is None:
             return "strategy 'discounted-ucb' needs decay.half_life_s"
         if cls.detects and not self.detects_changes:
-            return (f"strategy {name!r} needs change_detection (the statistics it reads are kept only with it on): "
-                    f"set change_detection = true, or name the strategy in the configuration")
+            return (
+                f"strategy {name!r} needs change_detection (the statistics it reads are kept only with it on): "
+                f"set change_detection = true, or name the strategy in the configuration"
+            )
         if cls.detects and self.join.default_reward is not None:
             return f"strategy {name!r} detects changes, and join.default_reward is set: {_DEFAULT_WITH_DETECTION}"
         if cls.detects and half_life is not None:
-            return (f"strategy {name!r} forgets by change detection, so decay.half_life_s would be ignored by it: "
-                    f"unset decay.half_life_s, or choose a strategy that decays (e.g. 'thompson', 'ucb')")
+            return (
+                f"strategy {name!r} forgets by change detection, so decay.half_life_s would be ignored by it: "
+                f"unset decay.half_life_s, or choose a strategy that decays (e.g. 'thompson', 'ucb')"
+            )
         discounted = self.strategies.get(name, {}).get("discounted")
         if discounted is True and half_life is None:
-            return (f"strategies.{name}.discounted = true needs decay.half_life_s (it reads the decayed statistics, "
-                    f"which only a half-life defines)")
+            return (
+                f"strategies.{name}.discounted = true needs decay.half_life_s (it reads the decayed statistics, "
+                f"which only a half-life defines)"
+            )
         if discounted is False and half_life is not None:
-            return (f"strategies.{name}.discounted = false: decay.half_life_s applies to every strategy that learns "
-                    f"and cannot be turned off per strategy; remove the setting or the half-life")
+            return (
+                f"strategies.{name}.discounted = false: decay.half_life_s applies to every strategy that learns "
+                f"and cannot be turned off per strategy; remove the setting or the half-life"
+            )
         return None
 
     @property
@@ -251,8 +271,9 @@ class Settings(BaseSettings):
         return make_policy(name, self.strategies.get(name))
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
-                                   file_secret_settings):
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ):
         # Settings(...) holds what it is given and nothing else: no implicit os.environ, .env or secrets directory.
         return (init_settings,)
 
@@ -303,7 +324,7 @@ def _environment_tree(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[
     for key, value in environ.items():
         if not key.lower().startswith(prefix) or not value:
             continue
-        name = key[len(prefix):].lower()
+        name = key[len(prefix) :].lower()
         path = ENV_ALIASES.get(name) or tuple(name.split("__"))
         if path in origins:
             raise ConfigError(f"invalid settings: {key} and {origins[path]} both set {'.'.join(path)}")
@@ -322,7 +343,7 @@ def _environment_tree(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[
             try:
                 _Environment({var: value})()
             except SettingsError as exc:
-                path = tuple(var[len(ENV_PREFIX):].lower().split("__"))
+                path = tuple(var[len(ENV_PREFIX) :].lower().split("__"))
                 bad.append(f"{origins[path]}: {'.'.join(path)}: not valid JSON ({exc.__cause__})")
         raise ConfigError("invalid settings: " + "; ".join(bad or ["malformed SEEDWORKER_* JSON value"])) from None
     for path, value in unknown.items():
@@ -355,7 +376,7 @@ def _named(loc: tuple[str, ...], msg: str, origins: Mapping[tuple[str, ...], str
         if loc[:n] in origins:
             return origins[loc[:n]]
     if loc:
-        return ", ".join(sorted(v for p, v in origins.items() if v and p[:len(loc)] == loc))
+        return ", ".join(sorted(v for p, v in origins.items() if v and p[: len(loc)] == loc))
     return _named(tuple(msg.split(": ", 1)[0].split(".")), "", origins) if ": " in msg else ""
 
 
@@ -387,8 +408,10 @@ def _seed_strategy(value: Any, section: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"must be a strategy name, got {value!r}")
     name = SEED_STRATEGIES.get(value, value)  # seedworker's own names are accepted as they are
     if name not in STRATEGIES:
-        raise ValueError(f"unknown strategy {value!r}; the document's: {', '.join(SEED_STRATEGIES)}; seedworker's: "
-                         f"{', '.join(sorted(STRATEGIES))}")
+        raise ValueError(
+            f"unknown strategy {value!r}; the document's: {', '.join(SEED_STRATEGIES)}; seedworker's: "
+            f"{', '.join(sorted(STRATEGIES))}"
+        )
     return {"default_strategy": name}
 
 
@@ -398,15 +421,20 @@ def _decay_factor(value: Any, section: Mapping[str, Any]) -> dict[str, Any]:
         return {"decay.half_life_s": None}
     interval = section.get("outcome_interval_s")
     if interval is None:
-        raise ValueError(f"{factor:g} per outcome has no event-time equivalent by itself: seedworker decays by "
-                         "event time. Give seed_selection.outcome_interval_s (the usual seconds between two outcomes "
-                         "of one seed: half_life_s = outcome_interval_s * ln 0.5 / ln factor), or decay.half_life_s "
-                         "instead of this key, or 1.0 for no decay")
+        raise ValueError(
+            f"{factor:g} per outcome has no event-time equivalent by itself: seedworker decays by "
+            "event time. Give seed_selection.outcome_interval_s (the usual seconds between two outcomes "
+            "of one seed: half_life_s = outcome_interval_s * ln 0.5 / ln factor), or decay.half_life_s "
+            "instead of this key, or 1.0 for no decay"
+        )
     interval = _number(interval, low=0.0, low_open=True)
     # The document decays UCB's and ε-greedy's estimates (their mean accuracy gain), not its Thompson counts; with a
     # half-life seedworker decays every strategy that learns, its Beta counts included.
-    return {"decay.half_life_s": interval * _LN_HALF / math.log(factor),
-            "strategies.ucb.discounted": True, "strategies.epsilon-greedy.discounted": True}
+    return {
+        "decay.half_life_s": interval * _LN_HALF / math.log(factor),
+        "strategies.ucb.discounted": True,
+        "strategies.epsilon-greedy.discounted": True,
+    }
 
 
 def _epsilon_decay(value: Any, section: Mapping[str, Any]) -> dict[str, Any]:
@@ -429,6 +457,7 @@ def _to(target: str, convert: Callable[[Any], Any] = lambda v: v) -> Callable[[A
 def _refuse(why: str) -> Callable[[Any, Mapping[str, Any]], dict]:
     def refuse(value: Any, section: Mapping[str, Any]) -> dict:
         raise ValueError(why)
+
     return refuse
 
 
@@ -447,47 +476,75 @@ class SeedKey:
 
 # THE table: every key of ``seed_selection`` that is accepted, what it becomes, and where it is not exact.
 SEED_SELECTION: dict[str, SeedKey] = {
-    "default_strategy": SeedKey(("default_strategy",), _seed_strategy,
-                                "exact; names by SEED_STRATEGIES (seedworker's own names are accepted too)"),
-    "performance_window_size": SeedKey((), _ignore,
-                                       "no equivalent: accepted, logged as ignored. seedworker keeps sufficient "
-                                       "statistics of every outcome, not a window of the last N; recency comes from "
-                                       "performance_decay_factor (decay.half_life_s)"),
+    "default_strategy": SeedKey(
+        ("default_strategy",),
+        _seed_strategy,
+        "exact; names by SEED_STRATEGIES (seedworker's own names are accepted too)",
+    ),
+    "performance_window_size": SeedKey(
+        (),
+        _ignore,
+        "no equivalent: accepted, logged as ignored. seedworker keeps sufficient "
+        "statistics of every outcome, not a window of the last N; recency comes from "
+        "performance_decay_factor (decay.half_life_s)",
+    ),
     "performance_decay_factor": SeedKey(
-        ("decay.half_life_s", "strategies.ucb.discounted", "strategies.epsilon-greedy.discounted"), _decay_factor,
+        ("decay.half_life_s", "strategies.ucb.discounted", "strategies.epsilon-greedy.discounted"),
+        _decay_factor,
         "not exact: the document decays per outcome of a seed, seedworker by event time. 1.0: no decay. Below 1 "
         "needs outcome_interval_s: half_life_s = outcome_interval_s * ln 0.5 / ln factor, and ucb and epsilon-greedy "
-        "then score decayed means (as the document's do); without outcome_interval_s it is refused"),
-    "outcome_interval_s": SeedKey((), _ignore,
-                                  "seedworker's addition: seconds between two outcomes of one seed, only used to "
-                                  "convert performance_decay_factor"),
-    "min_samples_required": SeedKey(("min_samples",), _to("min_samples"),
-                                    "near: the document's mean counts as 0 until a seed has this many outcomes (and "
-                                    "its UCB forces 3 tries); seedworker tries each viable seed this many times "
-                                    "before it competes on its score"),
+        "then score decayed means (as the document's do); without outcome_interval_s it is refused",
+    ),
+    "outcome_interval_s": SeedKey(
+        (),
+        _ignore,
+        "seedworker's addition: seconds between two outcomes of one seed, only used to "
+        "convert performance_decay_factor",
+    ),
+    "min_samples_required": SeedKey(
+        ("min_samples",),
+        _to("min_samples"),
+        "near: the document's mean counts as 0 until a seed has this many outcomes (and "
+        "its UCB forces 3 tries); seedworker tries each viable seed this many times "
+        "before it competes on its score",
+    ),
     "ucb.exploration_constant": SeedKey(
         ("strategies.ucb.exploration",),
         _to("strategies.ucb.exploration", lambda c: _number(c, low=0.0) / math.sqrt(2)),
         "converted: the document's bonus is c*sqrt(ln N / n) in reward units, seedworker's "
         "exploration*sd*sqrt(2 ln N / n) with sd the pooled reward standard deviation; exploration = c / sqrt(2) is "
-        "the same bound when sd is 1 (for accuracy gains sd is far below 1: the document's bound explores more)"),
+        "the same bound when sd is 1 (for accuracy gains sd is far below 1: the document's bound explores more)",
+    ),
     "epsilon_greedy.initial_epsilon": SeedKey(
-        ("strategies.epsilon-greedy.epsilon", "strategies.epsilon-greedy.min_epsilon"), _epsilon,
-        "exact; the document's floor 0.01 becomes min_epsilon"),
+        ("strategies.epsilon-greedy.epsilon", "strategies.epsilon-greedy.min_epsilon"),
+        _epsilon,
+        "exact; the document's floor 0.01 becomes min_epsilon",
+    ),
     "epsilon_greedy.decay_rate": SeedKey(
-        ("strategies.epsilon-greedy.decay_steps",), _epsilon_decay,
+        ("strategies.epsilon-greedy.decay_steps",),
+        _epsilon_decay,
         "converted: the document multiplies ε by the rate at each selection (of any blueprint), seedworker divides "
         "it by 1 + t / decay_steps (t: the blueprint's decisions); decay_steps = ln 0.5 / ln rate halves ε at the "
-        "same selection (after it the document's ε falls faster); 1.0: constant ε"),
-    "thompson.alpha_prior": SeedKey(("strategies.beta-thompson.alpha",),
-                                    _to("strategies.beta-thompson.alpha", lambda v: _number(v, low=0.0, low_open=True)),
-                                    "exact"),
-    "thompson.beta_prior": SeedKey(("strategies.beta-thompson.beta",),
-                                   _to("strategies.beta-thompson.beta", lambda v: _number(v, low=0.0, low_open=True)),
-                                   "exact"),
-    "contextual.feature_dim": SeedKey((), _refuse("no equivalent: seedworker's contextual features are named, not "
-                                                  "counted; list them in the top-level `features` setting"),
-                                      "refused: seedworker's contextual features are named (`features`), not counted"),
+        "same selection (after it the document's ε falls faster); 1.0: constant ε",
+    ),
+    "thompson.alpha_prior": SeedKey(
+        ("strategies.beta-thompson.alpha",),
+        _to("strategies.beta-thompson.alpha", lambda v: _number(v, low=0.0, low_open=True)),
+        "exact",
+    ),
+    "thompson.beta_prior": SeedKey(
+        ("strategies.beta-thompson.beta",),
+        _to("strategies.beta-thompson.beta", lambda v: _number(v, low=0.0, low_open=True)),
+        "exact",
+    ),
+    "contextual.feature_dim": SeedKey(
+        (),
+        _refuse(
+            "no equivalent: seedworker's contextual features are named, not "
+            "counted; list them in the top-level `features` setting"
+        ),
+        "refused: seedworker's contextual features are named (`features`), not counted",
+    ),
 }
 
 
@@ -523,8 +580,10 @@ def translate_seed_selection(section: Any) -> tuple[dict[str, Any], dict[tuple[s
             problems.append(f"seed_selection.{key}: {exc}")
             continue
         if key == "performance_window_size":
-            _log.warning("seed_selection.performance_window_size is ignored: seedworker keeps sufficient statistics of "
-                         "every outcome, not a window of the last N (recency: performance_decay_factor)")
+            _log.warning(
+                "seed_selection.performance_window_size is ignored: seedworker keeps sufficient statistics of "
+                "every outcome, not a window of the last N (recency: performance_decay_factor)"
+            )
         for target, v in converted.items():
             path = tuple(target.split("."))
             _set(tree, path, v)
@@ -542,7 +601,7 @@ def _given(tree: Mapping[str, Any], path: tuple[str, ...]) -> str | None:
             return None
         node = node[key]
         if not isinstance(node, Mapping) or n == len(path) - 1:
-            return ".".join(path[:n + 1])
+            return ".".join(path[: n + 1])
     return None
 
 
@@ -585,8 +644,11 @@ def load_settings(
         tree = _read_file(Path(path))
         if "seed_selection" in tree:
             seed_tree, origins = translate_seed_selection(tree.pop("seed_selection"))
-            clashes = [f"{origins[p]} and {given} both set {'.'.join(p)}" for p in origins
-                       if (given := _given(tree, p)) is not None]
+            clashes = [
+                f"{origins[p]} and {given} both set {'.'.join(p)}"
+                for p in origins
+                if (given := _given(tree, p)) is not None
+            ]
             if clashes:
                 raise ConfigError("invalid settings: " + "; ".join(clashes))
             _merge(tree, seed_tree)
@@ -598,7 +660,7 @@ def load_settings(
             keys = tuple(dotted.split("."))
             _set(tree, keys, value)
             # An explicit override replaces what the file or the environment said there: its problems are its own.
-            origins = {p: v for p, v in origins.items() if p[:len(keys)] != keys}
+            origins = {p: v for p, v in origins.items() if p[: len(keys)] != keys}
             origins[keys] = ""
     try:
         return Settings.model_validate(tree)

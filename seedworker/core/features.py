@@ -122,15 +122,13 @@ class FeatureMap:
             m2[j] += delta * (v - mu)
 
     def to_dict(self) -> dict:
-        return {"names": list(self.names), "clip": self.clip, "count": self.count,
-                "mean": self.mean, "m2": self.m2}
+        return {"names": list(self.names), "clip": self.clip, "count": self.count, "mean": self.mean, "m2": self.m2}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "FeatureMap":
+    def from_dict(cls, data: dict) -> FeatureMap:
         fm = cls(names=tuple(data["names"]), clip=data["clip"])
         k = len(fm.names)
         for attr, key in (("_count", "count"), ("_mean", "mean"), ("_m2", "m2")):
             values = np.asarray(data[key], dtype=float).reshape(k).tolist()
             setattr(fm, attr, values)
         return fm
-

@@ -145,9 +145,13 @@ class Rules:
     default_reward: float | None = None
 
     @classmethod
-    def from_settings(cls, join) -> "Rules":
-        return cls(reward_wait_s=join.reward_wait_s, hold_unknown_s=join.hold_unknown_s, learn_late=join.learn_late,
-                   default_reward=join.default_reward)
+    def from_settings(cls, join) -> Rules:
+        return cls(
+            reward_wait_s=join.reward_wait_s,
+            hold_unknown_s=join.hold_unknown_s,
+            learn_late=join.learn_late,
+            default_reward=join.default_reward,
+        )
 
 
 class Pending(NamedTuple):
@@ -188,8 +192,13 @@ class Join:
     def held_count(self) -> int:
         return sum(map(len, self.held.values()))
 
-    def load(self, *, pending: Iterable[Pending] = (), held: Iterable[HeldOutcome] = (),
-             watermarks: Mapping[int, float] | None = None) -> None:
+    def load(
+        self,
+        *,
+        pending: Iterable[Pending] = (),
+        held: Iterable[HeldOutcome] = (),
+        watermarks: Mapping[int, float] | None = None,
+    ) -> None:
         """Add stored state (a restart, a rebuilt partition)."""
         for p in pending:
             self._add_pending(p.selected, p.partition)
@@ -212,14 +221,18 @@ class Join:
 
     def _add_pending(self, selected: SeedSelected, partition: int) -> None:
         self.pending[selected.decision_id] = Pending(selected, partition)
-        heapq.heappush(self._deadlines.setdefault(partition, []),
-                       (request_time(selected) + self.rules.reward_wait_s, selected.decision_id))
+        heapq.heappush(
+            self._deadlines.setdefault(partition, []),
+            (request_time(selected) + self.rules.reward_wait_s, selected.decision_id),
+        )
         self._due.add(partition)  # a decision read late may be past its deadline already
 
     def _add_held(self, h: HeldOutcome) -> None:
         self.held.setdefault(h.outcome.resolved_decision_id, []).append(h)
-        heapq.heappush(self._drops.setdefault(h.partition, []),
-                       (h.since + self.rules.hold_unknown_s, h.event_id, h.outcome.resolved_decision_id))
+        heapq.heappush(
+            self._drops.setdefault(h.partition, []),
+            (h.since + self.rules.hold_unknown_s, h.event_id, h.outcome.resolved_decision_id),
+        )
         self._due.add(h.partition)
 
     def _remember(self, did: str, entry: _Recent) -> None:
@@ -260,8 +273,14 @@ class Join:
                 changes.reject(h, str(exc))
 
     # -- outcomes ------------------------------------------------------------------------------------------------
-    def outcome(self, outcome: AdaptationOutcome, partition: int, changes: Changes,
-                known: Mapping[str, Known] | None = None, offset: int = -1) -> str:
+    def outcome(
+        self,
+        outcome: AdaptationOutcome,
+        partition: int,
+        changes: Changes,
+        known: Mapping[str, Known] | None = None,
+        offset: int = -1,
+    ) -> str:
         """Join one outcome; returns what became of it: learned, replaced (a default reward), late, mismatched,
         duplicate or held. Raises JoinError for an outcome that names another blueprint than its decision."""
         did = outcome.resolved_decision_id
@@ -282,8 +301,14 @@ class Join:
                 changes.count("duplicate_outcomes")
                 return "duplicate"
             selected = decode(k.payload, SEED_SELECTED)
-            return self._join(outcome, selected, k.partition, k.reward if k.status == EXPIRED else None,  # type: ignore[arg-type]
-                              k.status, changes)
+            return self._join(
+                outcome,
+                selected,
+                k.partition,
+                k.reward if k.status == EXPIRED else None,  # type: ignore[arg-type]
+                k.status,
+                changes,
+            )
         # Its decision is not known yet (the request may still be on its way): hold it.
         if any(h.event_id == outcome.event_id for h in self.held.get(did, ())):
             changes.count("duplicate_outcomes")
@@ -294,12 +319,21 @@ class Join:
         changes.count("held_outcomes")
         return "held"
 
-    def _join(self, outcome: AdaptationOutcome, selected: SeedSelected, partition: int, default: float | None,
-              status: str, changes: Changes) -> str:
+    def _join(
+        self,
+        outcome: AdaptationOutcome,
+        selected: SeedSelected,
+        partition: int,
+        default: float | None,
+        status: str,
+        changes: Changes,
+    ) -> str:
         did = selected.decision_id
         if outcome.blueprint_id != selected.blueprint_id:
-            raise JoinError(f"outcome {outcome.event_id} names blueprint {outcome.blueprint_id!r}, but decision "
-                            f"{did} was made for blueprint {selected.blueprint_id!r}")
+            raise JoinError(
+                f"outcome {outcome.event_id} names blueprint {outcome.blueprint_id!r}, but decision "
+                f"{did} was made for blueprint {selected.blueprint_id!r}"
+            )
         t = outcome.occurred_at.timestamp()
         if outcome.seed_id != selected.seed_id:
             # Tamiyo grafted another seed than the chosen one (e.g. seed 0 after a timeout): crediting the chosen

@@ -39,8 +39,16 @@ class RewardFunction:
             success=outcome.success,
         )
 
-    def of(self, *, accuracy_delta: float = 0.0, loss_delta: float = 0.0, latency_ms: float = 0.0,
-           memory_mb: float = 0.0, throughput: float = 0.0, success: bool = True) -> float:
+    def of(
+        self,
+        *,
+        accuracy_delta: float = 0.0,
+        loss_delta: float = 0.0,
+        latency_ms: float = 0.0,
+        memory_mb: float = 0.0,
+        throughput: float = 0.0,
+        success: bool = True,
+    ) -> float:
         if not success:
             value = self.failure_reward
         else:

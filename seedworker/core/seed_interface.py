@@ -19,8 +19,9 @@ import logging
 import math
 import uuid
 from collections import Counter, deque
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from seedworker.contract.events import utc_now
 from seedworker.core.config import SEED_STRATEGIES, Settings
@@ -40,8 +41,10 @@ def seedworker_strategy(name: str) -> str:
     """seedworker's name for a strategy named either way; ValueError for neither."""
     ours = SEED_STRATEGIES.get(name, name)
     if ours not in STRATEGIES:
-        raise ValueError(f"Unknown strategy: {name!r}; the document's: {', '.join(SEED_STRATEGIES)}; seedworker's: "
-                         f"{', '.join(sorted(STRATEGIES))}")
+        raise ValueError(
+            f"Unknown strategy: {name!r}; the document's: {', '.join(SEED_STRATEGIES)}; seedworker's: "
+            f"{', '.join(sorted(STRATEGIES))}"
+        )
     return ours
 
 
@@ -141,29 +144,52 @@ class IntelligentSeedSelector:
         strategy = _DOCUMENT_NAME.get(selected.strategy, selected.strategy)
         self._usage[strategy] += 1
         self._pairs.add((bp_id, selected.seed_id))
-        self.selection_history.append({
-            "timestamp": self.clock(), "blueprint_id": bp_id, "seed_id": selected.seed_id,
-            "seed_idx": selected.seed_idx, "strategy": strategy, "context": dict(context or {}),
-            "decision_id": selected.decision_id,
-        })
-        _log.debug("selected seed %d (%s) for blueprint %s: %s", selected.seed_idx, selected.seed_id, bp_id,
-                   selected.selection_reason)
+        self.selection_history.append(
+            {
+                "timestamp": self.clock(),
+                "blueprint_id": bp_id,
+                "seed_id": selected.seed_id,
+                "seed_idx": selected.seed_idx,
+                "strategy": strategy,
+                "context": dict(context or {}),
+                "decision_id": selected.decision_id,
+            }
+        )
+        _log.debug(
+            "selected seed %d (%s) for blueprint %s: %s",
+            selected.seed_idx,
+            selected.seed_id,
+            bp_id,
+            selected.selection_reason,
+        )
         return selected.seed_idx, seed
 
-    def record_outcome(self, seed_id: Any, blueprint_id: Any, performance_metrics: Mapping[str, float] | None = None,
-                       success: bool = True) -> str | None:
+    def record_outcome(
+        self,
+        seed_id: Any,
+        blueprint_id: Any,
+        performance_metrics: Mapping[str, float] | None = None,
+        success: bool = True,
+    ) -> str | None:
         """Learn from the outcome of using a selected seed. Returns the decision id it was credited to, or None
         when no pending decision of that blueprint chose that seed (nothing learned; see the class docstring)."""
         pair = (str(blueprint_id), str(seed_id))
         waiting = self._pending.get(pair)
         if not waiting:
-            _log.warning("outcome for seed %s of blueprint %s: no pending decision of this blueprint chose that seed; "
-                         "not learned", pair[1], pair[0])
+            _log.warning(
+                "outcome for seed %s of blueprint %s: no pending decision of this blueprint chose that seed; "
+                "not learned",
+                pair[1],
+                pair[0],
+            )
             return None
         decision_id = waiting[-1]
         metrics = performance_metrics or {}
         outcome: dict[str, Any] = {
-            "decision_id": decision_id, "blueprint_id": pair[0], "seed_id": pair[1], "success": bool(success),
+            "decision_id": decision_id,
+            "blueprint_id": pair[0],
+            "seed_id": pair[1],
+            "success": bool(success),
             "occurred_at": self.clock().isoformat(),
             **{k: metrics[k] for k in METRICS if metrics.get(k) is not None},
         }
@@ -183,8 +209,11 @@ class IntelligentSeedSelector:
         if problem:
             raise ValueError(problem)
         self.selector.switch_strategy(name, None if blueprint_id is None else str(blueprint_id))
-        _log.info("switched to %s selection strategy%s", name,
-                  "" if blueprint_id is None else f" for blueprint {blueprint_id}")
+        _log.info(
+            "switched to %s selection strategy%s",
+            name,
+            "" if blueprint_id is None else f" for blueprint {blueprint_id}",
+        )
 
     def get_selection_stats(self, top: int = 5) -> dict[str, Any]:
         stats = self.selector.stats(top=top)

@@ -15,24 +15,25 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from seedworker.core.arms import RESOURCES, ArmTable
-from seedworker.core.config import Settings
 from seedworker.contract.events import (
+    SCHEMA_VERSION,
     AdaptationOutcome,
     CandidateScore,
-    SCHEMA_VERSION,
     GraftRequested,
     SeedSelected,
     decision_id_for,
     from_dict,
     utc_now,
 )
+from seedworker.core.arms import RESOURCES, ArmTable
+from seedworker.core.config import Settings
 from seedworker.core.features import FeatureMap
 from seedworker.core.join import Discard, Join, Rules
 from seedworker.core.policies import STRATEGIES, Draw, Policy, Situation
@@ -50,13 +51,25 @@ class BlueprintState:
     by_strategy: Counter = field(default_factory=Counter)
 
     def to_dict(self) -> dict:
-        return {"arms": self.arms.to_dict(), "features": self.features.to_dict(), "decisions": self.decisions,
-                "version": self.version, "strategy": self.strategy, "by_strategy": dict(self.by_strategy)}
+        return {
+            "arms": self.arms.to_dict(),
+            "features": self.features.to_dict(),
+            "decisions": self.decisions,
+            "version": self.version,
+            "strategy": self.strategy,
+            "by_strategy": dict(self.by_strategy),
+        }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "BlueprintState":
-        return cls(ArmTable.from_dict(data["arms"]), FeatureMap.from_dict(data["features"]), data["decisions"],
-                   data["version"], data["strategy"], Counter(data["by_strategy"]))
+    def from_dict(cls, data: dict) -> BlueprintState:
+        return cls(
+            ArmTable.from_dict(data["arms"]),
+            FeatureMap.from_dict(data["features"]),
+            data["decisions"],
+            data["version"],
+            data["strategy"],
+            Counter(data["by_strategy"]),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,8 +172,9 @@ class SeedSelector:
             rows = seed_rows(bp_id, a, np.arange(n))
             for row in rows:
                 if row["outcomes"] > 0:
-                    performers.append({k: row[k] for k in ("blueprint_id", "seed_id", "mean_reward", "outcomes",
-                                                           "selections")})
+                    performers.append(
+                        {k: row[k] for k in ("blueprint_id", "seed_id", "mean_reward", "outcomes", "selections")}
+                    )
             if per_seed:
                 seeds += rows
         performers.sort(key=lambda p: p["mean_reward"], reverse=True)
@@ -180,8 +194,12 @@ class SeedSelector:
     def _observe(self, selected: SeedSelected, outcome: AdaptationOutcome) -> None:
         """The outcome's resource measurements, for the statistics (a default reward has none, so is not counted)."""
         a = self.blueprint(selected.blueprint_id).arms
-        a.observe(a.index[selected.seed_id], memory_mb=outcome.memory_mb, latency_ms=outcome.latency_ms,
-                  throughput=outcome.throughput)
+        a.observe(
+            a.index[selected.seed_id],
+            memory_mb=outcome.memory_mb,
+            latency_ms=outcome.latency_ms,
+            throughput=outcome.throughput,
+        )
 
     # -- the two state transitions -------------------------------------------------------------------------------
     def apply_selection(self, selected: SeedSelected) -> None:
@@ -203,8 +221,14 @@ class SeedSelector:
     def learn(self, selected: SeedSelected, outcome: AdaptationOutcome) -> float:
         """Fold an outcome into the statistics of the seed its decision chose. Returns the reward."""
         reward = self.reward(outcome)
-        self._fold(selected, reward, success=outcome.success, t=outcome.occurred_at.timestamp(),
-                   memory_mb=outcome.memory_mb, latency_ms=outcome.latency_ms)
+        self._fold(
+            selected,
+            reward,
+            success=outcome.success,
+            t=outcome.occurred_at.timestamp(),
+            memory_mb=outcome.memory_mb,
+            latency_ms=outcome.latency_ms,
+        )
         self._observe(selected, outcome)
         return reward
 
@@ -244,7 +268,9 @@ class SeedSelector:
             s = self.settings
             fm = FeatureMap(names=tuple(s.features))
             arms = ArmTable(dim=fm.dim, ridge=s.ridge, half_life_s=s.decay.half_life_s, detect=s.detects_changes)
-            bp = self.blueprints[blueprint_id] = BlueprintState(arms, fm, strategy=s.blueprint_strategies.get(blueprint_id))
+            bp = self.blueprints[blueprint_id] = BlueprintState(
+                arms, fm, strategy=s.blueprint_strategies.get(blueprint_id)
+            )
         return bp
 
     def policy(self, name: str) -> Policy:
@@ -291,8 +317,22 @@ class SeedSelector:
             # Nothing viable: fall back to the lowest seed_idx, as Tamiyo did, and say why.
             pick = min(range(k), key=lambda j: seeds[j].seed_idx)
             why = "; ".join(f"{seeds[j].seed_id} {notes[j]}" for j in range(k) if notes[j])
-            return self._event(request, bp, pick, FALLBACK, f"no viable seed ({why}); fell back to the lowest "
-                               f"seed_idx", 1.0, "fallback", False, scores, probs, viable, notes, context, x)
+            return self._event(
+                request,
+                bp,
+                pick,
+                FALLBACK,
+                f"no viable seed ({why}); fell back to the lowest seed_idx",
+                1.0,
+                "fallback",
+                False,
+                scores,
+                probs,
+                viable,
+                notes,
+                context,
+                x,
+            )
 
         if self.logging_only:
             strategy_name = self.policy(strategy).name
@@ -300,9 +340,22 @@ class SeedSelector:
             pick = 0 if vidx is None else int(vidx[0])  # the lowest viable seed_idx
             self._fill(shadow, vidx, scores, probs)
             would = shadow.index if vidx is None else int(vidx[shadow.index])
-            return self._event(request, bp, pick, "seed0", f"logging-only mode: lowest viable seed_idx; {strategy_name} "
-                               f"would have chosen {seeds[would].seed_id}", 1.0, "exact", False,
-                               scores, probs, viable, notes, context, x)
+            return self._event(
+                request,
+                bp,
+                pick,
+                "seed0",
+                f"logging-only mode: lowest viable seed_idx; {strategy_name} would have chosen {seeds[would].seed_id}",
+                1.0,
+                "exact",
+                False,
+                scores,
+                probs,
+                viable,
+                notes,
+                context,
+                x,
+            )
 
         fresh = a.selections[vrows] < self.settings.min_samples
         if np.count_nonzero(fresh):
@@ -312,15 +365,43 @@ class SeedSelector:
             p = 1.0 / len(untried)
             for u in untried.tolist():
                 probs[u] = p
-            return self._event(request, bp, j, strategy, f"fewer than {self.settings.min_samples} selections so "
-                               f"far; untried viable seeds are tried first ({len(untried)} untried)", p, "exact",
-                               True, scores, [q or 0.0 for q in probs], viable, notes, context, x)
+            return self._event(
+                request,
+                bp,
+                j,
+                strategy,
+                f"fewer than {self.settings.min_samples} selections so "
+                f"far; untried viable seeds are tried first ({len(untried)} untried)",
+                p,
+                "exact",
+                True,
+                scores,
+                [q or 0.0 for q in probs],
+                viable,
+                notes,
+                context,
+                x,
+            )
 
         choice = self._choose(bp, a, vrows, x, draw, strategy)
         self._fill(choice, vidx, scores, probs)
         pick = choice.index if vidx is None else int(vidx[choice.index])
-        return self._event(request, bp, pick, strategy, choice.reason, choice.propensity, choice.method,
-                           choice.explored, scores, probs, viable, notes, context, x)
+        return self._event(
+            request,
+            bp,
+            pick,
+            strategy,
+            choice.reason,
+            choice.propensity,
+            choice.method,
+            choice.explored,
+            scores,
+            probs,
+            viable,
+            notes,
+            context,
+            x,
+        )
 
     def _choose(self, bp, a, vrows, x, draw, strategy):
         return self.policy(strategy).choose(Situation(a, vrows, x, bp.decisions, draw))
@@ -352,7 +433,9 @@ class SeedSelector:
         notes = [""] * k
         sel = self._selectable
         every = True
-        if not {c.state for c in request.seeds} <= self._selectable_or_unset:  # some seed is in a state that cannot be selected
+        if (
+            not {c.state for c in request.seeds} <= self._selectable_or_unset
+        ):  # some seed is in a state that cannot be selected
             every = False
             for j, c in enumerate(request.seeds):
                 if c.state is not None and c.state not in sel:
@@ -372,8 +455,23 @@ class SeedSelector:
                     notes[j] = f"adds {lat[j]:.1f} ms > limit {cons.max_latency_ms:.1f} ms"
         return viable, notes, every
 
-    def _event(self, request, bp, pick, strategy, reason, propensity, method, explored, scores, probs, viable, notes,
-               context, x) -> SeedSelected:
+    def _event(
+        self,
+        request,
+        bp,
+        pick,
+        strategy,
+        reason,
+        propensity,
+        method,
+        explored,
+        scores,
+        probs,
+        viable,
+        notes,
+        context,
+        x,
+    ) -> SeedSelected:
         seeds = request.seeds
         chosen = seeds[pick]
         fields = dict(
@@ -402,8 +500,14 @@ class SeedSelector:
         # model_construct.
         if not _plain_models(len(fields)):
             fields["scores"] = [
-                CandidateScore.model_construct(seed_id=c.seed_id, seed_idx=c.seed_idx, score=scores[j],
-                                               probability=probs[j], viable=viable[j], note=notes[j] or None)
+                CandidateScore.model_construct(
+                    seed_id=c.seed_id,
+                    seed_idx=c.seed_idx,
+                    score=scores[j],
+                    probability=probs[j],
+                    viable=viable[j],
+                    note=notes[j] or None,
+                )
                 for j, c in enumerate(seeds)
             ]
             return SeedSelected.model_construct(**fields)
@@ -412,8 +516,18 @@ class SeedSelector:
         candidates = []
         for c, score, prob, ok, note in zip(seeds, scores, probs, viable, notes):
             m = new(CandidateScore)
-            put(m, "__dict__", {"seed_id": c.seed_id, "seed_idx": c.seed_idx, "score": score,
-                                "probability": prob, "viable": ok, "note": note or None})
+            put(
+                m,
+                "__dict__",
+                {
+                    "seed_id": c.seed_id,
+                    "seed_idx": c.seed_idx,
+                    "score": score,
+                    "probability": prob,
+                    "viable": ok,
+                    "note": note or None,
+                },
+            )
             put(m, "__pydantic_fields_set__", names.copy())
             put(m, "__pydantic_extra__", None)
             put(m, "__pydantic_private__", None)
@@ -428,8 +542,10 @@ class SeedSelector:
 
     # -- persistence ---------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"default_strategy": self.default_strategy,
-                "blueprints": {k: v.to_dict() for k, v in self.blueprints.items()}}
+        return {
+            "default_strategy": self.default_strategy,
+            "blueprints": {k: v.to_dict() for k, v in self.blueprints.items()},
+        }
 
     def load_state_dict(self, data: dict) -> None:
         self.default_strategy = data["default_strategy"]
@@ -446,10 +562,13 @@ def _plain_models(n_fields: int) -> bool:
     plain = _plain.get(n_fields)
     if plain is None:
         plain = _plain[n_fields] = (
-            CandidateScore.__pydantic_post_init__ is None and SeedSelected.__pydantic_post_init__ is None
-            and not CandidateScore.__private_attributes__ and not SeedSelected.__private_attributes__
+            CandidateScore.__pydantic_post_init__ is None
+            and SeedSelected.__pydantic_post_init__ is None
+            and not CandidateScore.__private_attributes__
+            and not SeedSelected.__private_attributes__
             and set(CandidateScore.__pydantic_fields__) == _CANDIDATE_FIELDS
-            and len(SeedSelected.__pydantic_fields__) == n_fields)
+            and len(SeedSelected.__pydantic_fields__) == n_fields
+        )
     return plain
 
 
@@ -478,9 +597,14 @@ def seed_rows(blueprint_id: str, arms: ArmTable, rows: np.ndarray) -> list[dict[
     for j, i in enumerate(rows.tolist()):
         k, m = float(pulls[j]), float(means[j])
         row: dict[str, Any] = {
-            "blueprint_id": blueprint_id, "seed_id": arms.seed_ids[i], "selections": int(sel[j]), "outcomes": int(k),
-            "mean_reward": m, "reward_ci95": interval95(k, m, float(var[j])),
-            "success_rate": float(successes[j]) / k if k else None, "measured": int(measured[j]),
+            "blueprint_id": blueprint_id,
+            "seed_id": arms.seed_ids[i],
+            "selections": int(sel[j]),
+            "outcomes": int(k),
+            "mean_reward": m,
+            "reward_ci95": interval95(k, m, float(var[j])),
+            "success_rate": float(successes[j]) / k if k else None,
+            "measured": int(measured[j]),
         }
         for c, name in enumerate(RESOURCES):
             n, rm = float(measured[j]), float(r_mean[j, c])

@@ -86,8 +86,10 @@ def start_broker(port: int) -> Broker:
         return Broker(kafka.bootstrap_servers, f"using the running local broker at {kafka.bootstrap_servers}")
     try:
         if not kafka.jars_present():
-            say(f"downloading the Kafka {kafka.kafka_version()} jars with Maven into {kafka.libs_dir} "
-                "(first run only; can take a few minutes) ...")
+            say(
+                f"downloading the Kafka {kafka.kafka_version()} jars with Maven into {kafka.libs_dir} "
+                "(first run only; can take a few minutes) ..."
+            )
         kafka.ensure_jars()
         say(f"starting a local Kafka broker on 127.0.0.1:{port} (workdir {kafka.workdir}) ...")
         t0 = time.monotonic()
@@ -97,8 +99,11 @@ def start_broker(port: int) -> Broker:
         if "already in use" in str(exc):
             hint = f"\n  (something that is not Kafka listens on port {port}; choose another with --port or KAFKA_PORT)"
         raise DemoError(f"cannot start the local Kafka broker: {exc}{hint}") from None
-    return Broker(kafka.bootstrap_servers, f"started a local Kafka broker at {kafka.bootstrap_servers} "
-                                           f"in {time.monotonic() - t0:.1f}s", local=kafka)
+    return Broker(
+        kafka.bootstrap_servers,
+        f"started a local Kafka broker at {kafka.bootstrap_servers} in {time.monotonic() - t0:.1f}s",
+        local=kafka,
+    )
 
 
 # -- the worker ----------------------------------------------------------------------------------------------------
@@ -114,14 +119,21 @@ class WorkerProcess:
         with open(self.log_path, "ab") as log:
             log.write(f"\n=== seedworker demo run {self.run_id}: {' '.join(cmd)}\n".encode())
             log.flush()
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True,  # Ctrl-C goes to the demo, which stops it in order
-                                         preexec_fn=_parent_death_signal())  # and it dies if the demo is killed
+            self.proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C goes to the demo, which stops it in order
+                preexec_fn=_parent_death_signal(),
+            )  # and it dies if the demo is killed
 
     def check_alive(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:
-            raise DemoError(f"the worker exited unexpectedly (exit code {self.proc.returncode}); "
-                            f"last lines of {self.log_path}:\n{tail(self.log_path)}")
+            raise DemoError(
+                f"the worker exited unexpectedly (exit code {self.proc.returncode}); "
+                f"last lines of {self.log_path}:\n{tail(self.log_path)}"
+            )
 
     def stop(self) -> int | None:
         """SIGTERM, wait; SIGKILL if it does not stop in time. Returns the exit code (None if never started)."""
@@ -135,8 +147,10 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
-                raise DemoError(f"the worker did not stop within {WORKER_STOP_S:.0f}s of SIGTERM and was killed; "
-                                f"see {self.log_path}") from None
+                raise DemoError(
+                    f"the worker did not stop within {WORKER_STOP_S:.0f}s of SIGTERM and was killed; "
+                    f"see {self.log_path}"
+                ) from None
         return proc.returncode
 
 
@@ -168,8 +182,10 @@ async def wait_until_worker_joined(bootstrap: str, group: str, worker: WorkerPro
             except KafkaError:
                 pass  # the group coordinator is not there yet on a fresh broker
             if time.monotonic() - t0 > GROUP_WAIT_S:
-                raise DemoError(f"the worker did not join consumer group {group!r} within {GROUP_WAIT_S:.0f}s; "
-                                f"last lines of {worker.log_path}:\n{tail(worker.log_path)}")
+                raise DemoError(
+                    f"the worker did not join consumer group {group!r} within {GROUP_WAIT_S:.0f}s; "
+                    f"last lines of {worker.log_path}:\n{tail(worker.log_path)}"
+                )
             await asyncio.sleep(0.2)
     finally:
         await admin.close()
@@ -212,13 +228,14 @@ async def drive(args, settings, envs, run_id: str, worker: WorkerProcess) -> tup
     total = len(envs) * args.requests
     records: list[Record] = []
     jobs = iter([(b, t) for t in range(args.requests) for b in range(len(envs))])  # blueprints interleaved
-    candidates = [[{"seed_id": s, "seed_idx": k, "state": "dormant"} for k, s in enumerate(env.seed_ids)]
-                  for env in envs]
+    candidates = [
+        [{"seed_id": s, "seed_idx": k, "state": "dormant"} for k, s in enumerate(env.seed_ids)] for env in envs
+    ]
 
-    async with SeedClient.from_settings(settings.kafka, client_id=f"seedworker-demo-{run_id}",
-                                        timeout_s=args.timeout, source="seedworker-demo") as client:
-        progress = tqdm(total=total, desc="grafts", unit="req", mininterval=0.5, file=sys.stderr,
-                        dynamic_ncols=True)
+    async with SeedClient.from_settings(
+        settings.kafka, client_id=f"seedworker-demo-{run_id}", timeout_s=args.timeout, source="seedworker-demo"
+    ) as client:
+        progress = tqdm(total=total, desc="grafts", unit="req", mininterval=0.5, file=sys.stderr, dynamic_ncols=True)
 
         async def tamiyo() -> None:
             for b, t in jobs:
@@ -227,16 +244,31 @@ async def drive(args, settings, envs, run_id: str, worker: WorkerProcess) -> tup
                 bp = blueprint_id(b)
                 t0 = time.perf_counter()
                 selected = await client.request_seed(
-                    blueprint_id=bp, seeds=candidates[b], context=step.context, layer_name=env.layer,
-                    request_id=f"demo-{run_id}-{bp}-{t:05d}")
+                    blueprint_id=bp,
+                    seeds=candidates[b],
+                    context=step.context,
+                    layer_name=env.layer,
+                    request_id=f"demo-{run_id}-{bp}-{t:05d}",
+                )
                 latency = time.perf_counter() - t0
                 k = selected.seed_idx
                 if not 0 <= k < env.n_seeds or selected.seed_id != env.seed_ids[k]:
                     raise DemoError(f"the worker selected {selected.seed_id!r} (seed_idx {k}), not a candidate")
                 await client.report_outcome(selected, **step.outcome(k).fields())
-                records.append(Record(b, t, k, latency, float(step.rewards[k]), float(step.expected[k]),
-                                      float(step.rewards[0]), float(step.expected[0]), step.best_value,
-                                      selected.explored))
+                records.append(
+                    Record(
+                        b,
+                        t,
+                        k,
+                        latency,
+                        float(step.rewards[k]),
+                        float(step.expected[k]),
+                        float(step.rewards[0]),
+                        float(step.expected[0]),
+                        step.best_value,
+                        selected.explored,
+                    )
+                )
                 progress.update()
 
         async def watchdog() -> None:
@@ -314,13 +346,27 @@ def snapshot(db: Path) -> dict:
 
 
 # -- the summary ---------------------------------------------------------------------------------------------------
-def summary(args, envs, records: list[Record], wall_s: float, ready_s: float, before: dict, after: dict,
-            statuses: dict[str, int], broker: Broker, db: Path, log_path: Path, run_id: str) -> list[str]:
+def summary(
+    args,
+    envs,
+    records: list[Record],
+    wall_s: float,
+    ready_s: float,
+    before: dict,
+    after: dict,
+    statuses: dict[str, int],
+    broker: Broker,
+    db: Path,
+    log_path: Path,
+    run_id: str,
+) -> list[str]:
     problems: list[str] = []
     n = args.requests
     say()
-    say(f"=== seedworker demo, run {run_id}: {len(envs)} blueprints x {n} graft requests, "
-        f"{args.concurrency} in flight, {envs[0].n_seeds} candidate seeds each ===")
+    say(
+        f"=== seedworker demo, run {run_id}: {len(envs)} blueprints x {n} graft requests, "
+        f"{args.concurrency} in flight, {envs[0].n_seeds} candidate seeds each ==="
+    )
     say(f"broker: {broker.how}; worker joined its group {ready_s:.1f}s after start")
     for b, env in enumerate(envs):
         rec = sorted((r for r in records if r.blueprint == b), key=lambda r: r.step)
@@ -328,8 +374,10 @@ def summary(args, envs, records: list[Record], wall_s: float, ready_s: float, be
         share = np.bincount(picks, minlength=env.n_seeds) / max(len(picks), 1)
         prior = before["blueprints"].get(blueprint_id(b), {}).get("decisions", 0)
         say()
-        say(f"blueprint {blueprint_id(b)}  (hidden qualities: stationary env seed {b}; hidden best {env.seed_ids[env.best]}"
-            + (f"; continues from {prior} earlier decisions)" if prior else "; fresh state)"))
+        say(
+            f"blueprint {blueprint_id(b)}  (hidden qualities: stationary env seed {b}; hidden best {env.seed_ids[env.best]}"
+            + (f"; continues from {prior} earlier decisions)" if prior else "; fresh state)")
+        )
         say(f"  {'seed':<12}{'hidden mean gain':>17}{'share':>9}")
         for k, sid in enumerate(env.seed_ids):
             mark = "  <- hidden best" if k == env.best else ("  (old default)" if k == 0 else "")
@@ -337,36 +385,50 @@ def summary(args, envs, records: list[Record], wall_s: float, ready_s: float, be
         q = max(len(picks) // 4, 1)
         first, last = (picks[:q] == env.best).mean(), (picks[-q:] == env.best).mean()
         say(f"  best-seed share: first quarter {first:.0%} -> last quarter {last:.0%}")
-        mean = lambda f: float(np.mean([f(r) for r in rec]))  # noqa: E731
-        say(f"  mean reward: seedworker {mean(lambda r: r.reward):.4f} (expected {mean(lambda r: r.expected):.4f})"
+        mean = lambda f: float(np.mean([f(r) for r in rec]))  # noqa: E731, B023 (used at once, in this iteration)
+        say(
+            f"  mean reward: seedworker {mean(lambda r: r.reward):.4f} (expected {mean(lambda r: r.expected):.4f})"
             f" | always seed 0 on the same stream {mean(lambda r: r.reward0):.4f} "
-            f"(expected {mean(lambda r: r.expected0):.4f}) | oracle {mean(lambda r: r.best_value):.4f}")
+            f"(expected {mean(lambda r: r.expected0):.4f}) | oracle {mean(lambda r: r.best_value):.4f}"
+        )
         gain = mean(lambda r: r.expected) - mean(lambda r: r.expected0)
-        say(f"  expected gain over the seed-0 baseline: {gain:+.4f} per graft "
-            f"({gain / max(abs(mean(lambda r: r.expected0)), 1e-12):+.0%})")
+        say(
+            f"  expected gain over the seed-0 baseline: {gain:+.4f} per graft "
+            f"({gain / max(abs(mean(lambda r: r.expected0)), 1e-12):+.0%})"
+        )
     lat = np.array([r.latency_s for r in records]) * 1000
     say()
-    say(f"decision latency (request sent -> selection received), {len(lat)} requests: "
-        f"p50 {np.percentile(lat, 50):.1f} ms, p99 {np.percentile(lat, 99):.1f} ms, max {lat.max():.1f} ms")
-    say(f"throughput: {len(records)} request/selection/outcome round trips in {wall_s:.1f}s "
-        f"({len(records) / wall_s:.0f}/s)")
+    say(
+        f"decision latency (request sent -> selection received), {len(lat)} requests: "
+        f"p50 {np.percentile(lat, 50):.1f} ms, p99 {np.percentile(lat, 99):.1f} ms, max {lat.max():.1f} ms"
+    )
+    say(
+        f"throughput: {len(records)} request/selection/outcome round trips in {wall_s:.1f}s "
+        f"({len(records) / wall_s:.0f}/s)"
+    )
     explored = sum(r.explored for r in records)
     c0, c1 = before["counters"], after["counters"]
     delta = {k: c1.get(k, 0) - c0.get(k, 0) for k in sorted(set(c0) | set(c1)) if c1.get(k, 0) != c0.get(k, 0)}
     stored = sum(statuses.values())
     learned = statuses.get("resolved", 0)
-    say(f"counts: {len(records)} requests sent, {len(records)} selections received ({explored} explored), "
-        f"{len(records)} outcomes reported; in the state file: {stored} decisions of this run, {learned} learned")
+    say(
+        f"counts: {len(records)} requests sent, {len(records)} selections received ({explored} explored), "
+        f"{len(records)} outcomes reported; in the state file: {stored} decisions of this run, {learned} learned"
+    )
     say("worker counters this run: " + (", ".join(f"{k}={v}" for k, v in delta.items()) or "(none)"))
     replayed = delta.get("decisions", 0) - stored
     if replayed > 0:
-        say(f"  ({replayed} of those decisions answered older requests still on the topics: the state file "
-            "started empty while the broker kept its history, so the worker read the topics from their start)")
+        say(
+            f"  ({replayed} of those decisions answered older requests still on the topics: the state file "
+            "started empty while the broker kept its history, so the worker read the topics from their start)"
+        )
     if stored != len(records):
         problems.append(f"the state file holds {stored} decisions of this run, for {len(records)} requests")
     if learned < len(records):
-        problems.append(f"the worker learned {learned} of {len(records)} outcomes within {LEARN_WAIT_S:.0f}s "
-                        f"(this run's decisions by status: {statuses})")
+        problems.append(
+            f"the worker learned {learned} of {len(records)} outcomes within {LEARN_WAIT_S:.0f}s "
+            f"(this run's decisions by status: {statuses})"
+        )
     say()
     say(f"state: {db}  (all counters: " + ", ".join(f"{k}={v}" for k, v in sorted(c1.items())) + ")")
     say(f"inspect it with:  .venv/bin/seedworker inspect --db {db}")
@@ -382,8 +444,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--blueprints", type=int, default=3, help="blueprints, each with its own hidden qualities")
     p.add_argument("--concurrency", type=int, default=16, help="requests in flight at once (default 16)")
     p.add_argument("--seeds", type=int, default=8, help="candidate seeds per request (default 8)")
-    p.add_argument("--port", type=int, default=None,
-                   help=f"Kafka port on 127.0.0.1 (default: env KAFKA_PORT, else 9092; now {env_port})")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help=f"Kafka port on 127.0.0.1 (default: env KAFKA_PORT, else 9092; now {env_port})",
+    )
     p.add_argument("--db", type=Path, default=Path("var/seedworker.sqlite"), help="worker state (SQLite)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for one selection (default 30)")
     args = p.parse_args(argv)
@@ -421,16 +487,22 @@ def run(args: argparse.Namespace) -> int:
         group = settings.kafka.group_id
         others = asyncio.run(members_before(broker.bootstrap_servers, group))
         if others:
-            say(f"note: consumer group {group!r} already has {len(others)} member(s): another worker is running "
-                "against this broker and will share the requests")
+            say(
+                f"note: consumer group {group!r} already has {len(others)} member(s): another worker is running "
+                "against this broker and will share the requests"
+            )
         before = snapshot(db)
         worker = WorkerProcess(broker.bootstrap_servers, db, log_path, run_id)
-        say(f"starting the worker: {sys.executable} -m seedworker run --bootstrap-servers "
-            f"{broker.bootstrap_servers} --db {db}  (log: {log_path})")
+        say(
+            f"starting the worker: {sys.executable} -m seedworker run --bootstrap-servers "
+            f"{broker.bootstrap_servers} --db {db}  (log: {log_path})"
+        )
         worker.start()
         ready_s = asyncio.run(wait_until_worker_joined(broker.bootstrap_servers, group, worker, others))
-        say(f"simulated Tamiyo: {args.blueprints} blueprints x {args.requests} requests, "
-            f"{args.concurrency} in flight ...")
+        say(
+            f"simulated Tamiyo: {args.blueprints} blueprints x {args.requests} requests, "
+            f"{args.concurrency} in flight ..."
+        )
 
         async def main_async():
             recs, wall = await drive(args, settings, envs, run_id, worker)
@@ -441,11 +513,11 @@ def run(args: argparse.Namespace) -> int:
         say("stopping the worker (SIGTERM) ...")
         code = worker.stop()
         if code != 0:
-            raise DemoError(f"the worker exited with code {code} after SIGTERM; last lines of {log_path}:\n"
-                            f"{tail(log_path)}")
+            raise DemoError(
+                f"the worker exited with code {code} after SIGTERM; last lines of {log_path}:\n{tail(log_path)}"
+            )
         after = snapshot(db)
-        problems = summary(args, envs, records, wall_s, ready_s, before, after, statuses, broker, db, log_path,
-                           run_id)
+        problems = summary(args, envs, records, wall_s, ready_s, before, after, statuses, broker, db, log_path, run_id)
     finally:
         try:
             if worker is not None:
@@ -467,8 +539,9 @@ class _QuietTransient(logging.Filter):
     """aiokafka logs, at ERROR, the retried offset lookups on a topic whose partitions got their leader a moment ago."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.getMessage().startswith("Failed fetch offsets") and "NotLeaderForPartition" in
-                    record.getMessage())
+        return not (
+            record.getMessage().startswith("Failed fetch offsets") and "NotLeaderForPartition" in record.getMessage()
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -479,8 +552,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args)
     except KeyboardInterrupt:
-        print("\nseedworker demo: interrupted (the worker, and the broker if the demo started it, were stopped)",
-              file=sys.stderr)
+        print(
+            "\nseedworker demo: interrupted (the worker, and the broker if the demo started it, were stopped)",
+            file=sys.stderr,
+        )
         return 130
     except (DemoError, TimeoutError, ConnectionError) as exc:
         print(f"\nseedworker demo: FAILED: {exc}", file=sys.stderr)

@@ -312,8 +312,10 @@ class LocalKafka:
         for name, password in self.scram_users.items():
             # Both go verbatim into `--add-scram 'SCRAM-SHA-256=[name=..,password=..]'` and a JAAS line.
             if not _SAFE_NAME.fullmatch(name) or not _SAFE_PASSWORD.fullmatch(password):
-                raise ValueError(f"SCRAM user {name!r}: names are [A-Za-z0-9._-]+, passwords printable ASCII "
-                                 "without spaces, quotes, backslashes, commas, '=' or brackets")
+                raise ValueError(
+                    f"SCRAM user {name!r}: names are [A-Za-z0-9._-]+, passwords printable ASCII "
+                    "without spaces, quotes, backslashes, commas, '=' or brackets"
+                )
         self._requested_controller_port = controller_port
         self.controller_port: int | None = controller_port
         self.workdir = self._abs(workdir)
@@ -509,8 +511,11 @@ class LocalKafka:
 
     def _listener_properties(self) -> dict[str, str]:
         """SASL_PLAINTEXT and SSL listeners next to PLAINTEXT; the broker's own traffic stays on PLAINTEXT."""
-        extra = {name: port for name, port in (("SASL_PLAINTEXT", self.sasl_port), ("SSL", self.ssl_port))
-                 if port is not None}
+        extra = {
+            name: port
+            for name, port in (("SASL_PLAINTEXT", self.sasl_port), ("SSL", self.ssl_port))
+            if port is not None
+        }
         if not extra:
             return {}
         h = self.host
@@ -519,29 +524,41 @@ class LocalKafka:
             "listeners": ",".join([*client, f"CONTROLLER://{h}:{self.controller_port}"]),
             "advertised.listeners": ",".join(client),
             "listener.security.protocol.map": ",".join(
-                ["CONTROLLER:PLAINTEXT", "PLAINTEXT:PLAINTEXT", *(f"{name}:{name}" for name in extra)]),
+                ["CONTROLLER:PLAINTEXT", "PLAINTEXT:PLAINTEXT", *(f"{name}:{name}" for name in extra)]
+            ),
         }
         if self.sasl_port is not None:
             sasl = "listener.name.sasl_plaintext."
             plain_users = "".join(f' user_{name}="{pw}"' for name, pw in self.scram_users.items())
-            props.update({
-                sasl + "sasl.enabled.mechanisms": ",".join(SASL_MECHANISMS),
-                # SCRAM users live in the cluster metadata (added at format time); the login modules take no options.
-                sasl + "scram-sha-256.sasl.jaas.config": f"{_SCRAM_LOGIN} required;",
-                sasl + "scram-sha-512.sasl.jaas.config": f"{_SCRAM_LOGIN} required;",
-                sasl + "plain.sasl.jaas.config": f"{_PLAIN_LOGIN} required{plain_users};",
-            })
+            props.update(
+                {
+                    sasl + "sasl.enabled.mechanisms": ",".join(SASL_MECHANISMS),
+                    # SCRAM users live in the cluster metadata (added at format time); the login modules take no options.
+                    sasl + "scram-sha-256.sasl.jaas.config": f"{_SCRAM_LOGIN} required;",
+                    sasl + "scram-sha-512.sasl.jaas.config": f"{_SCRAM_LOGIN} required;",
+                    sasl + "plain.sasl.jaas.config": f"{_PLAIN_LOGIN} required{plain_users};",
+                }
+            )
         if self.ssl_port is not None:
             tls = "listener.name.ssl.ssl."
             props.update({tls + "keystore.type": "PEM", tls + "keystore.location": str(self.ssl_keystore)})
             if self.ssl_truststore is not None:
-                props.update({tls + "truststore.type": "PEM", tls + "truststore.location": str(self.ssl_truststore),
-                              tls + "client.auth": "required"})
+                props.update(
+                    {
+                        tls + "truststore.type": "PEM",
+                        tls + "truststore.location": str(self.ssl_truststore),
+                        tls + "client.auth": "required",
+                    }
+                )
         return props
 
     def _scram_format_args(self) -> list[str]:
-        return [arg for name, pw in self.scram_users.items() for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512")
-                for arg in ("--add-scram", f"{mechanism}=[name={name},password={pw}]")]
+        return [
+            arg
+            for name, pw in self.scram_users.items()
+            for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512")
+            for arg in ("--add-scram", f"{mechanism}=[name={name},password={pw}]")
+        ]
 
     def _write_config(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)

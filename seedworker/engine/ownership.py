@@ -56,10 +56,10 @@ from dataclasses import dataclass
 from aiokafka import TopicPartition
 
 from seedworker.broker.base import TP, Bus, BusError, Committed, Headers
+from seedworker.contract import events as ev
 from seedworker.contract import headers as hdr
 from seedworker.core.config import Settings, Topics
 from seedworker.core.join import HeldOutcome, Resolution
-from seedworker.contract import events as ev
 from seedworker.engine.replay import Replay, Span, merged
 from seedworker.store.rows import Batch, BlueprintRow, StoredDecision, dump_state, load_state
 from seedworker.store.store import Store
@@ -72,9 +72,11 @@ def co_partitioned(tps: Iterable[TP], topics: Topics) -> list[int]:
     requests = {p for t, p in tps if t == topics.requests}
     outcomes = {p for t, p in tps if t == topics.outcomes}
     if requests != outcomes:
-        raise BusError(f"the group assigned this worker {topics.requests} partitions {sorted(requests)} but "
-                       f"{topics.outcomes} partitions {sorted(outcomes)}: a blueprint's outcomes would not reach "
-                       f"the worker holding its decisions (do all workers use the range assignor?)")
+        raise BusError(
+            f"the group assigned this worker {topics.requests} partitions {sorted(requests)} but "
+            f"{topics.outcomes} partitions {sorted(outcomes)}: a blueprint's outcomes would not reach "
+            f"the worker holding its decisions (do all workers use the range assignor?)"
+        )
     return sorted(requests)
 
 
@@ -89,8 +91,9 @@ def answered_partition(topic: str, headers: Headers, topics: Topics) -> int | No
     return None
 
 
-def own_state_current(p: int, topics: Topics, stored: dict[TP, int], committed: dict[TP, Committed],
-                      me: str) -> tuple[bool, str]:
+def own_state_current(
+    p: int, topics: Topics, stored: dict[TP, int], committed: dict[TP, Committed], me: str
+) -> tuple[bool, str]:
     """Whether this worker's stored state of partition ``p`` is the latest, and why (for the log)."""
     tps = [(topics.requests, p), (topics.outcomes, p)]
     commits = {tp: committed[tp] for tp in tps if tp in committed}
@@ -99,8 +102,11 @@ def own_state_current(p: int, topics: Topics, stored: dict[TP, int], committed: 
     others = {c.owner for c in commits.values()} - {me, ""}
     if others:
         return False, f"worker {', '.join(sorted(others))} processed it since"
-    behind = [f"{t}[{q}] stored {stored.get((t, q), 0)} < committed {c.offset}" for (t, q), c in commits.items()
-              if stored.get((t, q), 0) < c.offset]
+    behind = [
+        f"{t}[{q}] stored {stored.get((t, q), 0)} < committed {c.offset}"
+        for (t, q), c in commits.items()
+        if stored.get((t, q), 0) < c.offset
+    ]
     if behind:
         return False, "the store is behind the group: " + ", ".join(behind)
     return True, "this worker processed it last"
@@ -123,8 +129,13 @@ class Rebuilt:
         """The one transaction that replaces the worker's rows of these partitions with these, drops the
         ``superseded`` outbox rows and stores the partitions' offsets. ``strategies``: the per-blueprint strategy
         of the worker's own state, kept (switches are read by every worker, not rebuilt)."""
-        b = Batch(replaced_partitions=list(self.partitions), superseded=list(superseded), offsets=dict(self.offsets),
-                  watermarks=dict(self.watermarks), held=list(self.held))
+        b = Batch(
+            replaced_partitions=list(self.partitions),
+            superseded=list(superseded),
+            offsets=dict(self.offsets),
+            watermarks=dict(self.watermarks),
+            held=list(self.held),
+        )
         for bp_id, row in self.blueprints.items():
             if bp_id in strategies:
                 state = load_state(row.state)
@@ -141,16 +152,19 @@ class Rebuilt:
         return b
 
 
-async def rebuild(settings: Settings, bus: Bus, partitions: Iterable[int], counts: dict[str, int],
-                  request_floors: dict[TP, int]) -> Rebuilt:
+async def rebuild(
+    settings: Settings, bus: Bus, partitions: Iterable[int], counts: dict[str, int], request_floors: dict[TP, int]
+) -> Rebuilt:
     """Rebuild the state of ``partitions`` (input partition numbers) from the topics, as ``seedworker replay`` does,
     keeping only their records. ``counts``: partition counts of the topics; ``request_floors``: graft.requested
     offsets not to go below (the group's committed ones: whatever lies before them was processed)."""
     t = settings.kafka.topics
     wanted = sorted(set(partitions))
-    tps = ([TopicPartition(t.selections, q) for q in range(counts[t.selections])]
-           + [TopicPartition(t.dead_letters, q) for q in range(counts[t.dead_letters])]
-           + [TopicPartition(t.outcomes, p) for p in wanted])
+    tps = (
+        [TopicPartition(t.selections, q) for q in range(counts[t.selections])]
+        + [TopicPartition(t.dead_letters, q) for q in range(counts[t.dead_letters])]
+        + [TopicPartition(t.outcomes, p) for p in wanted]
+    )
     records = 0
     store = await Store(":memory:").open()
     try:
@@ -171,8 +185,10 @@ async def rebuild(settings: Settings, bus: Bus, partitions: Iterable[int], count
         versions = {bp: state.version for bp, state in replay.selector.blueprints.items()}
         blueprints = {bp: row._replace(version=versions.get(bp, 0)) for bp, row in blueprints.items()}
         decisions = await store.decisions()
-        held = [HeldOutcome(ev.decode(payload, ev.ADAPTATION_OUTCOME), p, since, offset)  # type: ignore[arg-type]
-                for _e, since, payload, p, offset in await store.held_outcomes()]
+        held = [
+            HeldOutcome(ev.decode(payload, ev.ADAPTATION_OUTCOME), p, since, offset)  # type: ignore[arg-type]
+            for _e, since, payload, p, offset in await store.held_outcomes()
+        ]
         watermarks = await store.watermarks()
         stored = await store.offsets()
         offsets = {tp: stored.get(tp, 0) for tp in floors}
@@ -180,8 +196,16 @@ async def rebuild(settings: Settings, bus: Bus, partitions: Iterable[int], count
         await store.close()
     gaps = [f"{tp.topic}[{tp.partition}] starts at {first[tp]}" for tp in tps if first[tp] > 0]
     if gaps:
-        log.warning("rebuilding partitions %s: records were deleted (%s); the rebuilt state lacks them", wanted,
-                    ", ".join(gaps))
-    return Rebuilt(partitions=wanted, blueprints=blueprints, decisions=decisions, held=held,
-                   watermarks={p: w for p, w in watermarks.items() if p in wanted}, offsets=offsets,
-                   records=records, complete=not gaps)
+        log.warning(
+            "rebuilding partitions %s: records were deleted (%s); the rebuilt state lacks them", wanted, ", ".join(gaps)
+        )
+    return Rebuilt(
+        partitions=wanted,
+        blueprints=blueprints,
+        decisions=decisions,
+        held=held,
+        watermarks={p: w for p, w in watermarks.items() if p in wanted},
+        offsets=offsets,
+        records=records,
+        complete=not gaps,
+    )

@@ -27,7 +27,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from seedworker.broker.base import Message
 from seedworker.contract import events as ev
@@ -80,10 +80,16 @@ class Processor:
     (dead letters are counted, not produced again). ``on_resent(message, batch)`` is called for a logged selection
     whose decision is already known (a re-sent copy)."""
 
-    def __init__(self, settings: Settings, store: Store, *, replay: bool = False,
-                 observe_selection: Callable[[float], None] | None = None,
-                 on_resent: Callable[[Message, Batch], None] | None = None,
-                 wall_clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        *,
+        replay: bool = False,
+        observe_selection: Callable[[float], None] | None = None,
+        on_resent: Callable[[Message, Batch], None] | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ):
         self.settings = settings
         self.store = store
         self.topics = settings.kafka.topics
@@ -95,8 +101,12 @@ class Processor:
         self.partitions: dict[str, int] = {}  # blueprint -> its input partition (-1: not known yet)
         self.unreadable_selections = 0  # replay: logged selections that could not be read (skipped)
         t = self.topics
-        self._expected = {t.requests: ev.GRAFT_REQUESTED, t.outcomes: ev.ADAPTATION_OUTCOME,
-                          t.control: ev.STRATEGY_SWITCH, t.selections: ev.SEED_SELECTED}
+        self._expected = {
+            t.requests: ev.GRAFT_REQUESTED,
+            t.outcomes: ev.ADAPTATION_OUTCOME,
+            t.control: ev.STRATEGY_SWITCH,
+            t.selections: ev.SEED_SELECTED,
+        }
 
     @property
     def join(self):
@@ -126,8 +136,9 @@ class Processor:
         if strategy is not None:
             problem = self.settings.strategy_problem(strategy)
             if problem:
-                out.unreadable.append(f"meta default_strategy {strategy!r}: {problem}; keeping "
-                                      f"{selector.default_strategy!r}")
+                out.unreadable.append(
+                    f"meta default_strategy {strategy!r}: {problem}; keeping {selector.default_strategy!r}"
+                )
             else:
                 selector.default_strategy = strategy
         if "logging_only" in meta:
@@ -142,8 +153,9 @@ class Processor:
             pending.append(Pending(selected, partition))  # type: ignore[arg-type]
         # Event-time order, so the expiry heaps see them as the live worker did (the heap does not need it, but a
         # deterministic order keeps ties deterministic).
-        pending.sort(key=lambda p: ((p.selected.request_time or p.selected.occurred_at).timestamp(),
-                                    p.selected.decision_id))
+        pending.sort(
+            key=lambda p: ((p.selected.request_time or p.selected.occurred_at).timestamp(), p.selected.decision_id)
+        )
         held = []
         for event_id, since, payload, partition, offset in await s.held_outcomes():
             try:
@@ -217,8 +229,11 @@ class Processor:
         self.join.expire(b)
         for held, reason in b.rejected:
             o = held.outcome
-            self._dead_letter(Message(self.topics.outcomes, held.partition, held.offset, o.blueprint_id.encode(),
-                                      ev.encode(o)), reason, b)
+            self._dead_letter(
+                Message(self.topics.outcomes, held.partition, held.offset, o.blueprint_id.encode(), ev.encode(o)),
+                reason,
+                b,
+            )
         for bp_id, partition in b.touched.items():
             if partition >= 0:
                 self.partitions[bp_id] = partition
@@ -231,7 +246,7 @@ class Processor:
         if m.value is None:
             raise ev.EventError("empty message (no value)")
         t = self.topics
-        record_time = datetime.fromtimestamp(m.timestamp_ms / 1000, timezone.utc) if m.timestamp_ms > 0 else None
+        record_time = datetime.fromtimestamp(m.timestamp_ms / 1000, UTC) if m.timestamp_ms > 0 else None
         event = ev.decode(m.value, self._expected[m.topic], default_time=record_time)
         if isinstance(event, ev.SeedSelected):
             return event  # a logged decision (replay): checked when it was made
@@ -243,14 +258,18 @@ class Processor:
         when = event.occurred_at.timestamp()
         if when > limit:
             skew = self.settings.join.max_clock_skew_s
-            raise Rejected(f"occurred_at {event.occurred_at.isoformat()} is {when - limit + skew:.0f}s after the "
-                           f"record's timestamp (or the wall clock), more than join.max_clock_skew_s ({skew:g}): "
-                           f"a clock is wrong")
+            raise Rejected(
+                f"occurred_at {event.occurred_at.isoformat()} is {when - limit + skew:.0f}s after the "
+                f"record's timestamp (or the wall clock), more than join.max_clock_skew_s ({skew:g}): "
+                f"a clock is wrong"
+            )
         if m.topic in (t.requests, t.outcomes):
             blueprint = event.blueprint_id  # type: ignore[attr-defined]
             if m.key != blueprint.encode():
-                raise Rejected(f"Kafka key {m.key!r} is not the blueprint_id {blueprint!r}: a blueprint's requests "
-                               f"and outcomes must be keyed by it, so they share a partition")
+                raise Rejected(
+                    f"Kafka key {m.key!r} is not the blueprint_id {blueprint!r}: a blueprint's requests "
+                    f"and outcomes must be keyed by it, so they share a partition"
+                )
         if isinstance(event, ev.GraftRequested) and event.trace_id is None and m.headers:
             # A producer may carry the trace id in a header only: the selection carries it on (body and header).
             trace_id = hdr.value(m.headers, hdr.TRACE_ID)
@@ -283,9 +302,19 @@ class Processor:
             _same_request(req, selected)
             # A retried request: publish the stored answer again, byte for byte (the same value and key; the
             # source headers name this record), and decide nothing new.
-            b.outbox.append(OutboxRow(self.topics.selections, req.blueprint_id.encode(), payload, hdr.selection(
-                decision_id=did, schema_version=selected.schema_version, trace_id=selected.trace_id,
-                source=(m.partition, m.offset))))
+            b.outbox.append(
+                OutboxRow(
+                    self.topics.selections,
+                    req.blueprint_id.encode(),
+                    payload,
+                    hdr.selection(
+                        decision_id=did,
+                        schema_version=selected.schema_version,
+                        trace_id=selected.trace_id,
+                        source=(m.partition, m.offset),
+                    ),
+                )
+            )
             b.count("duplicate_requests")
             return
         t0 = time.perf_counter()
@@ -296,14 +325,21 @@ class Processor:
         payload = ev.encode(selected)
         arms = sel.blueprints[req.blueprint_id].arms
         warm_start = _warm_start(arms, seen) if len(arms) > seen else None  # this decision registered new seeds
-        headers = hdr.selection(decision_id=did, schema_version=selected.schema_version, trace_id=selected.trace_id,
-                                source=(m.partition, m.offset), warm_start=warm_start)
+        headers = hdr.selection(
+            decision_id=did,
+            schema_version=selected.schema_version,
+            trace_id=selected.trace_id,
+            source=(m.partition, m.offset),
+            warm_start=warm_start,
+        )
         # Checked before the decision is applied; a failure dead-letters the request (the state is read back).
         ev.check_selection(selected)
         size = len(payload) + len(req.blueprint_id) + sum(len(k) + len(v) for k, v in headers) + _RECORD_OVERHEAD
         if size > self.settings.kafka.max_request_size:
-            raise ev.EventError(f"the answer would be a {size}-byte record, more than kafka.max_request_size "
-                                f"({self.settings.kafka.max_request_size}): it cannot be published")
+            raise ev.EventError(
+                f"the answer would be a {size}-byte record, more than kafka.max_request_size "
+                f"({self.settings.kafka.max_request_size}): it cannot be published"
+            )
         sel.apply_selection(selected)
         if self.observe_selection is not None:
             self.observe_selection(time.perf_counter() - t0)
@@ -367,28 +403,46 @@ class Processor:
             # The live worker's dead letter is already on the topic: counted, not sent again.
             log.info("%s[%d]@%d was a dead letter: %s", m.topic, m.partition, m.offset, reason)
             return
-        b.outbox.append(OutboxRow(self.topics.dead_letters, m.key, m.value or b"", hdr.dead_letter(
-            m.headers, reason=reason, topic=m.topic, partition=m.partition, offset=m.offset)))
-        log.warning("dead letter from %s[%d]@%d: %s", m.topic, m.partition, m.offset, reason,
-                    extra={"topic": m.topic, "partition": m.partition, "offset": m.offset,
-                           "trace_id": hdr.value(m.headers, hdr.TRACE_ID)})
+        b.outbox.append(
+            OutboxRow(
+                self.topics.dead_letters,
+                m.key,
+                m.value or b"",
+                hdr.dead_letter(m.headers, reason=reason, topic=m.topic, partition=m.partition, offset=m.offset),
+            )
+        )
+        log.warning(
+            "dead letter from %s[%d]@%d: %s",
+            m.topic,
+            m.partition,
+            m.offset,
+            reason,
+            extra={
+                "topic": m.topic,
+                "partition": m.partition,
+                "offset": m.offset,
+                "trace_id": hdr.value(m.headers, hdr.TRACE_ID),
+            },
+        )
 
 
 def _same_request(req: ev.GraftRequested, answered: ev.SeedSelected) -> None:
     """A request whose id was answered before must be the same request (a retry), not another one reusing the id."""
     if answered.blueprint_id != req.blueprint_id:
-        raise Rejected(f"request_id {req.request_id!r} was already answered for blueprint {answered.blueprint_id!r} "
-                       f"(decision {answered.decision_id}); a request id names one request")
+        raise Rejected(
+            f"request_id {req.request_id!r} was already answered for blueprint {answered.blueprint_id!r} "
+            f"(decision {answered.decision_id}); a request id names one request"
+        )
     asked = sorted((c.seed_id, c.seed_idx) for c in req.seeds)
     before = sorted((c.seed_id, c.seed_idx) for c in answered.scores)
     if asked != before:
-        raise Rejected(f"request_id {req.request_id!r} was already answered (decision {answered.decision_id}) for "
-                       f"other candidates ({', '.join(s for s, _ in before)}); a request id names one request")
+        raise Rejected(
+            f"request_id {req.request_id!r} was already answered (decision {answered.decision_id}) for "
+            f"other candidates ({', '.join(s for s, _ in before)}); a request id names one request"
+        )
 
 
 def _warm_start(arms, row: int) -> bytes:
     """The WARM_START header of a decision whose seeds from ``row`` on are new (they share one prior)."""
     w = float(arms.prior_w[row])
     return b"none" if w == 0.0 else f"{w!r},{float(arms.prior_mean[row])!r}".encode()
-
-

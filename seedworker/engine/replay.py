@@ -44,10 +44,10 @@ import logging
 import sys
 import time
 from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import AsyncIterator
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -111,32 +111,45 @@ class Summary:
         for gap in self.retention:
             lines.append(f"WARNING: {gap['topic']}[{gap['partition']}]: {gap['note']}")
         if self.retention:
-            lines.append("WARNING: the rebuilt state lacks the deleted records: outcomes whose decision was deleted "
-                         "are held, then dropped as dangling after join.hold_unknown_s of event time")
+            lines.append(
+                "WARNING: the rebuilt state lacks the deleted records: outcomes whose decision was deleted "
+                "are held, then dropped as dangling after join.hold_unknown_s of event time"
+            )
         for topic in self.missing_topics:
             lines.append(f"note: topic {topic} does not exist; nothing read from it")
-        lines.append("read " + ", ".join(f"{t} {n}" for t, n in self.records.items())
-                     + (f" (since {self.since})" if self.since else ""))
+        lines.append(
+            "read "
+            + ", ".join(f"{t} {n}" for t, n in self.records.items())
+            + (f" (since {self.since})" if self.since else "")
+        )
         if self.first_record:
             lines.append(f"  record timestamps {self.first_record} .. {self.last_record}")
         lines.append(f"rebuilt {self.db}{' (INCOMPLETE: see the warnings above)' if not self.complete else ''}:")
-        lines.append(f"  {self.decisions} decisions over {self.blueprints} blueprints, {self.pending_decisions} "
-                     f"still pending; {self.resent_selections} re-sent selections skipped "
-                     f"({c.get('duplicate_requests', 0)} answered retried requests)")
-        lines.append(f"  outcomes: {c.get('outcomes_learned', 0)} learned, {c.get('duplicate_outcomes', 0)} "
-                     f"duplicate, {c.get('late_outcomes', 0)} late, {c.get('mismatched_outcomes', 0)} mismatched, "
-                     f"{c.get('dangling_outcomes', 0)} dangling, {self.held_outcomes} still held "
-                     f"({c.get('held_outcomes', 0)} held at some point)")
-        lines.append(f"  {c.get('expired_decisions', 0)} decisions expired, {c.get('strategy_switches', 0)} "
-                     f"strategy switches, {c.get('dead_letters', 0)} dead letters")
+        lines.append(
+            f"  {self.decisions} decisions over {self.blueprints} blueprints, {self.pending_decisions} "
+            f"still pending; {self.resent_selections} re-sent selections skipped "
+            f"({c.get('duplicate_requests', 0)} answered retried requests)"
+        )
+        lines.append(
+            f"  outcomes: {c.get('outcomes_learned', 0)} learned, {c.get('duplicate_outcomes', 0)} "
+            f"duplicate, {c.get('late_outcomes', 0)} late, {c.get('mismatched_outcomes', 0)} mismatched, "
+            f"{c.get('dangling_outcomes', 0)} dangling, {self.held_outcomes} still held "
+            f"({c.get('held_outcomes', 0)} held at some point)"
+        )
+        lines.append(
+            f"  {c.get('expired_decisions', 0)} decisions expired, {c.get('strategy_switches', 0)} "
+            f"strategy switches, {c.get('dead_letters', 0)} dead letters"
+        )
         if self.unreadable_selections:
             lines.append(f"  {self.unreadable_selections} seed.selected records could not be read (skipped)")
         offsets = " ".join(f"[{p}]={o}" for p, o in sorted(self.request_offsets.items()))
         lines.append(f"  graft.requested continues at {offsets or '(no partition)'}")
         backlog = {p: n for p, n in self.undecided_requests.items() if n}
         if backlog:
-            lines.append("  requests not answered yet (a worker on this store decides them): "
-                         + " ".join(f"[{p}]={n}" for p, n in sorted(backlog.items())))
+            lines.append(
+                "  requests not answered yet (a worker on this store decides them): "
+                + " ".join(f"[{p}]={n}" for p, n in sorted(backlog.items()))
+            )
         return "\n".join(lines)
 
 
@@ -159,7 +172,7 @@ class Replay:
         self._novel: dict[tuple[int, int], bool] = {}  # selection (partition, offset) -> answers a record not seen
         self._queue: list[Message] = []
 
-    async def start(self) -> "Replay":
+    async def start(self) -> Replay:
         await self.processor.restore()
         return self
 
@@ -266,8 +279,10 @@ async def merged(consumer, spans: list[Span], rank: dict[str, int]) -> AsyncIter
             if waiting:
                 if time.monotonic() - last_progress > STALL_S:
                     names = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(waiting))
-                    raise ReplayError(f"no records from {names} for {STALL_S:.0f}s although the replay has not "
-                                      f"reached their end offsets")
+                    raise ReplayError(
+                        f"no records from {names} for {STALL_S:.0f}s although the replay has not "
+                        f"reached their end offsets"
+                    )
                 continue
         *_, tp = heapq.heappop(heap)
         r = buffers[tp].popleft()
@@ -282,14 +297,17 @@ async def merged(consumer, spans: list[Span], rank: dict[str, int]) -> AsyncIter
 async def _partitions(settings: Settings, names: list[str]) -> dict[str, int]:
     """Partition counts of the topics that exist."""
     k = settings.kafka
-    admin = AIOKafkaAdminClient(bootstrap_servers=k.bootstrap_servers, client_id=f"{k.client_id}-replay",
-                                **client_options(k))
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=k.bootstrap_servers, client_id=f"{k.client_id}-replay", **client_options(k)
+    )
     try:
         await admin.start()
         existing = set(await admin.list_topics())
-        return {d["topic"]: len(d["partitions"]) for d in await admin.describe_topics([n for n in names
-                                                                                        if n in existing])
-                if d.get("error_code", 0) == 0 and d.get("partitions")}
+        return {
+            d["topic"]: len(d["partitions"])
+            for d in await admin.describe_topics([n for n in names if n in existing])
+            if d.get("error_code", 0) == 0 and d.get("partitions")
+        }
     finally:
         await admin.close()
 
@@ -302,8 +320,10 @@ async def _plan(consumer, settings: Settings, since_ms: int | None):
     missing = [n for n in names if n not in counts]
     tps = [TopicPartition(n, p) for n in names if n in counts for p in range(counts[n])]
     if t.selections in missing:
-        raise ReplayError(f"topic {t.selections} does not exist at {settings.kafka.bootstrap_servers}: "
-                          f"there is no decision log to replay")
+        raise ReplayError(
+            f"topic {t.selections} does not exist at {settings.kafka.bootstrap_servers}: "
+            f"there is no decision log to replay"
+        )
     first = await consumer.beginning_offsets(tps)
     end = await consumer.end_offsets(tps)
     start = dict(first)
@@ -321,11 +341,15 @@ def _retention(spans: list[Span], since_ms: int | None) -> list[dict]:
         if s.first == 0:
             continue
         if since_ms is None:
-            note = (f"offsets 0-{s.first - 1} were deleted (retention); the replay starts at offset {s.first}, "
-                    f"the first available")
+            note = (
+                f"offsets 0-{s.first - 1} were deleted (retention); the replay starts at offset {s.first}, "
+                f"the first available"
+            )
         elif s.start == s.first and s.end > s.first:
-            note = (f"offsets 0-{s.first - 1} were deleted (retention) and may have held records newer than the "
-                    f"requested timestamp; the replay starts at offset {s.first}, the first available")
+            note = (
+                f"offsets 0-{s.first - 1} were deleted (retention) and may have held records newer than the "
+                f"requested timestamp; the replay starts at offset {s.first}, the first available"
+            )
         else:
             continue
         gaps.append({"topic": s.topic, "partition": s.partition, "first_offset": s.first, "note": note})
@@ -337,11 +361,12 @@ def _files(db: Path) -> list[Path]:
 
 
 def _iso(ms: int | None) -> str | None:
-    return None if ms is None else datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="milliseconds")
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
 
 
-async def replay(settings: Settings, db: str | Path, *, since: datetime | None = None,
-                 progress: bool = False) -> Summary:
+async def replay(
+    settings: Settings, db: str | Path, *, since: datetime | None = None, progress: bool = False
+) -> Summary:
     """Rebuild the state into the new store ``db`` from the topics of ``settings`` (the live worker's settings)."""
     path = Path(db)
     for p in _files(path):
@@ -354,9 +379,14 @@ async def replay(settings: Settings, db: str | Path, *, since: datetime | None =
         p.unlink(missing_ok=True)  # left by a replay that was killed
     since_ms = None if since is None else int(since.timestamp() * 1000)
     k = settings.kafka
-    consumer = AIOKafkaConsumer(bootstrap_servers=k.bootstrap_servers, client_id=f"{k.client_id}-replay",
-                                group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
-                                **client_options(k))
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=k.bootstrap_servers,
+        client_id=f"{k.client_id}-replay",
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        **client_options(k),
+    )
     try:
         await consumer.start()
     except KafkaError as exc:
@@ -372,8 +402,13 @@ async def replay(settings: Settings, db: str | Path, *, since: datetime | None =
         store = await Store(partial).open()
         worker = await Replay(settings, store).start()
         records = {s.topic: 0 for s in spans}
-        bar = tqdm(total=sum(s.end - s.start for s in spans), unit="rec", desc="replay", file=sys.stderr,
-                   disable=None if progress else True)
+        bar = tqdm(
+            total=sum(s.end - s.start for s in spans),
+            unit="rec",
+            desc="replay",
+            file=sys.stderr,
+            disable=None if progress else True,
+        )
         try:
             unshown = 0
             async for m in merged(consumer, spans, rank):
@@ -401,12 +436,21 @@ async def replay(settings: Settings, db: str | Path, *, since: datetime | None =
     ends = {s.partition: s.end for s in request_spans}
     c = dict(worker.counters)
     return Summary(
-        db=str(path), since=None if since is None else since.astimezone(timezone.utc).isoformat(),
-        complete=not _retention(spans, since_ms), records=records, first_record=_iso(worker.first_ms),
-        last_record=_iso(worker.last_ms), decisions=c.get("decisions", 0), resent_selections=worker.resent,
-        unreadable_selections=worker.processor.unreadable_selections, counters=c, blueprints=len(worker.selector.blueprints),
-        pending_decisions=len(worker.processor.join.pending), held_outcomes=worker.processor.join.held_count,
-        request_offsets=offsets, undecided_requests={p: max(e - offsets.get(p, 0), 0) for p, e in ends.items()},
-        retention=_retention(spans, since_ms), missing_topics=missing)
-
-
+        db=str(path),
+        since=None if since is None else since.astimezone(UTC).isoformat(),
+        complete=not _retention(spans, since_ms),
+        records=records,
+        first_record=_iso(worker.first_ms),
+        last_record=_iso(worker.last_ms),
+        decisions=c.get("decisions", 0),
+        resent_selections=worker.resent,
+        unreadable_selections=worker.processor.unreadable_selections,
+        counters=c,
+        blueprints=len(worker.selector.blueprints),
+        pending_decisions=len(worker.processor.join.pending),
+        held_outcomes=worker.processor.join.held_count,
+        request_offsets=offsets,
+        undecided_requests={p: max(e - offsets.get(p, 0), 0) for p, e in ends.items()},
+        retention=_retention(spans, since_ms),
+        missing_topics=missing,
+    )

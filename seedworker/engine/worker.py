@@ -80,9 +80,17 @@ class Counters:
 class Worker:
     """``await Worker(settings).run()`` until SIGTERM/SIGINT; ``burst=True`` stops once the inputs are drained."""
 
-    def __init__(self, settings: Settings, *, bus: Bus | None = None, store: Store | None = None,
-                 burst: bool = False, idle_polls: int = 3, shutdown_timeout_s: float = 30.0,
-                 metrics: Timings | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        bus: Bus | None = None,
+        store: Store | None = None,
+        burst: bool = False,
+        idle_polls: int = 3,
+        shutdown_timeout_s: float = 30.0,
+        metrics: Timings | None = None,
+    ):
         self.settings = settings
         self.topics = settings.kafka.topics
         self.bus: Bus = bus or KafkaBus(settings.kafka)
@@ -111,8 +119,10 @@ class Worker:
 
     def __repr__(self) -> str:
         c = self.counters
-        return (f"<Worker decisions={c['decisions']} outcomes={c['outcomes_learned']} dead_letters={c['dead_letters']} "
-                f"pending={self.pending_decisions} held={self.held_outcomes}>")
+        return (
+            f"<Worker decisions={c['decisions']} outcomes={c['outcomes_learned']} dead_letters={c['dead_letters']} "
+            f"pending={self.pending_decisions} held={self.held_outcomes}>"
+        )
 
     def _observe_selection(self, seconds: float) -> None:
         self.metrics.selection.observe(seconds)  # through the worker: metrics may be attached after construction
@@ -136,8 +146,11 @@ class Worker:
     def readiness(self) -> dict[str, bool]:
         """What /readyz checks, all of which must hold. A stopping worker is no longer ready, so traffic moves away
         while it drains."""
-        return {"store_open": self.store.is_open, "consumer_started": self.ready.is_set(),
-                "running": not self._stopping.is_set()}
+        return {
+            "store_open": self.store.is_open,
+            "consumer_started": self.ready.is_set(),
+            "running": not self._stopping.is_set(),
+        }
 
     def stop(self) -> None:
         """Take nothing new; the current batch finishes, the outbox is flushed, offsets are committed."""
@@ -197,19 +210,27 @@ class Worker:
         await self._restore()
         k = self.settings.kafka
         t = self.topics
-        counts = await self.bus.ensure_topics({t.requests: k.partitions, t.outcomes: k.partitions,
-                                               t.selections: k.output_partitions, t.dead_letters: k.output_partitions,
-                                               t.control: 1})
+        counts = await self.bus.ensure_topics(
+            {
+                t.requests: k.partitions,
+                t.outcomes: k.partitions,
+                t.selections: k.output_partitions,
+                t.dead_letters: k.output_partitions,
+                t.control: 1,
+            }
+        )
         if counts.get(t.requests) != counts.get(t.outcomes):
             raise ConfigError(
                 f"topics {t.requests!r} ({counts.get(t.requests)} partitions) and {t.outcomes!r} "
                 f"({counts.get(t.outcomes)} partitions) must have the same partition count: a blueprint's requests "
-                f"and outcomes have to land on the same partition number (co-partitioning). Refusing to start.")
+                f"and outcomes have to land on the same partition number (co-partitioning). Refusing to start."
+            )
         self._counts = counts
         # Every worker applies every strategy switch, in order with its other events: the control topic is read
         # outside the group, from the offset in this store.
-        self.bus.broadcast({(t.control, p): self._stored_offsets.get((t.control, p), 0)
-                            for p in range(counts[t.control])})
+        self.bus.broadcast(
+            {(t.control, p): self._stored_offsets.get((t.control, p), 0) for p in range(counts[t.control])}
+        )
         # The bus's producer exists once it is started; nothing is consumed before the first poll, so unsent outbox
         # rows still go out before anything new is decided.
         await self.bus.start([t.requests, t.outcomes], self._on_assign, self._on_revoke)
@@ -296,9 +317,12 @@ class Worker:
                 stale[p] = why
         superseded = [row for p in stale for row in unsent.get(p, ())]
         if superseded:
-            log.warning("dropping %d unsent outbox rows of partitions %s that another worker took over (decisions "
-                        "%s)", len(superseded), sorted({p for p in stale if p in unsent}),
-                        ", ".join(filter(None, (r.decision_id for r in superseded))) or "none")
+            log.warning(
+                "dropping %d unsent outbox rows of partitions %s that another worker took over (decisions %s)",
+                len(superseded),
+                sorted({p for p in stale if p in unsent}),
+                ", ".join(filter(None, (r.decision_id for r in superseded))) or "none",
+            )
         rebuild = [p for p in parts if p in stale]
         if rebuild:
             await self._rebuild(rebuild, committed, superseded, stale)
@@ -314,10 +338,16 @@ class Worker:
         claim = {tp: o for tp, o in claim.items() if committed.get(tp) != Committed(o, self.worker_id)}
         if claim and not await self.bus.commit(claim, self.worker_id):
             self._unclaimed = claim  # the partitions stay paused
-            log.warning("could not claim partitions %s in the group's commits: paused until the claim goes through",
-                        sorted({p for _, p in claim}))
-        log.info("assigned partitions %s: %d from this store, %d rebuilt from the topics", parts,
-                 len(parts) - len(rebuild), len(rebuild))
+            log.warning(
+                "could not claim partitions %s in the group's commits: paused until the claim goes through",
+                sorted({p for _, p in claim}),
+            )
+        log.info(
+            "assigned partitions %s: %d from this store, %d rebuilt from the topics",
+            parts,
+            len(parts) - len(rebuild),
+            len(rebuild),
+        )
 
     def _pair(self, p: int) -> list[TP]:
         return [(self.topics.requests, p), (self.topics.outcomes, p)]
@@ -327,8 +357,9 @@ class Worker:
             self.bus.resume(sorted({tp for q in {p for _, p in self._unclaimed} for tp in self._pair(q)}))
             self._unclaimed = {}
 
-    async def _rebuild(self, parts: list[int], committed: dict[TP, Committed], superseded: list[UnsentRow],
-                       why: dict[int, str]) -> None:
+    async def _rebuild(
+        self, parts: list[int], committed: dict[TP, Committed], superseded: list[UnsentRow], why: dict[int, str]
+    ) -> None:
         """Replace this worker's state of ``parts`` with their state rebuilt from the topics: in the store (one
         transaction, with the partitions' offsets and the superseded rows), then in memory (read back from it)."""
         t = self.topics
@@ -345,9 +376,16 @@ class Worker:
         self._stored_offsets.update(rebuilt.offsets)
         for name, n in b.counters.items():
             self.counters.add(name, n)
-        log.info("rebuilt partitions %s from %d records in %.1fs: %d blueprints, %d decisions, %d held outcomes%s",
-                 parts, rebuilt.records, time.perf_counter() - t0, len(rebuilt.blueprints), len(rebuilt.decisions),
-                 len(rebuilt.held), "" if rebuilt.complete else " (INCOMPLETE: records were deleted)")
+        log.info(
+            "rebuilt partitions %s from %d records in %.1fs: %d blueprints, %d decisions, %d held outcomes%s",
+            parts,
+            rebuilt.records,
+            time.perf_counter() - t0,
+            len(rebuilt.blueprints),
+            len(rebuilt.decisions),
+            len(rebuilt.held),
+            "" if rebuilt.complete else " (INCOMPLETE: records were deleted)",
+        )
 
     async def _on_revoke(self, tps: list[tuple[str, int]]) -> None:
         """Before the partitions go: what was published is marked sent, and the offsets are committed under this
@@ -376,9 +414,11 @@ class Worker:
             # committed: the next start consumes it again. The in-memory state has already taken it in, so this
             # worker must not go on: it stops consuming. The rows acknowledged before it are still unmarked.
             self._acked = b.sent + self._acked
-            raise StoreError(f"{exc}; stopped consuming: the last batch ({len(messages)} messages, "
-                             f"{_ranges(messages)}) was not stored, so it was neither published nor acknowledged "
-                             f"and is processed again at the next start") from exc
+            raise StoreError(
+                f"{exc}; stopped consuming: the last batch ({len(messages)} messages, "
+                f"{_ranges(messages)}) was not stored, so it was neither published nor acknowledged "
+                f"and is processed again at the next start"
+            ) from exc
         self.metrics.transaction.observe(time.perf_counter() - t0)
         self._stored_offsets.update(b.offsets)
         for name, n in b.counters.items():
@@ -387,8 +427,10 @@ class Worker:
             try:
                 await self.bus.send(Outgoing(*row) for row in b.outbox)
             except BusError as exc:
-                raise BusError(f"{exc}; the batch is stored and its {len(ids)} messages stay in the outbox, "
-                               f"published at the next start") from exc
+                raise BusError(
+                    f"{exc}; the batch is stored and its {len(ids)} messages stay in the outbox, "
+                    f"published at the next start"
+                ) from exc
             self._acked.extend(ids)
         self._uncommitted.update(b.offsets)
         now = time.monotonic()
@@ -407,8 +449,9 @@ class Worker:
             if offsets:
                 await self.bus.commit(offsets, self.worker_id)
 
+
 def _ranges(messages: list[Message]) -> str:
-    """"topic[partition]@first-last, ..." for an error message."""
+    """ "topic[partition]@first-last, ..." for an error message."""
     spans: dict[tuple[str, int], tuple[int, int]] = {}
     for m in messages:
         lo, hi = spans.get((m.topic, m.partition), (m.offset, m.offset))

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -26,8 +27,14 @@ LIVENESS_PATH = "/healthz"
 READINESS_PATH = "/readyz"
 ROUTES = (METRICS_PATH, LIVENESS_PATH, READINESS_PATH)
 
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error",
-            503: "Service Unavailable"}
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 _READ_TIMEOUT_S = 5.0
 _MAX_HEADER_LINES = 100
 
@@ -38,8 +45,14 @@ class HttpServer:
     ``exposition`` returns the body of /metrics (text format 0.0.4, UTF-8); it is awaited on each scrape, so it can
     do I/O first (``WorkerMetrics.exposition`` reads the consumer lag)."""
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int, exposition: Callable[[], Awaitable[bytes]],
-                 readiness: Callable[[], dict[str, bool]]):
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int,
+        exposition: Callable[[], Awaitable[bytes]],
+        readiness: Callable[[], dict[str, bool]],
+    ):
         self.host = host
         self.port = port
         self.exposition = exposition
@@ -63,8 +76,10 @@ class HttpServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             status, ctype, body, head = await self._respond(reader)
-            writer.write(f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {ctype}\r\n"
-                         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode("latin-1"))
+            writer.write(
+                f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode("latin-1")
+            )
             if not head:
                 writer.write(body)
             await writer.drain()
@@ -113,15 +128,19 @@ def _text(status: int, text: str) -> tuple[int, str, bytes]:
     return status, "text/plain; charset=utf-8", text.encode()
 
 
-def endpoint_for(worker: "Worker", settings: MetricsSettings) -> HttpServer | None:
+def endpoint_for(worker: Worker, settings: MetricsSettings) -> HttpServer | None:
     """The worker's endpoint as configured; None when ``metrics.port`` is 0 (disabled)."""
     if settings.port == 0:
         return None
-    return HttpServer(host=settings.host, port=settings.port, exposition=WorkerMetrics.of(worker).exposition,
-                      readiness=worker.readiness)
+    return HttpServer(
+        host=settings.host,
+        port=settings.port,
+        exposition=WorkerMetrics.of(worker).exposition,
+        readiness=worker.readiness,
+    )
 
 
-async def run_with_endpoint(worker: "Worker", settings: MetricsSettings) -> None:
+async def run_with_endpoint(worker: Worker, settings: MetricsSettings) -> None:
     """Serve the endpoint from before the worker starts (probes see "not ready" while it connects) until it stops."""
     server = endpoint_for(worker, settings)
     if server is not None:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import TYPE_CHECKING, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -98,28 +99,34 @@ class WorkerMetrics:
     everything else is read from the worker when scraped."""
 
     @classmethod
-    def of(cls, worker: "Worker") -> "WorkerMetrics":
+    def of(cls, worker: Worker) -> WorkerMetrics:
         """The worker's metric set, attached now if it has none yet."""
         return worker.metrics if isinstance(worker.metrics, cls) else cls(worker)
 
-    def __init__(self, worker: "Worker"):
+    def __init__(self, worker: Worker):
         self.worker = worker
         self.registry = Registry()
         # Registration order is exposition order: counters and gauges, the histograms, the lag.
         self.registry.register(_WorkerCollector(worker))
-        self.selection = Histogram(PREFIX + "selection_latency_seconds",
-                                   "Time to decide one request (policy scores, draw, state update).",
-                                   buckets=SELECTION_BUCKETS, registry=self.registry)
-        self.transaction = Histogram(PREFIX + "transaction_latency_seconds",
-                                     "Time of the one SQLite transaction that stores a batch.",
-                                     buckets=TRANSACTION_BUCKETS, registry=self.registry)
+        self.selection = Histogram(
+            PREFIX + "selection_latency_seconds",
+            "Time to decide one request (policy scores, draw, state update).",
+            buckets=SELECTION_BUCKETS,
+            registry=self.registry,
+        )
+        self.transaction = Histogram(
+            PREFIX + "transaction_latency_seconds",
+            "Time of the one SQLite transaction that stores a batch.",
+            buckets=TRANSACTION_BUCKETS,
+            registry=self.registry,
+        )
         # The lag needs an await (the Kafka bus asks the consumer for positions) and collect() cannot await: the
         # gauge shows the snapshot that refresh() took, and exposition() takes one right before generating.
         self.lag: dict[tuple[str, int], int] = {}
         self.registry.register(_LagCollector(self))
         worker.metrics = self
 
-    def __deepcopy__(self, memo: dict) -> "WorkerMetrics":
+    def __deepcopy__(self, memo: dict) -> WorkerMetrics:
         # A worker is deep-copied along with a MemoryBus that still holds its callbacks (tests copy buses), but
         # prometheus_client's registry and histograms hold threading locks, which cannot be copied. The copy is the
         # metric set of the copied worker, with histograms measuring from nothing like a worker started anew.
@@ -144,7 +151,7 @@ class WorkerMetrics:
 class _WorkerCollector:
     """One counter family per name in ``Worker.counters``, and the gauges of the worker's state, read when scraped."""
 
-    def __init__(self, worker: "Worker"):
+    def __init__(self, worker: Worker):
         self.worker = worker
 
     def collect(self) -> Iterator[Metric]:
@@ -156,14 +163,18 @@ class _WorkerCollector:
             help = COUNTER_HELP.get(name, f"Worker counter {name}.")
             # With its "_total", which CounterMetricFamily takes off again: a worker counter named "x_total" is
             # exported as "x_total_total", not merged into "x".
-            yield CounterMetricFamily(f"{PREFIX}{name}_total", help + " Kept in SQLite, so it survives restarts.",
-                                      value=values.get(name, 0))
-        yield GaugeMetricFamily(PREFIX + "ready", "1 when the worker is ready (see /readyz).",
-                                value=int(all(w.readiness().values())))
-        yield GaugeMetricFamily(PREFIX + "decisions_pending", "Decisions waiting for their outcome.",
-                                value=w.pending_decisions)
-        yield GaugeMetricFamily(PREFIX + "outcomes_held", "Outcomes held until their decision is known.",
-                                value=w.held_outcomes)
+            yield CounterMetricFamily(
+                f"{PREFIX}{name}_total", help + " Kept in SQLite, so it survives restarts.", value=values.get(name, 0)
+            )
+        yield GaugeMetricFamily(
+            PREFIX + "ready", "1 when the worker is ready (see /readyz).", value=int(all(w.readiness().values()))
+        )
+        yield GaugeMetricFamily(
+            PREFIX + "decisions_pending", "Decisions waiting for their outcome.", value=w.pending_decisions
+        )
+        yield GaugeMetricFamily(
+            PREFIX + "outcomes_held", "Outcomes held until their decision is known.", value=w.held_outcomes
+        )
 
 
 class _LagCollector:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import sqlite3
 import urllib.parse
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 from seedworker.contract import headers as hdr
 from seedworker.store.rows import BlueprintRow, DecisionRow, OutboxRow, StoredDecision, UnsentRow, load_state
@@ -98,8 +98,9 @@ def in_use(path: str | Path) -> bool:
     db = None
     try:
         # mode=rw, not ro: a read-only connection in exclusive locking mode reports an I/O error, not "locked".
-        db = sqlite3.connect(f"file:{urllib.parse.quote(str(p.resolve()))}?mode=rw", uri=True, isolation_level=None,
-                             timeout=0)
+        db = sqlite3.connect(
+            f"file:{urllib.parse.quote(str(p.resolve()))}?mode=rw", uri=True, isolation_level=None, timeout=0
+        )
         db.execute("PRAGMA locking_mode=EXCLUSIVE")
         db.execute("BEGIN EXCLUSIVE")
         db.execute("ROLLBACK")
@@ -200,8 +201,9 @@ def counters(db: sqlite3.Connection) -> dict[str, int]:
 
 
 def offsets(db: sqlite3.Connection) -> list[OffsetRow]:
-    return [OffsetRow(*r) for r in db.execute("SELECT topic, partition, next_offset FROM offsets "
-                                              "ORDER BY topic, partition")]
+    return [
+        OffsetRow(*r) for r in db.execute("SELECT topic, partition, next_offset FROM offsets ORDER BY topic, partition")
+    ]
 
 
 def watermarks(db: sqlite3.Connection) -> list[WatermarkRow]:
@@ -214,8 +216,12 @@ def _of_blueprint(blueprint_id: str | None) -> tuple[str, tuple]:
 
 def blueprints(db: sqlite3.Connection) -> dict[str, BlueprintRow]:
     """Every blueprint's row, in the order they were first written."""
-    return {bp: BlueprintRow(state, version, partition) for bp, state, version, partition in
-            db.execute("SELECT blueprint_id, state, version, partition FROM blueprints ORDER BY rowid")}
+    return {
+        bp: BlueprintRow(state, version, partition)
+        for bp, state, version, partition in db.execute(
+            "SELECT blueprint_id, state, version, partition FROM blueprints ORDER BY rowid"
+        )
+    }
 
 
 def blueprint_states(db: sqlite3.Connection, blueprint_id: str | None = None) -> dict[str, bytes]:
@@ -232,66 +238,98 @@ _N_ROW = len(DecisionRow._fields)
 def decisions(db: sqlite3.Connection, blueprint_id: str | None = None) -> list[StoredDecision]:
     """Every decision (of this blueprint), in the order they were written: pending ones are restored in that order."""
     where, args = _of_blueprint(blueprint_id)
-    return [StoredDecision(DecisionRow(*r[:_N_ROW]), *r[_N_ROW:])
-            for r in db.execute(f"SELECT {_DECISION_COLUMNS} FROM decisions {where} ORDER BY rowid", args)]
+    return [
+        StoredDecision(DecisionRow(*r[:_N_ROW]), *r[_N_ROW:])
+        for r in db.execute(f"SELECT {_DECISION_COLUMNS} FROM decisions {where} ORDER BY rowid", args)
+    ]
 
 
 def decision_payloads_newest_first(db: sqlite3.Connection, blueprint_id: str) -> Iterator[bytes]:
     """The blueprint's seed.selected payloads, newest request first, read lazily: a caller that stops early has
     not read the rest."""
-    for (payload,) in db.execute("SELECT payload FROM decisions WHERE blueprint_id = ? "
-                                 "ORDER BY request_time DESC, rowid DESC", (blueprint_id,)):
+    for (payload,) in db.execute(
+        "SELECT payload FROM decisions WHERE blueprint_id = ? ORDER BY request_time DESC, rowid DESC", (blueprint_id,)
+    ):
         yield payload
 
 
 def decision_history(db: sqlite3.Connection, blueprint_id: str | None = None) -> list[HistoryRow]:
     """The decisions (of this blueprint) in request-time order, ties in the order they were written."""
     where, args = _of_blueprint(blueprint_id)
-    return [HistoryRow(*r) for r in db.execute(
-        f"SELECT blueprint_id, seed_id, request_time, status, reward, outcome_time FROM decisions {where} "
-        "ORDER BY request_time, rowid", args)]
+    return [
+        HistoryRow(*r)
+        for r in db.execute(
+            f"SELECT blueprint_id, seed_id, request_time, status, reward, outcome_time FROM decisions {where} "
+            "ORDER BY request_time, rowid",
+            args,
+        )
+    ]
 
 
 def last_selected(db: sqlite3.Connection, blueprint_id: str | None = None) -> list[LastSelected]:
     """Per blueprint and seed, the request time of its newest decision."""
     where, args = _of_blueprint(blueprint_id)
-    return [LastSelected(*r) for r in db.execute(
-        f"SELECT blueprint_id, seed_id, MAX(request_time) FROM decisions {where} GROUP BY blueprint_id, seed_id",
-        args)]
+    return [
+        LastSelected(*r)
+        for r in db.execute(
+            f"SELECT blueprint_id, seed_id, MAX(request_time) FROM decisions {where} GROUP BY blueprint_id, seed_id",
+            args,
+        )
+    ]
 
 
 def decisions_by_status(db: sqlite3.Connection, blueprint_id: str | None = None) -> list[StatusCount]:
     """Per blueprint and status, how many decisions and the oldest one's request time."""
     where, args = _of_blueprint(blueprint_id)
-    return [StatusCount(*r) for r in db.execute(
-        f"SELECT blueprint_id, status, COUNT(*), MIN(request_time) FROM decisions {where} "
-        "GROUP BY blueprint_id, status", args)]
+    return [
+        StatusCount(*r)
+        for r in db.execute(
+            f"SELECT blueprint_id, status, COUNT(*), MIN(request_time) FROM decisions {where} "
+            "GROUP BY blueprint_id, status",
+            args,
+        )
+    ]
 
 
 def request_statuses(db: sqlite3.Connection, request_id_prefix: str) -> dict[str, int]:
     """Decisions by status, of the requests whose id starts with this prefix (ASCII case ignored, as LIKE does)."""
     pattern = request_id_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-    return dict(db.execute("SELECT status, COUNT(*) FROM decisions WHERE request_id LIKE ? ESCAPE '\\' "
-                           "GROUP BY status", (pattern,)))
+    return dict(
+        db.execute(
+            "SELECT status, COUNT(*) FROM decisions WHERE request_id LIKE ? ESCAPE '\\' GROUP BY status", (pattern,)
+        )
+    )
 
 
 def held_outcomes(db: sqlite3.Connection) -> list[HeldRow]:
     """Every held outcome, in the order they were held."""
-    return [HeldRow(*r) for r in db.execute(
-        'SELECT event_id, decision_id, blueprint_id, held_since, partition, "offset", payload FROM held_outcomes '
-        "ORDER BY rowid")]
+    return [
+        HeldRow(*r)
+        for r in db.execute(
+            'SELECT event_id, decision_id, blueprint_id, held_since, partition, "offset", payload FROM held_outcomes '
+            "ORDER BY rowid"
+        )
+    ]
 
 
 def held_by_blueprint(db: sqlite3.Connection, blueprint_id: str | None = None) -> list[HeldCount]:
     where, args = _of_blueprint(blueprint_id)
-    return [HeldCount(*r) for r in db.execute(
-        f"SELECT blueprint_id, COUNT(*), MIN(held_since) FROM held_outcomes {where} GROUP BY blueprint_id", args)]
+    return [
+        HeldCount(*r)
+        for r in db.execute(
+            f"SELECT blueprint_id, COUNT(*), MIN(held_since) FROM held_outcomes {where} GROUP BY blueprint_id", args
+        )
+    ]
 
 
 def unsent(db: sqlite3.Connection) -> list[UnsentRow]:
     """The outbox rows Kafka has not acknowledged, in the order they were written (and are published)."""
-    return [UnsentRow(i, OutboxRow(t, k, v, hdr.from_blob(h))) for i, t, k, v, h in db.execute(
-        "SELECT id, topic, key, value, headers FROM outbox WHERE sent_at IS NULL ORDER BY id")]
+    return [
+        UnsentRow(i, OutboxRow(t, k, v, hdr.from_blob(h)))
+        for i, t, k, v, h in db.execute(
+            "SELECT id, topic, key, value, headers FROM outbox WHERE sent_at IS NULL ORDER BY id"
+        )
+    ]
 
 
 def unsent_by_topic(db: sqlite3.Connection) -> dict[str, int]:

@@ -43,11 +43,22 @@ class DecisionRow(NamedTuple):
     partition: int  # the input partition of its request (-1: written before partitions were recorded)
 
     @classmethod
-    def of(cls, selected: ev.SeedSelected, payload: bytes, partition: int) -> "DecisionRow":
+    def of(cls, selected: ev.SeedSelected, payload: bytes, partition: int) -> DecisionRow:
         t = selected.request_time or selected.occurred_at
-        return cls(selected.decision_id, selected.request_id, selected.blueprint_id, selected.seed_id,
-                   selected.seed_idx, selected.strategy, selected.propensity, int(selected.explored),
-                   selected.state_version, t.timestamp(), payload, partition)
+        return cls(
+            selected.decision_id,
+            selected.request_id,
+            selected.blueprint_id,
+            selected.seed_id,
+            selected.seed_idx,
+            selected.strategy,
+            selected.propensity,
+            int(selected.explored),
+            selected.state_version,
+            t.timestamp(),
+            payload,
+            partition,
+        )
 
 
 class StoredDecision(NamedTuple):
@@ -132,6 +143,20 @@ class Batch:
         self.watermarks[partition] = t
 
     def empty(self) -> bool:
-        return not any((self.decisions, self.resolutions, self.outbox, self.held, self.released, self.blueprints,
-                        self.counters, self.offsets, self.watermarks, self.meta, self.sent, self.replaced_partitions,
-                        self.superseded))
+        return not any(
+            (
+                self.decisions,
+                self.resolutions,
+                self.outbox,
+                self.held,
+                self.released,
+                self.blueprints,
+                self.counters,
+                self.offsets,
+                self.watermarks,
+                self.meta,
+                self.sent,
+                self.replaced_partitions,
+                self.superseded,
+            )
+        )

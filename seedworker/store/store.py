@@ -56,7 +56,7 @@ class Store:
         self._db: aiosqlite.Connection | None = None
         self._file: tuple[int, int] | None = None  # (device, inode) of the file this connection writes
 
-    async def open(self) -> "Store":
+    async def open(self) -> Store:
         memory = str(self.path) == ":memory:"
         try:
             if not memory:
@@ -142,8 +142,9 @@ class Store:
 
     async def held_outcomes(self) -> list[tuple[str, float, bytes, int, int]]:
         """(event id, held since, payload, input partition, record offset)."""
-        return await self._all('SELECT event_id, held_since, payload, partition, "offset" FROM held_outcomes '
-                               "ORDER BY rowid")
+        return await self._all(
+            'SELECT event_id, held_since, payload, partition, "offset" FROM held_outcomes ORDER BY rowid'
+        )
 
     async def watermarks(self) -> dict[int, float]:
         return dict(await self._all("SELECT partition, event_time FROM watermarks"))
@@ -164,9 +165,12 @@ class Store:
         if partitions is not None:
             parts = tuple(partitions)
             where, args = f"WHERE partition IN ({','.join('?' * len(parts))})", parts
-        rows = await self._all("SELECT decision_id, request_id, blueprint_id, seed_id, seed_idx, strategy, propensity, "
-                               "explored, state_version, request_time, payload, partition, status, reward, "
-                               f"outcome_time FROM decisions {where} ORDER BY rowid", args)
+        rows = await self._all(
+            "SELECT decision_id, request_id, blueprint_id, seed_id, seed_idx, strategy, propensity, "
+            "explored, state_version, request_time, payload, partition, status, reward, "
+            f"outcome_time FROM decisions {where} ORDER BY rowid",
+            args,
+        )
         return [StoredDecision(DecisionRow(*r[:12]), r[12], r[13], r[14]) for r in rows]
 
     async def decision_statuses(self, decision_ids: Iterable[str]) -> dict[str, Known]:
@@ -174,11 +178,12 @@ class Store:
         ids = list(decision_ids)
         out: dict[str, Known] = {}
         for i in range(0, len(ids), 500):
-            chunk = ids[i:i + 500]
+            chunk = ids[i : i + 500]
             marks = ",".join("?" * len(chunk))
             for did, status, reward, payload, partition in await self._all(
-                    f"SELECT decision_id, status, reward, payload, partition FROM decisions "
-                    f"WHERE decision_id IN ({marks})", tuple(chunk)):
+                f"SELECT decision_id, status, reward, payload, partition FROM decisions WHERE decision_id IN ({marks})",
+                tuple(chunk),
+            ):
                 out[did] = Known(status, reward, payload, partition)
         return out
 
@@ -206,8 +211,10 @@ class Store:
             if (st.st_dev, st.st_ino) == self._file:
                 return
             how = "replaced"
-        raise StoreError(f"cannot write to {self.path}: the file was {how} while the worker had it open "
-                         f"(its writes would go to a file nobody can read)")
+        raise StoreError(
+            f"cannot write to {self.path}: the file was {how} while the worker had it open "
+            f"(its writes would go to a file nobody can read)"
+        )
 
     async def _write(self, b: Batch) -> list[int]:
         db = self.db
@@ -225,46 +232,71 @@ class Store:
                 # `decisions`, so the row is deleted rather than marked (marked rows doubled the file's growth).
                 await many("DELETE FROM outbox WHERE id = ?", [(i,) for i in b.sent])
             if b.decisions:
-                await many("INSERT OR IGNORE INTO decisions (decision_id, request_id, blueprint_id, seed_id, seed_idx, "
-                           "strategy, propensity, explored, state_version, request_time, payload, partition) "
-                           "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", b.decisions)
+                await many(
+                    "INSERT OR IGNORE INTO decisions (decision_id, request_id, blueprint_id, seed_id, seed_idx, "
+                    "strategy, propensity, explored, state_version, request_time, payload, partition) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    b.decisions,
+                )
             if b.resolutions:
-                await many("UPDATE decisions SET status = ?, reward = ?, outcome_time = ? WHERE decision_id = ?",
-                           [(r.status, r.reward, r.outcome_time, r.decision_id) for r in b.resolutions])
+                await many(
+                    "UPDATE decisions SET status = ?, reward = ?, outcome_time = ? WHERE decision_id = ?",
+                    [(r.status, r.reward, r.outcome_time, r.decision_id) for r in b.resolutions],
+                )
             ids: list[int] = []
             if b.outbox:
                 now = time.time()
-                await many("INSERT INTO outbox (topic, key, value, headers, created_at) VALUES (?,?,?,?,?)",
-                           [(m.topic, m.key, m.value, hdr.to_blob(m.headers), now) for m in b.outbox])
+                await many(
+                    "INSERT INTO outbox (topic, key, value, headers, created_at) VALUES (?,?,?,?,?)",
+                    [(m.topic, m.key, m.value, hdr.to_blob(m.headers), now) for m in b.outbox],
+                )
                 # AUTOINCREMENT ids of one transaction (holding the write lock) are consecutive: the last one and
                 # the count give them all.
                 async with db.execute("SELECT last_insert_rowid()") as cur:
                     (last,) = await cur.fetchone()  # type: ignore[misc]
                 ids = list(range(last - len(b.outbox) + 1, last + 1))
             if b.held:
-                await many("INSERT OR IGNORE INTO held_outcomes (event_id, decision_id, blueprint_id, held_since, "
-                           'payload, partition, "offset") VALUES (?,?,?,?,?,?,?)',
-                           [(h.event_id, h.outcome.resolved_decision_id, h.outcome.blueprint_id, h.since,
-                             ev.encode(h.outcome), h.partition, h.offset) for h in b.held])
+                await many(
+                    "INSERT OR IGNORE INTO held_outcomes (event_id, decision_id, blueprint_id, held_since, "
+                    'payload, partition, "offset") VALUES (?,?,?,?,?,?,?)',
+                    [
+                        (
+                            h.event_id,
+                            h.outcome.resolved_decision_id,
+                            h.outcome.blueprint_id,
+                            h.since,
+                            ev.encode(h.outcome),
+                            h.partition,
+                            h.offset,
+                        )
+                        for h in b.held
+                    ],
+                )
             if b.released:
                 await many("DELETE FROM held_outcomes WHERE event_id = ?", [(e,) for e in b.released])
             if b.blueprints:
                 now = time.time()
-                await many("INSERT INTO blueprints (blueprint_id, state, version, updated_at, partition) "
-                           "VALUES (?,?,?,?,?) ON CONFLICT (blueprint_id) DO UPDATE SET state = excluded.state, "
-                           "version = excluded.version, updated_at = excluded.updated_at, "
-                           "partition = excluded.partition",
-                           [(k, r.state, r.version, now, r.partition) for k, r in b.blueprints.items()])
+                await many(
+                    "INSERT INTO blueprints (blueprint_id, state, version, updated_at, partition) "
+                    "VALUES (?,?,?,?,?) ON CONFLICT (blueprint_id) DO UPDATE SET state = excluded.state, "
+                    "version = excluded.version, updated_at = excluded.updated_at, "
+                    "partition = excluded.partition",
+                    [(k, r.state, r.version, now, r.partition) for k, r in b.blueprints.items()],
+                )
             if b.watermarks:
                 await many("INSERT OR REPLACE INTO watermarks VALUES (?, ?)", list(b.watermarks.items()))
             if b.counters:
-                await many("INSERT INTO counters VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET "
-                           "value = value + excluded.value", list(b.counters.items()))
+                await many(
+                    "INSERT INTO counters VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET "
+                    "value = value + excluded.value",
+                    list(b.counters.items()),
+                )
             if b.meta:
                 await many("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(b.meta.items()))
             if b.offsets:
-                await many("INSERT OR REPLACE INTO offsets VALUES (?, ?, ?)",
-                           [(t, p, o) for (t, p), o in b.offsets.items()])
+                await many(
+                    "INSERT OR REPLACE INTO offsets VALUES (?, ?, ?)", [(t, p, o) for (t, p), o in b.offsets.items()]
+                )
             await db.execute("COMMIT")
             return ids
         except BaseException:

@@ -14,15 +14,22 @@ from seedworker.core.config import ConfigError, load_settings
 
 def _run(args: argparse.Namespace) -> int:
     from seedworker.broker.base import BusError
+    from seedworker.engine.worker import Worker
     from seedworker.ops.http_server import run_with_endpoint
     from seedworker.ops.logs import configure
     from seedworker.store.store import StoreError
-    from seedworker.engine.worker import Worker
 
-    settings = load_settings(args.config, overrides={
-        "kafka.bootstrap_servers": args.bootstrap_servers, "db": args.db, "kafka.group_id": args.group_id,
-        "default_strategy": args.strategy, "log_format": args.log_format, "metrics.port": args.metrics_port,
-    })
+    settings = load_settings(
+        args.config,
+        overrides={
+            "kafka.bootstrap_servers": args.bootstrap_servers,
+            "db": args.db,
+            "kafka.group_id": args.group_id,
+            "default_strategy": args.strategy,
+            "log_format": args.log_format,
+            "metrics.port": args.metrics_port,
+        },
+    )
     configure(args.log_level, settings.log_format)
     try:
         asyncio.run(run_with_endpoint(Worker(settings, burst=args.burst), settings.metrics))
@@ -35,17 +42,55 @@ def _run(args: argparse.Namespace) -> int:
 # The other subcommands: (name, module, its add_arguments function, its run function, help). Each module owns its
 # flags and its logic; this file only routes.
 COMMANDS = [
-    ("simulate", "seedworker.tools.simulation.command", "add_arguments", "run",
-     "run strategies against simulated Tamiyo environments (no broker)"),
-    ("schemas", "seedworker.contract.schemas", "add_arguments", "run", "check or regenerate schemas/ (JSON Schema + AsyncAPI)"),
-    ("inspect", "seedworker.tools.inspect", "add_arguments", "run", "read a SQLite snapshot (read-only, safe while the worker runs)"),
-    ("export", "seedworker.tools.snapshot", "add_export_arguments", "run_export",
-     "write the store as one JSON document (read-only, safe while running)"),
-    ("import", "seedworker.tools.snapshot", "add_import_arguments", "run_import", "load an exported JSON document into a new store"),
-    ("evaluate", "seedworker.tools.evaluate", "add_arguments", "run",
-     "off-policy evaluation of the strategies from the logged decisions"),
-    ("replay", "seedworker.tools.replay", "add_arguments", "run",
-     "rebuild the state into a new store from the Kafka topics (recovery)"),
+    (
+        "simulate",
+        "seedworker.tools.simulation.command",
+        "add_arguments",
+        "run",
+        "run strategies against simulated Tamiyo environments (no broker)",
+    ),
+    (
+        "schemas",
+        "seedworker.contract.schemas",
+        "add_arguments",
+        "run",
+        "check or regenerate schemas/ (JSON Schema + AsyncAPI)",
+    ),
+    (
+        "inspect",
+        "seedworker.tools.inspect",
+        "add_arguments",
+        "run",
+        "read a SQLite snapshot (read-only, safe while the worker runs)",
+    ),
+    (
+        "export",
+        "seedworker.tools.snapshot",
+        "add_export_arguments",
+        "run_export",
+        "write the store as one JSON document (read-only, safe while running)",
+    ),
+    (
+        "import",
+        "seedworker.tools.snapshot",
+        "add_import_arguments",
+        "run_import",
+        "load an exported JSON document into a new store",
+    ),
+    (
+        "evaluate",
+        "seedworker.tools.evaluate",
+        "add_arguments",
+        "run",
+        "off-policy evaluation of the strategies from the logged decisions",
+    ),
+    (
+        "replay",
+        "seedworker.tools.replay",
+        "add_arguments",
+        "run",
+        "rebuild the state into a new store from the Kafka topics (recovery)",
+    ),
 ]
 
 
@@ -62,8 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--burst", action="store_true", help="stop once the input topics are drained")
     run.add_argument("--log-level", default="INFO")
     run.add_argument("--log-format", choices=("plain", "json"), help="log lines as text or JSON (default plain)")
-    run.add_argument("--metrics-port", type=int,
-                     help="serve /metrics, /healthz, /readyz on this port (metrics.host, default 127.0.0.1); 0: off")
+    run.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve /metrics, /healthz, /readyz on this port (metrics.host, default 127.0.0.1); 0: off",
+    )
     run.set_defaults(func=_run)
 
     for name, module, add_arguments, run_name, help_text in COMMANDS:

@@ -52,8 +52,13 @@ class Estimate:
 
     def to_dict(self) -> dict:
         ci = self.interval
-        return {"value": self.value, "se": self.se, "ci95": None if ci is None else list(ci), "note": self.note,
-                "bias_bound": self.slack}
+        return {
+            "value": self.value,
+            "se": self.se,
+            "ci95": None if ci is None else list(ci),
+            "note": self.note,
+            "bias_bound": self.slack,
+        }
 
 
 def unidentified(note: str) -> Estimate:
@@ -106,8 +111,10 @@ class RunningMeanModel:
         self._blueprints: dict[str, list[float]] = {}
 
     def update(self, blueprint_id: str, seed_id: str, reward: float) -> None:
-        for stats in (self._seeds.setdefault((blueprint_id, seed_id), [0, 0.0]),
-                      self._blueprints.setdefault(blueprint_id, [0, 0.0])):
+        for stats in (
+            self._seeds.setdefault((blueprint_id, seed_id), [0, 0.0]),
+            self._blueprints.setdefault(blueprint_id, [0, 0.0]),
+        ):
             stats[0] += 1
             stats[1] += reward
 

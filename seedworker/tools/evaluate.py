@@ -54,12 +54,20 @@ from pydantic import ValidationError
 
 from seedworker.contract import events as ev
 from seedworker.core.config import Settings, load_settings
-from seedworker.tools.estimators import Estimate, RunningMeanModel, doubly_robust, effective_sample_size, ips, snips, unidentified
 from seedworker.core.policies import STRATEGIES, SamplingPolicy
 from seedworker.core.selector import SeedSelector
 from seedworker.store import readers
 from seedworker.store.readers import read_snapshot
 from seedworker.store.store import StoreError
+from seedworker.tools.estimators import (
+    Estimate,
+    RunningMeanModel,
+    doubly_robust,
+    effective_sample_size,
+    ips,
+    snips,
+    unidentified,
+)
 
 BASELINES = ("seed0", "random")
 REWARDED = ("resolved", "late")
@@ -135,11 +143,18 @@ class Record:
         its state), the raw context and the request time; no constraints, no strategy override (not logged)."""
         if self._request is None:
             s = self.selected
-            seeds = [ev.SeedCandidate(seed_id=c.seed_id, seed_idx=c.seed_idx, state=None if c.viable else NOT_VIABLE)
-                     for c in s.scores]
+            seeds = [
+                ev.SeedCandidate(seed_id=c.seed_id, seed_idx=c.seed_idx, state=None if c.viable else NOT_VIABLE)
+                for c in s.scores
+            ]
             self._request = ev.GraftRequested(
-                request_id=s.request_id, blueprint_id=s.blueprint_id, layer_name=s.layer_name,
-                occurred_at=s.request_time or s.occurred_at, seeds=seeds, context=s.context)
+                request_id=s.request_id,
+                blueprint_id=s.blueprint_id,
+                layer_name=s.layer_name,
+                occurred_at=s.request_time or s.occurred_at,
+                seeds=seeds,
+                context=s.context,
+            )
         return self._request
 
     @property
@@ -151,8 +166,16 @@ class Record:
 def read_log(path: str | Path, blueprint_id: str | None = None) -> list[Record]:
     """The decisions in the order the worker made them, from one read-only snapshot of the store."""
     rows = read_snapshot(path, lambda db: readers.decisions(db, blueprint_id))
-    return [Record(ev.decode(d.row.payload, ev.SEED_SELECTED), d.status, d.reward, d.outcome_time,  # type: ignore
-                   d.row.request_time) for d in rows]
+    return [
+        Record(
+            ev.decode(d.row.payload, ev.SEED_SELECTED),
+            d.status,
+            d.reward,
+            d.outcome_time,  # type: ignore
+            d.row.request_time,
+        )
+        for d in rows
+    ]
 
 
 # -- the targets ---------------------------------------------------------------------------------------------------
@@ -186,8 +209,9 @@ class FixedSeedTarget:
     def distribution(self, record: Record) -> np.ndarray:
         cands = record.selected.scores
         viable = [j for j, c in enumerate(cands) if c.viable] or list(range(len(cands)))
-        pick = next((j for j in viable if cands[j].seed_idx == self.seed_idx),
-                    min(viable, key=lambda j: cands[j].seed_idx))
+        pick = next(
+            (j for j in viable if cands[j].seed_idx == self.seed_idx), min(viable, key=lambda j: cands[j].seed_idx)
+        )
         p = np.zeros(len(cands))
         p[pick] = 1.0
         return p
@@ -257,14 +281,28 @@ class Result:
     truth: float | None = None  # the true value, when the log is simulated and each seed's expected reward known
 
     def to_dict(self) -> dict:
-        return {"ips": self.ips.to_dict(), "snips": self.snips.to_dict(), "dr": self.dr.to_dict(),
-                "effective_sample_size": self.ess, "low_effective_sample_size": self.ess < MIN_ESS,
-                "mean_weight": self.mean_weight, "decisions": self.decisions, "off_support": self.off_support,
-                "warning": self.warning, "true_value": self.truth}
+        return {
+            "ips": self.ips.to_dict(),
+            "snips": self.snips.to_dict(),
+            "dr": self.dr.to_dict(),
+            "effective_sample_size": self.ess,
+            "low_effective_sample_size": self.ess < MIN_ESS,
+            "mean_weight": self.mean_weight,
+            "decisions": self.decisions,
+            "off_support": self.off_support,
+            "warning": self.warning,
+            "true_value": self.truth,
+        }
 
 
-def evaluate(records: list[Record], targets: dict, *, reward_range: tuple[float, float] = (-1.0, 1.0),
-             reward_wait_s: float = 3600.0, expected: dict[str, np.ndarray] | None = None) -> dict[str, Result]:
+def evaluate(
+    records: list[Record],
+    targets: dict,
+    *,
+    reward_range: tuple[float, float] = (-1.0, 1.0),
+    reward_wait_s: float = 3600.0,
+    expected: dict[str, np.ndarray] | None = None,
+) -> dict[str, Result]:
     """Replay every target over the log once and estimate its value.
 
     ``reward_range``: the rewards' clip bounds (``reward.clip_min/max``); off the logged support DR's interval is
@@ -319,13 +357,28 @@ def evaluate(records: list[Record], targets: dict, *, reward_range: tuple[float,
             why = _unidentified(int((outside & det).sum()), int((outside & ~det).sum()), len(r))
             ips_ = snips_ = unidentified(why)
             slack = float(mass.mean()) * (hi - lo)
-            dr = Estimate(dr.value, dr.se, f"model-based on the {n_off} decisions off the logged support; its interval "
-                          f"adds the worst-case model error there (rewards in [{lo:g}, {hi:g}]): ±{slack:.3g}", slack)
+            dr = Estimate(
+                dr.value,
+                dr.se,
+                f"model-based on the {n_off} decisions off the logged support; its interval "
+                f"adds the worst-case model error there (rewards in [{lo:g}, {hi:g}]): ±{slack:.3g}",
+                slack,
+            )
         else:
             ips_, snips_ = ips(w_, r), snips(w_, r)
         ess, mean_w = effective_sample_size(w_), float(w_.mean()) if len(w_) else 0.0
-        out[name] = Result(name, ips_, snips_, dr, ess, mean_w, len(r), n_off, _weights_warning(w_, mass, ess),
-                           float(np.mean(true)) if true else None)
+        out[name] = Result(
+            name,
+            ips_,
+            snips_,
+            dr,
+            ess,
+            mean_w,
+            len(r),
+            n_off,
+            _weights_warning(w_, mass, ess),
+            float(np.mean(true)) if true else None,
+        )
     return out
 
 
@@ -340,8 +393,10 @@ def _weights_warning(w: np.ndarray, mass: np.ndarray, ess: float) -> str | None:
     expect = 1.0 - float(mass.mean()) if n else 1.0
     se = float(w.std(ddof=1)) / np.sqrt(n) if n > 1 else np.inf
     if n and abs(float(w.mean()) - expect) > WEIGHT_Z * se:
-        problems.append(f"mean weight {w.mean():.3f}, more than {WEIGHT_Z:g} standard errors ({se:.2g}) from its "
-                        f"expectation {expect:.3f}: the log rarely chose what this target chooses")
+        problems.append(
+            f"mean weight {w.mean():.3f}, more than {WEIGHT_Z:g} standard errors ({se:.2g}) from its "
+            f"expectation {expect:.3f}: the log rarely chose what this target chooses"
+        )
     return "; ".join(problems) or None
 
 
@@ -350,14 +405,17 @@ def _unidentified(deterministic: int, zero: int, m: int) -> str:
     if deterministic:
         parts.append(f"logging policy deterministic on {deterministic} of {m} decisions")
     if zero:
-        parts.append(f"logged probability 0, or a Monte-Carlo estimate of 0, for seeds the target may choose on "
-                     f"{zero} of {m} decisions")
+        parts.append(
+            f"logged probability 0, or a Monte-Carlo estimate of 0, for seeds the target may choose on "
+            f"{zero} of {m} decisions"
+        )
     return f"not identifiable ({'; '.join(parts)})"
 
 
 # -- a simulated log -----------------------------------------------------------------------------------------------
-async def write_simulated_log(path: str | Path, env, *, strategy: str, settings: Settings | None = None,
-                              batch: int = 1) -> dict[str, np.ndarray]:
+async def write_simulated_log(
+    path: str | Path, env, *, strategy: str, settings: Settings | None = None, batch: int = 1
+) -> dict[str, np.ndarray]:
     """Run the worker (on a MemoryBus, with a real Store at ``path``) against a simulated environment, logging with
     ``strategy``: ``batch`` requests at a time, then their outcomes, stamped after the batch's last request so the
     event-time order is the order the worker learned in. Returns each request's expected reward per seed_idx."""
@@ -393,9 +451,13 @@ async def write_simulated_log(path: str | Path, env, *, strategy: str, settings:
             for m in _new_messages(bus, topics.selections, seen):
                 selected = ev.decode(m.value, ev.SEED_SELECTED)  # type: ignore[arg-type]
                 outcome = ev.AdaptationOutcome(
-                    decision_id=selected.decision_id, blueprint_id=selected.blueprint_id, seed_id=selected.seed_id,
-                    occurred_at=last + half_step, source="seedworker-evaluate",
-                    **steps[selected.request_id].outcomes[selected.seed_idx].fields())  # type: ignore[attr-defined]
+                    decision_id=selected.decision_id,
+                    blueprint_id=selected.blueprint_id,
+                    seed_id=selected.seed_id,
+                    occurred_at=last + half_step,
+                    source="seedworker-evaluate",
+                    **steps[selected.request_id].outcomes[selected.seed_idx].fields(),
+                )  # type: ignore[attr-defined]
                 bus.produce(topics.outcomes, env.blueprint_id.encode(), ev.encode(outcome))
             await _consume(worker, len(steps))
     finally:
@@ -413,7 +475,7 @@ async def _consume(worker, n: int) -> None:
 def _new_messages(bus, topic: str, seen: dict[int, int]) -> list:
     out = []
     for p, part in enumerate(bus.topics.get(topic, [])):
-        out.extend(part[seen.get(p, 0):])
+        out.extend(part[seen.get(p, 0) :])
         seen[p] = len(part)
     return out
 
@@ -424,18 +486,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.description = __doc__.splitlines()[0].removeprefix("``seedworker evaluate``: ")
     parser.add_argument("--db", default="var/seedworker.sqlite", help="the worker's SQLite store (read-only)")
-    parser.add_argument("--strategies", metavar="LIST",
-                        help="comma-separated targets: strategy names and fixed:K (always seed_idx K); default: every "
-                             "strategy. The baselines seed0 and random are always evaluated")
+    parser.add_argument(
+        "--strategies",
+        metavar="LIST",
+        help="comma-separated targets: strategy names and fixed:K (always seed_idx K); default: every "
+        "strategy. The baselines seed0 and random are always evaluated",
+    )
     parser.add_argument("--blueprint", metavar="ID", help="only this blueprint's decisions")
-    parser.add_argument("--config", help="the worker's TOML settings: the targets replay with its strategy settings, "
-                                         "salt, min_samples, features, decay")
+    parser.add_argument(
+        "--config",
+        help="the worker's TOML settings: the targets replay with its strategy settings, "
+        "salt, min_samples, features, decay",
+    )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
-    sim = parser.add_argument_group("simulated log", "first write a new log to --db by running the worker on an "
-                                    "in-memory bus against a simulated environment; the table adds the true values")
+    sim = parser.add_argument_group(
+        "simulated log",
+        "first write a new log to --db by running the worker on an "
+        "in-memory bus against a simulated environment; the table adds the true values",
+    )
     sim.add_argument("--simulate", choices=list(SCENARIOS), metavar="SCENARIO", help=", ".join(SCENARIOS))
-    sim.add_argument("--logging", default="epsilon-greedy", metavar="STRATEGY",
-                     help="the logging strategy (default: epsilon-greedy)")
+    sim.add_argument(
+        "--logging", default="epsilon-greedy", metavar="STRATEGY", help="the logging strategy (default: epsilon-greedy)"
+    )
     sim.add_argument("--steps", type=int, default=2000, help="requests (default: 2000)")
     sim.add_argument("--seeds", type=int, default=8, metavar="K", help="candidate seeds (default: 8)")
     sim.add_argument("--seed", type=int, default=0, help="random seed of the environment (default: 0)")
@@ -457,8 +529,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"{prog}: error: --simulate writes a new log, and {args.db} exists", file=sys.stderr)
             return 2
         if args.logging not in STRATEGIES or args.steps < 1 or not 2 <= args.seeds <= ev.MAX_CANDIDATES:
-            print(f"{prog}: error: need a known --logging strategy, --steps >= 1 and 2 <= --seeds <= "
-                  f"{ev.MAX_CANDIDATES}", file=sys.stderr)
+            print(
+                f"{prog}: error: need a known --logging strategy, --steps >= 1 and 2 <= --seeds <= {ev.MAX_CANDIDATES}",
+                file=sys.stderr,
+            )
             return 2
         try:
             env = make_env(args.simulate, n_seeds=args.seeds, steps=args.steps, seed=args.seed)
@@ -472,17 +546,33 @@ def run(args: argparse.Namespace) -> int:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 1
     if not records:
-        print(f"{prog}: no decisions in {args.db}" + (f" for blueprint {args.blueprint}" if args.blueprint else ""),
-              file=sys.stderr)
+        print(
+            f"{prog}: no decisions in {args.db}" + (f" for blueprint {args.blueprint}" if args.blueprint else ""),
+            file=sys.stderr,
+        )
         return 1
     targets, skipped = make_targets(names, settings)
-    results = evaluate(records, targets, reward_range=(settings.reward.clip_min, settings.reward.clip_max),
-                       reward_wait_s=settings.join.reward_wait_s, expected=expected)
+    results = evaluate(
+        records,
+        targets,
+        reward_range=(settings.reward.clip_min, settings.reward.clip_max),
+        reward_wait_s=settings.join.reward_wait_s,
+        expected=expected,
+    )
     summary = summarize(records)
     if args.json:
-        print(json.dumps({"db": str(args.db), "blueprint": args.blueprint, **summary,
-                          "targets": {n: r.to_dict() for n, r in results.items()}, "not_evaluated": skipped},
-                         indent=2))
+        print(
+            json.dumps(
+                {
+                    "db": str(args.db),
+                    "blueprint": args.blueprint,
+                    **summary,
+                    "targets": {n: r.to_dict() for n, r in results.items()},
+                    "not_evaluated": skipped,
+                },
+                indent=2,
+            )
+        )
     else:
         print_report(str(args.db), summary, results, skipped, sys.stdout)
     return 0
@@ -497,7 +587,10 @@ def summarize(records: list[Record]) -> dict:
         logged_by[rec.selected.strategy] = logged_by.get(rec.selected.strategy, 0) + 1
     rewarded = [rec for rec in records if rec.rewarded]
     return {
-        "decisions": len(records), "with_reward": len(rewarded), "statuses": statuses, "logged_by": logged_by,
+        "decisions": len(records),
+        "with_reward": len(rewarded),
+        "statuses": statuses,
+        "logged_by": logged_by,
         "blueprints": sorted({rec.selected.blueprint_id for rec in records}),
         "deterministic": sum(rec.deterministic for rec in rewarded),
         "propensity_methods": dict(Counter(rec.selected.propensity_method for rec in rewarded)),
@@ -510,17 +603,29 @@ def summarize(records: list[Record]) -> dict:
 
 def print_report(db: str, s: dict, results: dict[str, Result], skipped: dict[str, str], out) -> None:
     m = s["with_reward"]
-    print(f"off-policy evaluation of {db}: {s['decisions']} decisions ({', '.join(s['blueprints'])}), {m} with a "
-          f"reward; statuses: " + ", ".join(f"{k} {v}" for k, v in sorted(s["statuses"].items())), file=out)
+    print(
+        f"off-policy evaluation of {db}: {s['decisions']} decisions ({', '.join(s['blueprints'])}), {m} with a "
+        f"reward; statuses: " + ", ".join(f"{k} {v}" for k, v in sorted(s["statuses"].items())),
+        file=out,
+    )
     mean = "-" if s["mean_logged_reward"] is None else f"{s['mean_logged_reward']:.4g}"
     methods = ", ".join(f"{k} {v}" for k, v in sorted(s["propensity_methods"].items()))
-    print("logged by " + ", ".join(f"{k} {v}" for k, v in sorted(s["logged_by"].items())) + f"; mean logged reward "
-          f"{mean}; propensities: {methods}; deterministic (exactly 1) on {s['deterministic']} of {m}"
-          + (f"; candidates' probabilities unreadable on {s['unreadable_distribution']}"
-             if s["unreadable_distribution"] else ""), file=out)
+    print(
+        "logged by " + ", ".join(f"{k} {v}" for k, v in sorted(s["logged_by"].items())) + f"; mean logged reward "
+        f"{mean}; propensities: {methods}; deterministic (exactly 1) on {s['deterministic']} of {m}"
+        + (
+            f"; candidates' probabilities unreadable on {s['unreadable_distribution']}"
+            if s["unreadable_distribution"]
+            else ""
+        ),
+        file=out,
+    )
     print(f"mean reward per decision with 95% intervals; DR reward model: {s['reward_model']}", file=out)
-    print("* and !: see the notes below the row (! the weights have not averaged out: the interval can miss); ESS: "
-          "effective sample size (sum w)^2 / sum w^2; mean w: the mean importance weight\n", file=out)
+    print(
+        "* and !: see the notes below the row (! the weights have not averaged out: the interval can miss); ESS: "
+        "effective sample size (sum w)^2 / sum w^2; mean w: the mean importance weight\n",
+        file=out,
+    )
     scale = max([abs(s["mean_logged_reward"] or 0.0), s["reward_sd"] or 0.0, 1e-12])
     digits = min(8, max(0, 3 - int(np.floor(np.log10(scale)))))
 
@@ -533,8 +638,18 @@ def print_report(db: str, s: dict, results: dict[str, Result], skipped: dict[str
     rows = []
     for name, r in results.items():
         low = r.warning is not None
-        rows.append((name, "" if r.truth is None else f"{r.truth:.{digits}f}", cell(r.ips, low), cell(r.snips, low),
-                     cell(r.dr, low), f"{r.ess:.1f}", f"{r.mean_weight:.3f}", f"{r.off_support} of {r.decisions}"))
+        rows.append(
+            (
+                name,
+                "" if r.truth is None else f"{r.truth:.{digits}f}",
+                cell(r.ips, low),
+                cell(r.snips, low),
+                cell(r.dr, low),
+                f"{r.ess:.1f}",
+                f"{r.mean_weight:.3f}",
+                f"{r.off_support} of {r.decisions}",
+            )
+        )
     heads = ("target", "true", "IPS", "SNIPS", "DR", "ESS", "mean w", "off support")
     show = [j for j in range(len(heads)) if j != 1 or any(row[1] for row in rows)]
     widths = [max(len(heads[j]), *(len(row[j]) for row in rows)) for j in range(len(heads))]

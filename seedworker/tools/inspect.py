@@ -25,17 +25,17 @@ import math
 import re
 import sys
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 import orjson
 
-from seedworker.core.config import Settings, load_settings
 from seedworker.contract.events import GraftRequested, SeedCandidate, TrainingContext
-from seedworker.core.policies import Draw, Situation
 from seedworker.core.arms import RESOURCES
+from seedworker.core.config import Settings, load_settings
+from seedworker.core.policies import Draw, Situation
 from seedworker.core.selector import SeedSelector, seed_rows
 from seedworker.store import readers
 from seedworker.store.readers import HistoryRow, read_snapshot
@@ -43,12 +43,22 @@ from seedworker.store.rows import load_state
 from seedworker.store.store import StoreError
 
 SCORE_REQUEST_ID = "seedworker-inspect"  # the synthetic request the scores are computed for
-CONTEXT_NOTE = ("neutral request: no context signal, so every standardized feature sits at its running mean "
-                "(x = [1, 0, ..., 0]); candidates: every seed the blueprint knows that its newest request listing it "
-                f"found viable; no constraints; synthetic request id {SCORE_REQUEST_ID!r}")
+CONTEXT_NOTE = (
+    "neutral request: no context signal, so every standardized feature sits at its running mean "
+    "(x = [1, 0, ..., 0]); candidates: every seed the blueprint knows that its newest request listing it "
+    f"found viable; no constraints; synthetic request id {SCORE_REQUEST_ID!r}"
+)
 Z95 = 1.959963984540054  # normal quantile of 0.975
-WATCHED = ("dead_letters", "dangling_outcomes", "late_outcomes", "duplicate_outcomes", "duplicate_requests",
-           "mismatched_outcomes", "expired_decisions", "held_outcomes")
+WATCHED = (
+    "dead_letters",
+    "dangling_outcomes",
+    "late_outcomes",
+    "duplicate_outcomes",
+    "duplicate_requests",
+    "mismatched_outcomes",
+    "expired_decisions",
+    "held_outcomes",
+)
 RESOURCE_COLUMNS = {"latency_ms": "latency ms", "memory_mb": "memory MB", "throughput": "throughput /s"}
 _SECRET = re.compile(r"pass|secret|token|credential|sasl|salt|key", re.IGNORECASE)
 
@@ -77,8 +87,9 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         write_plot(history, args.plot)
     if args.json:
         # default=str: a strategy parameter of an unexpected type is shown, not a crash.
-        out.write(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY, default=str).decode()
-                  + "\n")
+        out.write(
+            orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY, default=str).decode() + "\n"
+        )
     else:
         print_tables(report, out)
         if args.plot:
@@ -87,8 +98,9 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
 
 # -- reading -------------------------------------------------------------------------------------------------------
-def read(path: str | Path, settings: Settings | None = None, *, blueprint: str | None = None,
-         history: bool = False) -> tuple[dict[str, Any], list[HistoryRow]]:
+def read(
+    path: str | Path, settings: Settings | None = None, *, blueprint: str | None = None, history: bool = False
+) -> tuple[dict[str, Any], list[HistoryRow]]:
     """(the report, the decisions in request-time order if ``history``) from one read-only snapshot."""
     settings = settings or Settings()
     rows = read_snapshot(path, lambda db: _query(db, blueprint or None, history))  # --blueprint '': all
@@ -102,8 +114,10 @@ def _query(db, blueprint: str | None, history: bool) -> dict[str, Any]:
     return {
         "schema_version": readers.schema_version(db),
         "states": states,
-        "seed_idx": {bp: _seed_indexes(readers.decision_payloads_newest_first(db, bp), state["arms"]["seed_ids"])
-                     for bp, state in states},
+        "seed_idx": {
+            bp: _seed_indexes(readers.decision_payloads_newest_first(db, bp), state["arms"]["seed_ids"])
+            for bp, state in states
+        },
         "counters": readers.counters(db),
         "offsets": readers.offsets(db),
         "meta": readers.meta(db),
@@ -133,7 +147,7 @@ def _seed_indexes(payloads: Iterable[bytes], seed_ids: list[str]) -> dict[str, t
 def _iso(t: float | None) -> str | None:
     if t is None or not math.isfinite(t):
         return None
-    return datetime.fromtimestamp(t, timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
 
 
 def _finite(v: float) -> float | None:
@@ -159,8 +173,14 @@ def _report(path: str, settings: Settings, rows: dict[str, Any]) -> dict[str, An
     blueprints = {}
     for bp_id, state in rows["states"]:
         selector.load_blueprint(bp_id, state)
-        blueprints[bp_id] = _blueprint(selector, bp_id, last_selected.get(bp_id, {}), rows["seed_idx"][bp_id],
-                                       statuses.get(bp_id, {}), held.get(bp_id))
+        blueprints[bp_id] = _blueprint(
+            selector,
+            bp_id,
+            last_selected.get(bp_id, {}),
+            rows["seed_idx"][bp_id],
+            statuses.get(bp_id, {}),
+            held.get(bp_id),
+        )
     counters = rows["counters"]
     by_status: dict[str, int] = {}
     oldest_pending = None
@@ -176,8 +196,10 @@ def _report(path: str, settings: Settings, rows: dict[str, Any]) -> dict[str, An
         "watched": {name: counters.get(name, 0) for name in WATCHED},
         "decisions_by_status": dict(sorted(by_status.items())),
         "pending": {"count": by_status.get("pending", 0), "oldest_request_time": _iso(oldest_pending)},
-        "held_outcomes": {"count": sum(n for n, _ in held.values()),
-                          "oldest_held_since": _iso(min((t for _, t in held.values()), default=None))},
+        "held_outcomes": {
+            "count": sum(n for n, _ in held.values()),
+            "oldest_held_since": _iso(min((t for _, t in held.values()), default=None)),
+        },
         "unsent_outbox": rows["unsent"],
         "offsets": [o._asdict() for o in rows["offsets"]],
         "meta": {k: ("(hidden)" if _SECRET.search(k) else v) for k, v in meta.items()},
@@ -189,9 +211,14 @@ def _report(path: str, settings: Settings, rows: dict[str, Any]) -> dict[str, An
     }
 
 
-def _blueprint(selector: SeedSelector, bp_id: str, last_selected: dict[str, float],
-               listed: dict[str, tuple[int, bool, str | None]], statuses: dict,
-               held: tuple[int, float] | None) -> dict[str, Any]:
+def _blueprint(
+    selector: SeedSelector,
+    bp_id: str,
+    last_selected: dict[str, float],
+    listed: dict[str, tuple[int, bool, str | None]],
+    statuses: dict,
+    held: tuple[int, float] | None,
+) -> dict[str, Any]:
     bp = selector.blueprints[bp_id]
     a = bp.arms
     n = len(a)
@@ -209,11 +236,20 @@ def _blueprint(selector: SeedSelector, bp_id: str, last_selected: dict[str, floa
     rows = np.array(order, dtype=np.intp)
 
     request = GraftRequested.model_construct(
-        request_id=SCORE_REQUEST_ID, blueprint_id=bp_id, layer_name=None, trace_id=None, correlation_id=None,
-        seeds=[SeedCandidate.model_construct(seed_id=a.seed_ids[i], seed_idx=idx[a.seed_ids[i]], state=None,
-                                             features=None) for i in candidates],
-        context=TrainingContext(), constraints=None, strategy=None,
-        occurred_at=datetime.fromtimestamp(0, timezone.utc))
+        request_id=SCORE_REQUEST_ID,
+        blueprint_id=bp_id,
+        layer_name=None,
+        trace_id=None,
+        correlation_id=None,
+        seeds=[
+            SeedCandidate.model_construct(seed_id=a.seed_ids[i], seed_idx=idx[a.seed_ids[i]], state=None, features=None)
+            for i in candidates
+        ],
+        context=TrainingContext(),
+        constraints=None,
+        strategy=None,
+        occurred_at=datetime.fromtimestamp(0, UTC),
+    )
     strategy = selector.strategy_for(request, bp)
     policy = selector.policy(strategy)
     score: dict[int, float | None] = {}
@@ -240,16 +276,26 @@ def _blueprint(selector: SeedSelector, bp_id: str, last_selected: dict[str, floa
         k = float(pulls[j])
         half = Z95 * math.sqrt(var[j] * k / (k - 1) / k) if k > 1 else None  # sample sd, normal approximation
         m = float(means[j])
-        seeds.append({
-            "seed_id": a.seed_ids[i], "seed_idx": idx[a.seed_ids[i]], "pulls": int(k), "selections": int(sel[j]),
-            "share": float(sel[j]) / total if total else 0.0, "mean_reward": m,
-            "ci95": None if half is None else [m - half, m + half], "decayed_mean": float(decayed[j]),
-            "last_selected": _iso(last_selected.get(a.seed_ids[i])),
-            "candidate": a.seed_ids[i] not in excluded, "score": score.get(i), "probability": prob.get(i),
-            "note": excluded.get(a.seed_ids[i]),
-            "success_rate": resources[j]["success_rate"], "measured": resources[j]["measured"],
-            **{name: resources[j][name] for name in RESOURCES},
-        })
+        seeds.append(
+            {
+                "seed_id": a.seed_ids[i],
+                "seed_idx": idx[a.seed_ids[i]],
+                "pulls": int(k),
+                "selections": int(sel[j]),
+                "share": float(sel[j]) / total if total else 0.0,
+                "mean_reward": m,
+                "ci95": None if half is None else [m - half, m + half],
+                "decayed_mean": float(decayed[j]),
+                "last_selected": _iso(last_selected.get(a.seed_ids[i])),
+                "candidate": a.seed_ids[i] not in excluded,
+                "score": score.get(i),
+                "probability": prob.get(i),
+                "note": excluded.get(a.seed_ids[i]),
+                "success_rate": resources[j]["success_rate"],
+                "measured": resources[j]["measured"],
+                **{name: resources[j][name] for name in RESOURCES},
+            }
+        )
     pending = statuses.get("pending", (0, None))
     return {
         "strategy": strategy,
@@ -262,9 +308,15 @@ def _blueprint(selector: SeedSelector, bp_id: str, last_selected: dict[str, floa
         "decisions_by_status": {s: c for s, (c, _) in sorted(statuses.items())},
         "pending": {"count": pending[0], "oldest_request_time": _iso(pending[1])},
         "held_outcomes": held[0] if held else 0,
-        "next_choice": None if pick is None else {
-            "seed_id": pick.seed_id, "strategy": pick.strategy, "propensity": pick.propensity,
-            "explored": pick.explored, "reason": pick.selection_reason},
+        "next_choice": None
+        if pick is None
+        else {
+            "seed_id": pick.seed_id,
+            "strategy": pick.strategy,
+            "propensity": pick.propensity,
+            "explored": pick.explored,
+            "reason": pick.selection_reason,
+        },
         "seeds": seeds,
     }
 
@@ -292,21 +344,21 @@ def _table(header: list[str], rows: list[list[str]], left: int = 1) -> list[str]
 
 def print_tables(report: dict[str, Any], out: TextIO) -> None:
     r = report
-    lines = [f"store {r['db']} (schema {r['schema_version']}), read-only snapshot",
-             "watched:  " + ", ".join(f"{k}={v}" for k, v in r["watched"].items()),
-             "counters: " + (", ".join(f"{k}={v}" for k, v in r["counters"].items()) or "-"),
-             "decisions by status: " + (", ".join(f"{k}={v}" for k, v in r["decisions_by_status"].items()) or "-"),
-             f"pending decisions: {r['pending']['count']}"
-             + (f" (oldest request {r['pending']['oldest_request_time']})" if r["pending"]["count"] else ""),
-             f"held outcomes: {r['held_outcomes']['count']}"
-             + (f" (oldest held since {r['held_outcomes']['oldest_held_since']})" if r["held_outcomes"]["count"]
-                else ""),
-             "unsent outbox rows: " + (", ".join(f"{t}={n}" for t, n in r["unsent_outbox"].items()) or "0"),
-             "offsets:  " + (", ".join(f"{o['topic']}[{o['partition']}]={o['next_offset']}" for o in r["offsets"])
-                             or "-"),
-             f"default strategy: {r['default_strategy']} (from the {r['default_strategy_from']})"
-             + (", logging-only mode" if r["logging_only"] else ""),
-             f"scores: {r['scores_context']}"]
+    lines = [
+        f"store {r['db']} (schema {r['schema_version']}), read-only snapshot",
+        "watched:  " + ", ".join(f"{k}={v}" for k, v in r["watched"].items()),
+        "counters: " + (", ".join(f"{k}={v}" for k, v in r["counters"].items()) or "-"),
+        "decisions by status: " + (", ".join(f"{k}={v}" for k, v in r["decisions_by_status"].items()) or "-"),
+        f"pending decisions: {r['pending']['count']}"
+        + (f" (oldest request {r['pending']['oldest_request_time']})" if r["pending"]["count"] else ""),
+        f"held outcomes: {r['held_outcomes']['count']}"
+        + (f" (oldest held since {r['held_outcomes']['oldest_held_since']})" if r["held_outcomes"]["count"] else ""),
+        "unsent outbox rows: " + (", ".join(f"{t}={n}" for t, n in r["unsent_outbox"].items()) or "0"),
+        "offsets:  " + (", ".join(f"{o['topic']}[{o['partition']}]={o['next_offset']}" for o in r["offsets"]) or "-"),
+        f"default strategy: {r['default_strategy']} (from the {r['default_strategy_from']})"
+        + (", logging-only mode" if r["logging_only"] else ""),
+        f"scores: {r['scores_context']}",
+    ]
     for bp_id, bp in r["blueprints"].items():
         settings = ", ".join(f"{k}={v}" for k, v in bp["strategy_settings"].items())
         statuses = ", ".join(f"{k}={v}" for k, v in bp["decisions_by_status"].items())
@@ -314,26 +366,64 @@ def print_tables(report: dict[str, Any], out: TextIO) -> None:
         oldest = f" (oldest {pending['oldest_request_time']})" if pending["count"] else ""
         half_life = f"{bp['half_life_s']:g}s" if bp["half_life_s"] else "none (decayed = mean)"
         override = " (blueprint override)" if bp["strategy_override"] else ""
-        lines += ["", f"blueprint {bp_id}: strategy {bp['strategy']}{override} [{settings}]",
-                  f"  decisions {bp['decisions']} ({statuses or '-'}), pending {pending['count']}{oldest}, "
-                  f"held outcomes {bp['held_outcomes']}, half-life {half_life}"]
+        lines += [
+            "",
+            f"blueprint {bp_id}: strategy {bp['strategy']}{override} [{settings}]",
+            f"  decisions {bp['decisions']} ({statuses or '-'}), pending {pending['count']}{oldest}, "
+            f"held outcomes {bp['held_outcomes']}, half-life {half_life}",
+        ]
         if bp["next_choice"]:
             lines.append(f"  next pick for the neutral request: {bp['next_choice']['reason']}")
-        rows = [[s["seed_id"], str(s["seed_idx"]), str(s["pulls"]), str(s["selections"]), f"{s['share']:.1%}",
-                 _num(s["mean_reward"]),
-                 "-" if s["ci95"] is None else f"[{s['ci95'][0]:.4f}, {s['ci95'][1]:.4f}]",
-                 _num(s["decayed_mean"]), (s["last_selected"] or "-").split(".")[0].replace("T", " "),
-                 _num(s["score"], ".4g"), _num(s["probability"], ".3f")] for s in bp["seeds"]]
+        rows = [
+            [
+                s["seed_id"],
+                str(s["seed_idx"]),
+                str(s["pulls"]),
+                str(s["selections"]),
+                f"{s['share']:.1%}",
+                _num(s["mean_reward"]),
+                "-" if s["ci95"] is None else f"[{s['ci95'][0]:.4f}, {s['ci95'][1]:.4f}]",
+                _num(s["decayed_mean"]),
+                (s["last_selected"] or "-").split(".")[0].replace("T", " "),
+                _num(s["score"], ".4g"),
+                _num(s["probability"], ".3f"),
+            ]
+            for s in bp["seeds"]
+        ]
         if rows:
-            lines += _table(["seed", "idx", "pulls", "selected", "share", "mean", "95% CI", "decayed",
-                             "last selected (UTC)", "score", "prob"], rows)
+            lines += _table(
+                [
+                    "seed",
+                    "idx",
+                    "pulls",
+                    "selected",
+                    "share",
+                    "mean",
+                    "95% CI",
+                    "decayed",
+                    "last selected (UTC)",
+                    "score",
+                    "prob",
+                ],
+                rows,
+            )
         if any(s["measured"] for s in bp["seeds"]):
-            rows = [[s["seed_id"], str(s["measured"]), _num(s["success_rate"], ".1%"),
-                     *(_mean_ci(s[name]) for name in RESOURCE_COLUMNS)] for s in bp["seeds"]]
+            rows = [
+                [
+                    s["seed_id"],
+                    str(s["measured"]),
+                    _num(s["success_rate"], ".1%"),
+                    *(_mean_ci(s[name]) for name in RESOURCE_COLUMNS),
+                ]
+                for s in bp["seeds"]
+            ]
             lines += ["  resources: means [95% CI] over the outcomes that reported them (measured)"]
             lines += _table(["seed", "measured", "success", *RESOURCE_COLUMNS.values()], rows)
-        lines += [f"  {s['seed_id']}: not a candidate (its newest request: {s['note'] or 'not viable'})"
-                  for s in bp["seeds"] if not s["candidate"]]
+        lines += [
+            f"  {s['seed_id']}: not a candidate (its newest request: {s['note'] or 'not viable'})"
+            for s in bp["seeds"]
+            if not s["candidate"]
+        ]
     out.write("\n".join(lines) + "\n")
 
 
@@ -397,7 +487,7 @@ def _plot_blueprint(ax_share, ax_reward, bp_id: str, decisions: list[HistoryRow]
     label = {s: s for s in top}
     seeds = [label.get(d.seed_id, "other seeds") for d in decisions]
     names, share = rolling_share(seeds, window)
-    times = [datetime.fromtimestamp(d.request_time, timezone.utc) for d in decisions]
+    times = [datetime.fromtimestamp(d.request_time, UTC) for d in decisions]
     cmap = colormaps["tab10"]
     color = {s: cmap(k % 10) for k, s in enumerate(top)}
     color["other seeds"] = "grey"
@@ -411,15 +501,24 @@ def _plot_blueprint(ax_share, ax_reward, bp_id: str, decisions: list[HistoryRow]
     ax_share.legend(fontsize=7, loc="upper left", ncols=2)
 
     # Rewards at the time they were observed (an expired decision's default reward at its request time).
-    learned = sorted((d.outcome_time if d.outcome_time is not None else d.request_time, d.reward, d.seed_id)
-                     for d in decisions if d.reward is not None)
+    learned = sorted(
+        (d.outcome_time if d.outcome_time is not None else d.request_time, d.reward, d.seed_id)
+        for d in decisions
+        if d.reward is not None
+    )
     if learned:
-        t = [datetime.fromtimestamp(x[0], timezone.utc) for x in learned]
+        t = [datetime.fromtimestamp(x[0], UTC) for x in learned]
         r = np.array([x[1] for x in learned])
         ax_reward.scatter(t, r, s=8, alpha=0.5, c=[color.get(label.get(x[2], "other seeds")) for x in learned])
         w = min(200, max(10, len(r) // 10))
-        ax_reward.plot(t, rolling_mean(r, w), color="black", linewidth=1.4, drawstyle="steps-post",
-                       label=f"mean of the last {w} rewards")
+        ax_reward.plot(
+            t,
+            rolling_mean(r, w),
+            color="black",
+            linewidth=1.4,
+            drawstyle="steps-post",
+            label=f"mean of the last {w} rewards",
+        )
         ax_reward.legend(fontsize=7, loc="upper left")
     else:
         ax_reward.text(0.5, 0.5, "no rewards yet", ha="center", va="center", transform=ax_reward.transAxes)

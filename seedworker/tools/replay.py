@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import json
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from seedworker.broker.base import BusError
 from seedworker.core.config import load_settings
@@ -17,12 +17,13 @@ from seedworker.store.store import StoreError
 
 def _timestamp(value: str) -> datetime:
     if value.isdigit():
-        return datetime.fromtimestamp(int(value) / 1000, timezone.utc)
+        return datetime.fromtimestamp(int(value) / 1000, UTC)
     try:
         when = datetime.fromisoformat(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an ISO 8601 time (2026-01-31T12:00:00Z) or epoch "
-                                         f"milliseconds, got {value!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected an ISO 8601 time (2026-01-31T12:00:00Z) or epoch milliseconds, got {value!r}"
+        ) from None
     if when.tzinfo is None:
         raise argparse.ArgumentTypeError(f"{value!r} has no timezone; add one (e.g. Z for UTC)")
     return when
@@ -33,9 +34,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", required=True, help="the NEW SQLite store to write (must not exist)")
     parser.add_argument("--config", help="the live worker's TOML settings (SEEDWORKER_* variables override it)")
     parser.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (default: from the settings)")
-    parser.add_argument("--from-timestamp", type=_timestamp, metavar="TIME",
-                        help="replay the records from this time on (ISO 8601 with a timezone, or epoch "
-                             "milliseconds); default: from the earliest offsets")
+    parser.add_argument(
+        "--from-timestamp",
+        type=_timestamp,
+        metavar="TIME",
+        help="replay the records from this time on (ISO 8601 with a timezone, or epoch "
+        "milliseconds); default: from the earliest offsets",
+    )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--log-level", default="WARNING")

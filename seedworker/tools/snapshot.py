@@ -30,10 +30,10 @@ import orjson
 
 from seedworker.contract import events as ev
 from seedworker.contract import headers as hdr
-from seedworker.core.join import HeldOutcome, Resolution
 from seedworker.core.config import load_settings
-from seedworker.store.migrations import SCHEMA_VERSION
+from seedworker.core.join import HeldOutcome, Resolution
 from seedworker.store import readers
+from seedworker.store.migrations import SCHEMA_VERSION
 from seedworker.store.readers import in_use, read_snapshot
 from seedworker.store.rows import Batch, BlueprintRow, DecisionRow, OutboxRow, StoredDecision, dump_state, load_state
 from seedworker.store.store import Store, StoreError
@@ -113,13 +113,23 @@ def _export(db) -> dict[str, Any]:
         "counters": readers.counters(db),
         "offsets": [o._asdict() for o in readers.offsets(db)],
         "watermarks": [w._asdict() for w in readers.watermarks(db)],
-        "blueprints": {bp: {"version": r.version, "partition": r.partition,
-                            "state": encode_value(load_state(r.state))} for bp, r in readers.blueprints(db).items()},
+        "blueprints": {
+            bp: {"version": r.version, "partition": r.partition, "state": encode_value(load_state(r.state))}
+            for bp, r in readers.blueprints(db).items()
+        },
         "decisions": [_decision(d) for d in readers.decisions(db)],
-        "held_outcomes": [{"event_id": h.event_id, "decision_id": h.decision_id, "blueprint_id": h.blueprint_id,
-                           "held_since": h.held_since, "partition": h.partition, "offset": h.offset,
-                           "payload": orjson.loads(h.payload)}
-                          for h in readers.held_outcomes(db)],
+        "held_outcomes": [
+            {
+                "event_id": h.event_id,
+                "decision_id": h.decision_id,
+                "blueprint_id": h.blueprint_id,
+                "held_since": h.held_since,
+                "partition": h.partition,
+                "offset": h.offset,
+                "payload": orjson.loads(h.payload),
+            }
+            for h in readers.held_outcomes(db)
+        ],
         "outbox": [_outbox(u.message) for u in readers.unsent(db)],
     }
 
@@ -127,17 +137,33 @@ def _export(db) -> dict[str, Any]:
 def _decision(d: StoredDecision) -> dict[str, Any]:
     r = d.row
     # The key order is the document's (it was the column order of the table); to_batch reads them by name.
-    return {"decision_id": r.decision_id, "request_id": r.request_id, "blueprint_id": r.blueprint_id,
-            "seed_id": r.seed_id, "seed_idx": r.seed_idx, "strategy": r.strategy, "propensity": r.propensity,
-            "explored": bool(r.explored), "state_version": r.state_version, "request_time": r.request_time,
-            "partition": r.partition, "status": d.status, "reward": d.reward, "outcome_time": d.outcome_time,
-            "payload": orjson.loads(r.payload)}
+    return {
+        "decision_id": r.decision_id,
+        "request_id": r.request_id,
+        "blueprint_id": r.blueprint_id,
+        "seed_id": r.seed_id,
+        "seed_idx": r.seed_idx,
+        "strategy": r.strategy,
+        "propensity": r.propensity,
+        "explored": bool(r.explored),
+        "state_version": r.state_version,
+        "request_time": r.request_time,
+        "partition": r.partition,
+        "status": d.status,
+        "reward": d.reward,
+        "outcome_time": d.outcome_time,
+        "payload": orjson.loads(r.payload),
+    }
 
 
 def _outbox(m: OutboxRow) -> dict[str, Any]:
     # Headers in their stored form, [name, latin-1 text] pairs: binary header values survive JSON.
-    return {"topic": m.topic, "key": _b64(m.key), "value": _b64(m.value),
-            "headers": orjson.loads(hdr.to_blob(m.headers))}
+    return {
+        "topic": m.topic,
+        "key": _b64(m.key),
+        "value": _b64(m.value),
+        "headers": orjson.loads(hdr.to_blob(m.headers)),
+    }
 
 
 def dumps(doc: dict[str, Any]) -> bytes:
@@ -150,13 +176,15 @@ def to_batch(doc: dict[str, Any]) -> Batch:
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise SnapshotError(f"format: not a {FORMAT} document")
     if doc.get("format_version") != FORMAT_VERSION:
-        raise SnapshotError(f"format_version: this seedworker reads version {FORMAT_VERSION}, "
-                            f"got {doc.get('format_version')!r}")
+        raise SnapshotError(
+            f"format_version: this seedworker reads version {FORMAT_VERSION}, got {doc.get('format_version')!r}"
+        )
     schema = doc.get("schema_version")
     if schema != SCHEMA_VERSION:
         # Rows are written with the columns of this schema; another one needs its own conversion, which none has yet.
-        raise SnapshotError(f"schema_version: exported from store schema {schema!r}, this seedworker has "
-                            f"{SCHEMA_VERSION}")
+        raise SnapshotError(
+            f"schema_version: exported from store schema {schema!r}, this seedworker has {SCHEMA_VERSION}"
+        )
     b = Batch()
     where = "document"
     try:
@@ -165,24 +193,41 @@ def to_batch(doc: dict[str, Any]) -> Batch:
         where = "counters"
         b.counters = {str(k): _int(v, k) for k, v in doc["counters"].items()}
         where = "offsets"
-        b.offsets = {(str(o["topic"]), _int(o["partition"], "partition")): _int(o["next_offset"], "next_offset")
-                     for o in doc["offsets"]}
+        b.offsets = {
+            (str(o["topic"]), _int(o["partition"], "partition")): _int(o["next_offset"], "next_offset")
+            for o in doc["offsets"]
+        }
         where = "watermarks"
         b.watermarks = {_int(w["partition"], "partition"): float(w["event_time"]) for w in doc["watermarks"]}
         for bp_id, entry in doc["blueprints"].items():
             where = f"blueprints.{bp_id}"
-            b.blueprints[bp_id] = BlueprintRow(dump_state(decode_value(entry["state"])),
-                                               _int(entry["version"], "version"), _int(entry["partition"], "partition"))
+            b.blueprints[bp_id] = BlueprintRow(
+                dump_state(decode_value(entry["state"])),
+                _int(entry["version"], "version"),
+                _int(entry["partition"], "partition"),
+            )
         for n, d in enumerate(doc["decisions"]):
             where = f"decisions[{n}]"
             payload = orjson.dumps(d["payload"])
             selected: ev.SeedSelected = ev.decode(payload, ev.SEED_SELECTED)  # type: ignore[assignment]
             if selected.decision_id != d["decision_id"]:
                 raise SnapshotError(f"{where}: payload is the decision {selected.decision_id}")
-            b.decisions.append(DecisionRow(d["decision_id"], d["request_id"], d["blueprint_id"], d["seed_id"],
-                                           d["seed_idx"], d["strategy"], d["propensity"], int(d["explored"]),
-                                           d["state_version"], d["request_time"], payload,
-                                           _int(d["partition"], "partition")))
+            b.decisions.append(
+                DecisionRow(
+                    d["decision_id"],
+                    d["request_id"],
+                    d["blueprint_id"],
+                    d["seed_id"],
+                    d["seed_idx"],
+                    d["strategy"],
+                    d["propensity"],
+                    int(d["explored"]),
+                    d["state_version"],
+                    d["request_time"],
+                    payload,
+                    _int(d["partition"], "partition"),
+                )
+            )
             if (d["status"], d["reward"], d["outcome_time"]) != ("pending", None, None):
                 b.resolutions.append(Resolution(d["decision_id"], d["status"], d["reward"], d["outcome_time"]))
         for n, h in enumerate(doc["held_outcomes"]):
@@ -190,12 +235,21 @@ def to_batch(doc: dict[str, Any]) -> Batch:
             outcome = ev.decode(orjson.dumps(h["payload"]), ev.ADAPTATION_OUTCOME)
             if outcome.event_id != h["event_id"]:  # type: ignore[attr-defined]
                 raise SnapshotError(f"{where}: payload is the outcome {outcome.event_id}")
-            b.held.append(HeldOutcome(outcome, _int(h["partition"], "partition"),  # type: ignore[arg-type]
-                                      float(h["held_since"]), _int(h["offset"], "offset")))
+            b.held.append(
+                HeldOutcome(
+                    outcome,
+                    _int(h["partition"], "partition"),  # type: ignore[arg-type]
+                    float(h["held_since"]),
+                    _int(h["offset"], "offset"),
+                )
+            )
         for n, o in enumerate(doc["outbox"]):
             where = f"outbox[{n}]"
-            b.outbox.append(OutboxRow(o["topic"], _unb64(o["key"]), _unb64(o["value"]) or b"",
-                                      hdr.from_blob(orjson.dumps(o["headers"]))))
+            b.outbox.append(
+                OutboxRow(
+                    o["topic"], _unb64(o["key"]), _unb64(o["value"]) or b"", hdr.from_blob(orjson.dumps(o["headers"]))
+                )
+            )
     except SnapshotError:
         raise
     except ev.EventError as exc:
@@ -274,8 +328,9 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_import_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = ("Load an exported JSON document into a new store (the worker must not be running on "
-                          "the target).")
+    parser.description = (
+        "Load an exported JSON document into a new store (the worker must not be running on the target)."
+    )
     parser.add_argument("input", metavar="FILE", help="the exported document ('-' for stdin)")
     parser.add_argument("--db", help="SQLite state file to create (default: the `db` setting)")
     parser.add_argument("--config", help="TOML settings file (only its `db` is used)")

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from seedworker.core.policies.base import Choice, Draw, IndexPolicy, Policy, ProbabilityPolicy, SamplingPolicy, Situation
+from seedworker.core.policies.base import (
+    Choice,
+    Draw,
+    IndexPolicy,
+    Policy,
+    ProbabilityPolicy,
+    SamplingPolicy,
+    Situation,
+)
 from seedworker.core.policies.epsilon_greedy import EpsilonGreedy
 from seedworker.core.policies.linucb import LinearThompson, LinUCB
 from seedworker.core.policies.softmax import FirstSeed, RoundRobin, Softmax, UniformRandom
@@ -14,8 +22,20 @@ from seedworker.core.policies.ucb import UCB, UCBV, ChangeUCB, DiscountedUCB
 STRATEGIES: dict[str, type[Policy]] = {
     cls.name: cls
     for cls in (
-        UCB, UCBV, DiscountedUCB, GaussianThompson, BetaThompson, EpsilonGreedy, Softmax, RoundRobin,
-        LinUCB, LinearThompson, FirstSeed, UniformRandom, ChangeUCB, ChangeThompson,
+        UCB,
+        UCBV,
+        DiscountedUCB,
+        GaussianThompson,
+        BetaThompson,
+        EpsilonGreedy,
+        Softmax,
+        RoundRobin,
+        LinUCB,
+        LinearThompson,
+        FirstSeed,
+        UniformRandom,
+        ChangeUCB,
+        ChangeThompson,
     )
 }
 
@@ -33,6 +53,13 @@ def make_policy(name: str, settings: dict[str, Any] | None = None) -> Policy:
 
 
 __all__ = [
-    "STRATEGIES", "make_policy", "Policy", "Choice", "Draw", "Situation", "IndexPolicy", "SamplingPolicy",
+    "STRATEGIES",
+    "make_policy",
+    "Policy",
+    "Choice",
+    "Draw",
+    "Situation",
+    "IndexPolicy",
+    "SamplingPolicy",
     "ProbabilityPolicy",
 ]

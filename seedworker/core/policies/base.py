@@ -18,8 +18,9 @@ values (for the exploration flag) and the numbers quoted in the reason.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterator
+from typing import Any, ClassVar
 
 import numpy as np
 from numpy.random.bit_generator import ISeedSequence
@@ -115,8 +116,16 @@ class Choice:
 
     __slots__ = ("index", "_scores", "probabilities", "propensity", "method", "explored", "_reason")
 
-    def __init__(self, index: int, scores: np.ndarray | list[float] | None, probabilities: np.ndarray | None,
-                 propensity: float, method: str, explored: bool, reason: str | Callable[[], str]):
+    def __init__(
+        self,
+        index: int,
+        scores: np.ndarray | list[float] | None,
+        probabilities: np.ndarray | None,
+        propensity: float,
+        method: str,
+        explored: bool,
+        reason: str | Callable[[], str],
+    ):
         self.index = index
         self._scores = scores
         self.probabilities = probabilities
@@ -145,8 +154,10 @@ class Choice:
         return s if s is None or isinstance(s, list) else s.tolist()
 
     def __repr__(self) -> str:
-        return (f"Choice(index={self.index}, propensity={self.propensity!r}, method={self.method!r}, "
-                f"explored={self.explored}, reason={self.reason!r})")
+        return (
+            f"Choice(index={self.index}, propensity={self.propensity!r}, method={self.method!r}, "
+            f"explored={self.explored}, reason={self.reason!r})"
+        )
 
 
 class Policy:
@@ -227,8 +238,9 @@ class IndexPolicy(Policy):
     def choose(self, s: Situation) -> Choice:
         scores, values, aux = self._evaluate(s)
         i, ties = _argmax_ties(scores, s.draw)
-        return Choice(i, scores, None, 1.0 / ties, "exact", _explored(values, i),
-                      lambda: self._why(s, i, scores, values, aux))
+        return Choice(
+            i, scores, None, 1.0 / ties, "exact", _explored(values, i), lambda: self._why(s, i, scores, values, aux)
+        )
 
 
 class SamplingPolicy(Policy):
@@ -272,16 +284,30 @@ class SamplingPolicy(Policy):
         if self.propensity == "quadrature":
             p = self._probability(params, i)
             if p is not None:
-                return Choice(i, draw, None, p, "quadrature", explored,
-                              lambda: f"highest sampled {self.name} value {draw[i]:.4g} (P(best)={p:.2f})")
+                return Choice(
+                    i,
+                    draw,
+                    None,
+                    p,
+                    "quadrature",
+                    explored,
+                    lambda: f"highest sampled {self.name} value {draw[i]:.4g} (P(best)={p:.2f})",
+                )
         k = len(draw)
         # The decision's own draw is one of the Monte-Carlo samples, so the estimate is never zero for the pick.
         wins = np.bincount(self._draw(params, s.draw.rng, self.propensity_samples).argmax(axis=1), minlength=k)
         wins[i] += 1
         probs = wins / (1 + self.propensity_samples)
         p = float(probs[i])
-        return Choice(i, draw, probs, p, "monte_carlo", explored,
-                      lambda: f"highest sampled {self.name} value {draw[i]:.4g} (P(best)≈{p:.2f})")
+        return Choice(
+            i,
+            draw,
+            probs,
+            p,
+            "monte_carlo",
+            explored,
+            lambda: f"highest sampled {self.name} value {draw[i]:.4g} (P(best)≈{p:.2f})",
+        )
 
 
 class ProbabilityPolicy(Policy):

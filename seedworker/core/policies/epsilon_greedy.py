@@ -16,8 +16,14 @@ class EpsilonGreedy(ProbabilityPolicy):
 
     name = "epsilon-greedy"
 
-    def __init__(self, *, epsilon: float = 0.2, min_epsilon: float = 0.01, decay_steps: float | None = 200.0,
-                 discounted: bool | None = None):
+    def __init__(
+        self,
+        *,
+        epsilon: float = 0.2,
+        min_epsilon: float = 0.01,
+        decay_steps: float | None = 200.0,
+        discounted: bool | None = None,
+    ):
         if not 0.0 <= min_epsilon <= epsilon <= 1.0:
             raise ValueError("epsilon-greedy: need 0 <= min_epsilon <= epsilon <= 1")
         self.epsilon = epsilon

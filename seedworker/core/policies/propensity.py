@@ -152,7 +152,6 @@ def gaussian_max_probability(loc: np.ndarray, sd: np.ndarray, i: int, budget: in
     return 1.0 if p > 1.0 - 1e-8 else max(p, 0.0)
 
 
-
 def _small(loc: list[float], sd: list[float], i: int, s_i: float, k: int, budget: int | None) -> float | None:
     """``gaussian_max_probability`` for at most ``_SMALL`` candidates: the rows ``(r_j, a_j)``, the grid's start
     and step on Python floats (the same IEEE operations as the array code, so the same values), numpy only for the

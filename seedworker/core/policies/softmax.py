@@ -38,8 +38,15 @@ class RoundRobin(Policy):
     def choose(self, s: Situation) -> Choice:
         i = s.decisions % len(s.rows)
         values = self.greedy(s)
-        return Choice(i, None, None, 1.0, "exact", bool(values[i] < values.max()),
-                      f"round-robin turn {s.decisions} of {len(s.rows)} candidates")
+        return Choice(
+            i,
+            None,
+            None,
+            1.0,
+            "exact",
+            bool(values[i] < values.max()),
+            f"round-robin turn {s.decisions} of {len(s.rows)} candidates",
+        )
 
 
 class FirstSeed(Policy):
@@ -50,8 +57,15 @@ class FirstSeed(Policy):
 
     def choose(self, s: Situation) -> Choice:
         values = self.greedy(s)
-        return Choice(0, None, None, 1.0, "exact", bool(values[0] < values.max()),
-                      "lowest seed_idx among viable candidates (baseline policy)")
+        return Choice(
+            0,
+            None,
+            None,
+            1.0,
+            "exact",
+            bool(values[0] < values.max()),
+            "lowest seed_idx among viable candidates (baseline policy)",
+        )
 
 
 class UniformRandom(ProbabilityPolicy):

@@ -34,8 +34,10 @@ class GaussianSampling(SamplingPolicy):
             raise ValueError(f"propensity must be one of {', '.join(PROPENSITY_METHODS)}, got {method!r}")
         if method not in LOGGED_METHODS:
             # A seed.selected event must validate for its consumers: no method the event contract does not know.
-            raise ValueError(f"propensity {method!r} is not a propensity_method of the seed.selected contract "
-                             f"(events.SeedSelected accepts {', '.join(LOGGED_METHODS)})")
+            raise ValueError(
+                f"propensity {method!r} is not a propensity_method of the seed.selected contract "
+                f"(events.SeedSelected accepts {', '.join(LOGGED_METHODS)})"
+            )
         return method
 
     def _posterior(self, s: Situation) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -69,8 +71,15 @@ class GaussianThompson(GaussianSampling):
 
     name = "thompson"
 
-    def __init__(self, *, prior_count: float = 1.0, scale: float = 1.0, discounted: bool | None = None,
-                 propensity_samples: int = 200, propensity: str = "quadrature"):
+    def __init__(
+        self,
+        *,
+        prior_count: float = 1.0,
+        scale: float = 1.0,
+        discounted: bool | None = None,
+        propensity_samples: int = 200,
+        propensity: str = "quadrature",
+    ):
         self.prior_count = prior_count
         self.scale = scale
         self.discounted = discounted
@@ -87,8 +96,9 @@ class GaussianThompson(GaussianSampling):
     def _scale(self, s: Situation) -> float:
         return s.scale
 
-    def _gaussian_posterior(self, n: np.ndarray, mean: np.ndarray, var: np.ndarray,
-                            scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _gaussian_posterior(
+        self, n: np.ndarray, mean: np.ndarray, var: np.ndarray, scale: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         n_sum = float(np.add.reduce(n))
         pooled_mean = float(mean.dot(n)) / n_sum if n_sum > 0 else 0.0
         n0 = self.prior_count
@@ -124,10 +134,17 @@ class ChangeThompson(GaussianThompson):
     name = "glr-thompson"
     detects = True
 
-    def __init__(self, *, prior_count: float = 1.0, scale: float = 1.0, propensity_samples: int = 200,
-                 propensity: str = "quadrature"):
-        super().__init__(prior_count=prior_count, scale=scale, propensity_samples=propensity_samples,
-                         propensity=propensity)
+    def __init__(
+        self,
+        *,
+        prior_count: float = 1.0,
+        scale: float = 1.0,
+        propensity_samples: int = 200,
+        propensity: str = "quadrature",
+    ):
+        super().__init__(
+            prior_count=prior_count, scale=scale, propensity_samples=propensity_samples, propensity=propensity
+        )
         del self.discounted  # decay does not apply (the detector forgets instead): not a setting of this strategy
 
     def _moments(self, s: Situation) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -157,8 +174,9 @@ class BetaThompson(SamplingPolicy):
 
     name = "beta-thompson"
 
-    def __init__(self, *, alpha: float = 1.0, beta: float = 1.0, discounted: bool | None = None,
-                 propensity_samples: int = 200):
+    def __init__(
+        self, *, alpha: float = 1.0, beta: float = 1.0, discounted: bool | None = None, propensity_samples: int = 200
+    ):
         self.alpha = alpha
         self.beta = beta
         self.discounted = discounted

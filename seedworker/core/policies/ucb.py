@@ -50,8 +50,7 @@ class UCB(IndexPolicy):
 
     def _why(self, s: Situation, i: int, scores: np.ndarray, values: np.ndarray, n: np.ndarray) -> str:
         kind = "decayed " if s.arms.half_life_s is not None else ""
-        return (f"highest {self.name} bound {scores[i]:.4g} ({kind}mean reward {values[i]:.4g} over "
-                f"{n[i]:.3g} outcomes)")
+        return f"highest {self.name} bound {scores[i]:.4g} ({kind}mean reward {values[i]:.4g} over {n[i]:.3g} outcomes)"
 
     @classmethod
     def _unit_test_params(cls):
@@ -142,8 +141,10 @@ class ChangeUCB(UCB):
         return mean + bonus, mean, n
 
     def _why(self, s: Situation, i: int, scores: np.ndarray, values: np.ndarray, n: np.ndarray) -> str:
-        return (f"highest {self.index} bound {scores[i]:.4g} since the last detected change (mean reward "
-                f"{values[i]:.4g} over {n[i]:.3g} outcomes; {s.arms.changes} changes detected)")
+        return (
+            f"highest {self.index} bound {scores[i]:.4g} since the last detected change (mean reward "
+            f"{values[i]:.4g} over {n[i]:.3g} outcomes; {s.arms.changes} changes detected)"
+        )
 
     @classmethod
     def _unit_test_params(cls):

@@ -46,27 +46,49 @@ def _seconds(value: str) -> float:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = __doc__.splitlines()[0].removeprefix("``seedworker simulate``: ")
-    parser.add_argument("--scenario", choices=[*SCENARIOS, "all"], default="stationary",
-                        help="environment to simulate; 'all' runs every scenario (default: stationary)")
-    parser.add_argument("--strategies", default=None, metavar="LIST",
-                        help="comma-separated strategies to compare (the seed0 baseline always runs); default: "
-                             f"{','.join(CORE_STRATEGIES)}, plus discounted-ucb where qualities change and "
-                             "beta-thompson for bernoulli")
+    parser.add_argument(
+        "--scenario",
+        choices=[*SCENARIOS, "all"],
+        default="stationary",
+        help="environment to simulate; 'all' runs every scenario (default: stationary)",
+    )
+    parser.add_argument(
+        "--strategies",
+        default=None,
+        metavar="LIST",
+        help="comma-separated strategies to compare (the seed0 baseline always runs); default: "
+        f"{','.join(CORE_STRATEGIES)}, plus discounted-ucb where qualities change and "
+        "beta-thompson for bernoulli",
+    )
     parser.add_argument("--steps", type=_positive, default=2000, help="graft requests per run (default: 2000)")
-    parser.add_argument("--seeds", type=_positive, default=8, metavar="K",
-                        help="candidate seeds per request (default: 8)")
+    parser.add_argument(
+        "--seeds", type=_positive, default=8, metavar="K", help="candidate seeds per request (default: 8)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed of the environment (default: 0)")
-    parser.add_argument("--delay", type=_non_negative, default=0,
-                        help="outcomes arrive this many steps after their decision (default: 0)")
-    parser.add_argument("--half-life", type=_seconds, default=None, metavar="SECONDS", dest="half_life",
-                        help="recency half-life for non-stationary scenarios and discounted-ucb "
-                             "(default: a tenth of the run; one step is 60 s)")
-    parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
-                        help=f"directory for <scenario>.json and <scenario>.png (default: {DEFAULT_OUT})")
+    parser.add_argument(
+        "--delay",
+        type=_non_negative,
+        default=0,
+        help="outcomes arrive this many steps after their decision (default: 0)",
+    )
+    parser.add_argument(
+        "--half-life",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        dest="half_life",
+        help="recency half-life for non-stationary scenarios and discounted-ucb "
+        "(default: a tenth of the run; one step is 60 s)",
+    )
+    parser.add_argument(
+        "--out",
+        default=DEFAULT_OUT,
+        metavar="DIR",
+        help=f"directory for <scenario>.json and <scenario>.png (default: {DEFAULT_OUT})",
+    )
     parser.add_argument("--no-plot", action="store_true", help="do not write the PNG")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--json", action="store_true",
-                        help="print the results as JSON on stdout instead of the table")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON on stdout instead of the table")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -89,8 +111,16 @@ def run(args: argparse.Namespace) -> int:
     results = []
     written = []
     for name in scenarios:
-        result = simulate(name, strategies=strategies, steps=args.steps, n_seeds=args.seeds, seed=args.seed,
-                          delay=args.delay, half_life_s=args.half_life, progress=progress)
+        result = simulate(
+            name,
+            strategies=strategies,
+            steps=args.steps,
+            n_seeds=args.seeds,
+            seed=args.seed,
+            delay=args.delay,
+            half_life_s=args.half_life,
+            progress=progress,
+        )
         results.append(result)
         files = [write_json(result, f"{args.out}/{name}.json")]
         if not args.no_plot:

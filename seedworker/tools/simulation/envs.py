@@ -21,16 +21,16 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 import numpy as np
 
-from seedworker.core.config import RewardSettings
 from seedworker.contract.events import GraftRequested
+from seedworker.core.config import RewardSettings
 from seedworker.core.reward import RewardFunction
 
-START = datetime(2026, 1, 1, tzinfo=timezone.utc)
+START = datetime(2026, 1, 1, tzinfo=UTC)
 STEP_SECONDS = 60.0
 TOTAL_EPOCHS = 100
 
@@ -47,8 +47,14 @@ class Outcome:
     success: bool
 
     def fields(self) -> dict[str, Any]:
-        return {"accuracy_delta": self.accuracy_delta, "loss_delta": self.loss_delta, "latency_ms": self.latency_ms,
-                "memory_mb": self.memory_mb, "throughput": self.throughput, "success": self.success}
+        return {
+            "accuracy_delta": self.accuracy_delta,
+            "loss_delta": self.loss_delta,
+            "latency_ms": self.latency_ms,
+            "memory_mb": self.memory_mb,
+            "throughput": self.throughput,
+            "success": self.success,
+        }
 
 
 @dataclass(slots=True)
@@ -95,8 +101,17 @@ class Environment:
     #: reward settings of the scenario (``RewardSettings`` fields); the runner gives them to every selector
     reward_settings: ClassVar[dict[str, float]] = {}
 
-    def __init__(self, *, n_seeds: int = 8, steps: int = 2000, seed: int = 0, noise: float = 0.01,
-                 start: datetime = START, step_seconds: float = STEP_SECONDS, layer: str = "layer3"):
+    def __init__(
+        self,
+        *,
+        n_seeds: int = 8,
+        steps: int = 2000,
+        seed: int = 0,
+        noise: float = 0.01,
+        start: datetime = START,
+        step_seconds: float = STEP_SECONDS,
+        layer: str = "layer3",
+    ):
         if n_seeds < 2:
             raise ValueError(f"{self.name}: need at least 2 seeds, got {n_seeds}")
         if steps < 1:
@@ -166,14 +181,18 @@ class Environment:
         )
         return Step(t, when, request, context, outcomes, rewards, expected, feasible)
 
-    def expected(self, gain: np.ndarray, p_success: np.ndarray, latency: np.ndarray,
-                 memory: np.ndarray) -> np.ndarray:
+    def expected(self, gain: np.ndarray, p_success: np.ndarray, latency: np.ndarray, memory: np.ndarray) -> np.ndarray:
         fail = self.reward.of(success=False)
-        return np.array([
-            p * self.reward.of(accuracy_delta=g, loss_delta=-1.5 * g, latency_ms=lat, memory_mb=mem,
-                               throughput=_throughput(lat)) + (1.0 - p) * fail
-            for g, p, lat, mem in zip(gain, p_success, latency, memory)
-        ])
+        return np.array(
+            [
+                p
+                * self.reward.of(
+                    accuracy_delta=g, loss_delta=-1.5 * g, latency_ms=lat, memory_mb=mem, throughput=_throughput(lat)
+                )
+                + (1.0 - p) * fail
+                for g, p, lat, mem in zip(gain, p_success, latency, memory)
+            ]
+        )
 
     def _feasible(self, memory: np.ndarray) -> np.ndarray:
         cons = self.constraints()
@@ -201,8 +220,9 @@ class Environment:
             "urgency": float(rng.random()),
         }
 
-    def _draw(self, rng: np.random.Generator, gain: np.ndarray, p_success: np.ndarray, latency: np.ndarray,
-              memory: np.ndarray) -> tuple[Outcome, ...]:
+    def _draw(
+        self, rng: np.random.Generator, gain: np.ndarray, p_success: np.ndarray, latency: np.ndarray, memory: np.ndarray
+    ) -> tuple[Outcome, ...]:
         k = self.n_seeds
         # One fixed-size block of draws per step, so the noise of (step, seed) never depends on anything else.
         z_acc, z_loss, z_lat, z_mem = rng.standard_normal((4, k))
@@ -234,8 +254,9 @@ class Environment:
         return means, b
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(n_seeds={self.n_seeds}, steps={self.steps}, seed={self.seed}, "
-                f"noise={self.noise})")
+        return (
+            f"{type(self).__name__}(n_seeds={self.n_seeds}, steps={self.steps}, seed={self.seed}, noise={self.noise})"
+        )
 
 
 def _throughput(latency_ms: float) -> float:
@@ -281,13 +302,26 @@ class Bernoulli(Environment):
     def _draw(self, rng, gain, p_success, latency, memory):
         # Successful grafts gain a steady amount: the reward is (almost) the success flag.
         out = super()._draw(rng, gain, p_success, latency, memory)
-        return tuple(o if not o.success else Outcome(self.gain + 0.1 * (o.accuracy_delta - self.gain),
-                                                     o.loss_delta, o.latency_ms, o.memory_mb, o.throughput, True)
-                     for o in out)
+        return tuple(
+            o
+            if not o.success
+            else Outcome(
+                self.gain + 0.1 * (o.accuracy_delta - self.gain),
+                o.loss_delta,
+                o.latency_ms,
+                o.memory_mb,
+                o.throughput,
+                True,
+            )
+            for o in out
+        )
 
     def hidden(self):
-        return {"success_probability": _r(self.p_success), "gain_on_success": self.gain,
-                "best_seed": self.seed_ids[self.best]}
+        return {
+            "success_probability": _r(self.p_success),
+            "gain_on_success": self.gain,
+            "best_seed": self.seed_ids[self.best],
+        }
 
 
 class Drifting(Environment):
@@ -332,8 +366,13 @@ class Drifting(Environment):
     def hidden(self):
         best = self.path.argmax(axis=1)
         changes = int((best[1:] != best[:-1]).sum())
-        return {"drift": self.drift, "persistence": self.persistence, "start_mean_gain": _r(self.path[0]),
-                "end_mean_gain": _r(self.path[-1]), "best_seed_changes": changes}
+        return {
+            "drift": self.drift,
+            "persistence": self.persistence,
+            "start_mean_gain": _r(self.path[0]),
+            "end_mean_gain": _r(self.path[-1]),
+            "best_seed_changes": changes,
+        }
 
 
 class ChangePoint(Environment):
@@ -360,8 +399,13 @@ class ChangePoint(Environment):
         return (self.before if t < self.change_at else self.after), self._always(), self.latency, self.memory
 
     def hidden(self):
-        return {"change_at": self.change_at, "mean_gain_before": _r(self.before), "mean_gain_after": _r(self.after),
-                "best_before": self.seed_ids[self.best_before], "best_after": self.seed_ids[self.best_after]}
+        return {
+            "change_at": self.change_at,
+            "mean_gain_before": _r(self.before),
+            "mean_gain_after": _r(self.after),
+            "best_before": self.seed_ids[self.best_before],
+            "best_after": self.seed_ids[self.best_after],
+        }
 
 
 class Contextual(Environment):
@@ -388,8 +432,12 @@ class Contextual(Environment):
         return gain, self._always(), self.latency, self.memory
 
     def hidden(self):
-        return {"base_gain": _r(self.base), "direction_rad": _r(self.angles), "amplitude": self.amplitude,
-                "features": ["urgency", "current_epoch"]}
+        return {
+            "base_gain": _r(self.base),
+            "direction_rad": _r(self.angles),
+            "amplitude": self.amplitude,
+            "features": ["urgency", "current_epoch"],
+        }
 
 
 class Costly(Environment):
@@ -440,10 +488,14 @@ class Costly(Environment):
         return self.gain, np.where(self.over, 0.0, 1.0), self.latency, self.memory
 
     def hidden(self):
-        return {"mean_accuracy_gain": _r(self.gain), "mean_latency_ms": _r(self.latency),
-                "mean_memory_mb": _r(self.memory), "memory_budget_mb": self.budget_mb,
-                "over_budget": [self.seed_ids[j] for j in np.flatnonzero(self.over)],
-                "reward": dict(self.reward_settings)}
+        return {
+            "mean_accuracy_gain": _r(self.gain),
+            "mean_latency_ms": _r(self.latency),
+            "mean_memory_mb": _r(self.memory),
+            "memory_budget_mb": self.budget_mb,
+            "over_budget": [self.seed_ids[j] for j in np.flatnonzero(self.over)],
+            "reward": dict(self.reward_settings),
+        }
 
 
 SCENARIOS: dict[str, type[Environment]] = {

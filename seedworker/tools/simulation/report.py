@@ -6,8 +6,9 @@ byte-identical files. The PNG is drawn with matplotlib's Agg canvas directly, wi
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable, TextIO
+from typing import Any, TextIO
 
 import numpy as np
 import orjson
@@ -29,12 +30,16 @@ def summary_line(result: ScenarioResult) -> str:
         parts.append(f"the best seed changes {h['best_seed_changes']} times")
     if "features" in h:
         top = max(range(result.n_seeds), key=lambda j: result.best_seed_share[j])
-        parts.append(f"the best seed depends on {' and '.join(h['features'])} "
-                     f"(most often {result.seed_ids[top]}: {result.best_seed_share[top]:.0%} of contexts)")
+        parts.append(
+            f"the best seed depends on {' and '.join(h['features'])} "
+            f"(most often {result.seed_ids[top]}: {result.best_seed_share[top]:.0%} of contexts)"
+        )
     if "over_budget" in h:
         best = int(np.bincount(result.best_per_step, minlength=result.n_seeds).argmax())
-        parts.append(f"memory budget {h['memory_budget_mb']:.0f} MB, over it: {', '.join(h['over_budget'])}; "
-                     f"best after costs {result.seed_ids[best]}")
+        parts.append(
+            f"memory budget {h['memory_budget_mb']:.0f} MB, over it: {', '.join(h['over_budget'])}; "
+            f"best after costs {result.seed_ids[best]}"
+        )
     return "; ".join(parts)
 
 
@@ -59,8 +64,14 @@ def format_table(result: ScenarioResult) -> str:
         s = r.results[name]
         label = f"{name} (baseline)" if name == BASELINE else name
         imp = "-" if s.improvement_pct is None else f"{s.improvement_pct:+.1f}%"
-        row = [label, f"{s.mean_reward:.5f}", f"{s.cumulative_regret:.3f}", f"{s.best_share:.1%}",
-               str(len(s.never_tried)), imp]
+        row = [
+            label,
+            f"{s.mean_reward:.5f}",
+            f"{s.cumulative_regret:.3f}",
+            f"{s.best_share:.1%}",
+            str(len(s.never_tried)),
+            imp,
+        ]
         if costly:
             row += [str(s.over_budget_picks), str(s.constraint_violations)]
         rows.append(row)
@@ -111,8 +122,11 @@ def write_png(result: ScenarioResult, path: str | Path) -> Path:
     fig = Figure(figsize=(13, 5.2), layout="constrained")
     FigureCanvasAgg(fig)
     ax_regret, ax_share = fig.subplots(1, 2, width_ratios=(1.15, 1))
-    fig.suptitle(f"seedworker simulate — {r.scenario}: {r.description}\n"
-                 f"{r.n_seeds} seeds, {r.steps} steps, seed {r.seed}, delay {r.delay}", fontsize=10)
+    fig.suptitle(
+        f"seedworker simulate — {r.scenario}: {r.description}\n"
+        f"{r.n_seeds} seeds, {r.steps} steps, seed {r.seed}, delay {r.delay}",
+        fontsize=10,
+    )
 
     steps = np.arange(1, r.steps + 1)
     line_colors = _colors(len(r.strategies), "tab10")
@@ -139,15 +153,15 @@ def write_png(result: ScenarioResult, path: str | Path) -> Path:
     left = np.zeros(len(labels))
     for j in range(r.n_seeds):
         width = np.array([s[j] for s in shares])
-        ax_share.barh(y, width, left=left, color=seed_colors[j], label=r.seed_ids[j], height=0.7,
-                      edgecolor="white", linewidth=0.5)
+        ax_share.barh(
+            y, width, left=left, color=seed_colors[j], label=r.seed_ids[j], height=0.7, edgecolor="white", linewidth=0.5
+        )
         left += width
     ax_share.set_yticks(y, labels, fontsize=8)
     ax_share.set_xlim(0, 1)
     ax_share.set_xlabel("share of selections")
     ax_share.set_title(f"selection share per seed (steps {start + 1}-{r.steps})", fontsize=10)
-    ax_share.legend(fontsize=7, ncols=min(r.n_seeds, 4), loc="upper center", bbox_to_anchor=(0.5, -0.14),
-                    frameon=False)
+    ax_share.legend(fontsize=7, ncols=min(r.n_seeds, 4), loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
     fig.savefig(path, dpi=100, metadata={"Software": None})
     return path
 

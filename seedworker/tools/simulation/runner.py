@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import sys
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from seedworker.core.config import Settings
 from seedworker.contract.events import AdaptationOutcome
+from seedworker.core.config import Settings
 from seedworker.core.policies import STRATEGIES
 from seedworker.core.selector import SeedSelector
 from seedworker.tools.simulation.envs import SCENARIOS, START, Environment, Step, make_env
@@ -237,8 +238,16 @@ def simulate(
     oracle = 0.0
     lag = timedelta(seconds=(delay + 0.5) * env.step_seconds)
 
-    bar = tqdm(total=steps, desc=f"simulate {env.name}", unit="step", disable=not progress, file=sys.stderr,
-               leave=False, delay=0.5, dynamic_ncols=True)
+    bar = tqdm(
+        total=steps,
+        desc=f"simulate {env.name}",
+        unit="step",
+        disable=not progress,
+        file=sys.stderr,
+        leave=False,
+        delay=0.5,
+        dynamic_ncols=True,
+    )
     try:
         for t in range(steps):
             step = env.step(t)
@@ -306,8 +315,16 @@ def simulate(
     )
 
 
-def _decide(run: _Run, step: Step, t: int, k: int, delay: int, lag: timedelta, budget: float | None,
-            events: dict[int, AdaptationOutcome]) -> None:
+def _decide(
+    run: _Run,
+    step: Step,
+    t: int,
+    k: int,
+    delay: int,
+    lag: timedelta,
+    budget: float | None,
+    events: dict[int, AdaptationOutcome],
+) -> None:
     selected = run.selector.select(step.request)
     j = selected.seed_idx
     run.picks[t] = j
