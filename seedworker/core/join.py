@@ -208,17 +208,6 @@ class Join:
             for p, t in watermarks.items():
                 self.watermarks[p] = max(t, self.watermarks.get(p, -math.inf))
 
-    def drop_partitions(self, partitions: Iterable[int]) -> None:
-        """Forget everything of these input partitions (their state is being replaced by a rebuild)."""
-        gone = set(partitions)
-        self.pending = {d: p for d, p in self.pending.items() if p.partition not in gone}
-        self.held = {d: kept for d, hs in self.held.items() if (kept := [h for h in hs if h.partition not in gone])}
-        for p in gone:
-            self.watermarks.pop(p, None)
-            self._deadlines.pop(p, None)
-            self._drops.pop(p, None)
-        self.recent.clear()  # statuses of replaced decisions: the store has them again
-
     def _add_pending(self, selected: SeedSelected, partition: int) -> None:
         self.pending[selected.decision_id] = Pending(selected, partition)
         heapq.heappush(
@@ -247,15 +236,6 @@ class Join:
             self.watermarks[partition] = t
             self._due.add(partition)
             changes.watermark(partition, t)
-
-    def status(self, did: str, known: Mapping[str, Known] | None = None) -> str | None:
-        if did in self.pending:
-            return PENDING
-        r = self.recent.get(did)
-        if r is not None:
-            return r.status
-        k = known.get(did) if known else None
-        return k.status if k is not None else None
 
     # -- decisions -----------------------------------------------------------------------------------------------
     def decision(self, selected: SeedSelected, partition: int, changes: Changes) -> None:

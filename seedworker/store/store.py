@@ -133,9 +133,6 @@ class Store:
         reported and skipped."""
         return await self._all("SELECT blueprint_id, state, partition FROM blueprints")
 
-    async def blueprint_partitions(self) -> dict[str, int]:
-        return dict(await self._all("SELECT blueprint_id, partition FROM blueprints"))
-
     async def pending_decisions(self) -> list[tuple[str, bytes, int]]:
         """(decision id, payload, input partition) of every pending decision."""
         return await self._all("SELECT decision_id, payload, partition FROM decisions WHERE status = 'pending'")
