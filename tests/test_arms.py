@@ -37,21 +37,25 @@ def _outcomes(rng: np.random.Generator, n: int, arms: int, t_span: float = 2000.
     return out
 
 
+def _learn(table: ArmTable, o: dict) -> None:
+    table.learn(
+        o["arm"],
+        reward=o["reward"],
+        success=o["success"],
+        t=o["t"],
+        memory_mb=o["memory_mb"],
+        latency_ms=o["latency_ms"],
+        x=o["x"],
+    )
+
+
 def _table(
     outcomes: list[dict], arms: int, half_life_s: float | None, dim: int = DIM, detect: bool = False
 ) -> ArmTable:
     table = ArmTable(dim=dim, ridge=RIDGE, half_life_s=half_life_s, detect=detect)
     table.rows([f"s{i}" for i in range(arms)])
     for o in outcomes:
-        table.learn(
-            o["arm"],
-            reward=o["reward"],
-            success=o["success"],
-            t=o["t"],
-            memory_mb=o["memory_mb"],
-            latency_ms=o["latency_ms"],
-            x=o["x"],
-        )
+        _learn(table, o)
     return table
 
 
@@ -230,15 +234,7 @@ def test_rows_adds_seeds_and_grows_capacity_preserving_data():
     first = [f"seed-{i}" for i in range(8)]
     assert table.rows(first).tolist() == list(range(8))
     for o in _outcomes(rng, 80, 8):  # every row of the initial capacity holds data
-        table.learn(
-            o["arm"],
-            reward=o["reward"],
-            success=o["success"],
-            t=o["t"],
-            memory_mb=o["memory_mb"],
-            latency_ms=o["latency_ms"],
-            x=o["x"],
-        )
+        _learn(table, o)
     table.select(3, 42.0)
     table.select(7, 43.0)
     assert (table.pulls > 0).all() and len(table.pulls) == 8
@@ -306,15 +302,7 @@ def _filled(h: float | None = 200.0, n_seeds: int = 11) -> ArmTable:
     table = ArmTable(dim=DIM, ridge=RIDGE, half_life_s=h)
     table.rows([f"s{i}" for i in range(n_seeds)])
     for o in _outcomes(rng, 80, n_seeds - 1):  # the last seed stays untried
-        table.learn(
-            o["arm"],
-            reward=o["reward"],
-            success=o["success"],
-            t=o["t"],
-            memory_mb=o["memory_mb"],
-            latency_ms=o["latency_ms"],
-            x=o["x"],
-        )
+        _learn(table, o)
     table.select(1, 5.0)
     return table
 

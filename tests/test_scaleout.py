@@ -26,7 +26,7 @@ from seedworker.core.selector import SeedSelector
 from seedworker.engine.ownership import co_partitioned, own_state_current
 from seedworker.engine.worker import Worker
 from seedworker.store.readers import read_all
-from tests.support import T0, assert_state_equal, outcome
+from tests.support import T0, FlakyBus, assert_state_equal, outcome
 from tests.support import training_request as request
 
 REQUESTS, OUTCOMES, SELECTIONS, CONTROL = "graft.requested", "adaptation.outcome", "seed.selected", "seedworker.control"
@@ -41,17 +41,6 @@ def partition_of(bp: str) -> int:
 
 def gain(s: ev.SeedSelected) -> float:
     return 0.02 * s.seed_idx + (0.05 if s.seed_idx == int(s.blueprint_id[3:]) % 4 else 0.0)
-
-
-class FlakyMember(MemoryBus):
-    """A group member whose broker goes away: ``send`` fails after the batch was stored."""
-
-    fail_sends = False
-
-    async def send(self, messages) -> None:
-        if self.fail_sends:
-            raise BusError("broker gone")
-        await super().send(messages)
 
 
 class Group:
@@ -251,7 +240,7 @@ async def test_stale_unsent_answers_are_dropped_not_published(tmp_path, blueprin
     g = Group(tmp_path)
     await g.create_topics()
     a = await g.join("a", {0, 1})
-    flaky = FlakyMember(topics=g.bus.topics, committed=g.bus.committed, owners=g.bus.owners, clock=g.bus.clock)
+    flaky = FlakyBus(topics=g.bus.topics, committed=g.bus.committed, owners=g.bus.owners, clock=g.bus.clock)
     b = await g.join("b", {2, 3}, bus=flaky)
     try:
         g.requests(range(0, 40))
@@ -288,7 +277,7 @@ async def test_unsent_answers_go_out_when_nobody_took_the_partitions_over(tmp_pa
     g = Group(tmp_path)
     await g.create_topics()
     await g.join("a", {0, 1})
-    flaky = FlakyMember(topics=g.bus.topics, committed=g.bus.committed, owners=g.bus.owners, clock=g.bus.clock)
+    flaky = FlakyBus(topics=g.bus.topics, committed=g.bus.committed, owners=g.bus.owners, clock=g.bus.clock)
     b = await g.join("b", {2, 3}, bus=flaky)
     try:
         g.requests(range(0, 24))

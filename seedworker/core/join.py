@@ -105,9 +105,10 @@ class Discard:
 
     def __init__(self) -> None:
         self.counters: dict[str, int] = {}
+        self.last: Resolution | None = None  # the latest resolution: what the in-process caller is told
 
     def resolve(self, resolution: Resolution) -> None:
-        pass
+        self.last = resolution
 
     def hold(self, held: HeldOutcome) -> None:
         pass

@@ -133,14 +133,13 @@ class SeedSelector:
             outcome = from_dict(outcome, "adaptation.outcome", default_time=default_time)  # type: ignore[assignment]
         did = outcome.resolved_decision_id
         sink = self.join_counters
-        learned = sink.counters.get("outcomes_learned", 0)
-        self.join.advance(0, outcome.occurred_at.timestamp(), sink)
+        sink.last = None
+        # Joined before the clock moves, as in the worker: an outcome the join refuses moves no clock.
         verdict = self.join.outcome(outcome, 0, sink)
+        learned = sink.last if verdict in ("learned", "replaced") else None
+        self.join.advance(0, outcome.occurred_at.timestamp(), sink)
         self.join.expire(sink)
-        reward = None
-        if sink.counters.get("outcomes_learned", 0) > learned:
-            reward = self.reward(outcome)
-        return OutcomeResult("unknown" if verdict == "held" else verdict, did, reward)
+        return OutcomeResult("unknown" if verdict == "held" else verdict, did, learned and learned.reward)
 
     @property
     def pending(self) -> dict[str, SeedSelected]:
