@@ -255,10 +255,10 @@ async def _worker(cfg: dict) -> dict:
                 st.polled([m.timestamp_ms for m in out])
             return out
 
-        async def send(self, messages):
+        async def send(self, messages, *, owner=None):
             t0 = pc()
             msgs = list(messages)
-            await super().send(msgs)
+            await super().send(msgs, owner=owner)
             t1 = pc()
             st.send += t1 - t0
             st.outputs += sum(1 for m in msgs if m.topic == selections)

@@ -331,10 +331,10 @@ class FlakyBus(MemoryBus):
 
     fail_sends = False
 
-    async def send(self, messages) -> None:
+    async def send(self, messages, *, owner=None) -> None:
         if self.fail_sends:
             raise BusError("broker gone")
-        await super().send(messages)
+        await super().send(messages, owner=owner)
 
 
 def history_settings(db, half_life_s: float | None = 600.0) -> Settings:

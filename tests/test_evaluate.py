@@ -59,7 +59,8 @@ async def simulated(
 ):
     env = make_env(scenario, n_seeds=n_seeds, steps=steps, seed=seed, **env_options)
     db = tmp_path / f"{scenario}-{strategy}-{seed}.sqlite"
-    settings = Settings(**(options or {}))
+    # The whole simulated log is evaluated: nothing of it is old enough to prune.
+    settings = Settings(**{"decision_retention_s": 1e9, **(options or {})})
     expected = await write_simulated_log(db, env, strategy=strategy, settings=settings, batch=batch)
     return env, db, expected, settings
 

@@ -159,12 +159,12 @@ class UnreachableBus(MemoryBus):
         super().__init__(**kwargs)
         self.publish = publish
 
-    async def send(self, messages) -> None:
+    async def send(self, messages, *, owner=None) -> None:
         for m in messages:
             if self.publish <= 0:
                 raise BusError("Kafka at memory did not acknowledge 1 message within 60s")
             self.publish -= 1
-            self.produce(m.topic, m.key, m.value, m.headers)
+            self.produce(m.topic, m.key, m.value, m.headers, m.partition)
 
 
 @pytest.mark.parametrize("publish", [0, 7])

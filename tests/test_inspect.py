@@ -10,8 +10,11 @@ import hashlib
 import io
 import math
 import os
+import sqlite3
 import threading
 from argparse import Namespace
+from collections import Counter
+from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,6 +26,7 @@ from seedworker.broker.memory import MemoryBus
 from seedworker.contract import events as ev
 from seedworker.core.config import Settings
 from seedworker.engine.worker import Worker
+from seedworker.store import readers
 from seedworker.store.readers import read_snapshot
 from seedworker.store.rows import Batch
 from seedworker.store.store import Store
@@ -87,7 +91,22 @@ async def test_the_report_agrees_with_the_worker_and_with_the_decisions(tmp_path
     }
     assert report["pending"]["count"] == 9
     assert report["held_outcomes"]["count"] == w.held_outcomes == 1
-    assert report["unsent_outbox"] == {"seed.selected": 3, "seedworker.dlq": 1}
+    # The last batch was not published (run_history's broker went away): its changelog records are behind too.
+    with closing(sqlite3.connect(settings.db)) as db:
+        unsent, kept = readers.unsent(db), [d.row.request_time for d in readers.decisions(db)]
+    changelog = [r.message for r in unsent if r.message.topic == settings.kafka.topics.changelog]
+    assert changelog and report["unsent_outbox"] == {
+        "seed.selected": 3,
+        "seedworker.dlq": 1,
+        settings.kafka.topics.changelog: len(changelog),
+    }
+    assert report["changelog"]["behind"] == {
+        str(p): {"records": n, "oldest_written_at": report["changelog"]["behind"][str(p)]["oldest_written_at"]}
+        for p, n in Counter(m.partition for m in changelog).items()
+    }
+    assert report["changelog"]["complete_partitions"] == [0, 1]
+    assert report["decisions_kept"]["count"] == len(kept)
+    assert report["decisions_kept"]["first_request_time"] == iso(min(kept))
     assert {(o["topic"], o["partition"]): o["next_offset"] for o in report["offsets"]} == w._stored_offsets
     assert {bp: b["strategy"] for bp, b in report["blueprints"].items()} == {
         "bp-eps": "ucb",

@@ -36,7 +36,9 @@ from seedworker.core.config import Settings
 from seedworker.engine import ownership
 from seedworker.engine.processor import Processor
 from seedworker.engine.replay import Replay
+from seedworker.store import readers
 from seedworker.store.readers import read_all
+from seedworker.store.rows import load_state
 from seedworker.store.store import Store
 from tests.support import CTL, DLQ, EXACT_STATE, OUT, REQ, SEL, T0, assert_state_equal
 
@@ -62,7 +64,10 @@ class ProcessorMachine(RuleBasedStateMachine):
             blueprint_strategies={"bp-c": "linucb"},
         )
         self.bus = MemoryBus()
-        self.run(self.bus.ensure_topics({REQ: PARTITIONS, OUT: PARTITIONS, SEL: 2, DLQ: 2, CTL: 1}))
+        changelog = self.settings.kafka.topics.changelog
+        self.run(
+            self.bus.ensure_topics({REQ: PARTITIONS, OUT: PARTITIONS, SEL: 2, DLQ: 2, CTL: 1, changelog: PARTITIONS})
+        )
         self.store = self.run(Store(self.settings.db).open())
         self.processor = self._new_processor()
         self.queue: list[Message] = []
@@ -70,12 +75,16 @@ class ProcessorMachine(RuleBasedStateMachine):
         self.published: list[ev.SeedSelected] = []
         self.outcomes_sent: list[bytes] = []
         self.counters_valid = True
+        self.pruned: set[str] = set()  # decisions deleted as older than decision_retention_s
+        self.pruned_learned = 0  # of which had been learned from
+        self.answers: dict[str, tuple] = {}  # decision id -> its answer, while the decision is kept
 
     def run(self, coro):
         return self.loop.run_until_complete(coro)
 
     def _new_processor(self) -> Processor:
         p = Processor(self.settings, self.store)
+        p.writer = "machine"  # a live worker's processor: its batches carry changelog records
         self.run(p.restore())
         return p
 
@@ -203,11 +212,29 @@ class ProcessorMachine(RuleBasedStateMachine):
     def process(self, n):
         batch, self.queue = self.queue[:n], self.queue[n:]
         b = self.run(self.processor.process(batch))
+        if b.pruned:
+            marks = ",".join("?" * len(b.pruned))
+            con = sqlite3.connect(self.settings.db)
+            try:
+                self.pruned_learned += con.execute(
+                    f"SELECT COUNT(*) FROM decisions WHERE decision_id IN ({marks}) AND (status IN ('resolved', "
+                    "'late') OR (status = 'expired' AND reward IS NOT NULL))",
+                    tuple(b.pruned),
+                ).fetchone()[0]
+            finally:
+                con.close()
+            self.pruned |= set(b.pruned)
         self.run(self.store.write(b))
         for row in b.outbox:  # published, as the worker does once the batch is stored
-            m = self.bus.produce(row.topic, row.key, row.value, row.headers)
+            m = self.bus.produce(row.topic, row.key, row.value, row.headers, row.partition)
             if row.topic == SEL:
-                self.published.append(ev.decode(m.value))  # type: ignore[arg-type]
+                s = ev.decode(m.value)
+                self.published.append(s)  # type: ignore[arg-type]
+                # One answer per decision id for as long as the decision is kept (decision_retention_s).
+                answer = (s.seed_id, s.propensity, s.strategy, s.request_id, s.blueprint_id)  # type: ignore[union-attr]
+                assert self.answers.setdefault(s.decision_id, answer) == answer, s.decision_id  # type: ignore[union-attr]
+        for did in b.pruned:
+            self.answers.pop(did, None)
         self.processed += batch
 
     @rule()
@@ -225,12 +252,44 @@ class ProcessorMachine(RuleBasedStateMachine):
         strategies = {bp: sel.blueprints[bp].strategy for bp in rebuilt.blueprints if bp in sel.blueprints}
         self.run(self.store.write(rebuilt.batch([], strategies)))
         self.processor = self._new_processor()
+        # As the worker does after a rebuild: the partition's whole state goes to its changelog.
+        offsets = self.run(self.store.offsets())
+        for row in self.run(ownership.snapshot(self.processor, self.store, p, offsets, "machine")):
+            self.bus.produce(row.topic, row.key, row.value, row.headers, row.partition)
         self.counters_valid = False  # counters stay what this worker counted; the rows were replaced
+        # The rebuild pruned on its own batch boundaries: the learned decisions no longer kept are the rest.
+        self.pruned_learned = self._pulls() - self._learned_rows()
         after = read_all(self.settings.db)["blueprints"]
         for bp, state in before.items():
             if partition_for(bp.encode(), PARTITIONS) == p and state["arms"]["seed_ids"]:
                 assert bp in after, bp
                 assert_state_equal(after[bp], state, bp, EXACT)
+
+    @precondition(lambda self: not self.queue)
+    @rule(p=st.integers(0, PARTITIONS - 1))
+    def restore_partition_from_changelog(self, p):
+        """The partition's state read back from its changelog (what its next owner restores) is the stored one:
+        blueprints exactly, the same decisions with what became of them, the same held outcomes, offsets."""
+        state = self.run(ownership.read_changelog(self.settings, self.bus, [p]))[p]
+        restored = ownership.from_changelog([state], self.settings.kafka.topics)
+        con = sqlite3.connect(f"file:{self.settings.db}?mode=ro", uri=True)
+        try:
+            stored = [d for d in readers.decisions(con) if d.row.partition == p]
+            held = {e for (e,) in con.execute("SELECT event_id FROM held_outcomes WHERE partition = ?", (p,))}
+            blueprints = {bp: blob for bp, blob in readers.blueprint_states(con, None).items()}
+            parts = dict(con.execute("SELECT blueprint_id, partition FROM blueprints"))
+            offsets = dict(((t, q), o) for t, q, o in con.execute("SELECT topic, partition, next_offset FROM offsets"))
+        finally:
+            con.close()
+        key = lambda d: d.row.decision_id  # noqa: E731
+        assert sorted(restored.decisions, key=key) == sorted(stored, key=key)
+        assert {h.event_id for h in restored.held} == held
+        mine = {bp for bp, q in parts.items() if q == p}
+        assert set(restored.blueprints) == mine
+        for bp in mine:
+            assert_state_equal(load_state(restored.blueprints[bp].state), load_state(blueprints[bp]), bp, EXACT)
+        if state.found:
+            assert restored.offsets == {tp: offsets.get(tp, 0) for tp in restored.offsets}
 
     # -- invariants ----------------------------------------------------------------------------------------------
     def _rows(self, sql: str) -> list[tuple]:
@@ -255,22 +314,22 @@ class ProcessorMachine(RuleBasedStateMachine):
                 assert answered.get((m.partition, m.offset)) == 1, (m.offset, m.value)
 
     @invariant()
-    def one_answer_per_decision(self):
-        seen: dict[str, tuple] = {}
-        for s in self.published:
-            answer = (s.seed_id, s.propensity, s.strategy, s.request_id, s.blueprint_id)
-            assert seen.setdefault(s.decision_id, answer) == answer, s.decision_id
+    def every_kept_answer_is_stored(self):
         stored = {d for (d,) in self._rows("SELECT decision_id FROM decisions")}
-        assert set(seen) <= stored
+        assert set(self.answers) <= stored
 
-    @invariant()
-    def learned_at_most_once(self):
-        learned = self._rows(
+    def _learned_rows(self) -> int:
+        return self._rows(
             "SELECT COUNT(*) FROM decisions WHERE status IN ('resolved', 'late') OR "
             "(status = 'expired' AND reward IS NOT NULL)"
         )[0][0]
-        pulls = sum(int(s["arms"]["pulls"].sum()) for s in read_all(self.settings.db)["blueprints"].values())
-        assert pulls == learned
+
+    def _pulls(self) -> int:
+        return sum(int(s["arms"]["pulls"].sum()) for s in read_all(self.settings.db)["blueprints"].values())
+
+    @invariant()
+    def learned_at_most_once(self):
+        assert self._pulls() == self._learned_rows() + self.pruned_learned
 
     @invariant()
     def every_outcome_accounted_for(self):

@@ -112,7 +112,7 @@ async def db(tmp_path):
 def test_decisions_come_back_in_the_order_written_with_what_became_of_them(db):
     resolved = {r.decision_id: r for r in RESOLUTIONS}
     want = [
-        StoredDecision(d, *(resolved[d.decision_id][1:] if d.decision_id in resolved else ("pending", None, None)))
+        StoredDecision(d, *(resolved[d.decision_id][1:4] if d.decision_id in resolved else ("pending", None, None)))
         for d in DECISIONS
     ]
     assert read_snapshot(db, readers.decisions) == want

@@ -88,7 +88,7 @@ async def test_export_import_export_is_byte_identical_and_keeps_the_state_exact(
     assert doc["watermarks"] and doc["offsets"]
     assert doc["blueprints"]["bp-eps"]["state"]["strategy"] == "ucb"
     assert b'"-Infinity"' in first  # t_ref / last_selected of never-tried seeds
-    assert doc["format_version"] == FORMAT_VERSION and doc["schema_version"] == SCHEMA_VERSION == 2
+    assert doc["format_version"] == FORMAT_VERSION and doc["schema_version"] == SCHEMA_VERSION == 3
 
     target = tmp_path / "moved" / "imported.sqlite"
     await import_snapshot(orjson.loads(first), target)

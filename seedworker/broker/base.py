@@ -1,7 +1,14 @@
 """The message bus contract the engine talks to: Kafka through aiokafka, or an in-memory bus for unit tests and `simulate`.
 
 Both implement the same small contract (``Bus``): start/stop, ensure topics, poll a batch, seek, send a batch and
-wait for the acknowledgements, commit offsets. The engine never sees aiokafka types; `memory.MemoryBus` and `kafka.KafkaBus` implement it.
+wait for the acknowledgements, commit offsets.
+
+**Fencing.** A worker publishes what answers an input partition (its selections, dead letters and changelog records)
+as one atomic unit per batch through that partition's own publisher (``fence(partitions)`` opens them,
+``send(messages, owner=p)`` publishes through one): on Kafka a transactional producer whose transactional.id is
+made of the group and the partition, so the next owner's ``fence`` (``init_transactions``) fences the previous
+one and aborts what it had not committed, and readers with ``isolation.level=read_committed`` never see the
+zombie's records. A fenced publisher raises ``Fenced``. The engine never sees aiokafka types; `memory.MemoryBus` and `kafka.KafkaBus` implement it.
 
 Several workers share the input partitions as one consumer group; partitions every worker must read (the control
 topic) are read outside the group (``broadcast``). A group commit carries the committing worker's id as its
@@ -44,12 +51,22 @@ class Message:
 class Outgoing:
     topic: str
     key: bytes | None
-    value: bytes
+    value: bytes | None  # None: a tombstone (compacted topics)
     headers: Headers = ()
+    partition: int | None = None  # None: by key, as Kafka's default partitioner does
 
 
 class BusError(RuntimeError):
     pass
+
+
+class Fenced(BusError):
+    """Another worker opened the publisher of an input partition since this one did: it owns the partition now, and
+    nothing this worker publishes for it can become visible."""
+
+    def __init__(self, message: str, partition: int):
+        super().__init__(message)
+        self.partition = partition
 
 
 class AuthenticationError(BusError, ConnectionError):
@@ -59,10 +76,14 @@ class AuthenticationError(BusError, ConnectionError):
 class Bus(Protocol):
     async def start(self, topics: list[str], on_assign: OnAssign, on_revoke: OnAssign) -> None: ...
     async def stop(self) -> None: ...
-    async def ensure_topics(self, partitions: dict[str, int]) -> dict[str, int]: ...
+    async def ensure_topics(
+        self, partitions: dict[str, int], configs: dict[str, dict[str, str]] | None = None
+    ) -> dict[str, int]: ...
     async def poll(self, timeout_ms: int, max_records: int) -> list[Message]: ...
     def seek(self, tp: TP, offset: int) -> None: ...
-    async def send(self, messages: Iterable[Outgoing]) -> None: ...
+    async def send(self, messages: Iterable[Outgoing], *, owner: int | None = None) -> None: ...
+    async def fence(self, partitions: list[int]) -> None: ...
+    async def release(self, partitions: list[int]) -> None: ...
     async def commit(self, offsets: dict[TP, int], owner: str = "") -> bool: ...
     async def lag(self) -> dict[TP, int]: ...
     # scale-out: partitions read by every member, committed offsets with their owner, pausing, a group-less reader

@@ -134,8 +134,14 @@ class SeedClient:
         try:
             self._producer = AIOKafkaProducer(**common, acks="all", enable_idempotence=True, linger_ms=1)
             await self._connect("producer", self._producer.start)
+            # read_committed: the worker publishes an input partition's answers in transactions, and a worker that
+            # was fenced (it lost the partition while paused) may have written answers whose transaction aborted.
             self._consumer = AIOKafkaConsumer(
-                **common, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
+                **common,
+                group_id=None,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                isolation_level="read_committed",
             )
             await self._connect("consumer", self._consumer.start)
             # Position on the existing partitions now, before any request can be sent.

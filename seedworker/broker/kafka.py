@@ -1,4 +1,5 @@
-"""The Kafka bus: aiokafka underneath (a consumer in a group, manual commits, an idempotent producer)."""
+"""The Kafka bus: aiokafka underneath (a consumer in a group, manual commits, an idempotent producer, and one
+transactional producer per owned input partition)."""
 
 from __future__ import annotations
 
@@ -14,15 +15,18 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import (
     CommitFailedError,
     IllegalStateError,
+    InvalidProducerEpoch,
     KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
     OutOfOrderSequenceNumber,
+    ProducerFenced,
     TopicAlreadyExistsError,
+    TransactionalIdAuthorizationFailed,
 )
 
 from seedworker.broker.aiokafka_internals import pace_metadata_updates
-from seedworker.broker.base import TP, AuthenticationError, BusError, Committed, Message, OnAssign, Outgoing
+from seedworker.broker.base import TP, AuthenticationError, BusError, Committed, Fenced, Message, OnAssign, Outgoing
 from seedworker.broker.security import client_options, describe, refusal, refusal_reason
 from seedworker.core.config import KafkaSettings
 
@@ -36,6 +40,13 @@ class KafkaBus:
     is acknowledged, sending again what the producer gave up on, until ``connect_timeout_s`` passes without any
     acknowledgement (then BusError; the worker's outbox still has the messages). ``producer_options`` go to
     AIOKafkaProducer as they are (tests shorten ``request_timeout_ms`` with it).
+
+    ``fence(partitions)`` starts a transactional producer per input partition, transactional.id
+    ``<group>-<partition>`` (Kafka Streams' first exactly-once design: a producer per task), and waits for its
+    producer id: the broker has then fenced the partition's previous owner and aborted its open transaction.
+    ``send(messages, owner=p)`` publishes them in one transaction of that producer. A fenced producer is never
+    initialised again behind the caller's back (that would fence the partition's rightful new owner): the error
+    is raised as ``Fenced`` and only a new assignment fences again.
     """
 
     def __init__(self, settings: KafkaSettings, *, producer_options: dict | None = None):
@@ -48,6 +59,7 @@ class KafkaBus:
         self._broadcast_offsets: dict[TP, int] = {}
         self._broadcast = None  # a group-less consumer of the partitions every member reads
         self._admin = None  # reads the group's committed offsets with their metadata
+        self._owned: dict[int, AIOKafkaProducer] = {}  # input partition -> its transactional producer
 
     def _common(self) -> dict:
         s = self.settings
@@ -86,15 +98,18 @@ class KafkaBus:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def ensure_topics(self, partitions: dict[str, int]) -> dict[str, int]:
-        """Create missing topics; return the partition count of every topic asked for."""
+    async def ensure_topics(
+        self, partitions: dict[str, int], configs: dict[str, dict[str, str]] | None = None
+    ) -> dict[str, int]:
+        """Create missing topics (with ``configs[name]`` as their topic configuration); return the partition count of
+        every topic asked for."""
 
         admin = AIOKafkaAdminClient(**self._common())
         await self._retry("the admin client", admin.start)
         try:
             existing = await self._describe(admin, list(partitions))
             missing = [
-                NewTopic(name, n, self.settings.replication_factor)
+                NewTopic(name, n, self.settings.replication_factor, topic_configs=(configs or {}).get(name, {}))
                 for name, n in partitions.items()
                 if name not in existing
             ]
@@ -172,7 +187,7 @@ class KafkaBus:
         offsets."""
         self._broadcast_offsets = dict(offsets)
 
-    def _new_producer(self):
+    def _new_producer(self, **options):
 
         # A batch of decisions is ~2 KB each and sent at once: with the default 16 KB producer batches a 500-event
         # batch becomes ~70 produce requests in turn; 512 KB batches make it a few.
@@ -185,6 +200,7 @@ class KafkaBus:
                 "max_batch_size": 512 * 1024,
                 "max_request_size": self.settings.max_request_size,
                 **self.producer_options,
+                **options,
             }
         )
         # Only through aiokafka's private client API (see seedworker.broker.aiokafka_internals).
@@ -192,6 +208,7 @@ class KafkaBus:
         return producer
 
     async def stop(self) -> None:
+        await self.release(list(self._owned))
         for client in (self._consumer, self._broadcast, self._producer):
             if client is not None:
                 try:
@@ -257,6 +274,8 @@ class KafkaBus:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
+            # Only what committed transactions published: never the records of a fenced worker's aborted batch.
+            isolation_level="read_committed",
         )
         await self._retry("a reader", consumer.start)
         try:
@@ -264,7 +283,81 @@ class KafkaBus:
         finally:
             await consumer.stop()
 
-    async def send(self, messages: Iterable[Outgoing]) -> None:
+    def transactional_id(self, partition: int) -> str:
+        return f"{self.settings.group_id}-{partition}"
+
+    async def fence(self, partitions: list[int]) -> None:
+        """Become the only publisher for these input partitions (see the class docstring)."""
+        for p in partitions:
+            if p in self._owned:
+                continue
+            tid = self.transactional_id(p)
+            producer = self._new_producer(transactional_id=tid)
+            await self._retry(f"the transactional producer {tid!r}", producer.start)
+            try:
+                # begin waits for the producer id (InitProducerId): once it is there the broker has bumped the
+                # epoch of this transactional.id, fencing whoever had it, and finished that owner's open
+                # transaction (aborted). The empty transaction commits without a request.
+                await asyncio.wait_for(producer.begin_transaction(), self.settings.connect_timeout_s)
+                await producer.commit_transaction()
+            except BaseException as exc:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(producer.stop(), 10.0)
+                if isinstance(exc, TimeoutError):
+                    raise BusError(
+                        f"Kafka at {self.settings.bootstrap_servers} gave no producer id to {tid!r} within "
+                        f"{self.settings.connect_timeout_s:g}s"
+                    ) from exc
+                raise
+            self._owned[p] = producer
+
+    async def release(self, partitions: list[int]) -> None:
+        """Stop the transactional producers of partitions this worker no longer owns."""
+        for p in partitions:
+            producer = self._owned.pop(p, None)
+            if producer is not None:
+                try:
+                    await asyncio.wait_for(producer.stop(), 10.0)
+                except (TimeoutError, Exception) as exc:
+                    log.warning("error while closing the producer of partition %d: %r", p, exc)
+
+    async def send(self, messages: Iterable[Outgoing], *, owner: int | None = None) -> None:
+        """Return once Kafka acknowledged every message; ``owner``: in one transaction of that input partition's
+        producer (``fence``)."""
+        if owner is not None:
+            return await self._send_transaction(list(messages), owner)
+        return await self._send_idempotent(messages)
+
+    async def _send_transaction(self, messages: list[Outgoing], p: int) -> None:
+        producer = self._owned.get(p)
+        if producer is None:
+            raise BusError(f"input partition {p} is not fenced by this worker: it cannot publish for it")
+        limit = self.settings.connect_timeout_s
+        try:
+            async with producer.transaction():
+                futures = [
+                    await producer.send(m.topic, m.value, key=m.key, headers=list(m.headers), partition=m.partition)
+                    for m in messages
+                ]
+                if futures:
+                    await asyncio.wait_for(asyncio.gather(*futures), limit)
+        except (ProducerFenced, InvalidProducerEpoch, TransactionalIdAuthorizationFailed) as exc:
+            self._owned.pop(p, None)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.stop(), 10.0)
+            raise Fenced(
+                f"the producer of input partition {p} ({self.transactional_id(p)!r}) was fenced: another worker "
+                f"took the partition over (or this one paused longer than the transaction timeout); nothing of this "
+                f"batch for it became visible ({exc!r})",
+                p,
+            ) from exc
+        except (KafkaError, TimeoutError) as exc:
+            raise BusError(
+                f"Kafka at {self.settings.bootstrap_servers} did not commit the transaction of {len(messages)} "
+                f"messages for input partition {p} within {limit:g}s: {exc!r}"
+            ) from exc
+
+    async def _send_idempotent(self, messages: Iterable[Outgoing]) -> None:
         """Return once Kafka acknowledged every message.
 
         While the broker is away the idempotent producer keeps retrying, and we wait. It gives up on a message
@@ -286,7 +379,11 @@ class KafkaBus:
             error: BaseException | None = None
             try:
                 for m in pending:
-                    futures.append(await self._producer.send(m.topic, m.value, key=m.key, headers=list(m.headers)))
+                    futures.append(
+                        await self._producer.send(
+                            m.topic, m.value, key=m.key, headers=list(m.headers), partition=m.partition
+                        )
+                    )
             except KafkaError as exc:  # no metadata for the topic, or the buffer stayed full, for request_timeout_ms
                 error = exc
             if futures:

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from seedworker.broker.base import TP, Committed, Headers, Message, OnAssign, Outgoing, partition_for
+from seedworker.broker.base import TP, Committed, Fenced, Headers, Message, OnAssign, Outgoing, partition_for
 
 
 class RecordClock:
@@ -35,7 +35,11 @@ class MemoryBus:
     One MemoryBus is one member of the group. ``member()`` is another member reading the same topics and committing to
     the same group; ``assign(partitions)`` hands a member other partitions the way Kafka's eager rebalance does (all
     of its partitions revoked, then the new ones assigned). A record's timestamp is the wall clock in milliseconds,
-    as a producer's CreateTime, kept strictly increasing across the group so it also gives the produce order."""
+    as a producer's CreateTime, kept strictly increasing across the group so it also gives the produce order.
+
+    Fencing as Kafka's transactional producers do it: ``fence(partitions)`` makes this member the only one that may
+    publish for those input partitions (``send(..., owner=p)``); a member fenced since raises ``Fenced`` and
+    publishes nothing of that call. ``delete_records`` is what retention does: the partition starts later."""
 
     topics: dict[str, list[list[Message]]] = field(default_factory=dict)
     committed: dict[TP, int] = field(default_factory=dict)
@@ -47,6 +51,10 @@ class MemoryBus:
     _broadcast: list[TP] = field(default_factory=list)
     _paused: set[TP] = field(default_factory=set)
     _listeners: tuple = ()
+    # input partition -> the member (id) that fenced it last: shared by the members of the group, like the broker's
+    # transaction coordinator
+    fenced: dict[int, int] = field(default_factory=dict)
+    starts: dict[TP, int] = field(default_factory=dict)  # first offset kept per partition (retention)
 
     def member(self, assignment: Iterable[int] | None = None) -> MemoryBus:
         """Another consumer in this group, on the same topics."""
@@ -55,6 +63,8 @@ class MemoryBus:
             committed=self.committed,
             owners=self.owners,
             clock=self.clock,
+            fenced=self.fenced,
+            starts=self.starts,
             assignment=None if assignment is None else set(assignment),
         )
 
@@ -92,14 +102,18 @@ class MemoryBus:
         self._subscribed = []
         self._broadcast = []
 
-    async def ensure_topics(self, partitions: dict[str, int]) -> dict[str, int]:
+    async def ensure_topics(
+        self, partitions: dict[str, int], configs: dict[str, dict[str, str]] | None = None
+    ) -> dict[str, int]:
         for name, n in partitions.items():
             self.topics.setdefault(name, [[] for _ in range(n)])
         return {name: len(parts) for name, parts in self.topics.items()}
 
-    def produce(self, topic: str, key: bytes | None, value: bytes, headers: Headers = ()) -> Message:
+    def produce(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: Headers = (), partition: int | None = None
+    ) -> Message:
         parts = self.topics.setdefault(topic, [[]])
-        p = partition_for(key, len(parts))
+        p = partition_for(key, len(parts)) if partition is None else partition
         msg = Message(topic, p, len(parts[p]), key, value, headers, next(self.clock))
         parts[p].append(msg)
         return msg
@@ -110,7 +124,7 @@ class MemoryBus:
             if (t, p) in self._paused:
                 continue
             part = self.topics[t][p]
-            pos = self._positions.get((t, p), 0)
+            pos = max(self._positions.get((t, p), 0), self.starts.get((t, p), 0))
             take = part[pos : pos + max_records - len(out)]
             out.extend(take)
             self._positions[(t, p)] = pos + len(take)
@@ -127,9 +141,23 @@ class MemoryBus:
     def resume(self, tps: list[TP]) -> None:
         self._paused.difference_update(tps)
 
-    async def send(self, messages: Iterable[Outgoing]) -> None:
-        for m in messages:
-            self.produce(m.topic, m.key, m.value, m.headers)
+    async def send(self, messages: Iterable[Outgoing], *, owner: int | None = None) -> None:
+        batch = list(messages)  # all or nothing, as a transaction
+        if owner is not None and self.fenced.get(owner) != id(self):
+            raise Fenced(f"input partition {owner} was fenced by another member of the group", owner)
+        for m in batch:
+            self.produce(m.topic, m.key, m.value, m.headers, m.partition)
+
+    async def fence(self, partitions: list[int]) -> None:
+        for p in partitions:
+            self.fenced[p] = id(self)
+
+    async def release(self, partitions: list[int]) -> None:
+        pass  # the fence stays until another member takes it, as a transactional id's epoch does
+
+    def delete_records(self, tp: TP, before: int) -> None:
+        """Retention: the records of ``tp`` before offset ``before`` are gone."""
+        self.starts[tp] = max(self.starts.get(tp, 0), before)
 
     async def commit(self, offsets: dict[TP, int], owner: str = "") -> bool:
         self.committed.update(offsets)
@@ -179,7 +207,7 @@ class _MemoryReader:
         self._positions = dict.fromkeys(tps, 0)
 
     async def beginning_offsets(self, tps) -> dict:
-        return dict.fromkeys(tps, 0)
+        return {tp: self.bus.starts.get((tp[0], tp[1]), 0) for tp in tps}
 
     async def end_offsets(self, tps) -> dict:
         return {tp: len(self._part(tp)) for tp in tps}
@@ -193,7 +221,7 @@ class _MemoryReader:
     async def getmany(self, *tps, timeout_ms: int = 0, max_records: int = 500) -> dict:
         out = {}
         for tp in tps:
-            pos = self._positions[tp]
+            pos = max(self._positions[tp], self.bus.starts.get((tp[0], tp[1]), 0))
             records = [
                 _Record(m.topic, m.partition, m.offset, m.timestamp_ms, m.key, m.value, m.headers)
                 for m in self._part(tp)[pos : pos + max_records]

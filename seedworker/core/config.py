@@ -80,6 +80,8 @@ class Topics(_Section):
     selections: str = topics.SELECTIONS
     dead_letters: str = topics.DEAD_LETTERS
     control: str = topics.CONTROL
+    # Default: "<group_id>-changelog" (the Kafka Streams convention): the state of one consumer group's workers.
+    changelog: str = ""
 
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
@@ -120,6 +122,14 @@ class KafkaSettings(_Section):
     @classmethod
     def _upper_case(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _changelog_of_the_group(self) -> KafkaSettings:
+        if not self.topics.changelog:
+            # object.__setattr__: an assignment would validate this model again from inside its own validator.
+            named = self.topics.model_copy(update={"changelog": f"{self.group_id}{topics.CHANGELOG_SUFFIX}"})
+            object.__setattr__(self, "topics", named)
+        return self
 
     @model_validator(mode="after")
     def _security_consistent(self) -> KafkaSettings:
@@ -208,6 +218,12 @@ class Settings(BaseSettings):
     log_format: Literal["plain", "json"] = "plain"
     db: str = "var/seedworker.sqlite"
     dedup_window: int = Field(default=100_000, ge=1)
+    # How long (event time, per input partition) a resolved decision is kept, in SQLite and in the changelog: a
+    # retried request is recognised and answered again byte for byte, and a late or duplicate outcome is matched to
+    # its decision, within this window; older decisions are deleted in the batch transaction, so the store holds a
+    # day of decisions however long it runs. A day covers Tamiyo's retries (seconds) and join.reward_wait_s (an hour)
+    # with room to spare; `seedworker export` keeps history elsewhere.
+    decision_retention_s: float = Field(default=86_400.0, gt=0, description="how long resolved decisions are kept")
 
     @model_validator(mode="after")
     def _strategies_exist(self) -> Settings:
@@ -224,6 +240,11 @@ class Settings(BaseSettings):
             make_policy(name, options)
         if self.join.default_reward is not None and self.detects_changes:
             raise ValueError(f"join.default_reward: {_DEFAULT_WITH_DETECTION}")
+        if self.decision_retention_s < self.join.reward_wait_s:
+            raise ValueError(
+                f"decision_retention_s ({self.decision_retention_s:g}) must be at least join.reward_wait_s "
+                f"({self.join.reward_wait_s:g}): a decision is kept at least until its outcome can no longer come"
+            )
         return self
 
     def strategy_problem(self, name: str) -> str | None:

@@ -63,6 +63,7 @@ class Resolution(NamedTuple):
     status: str
     reward: float | None
     outcome_time: float | None
+    partition: int = -1  # the decision's input partition
 
 
 class HeldOutcome(NamedTuple):
@@ -94,7 +95,7 @@ class Changes(Protocol):
     def resolve(self, resolution: Resolution) -> None: ...
     def hold(self, held: HeldOutcome) -> None: ...
     def reject(self, held: HeldOutcome, reason: str) -> None: ...
-    def release(self, event_id: str) -> None: ...
+    def release(self, event_id: str, partition: int) -> None: ...
     def count(self, name: str, n: int = 1) -> None: ...
     def touch(self, blueprint_id: str, partition: int) -> None: ...
     def watermark(self, partition: int, t: float) -> None: ...
@@ -116,7 +117,7 @@ class Discard:
     def reject(self, held: HeldOutcome, reason: str) -> None:
         self.count("dead_letters")
 
-    def release(self, event_id: str) -> None:
+    def release(self, event_id: str, partition: int) -> None:
         pass
 
     def count(self, name: str, n: int = 1) -> None:
@@ -245,7 +246,7 @@ class Join:
         self._add_pending(selected, partition)
         changes.touch(selected.blueprint_id, partition)
         for h in self.held.pop(selected.decision_id, ()):
-            changes.release(h.event_id)
+            changes.release(h.event_id, h.partition)
             try:
                 self.outcome(h.outcome, h.partition, changes)
             except JoinError as exc:
@@ -326,7 +327,7 @@ class Join:
                 self.learner.forget_reward(selected, default, request_time(selected))
                 changes.touch(selected.blueprint_id, partition)
             self.pending.pop(did, None)
-            changes.resolve(Resolution(did, MISMATCHED, None, t))
+            changes.resolve(Resolution(did, MISMATCHED, None, t, partition))
             self._remember(did, _Recent(MISMATCHED, selected, None, partition))
             return "mismatched"
         on_time = t - request_time(selected) <= self.rules.reward_wait_s
@@ -338,7 +339,7 @@ class Join:
         reward = self.learner.learn(selected, outcome)
         self.pending.pop(did, None)
         new = RESOLVED if on_time else LATE
-        changes.resolve(Resolution(did, new, reward, t))
+        changes.resolve(Resolution(did, new, reward, t, partition))
         changes.touch(selected.blueprint_id, partition)
         changes.count("outcomes_learned")
         if not on_time:
@@ -363,7 +364,7 @@ class Join:
                 if rules.default_reward is not None:
                     reward = self.learner.learn_reward(p.selected, rules.default_reward, request_time(p.selected))
                     changes.touch(p.selected.blueprint_id, part)
-                changes.resolve(Resolution(did, EXPIRED, reward, None))
+                changes.resolve(Resolution(did, EXPIRED, reward, None, part))
                 changes.count("expired_decisions")
                 self._remember(did, _Recent(EXPIRED, p.selected, reward, part))
             drops = self._drops.get(part, [])
@@ -379,6 +380,6 @@ class Join:
                     self.held[did] = kept
                 else:
                     del self.held[did]
-                changes.release(event_id)
+                changes.release(event_id, part)
                 changes.count("dangling_outcomes")
         self._due.clear()

@@ -60,8 +60,10 @@ from seedworker.contract import events as ev
 from seedworker.contract import headers as hdr
 from seedworker.core.config import Settings, Topics
 from seedworker.core.join import HeldOutcome, Resolution
+from seedworker.engine.processor import Processor
 from seedworker.engine.replay import Replay, Span, merged
-from seedworker.store.rows import Batch, BlueprintRow, StoredDecision, dump_state, load_state
+from seedworker.store import changelog
+from seedworker.store.rows import Batch, BlueprintRow, OutboxRow, StoredDecision, dump_state, load_state
 from seedworker.store.store import Store
 
 log = logging.getLogger("seedworker.engine.ownership")
@@ -80,10 +82,12 @@ def co_partitioned(tps: Iterable[TP], topics: Topics) -> list[int]:
     return sorted(requests)
 
 
-def answered_partition(topic: str, headers: Headers, topics: Topics) -> int | None:
+def answered_partition(topic: str, headers: Headers, topics: Topics, partition: int | None = None) -> int | None:
     """The input partition a published record answers: a selection's request partition, a dead letter's source
-    partition when it came from an input topic; None for anything else (a dead letter of the control topic, a
-    selection without the header)."""
+    partition when it came from an input topic, a changelog record's own ``partition``; None for anything else (a
+    dead letter of the control topic, a selection without the header)."""
+    if topic == topics.changelog:
+        return partition
     if topic == topics.selections:
         return hdr.int_value(headers, hdr.SOURCE_PARTITION)
     if topic == topics.dead_letters and hdr.value(headers, hdr.DLQ_TOPIC) in (topics.requests, topics.outcomes):
@@ -160,9 +164,15 @@ async def rebuild(
     offsets not to go below (the group's committed ones: whatever lies before them was processed)."""
     t = settings.kafka.topics
     wanted = sorted(set(partitions))
+
+    def parts_of(topic: str) -> list[int]:
+        # An output topic aligned with the inputs has what answers input partition p in its partition p (the
+        # worker sends it there); otherwise it went by key, to any partition.
+        return wanted if counts[topic] == counts[t.requests] else list(range(counts[topic]))
+
     tps = (
-        [TopicPartition(t.selections, q) for q in range(counts[t.selections])]
-        + [TopicPartition(t.dead_letters, q) for q in range(counts[t.dead_letters])]
+        [TopicPartition(t.selections, q) for q in parts_of(t.selections)]
+        + [TopicPartition(t.dead_letters, q) for q in parts_of(t.dead_letters)]
         + [TopicPartition(t.outcomes, p) for p in wanted]
     )
     records = 0
@@ -208,4 +218,66 @@ async def rebuild(
         offsets=offsets,
         records=records,
         complete=not gaps,
+    )
+
+
+async def read_changelog(
+    settings: Settings, bus: Bus, partitions: Iterable[int]
+) -> dict[int, changelog.PartitionState]:
+    """The changelog's state of each of ``partitions`` (read_committed: only what committed batches published)."""
+    topic = settings.kafka.topics.changelog
+    tps = [TopicPartition(topic, p) for p in sorted(set(partitions))]
+    records: dict[int, list[tuple[bytes | None, bytes | None]]] = {tp.partition: [] for tp in tps}
+    async with bus.reader() as reader:
+        reader.assign(tps)
+        first, end = await reader.beginning_offsets(tps), await reader.end_offsets(tps)
+        spans = [Span(tp.topic, tp.partition, first[tp], end[tp], first[tp]) for tp in tps]
+        async for m in merged(reader, spans, {topic: 0}):
+            records[m.partition].append((m.key, m.value))
+    return {p: changelog.fold(p, rs) for p, rs in records.items()}
+
+
+def from_changelog(states: list[changelog.PartitionState], topics: Topics) -> Rebuilt:
+    """Partitions' state as their changelog has it, in the shape of a rebuild (one transaction replaces them)."""
+    out = Rebuilt(
+        partitions=[s.partition for s in states],
+        blueprints={},
+        decisions=[],
+        held=[],
+        watermarks={},
+        offsets={},
+        records=sum(s.records for s in states),
+        complete=True,
+    )
+    for s in states:
+        out.blueprints.update(s.blueprints)
+        out.decisions += s.decisions
+        out.held += s.held
+        if s.watermark is not None:
+            out.watermarks[s.partition] = s.watermark
+        offsets = s.offsets or {}
+        out.offsets[(topics.requests, s.partition)] = offsets.get("requests", 0)
+        out.offsets[(topics.outcomes, s.partition)] = offsets.get("outcomes", 0)
+    return out
+
+
+async def snapshot(processor: Processor, store: Store, p: int, offsets: dict[TP, int], writer: str) -> list[OutboxRow]:
+    """Input partition ``p``'s whole state (the processor's, just restored from ``store``) as changelog records:
+    what a worker publishes for a partition whose changelog it has neither read nor written from the start."""
+    t = processor.topics
+    join = processor.join
+    return changelog.snapshot_records(
+        t.changelog,
+        p,
+        blueprints={
+            bp_id: BlueprintRow(dump_state(bp.to_dict()), bp.version, p)
+            for bp_id, bp in processor.selector.blueprints.items()
+            if processor.partitions.get(bp_id) == p
+        },
+        decisions=await store.decisions([p]),
+        held=[h for hs in join.held.values() for h in hs if h.partition == p],
+        watermark=join.watermarks.get(p),
+        offsets=offsets,
+        writer=writer,
+        input_topics=(t.requests, t.outcomes),
     )

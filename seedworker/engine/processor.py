@@ -10,7 +10,10 @@ For each record, in order:
    before it is stored (an answer too large to publish dead-letters its request); an outcome goes to the reward join
    (seedworker.core.join); a strategy switch changes the strategy; in a replay, a logged selection stands in for its
    request;
-3. at the end, decisions and held outcomes whose time has passed expire, per input partition.
+3. at the end, decisions and held outcomes whose time has passed expire, per input partition, and resolved
+   decisions older than ``decision_retention_s`` (event time) are pruned;
+4. a live worker's batch also carries its changelog records (seedworker.store.changelog): what it changed of each
+   input partition's state, ending with the partition's offsets.
 
 Every record either changes the state or becomes a dead letter with its reason. An exception while handling one
 record dead-letters that record, naming the exception, and the batch goes on: the in-memory state is read back from
@@ -35,6 +38,7 @@ from seedworker.contract import headers as hdr
 from seedworker.core.config import Settings
 from seedworker.core.join import HeldOutcome, JoinError, Known, Pending
 from seedworker.core.selector import BlueprintState, SeedSelector
+from seedworker.store import changelog
 from seedworker.store.rows import Batch, BlueprintRow, DecisionRow, OutboxRow, dump_state, load_state
 from seedworker.store.store import Store
 
@@ -78,7 +82,11 @@ class Processor:
 
     ``replay=True``: the records are logged ones (seed.selected in place of graft.requested); nothing is published
     (dead letters are counted, not produced again). ``on_resent(message, batch)`` is called for a logged selection
-    whose decision is already known (a re-sent copy)."""
+    whose decision is already known (a re-sent copy).
+
+    ``writer``: the worker's id, set by a live worker: its batches then carry changelog records. ``aligned``: the
+    output topics with as many partitions as the inputs; what answers input partition p goes to their partition p
+    (so a partition's rebuild reads one partition of each)."""
 
     def __init__(
         self,
@@ -100,6 +108,9 @@ class Processor:
         self.selector = SeedSelector(settings)
         self.partitions: dict[str, int] = {}  # blueprint -> its input partition (-1: not known yet)
         self.unreadable_selections = 0  # replay: logged selections that could not be read (skipped)
+        self.writer: str | None = None
+        self.offsets: dict[tuple[str, int], int] = {}  # the store's consumed offsets (the changelog's "o" records)
+        self.aligned: frozenset[str] = frozenset()
         t = self.topics
         self._expected = {
             t.requests: ev.GRAFT_REQUESTED,
@@ -170,6 +181,7 @@ class Processor:
             log.error("stored row skipped: %s", problem)
         self.selector = selector
         self.partitions = partitions
+        self.offsets = await s.offsets()
         return out
 
     # -- one batch -----------------------------------------------------------------------------------------------
@@ -239,7 +251,25 @@ class Processor:
                 self.partitions[bp_id] = partition
             bp = self.selector.blueprints[bp_id]
             b.blueprints[bp_id] = BlueprintRow(dump_state(bp.to_dict()), bp.version, self.partitions.get(bp_id, -1))
+        await self._prune(b)
+        if self.writer is not None and not self.replay:
+            t = self.topics
+            b.outbox += changelog.batch_records(
+                t.changelog, b, self.writer, (t.requests, t.outcomes), {**self.offsets, **b.offsets}
+            )
+        self.offsets.update(b.offsets)
         return b, unreadable
+
+    async def _prune(self, b: Batch) -> None:
+        """Resolved decisions of the partitions whose clock moved, older than decision_retention_s (event time):
+        deleted in this batch. The decisions this batch resolves are still pending in the store: a later batch
+        prunes them."""
+        keep = self.settings.decision_retention_s
+        for p in b.watermarks:
+            for did in await self.store.aged_decisions(p, self.join.watermarks[p] - keep):
+                b.pruned[did] = p
+        if b.pruned:
+            b.count("pruned_decisions", len(b.pruned))
 
     # -- decoding ------------------------------------------------------------------------------------------------
     def _decode(self, m: Message) -> ev.Envelope:
@@ -313,6 +343,7 @@ class Processor:
                         trace_id=selected.trace_id,
                         source=(m.partition, m.offset),
                     ),
+                    self._to(m, "selections"),
                 )
             )
             b.count("duplicate_requests")
@@ -345,15 +376,24 @@ class Processor:
             self.observe_selection(time.perf_counter() - t0)
         self._record_decision(selected, payload, m.partition, b)
         answers[did] = selected, payload
-        b.outbox.append(OutboxRow(self.topics.selections, req.blueprint_id.encode(), payload, headers))
+        b.outbox.append(
+            OutboxRow(self.topics.selections, req.blueprint_id.encode(), payload, headers, self._to(m, "selections"))
+        )
 
     def _on_selection(self, m: Message, selected: ev.SeedSelected, b: Batch, answers, known) -> None:
         """A logged decision (replay), folded in as the worker folded it when it decided, once per decision id."""
         did = selected.decision_id
         if did in answers or did in known:
-            if self.on_resent is not None:
-                self.on_resent(m, b)
-            return
+            before = answers[did][1] if did in answers else known[did].payload
+            # Every copy of one decision is byte for byte the same (a re-sent outbox row, a retried request's stored
+            # answer); other bytes under a known id are a new decision that the worker made after it had pruned the
+            # earlier one (a request id is recognised for decision_retention_s), and the replay does the same.
+            if m.value == before:
+                if self.on_resent is not None:
+                    self.on_resent(m, b)
+                return
+            b.pruned[did] = -1 if did in answers else known[did].partition
+            answers.pop(did, None)
         partition = hdr.int_value(m.headers, hdr.SOURCE_PARTITION)
         warm_start = hdr.value(m.headers, hdr.WARM_START)
         if warm_start is not None:
@@ -397,6 +437,11 @@ class Processor:
         b.count("strategy_switches")
         log.info("strategy switched to %s for %s", sw.strategy, sw.blueprint_id or "the default")
 
+    def _to(self, m: Message, output: str) -> int | None:
+        """The partition of an output topic for what answers input record ``m``: the same number when the topic is
+        aligned with the inputs, else by key."""
+        return m.partition if getattr(self.topics, output) in self.aligned else None
+
     def _dead_letter(self, m: Message, reason: str, b: Batch) -> None:
         b.count("dead_letters")
         if self.replay:
@@ -409,6 +454,7 @@ class Processor:
                 m.key,
                 m.value or b"",
                 hdr.dead_letter(m.headers, reason=reason, topic=m.topic, partition=m.partition, offset=m.offset),
+                self._to(m, "dead_letters") if m.topic in (self.topics.requests, self.topics.outcomes) else None,
             )
         )
         log.warning(

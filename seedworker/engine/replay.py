@@ -385,6 +385,7 @@ async def replay(
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        isolation_level="read_committed",  # the decision log as readers see it: no aborted (fenced) batch
         **client_options(k),
     )
     try:

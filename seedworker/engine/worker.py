@@ -6,8 +6,9 @@ records into one batch of changes. Per poll:
 1. the processor decodes, checks, decides, joins and expires (bad records become dead letters);
 2. ONE SQLite transaction stores the decisions, the outbox rows (selections and dead letters), the outcome
    resolutions, the changed blueprint states, the watermarks, the counters and the consumed offsets;
-3. the outbox rows are published (idempotent producer, acks=all) and, acknowledged, deleted from the outbox in the
-   next transaction;
+3. the outbox rows are published, those answering an input partition (selections, dead letters, changelog
+   records) in one Kafka transaction per partition of that partition's own producer, which the partition's next
+   owner fences; acknowledged, they are deleted from the outbox in the next transaction;
 4. Kafka's group commit follows, for lag monitoring only: the offsets in SQLite are the truth the consumer seeks to.
 
 A crash before (2) leaves no trace and the batch is consumed again, giving the same decisions (the same request
@@ -15,8 +16,11 @@ against the same state draws from the same seeded generator). A crash after (2) 
 their partition is assigned again, byte for byte. So no outcome is learned twice and no request goes unanswered.
 
 Several workers, each with its own store, share the input partitions as one consumer group: on assignment a worker
-goes on from its own state of a partition when that state is current, and rebuilds it from the topics otherwise
-(seedworker.engine.ownership). Every worker reads the whole control topic itself.
+first fences the partition's previous owner, then goes on from its own state of a partition when that state is
+current, and otherwise restores it from the changelog (seedworker.store.changelog), or rebuilds it from the
+decision log when there is no changelog (seedworker.engine.ownership). Every worker reads the whole control topic
+itself. A worker whose producer was fenced (it lost a partition while paused: a zombie) stops with a message
+saying so; what it stored and did not publish is superseded by the partition's new owner.
 
 ``Worker(settings, bus=MemoryBus(), burst=True)`` runs it in-process until the inputs are drained: the embedding
 API for testing a Tamiyo integration without a broker.
@@ -32,12 +36,13 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from seedworker.broker.base import TP, Bus, BusError, Committed, Message, Outgoing
+from seedworker.broker.base import TP, Bus, BusError, Committed, Fenced, Message, Outgoing
 from seedworker.broker.kafka import KafkaBus
 from seedworker.core.config import ConfigError, Settings
 from seedworker.engine import ownership
 from seedworker.engine.processor import Processor
-from seedworker.store.rows import Batch, UnsentRow
+from seedworker.store import changelog
+from seedworker.store.rows import Batch, OutboxRow, UnsentRow
 from seedworker.store.store import Store, StoreError
 
 log = logging.getLogger("seedworker.engine.worker")
@@ -217,15 +222,21 @@ class Worker:
                 t.selections: k.output_partitions,
                 t.dead_letters: k.output_partitions,
                 t.control: 1,
-            }
+                t.changelog: k.partitions,
+            },
+            {t.changelog: changelog.TOPIC_CONFIG},
         )
-        if counts.get(t.requests) != counts.get(t.outcomes):
-            raise ConfigError(
-                f"topics {t.requests!r} ({counts.get(t.requests)} partitions) and {t.outcomes!r} "
-                f"({counts.get(t.outcomes)} partitions) must have the same partition count: a blueprint's requests "
-                f"and outcomes have to land on the same partition number (co-partitioning). Refusing to start."
-            )
+        for other in (t.outcomes, t.changelog):
+            if counts.get(t.requests) != counts.get(other):
+                raise ConfigError(
+                    f"topics {t.requests!r} ({counts.get(t.requests)} partitions) and {other!r} "
+                    f"({counts.get(other)} partitions) must have the same partition count: a blueprint's requests, "
+                    f"outcomes and state have to be on the same partition number (co-partitioning). Refusing to start."
+                )
         self._counts = counts
+        self.processor.aligned = frozenset(
+            name for name in (t.selections, t.dead_letters) if counts.get(name) == counts[t.requests]
+        )
         # Every worker applies every strategy switch, in order with its other events: the control topic is read
         # outside the group, from the offset in this store.
         self.bus.broadcast(
@@ -268,9 +279,30 @@ class Worker:
         if not self.worker_id:
             self.worker_id = uuid.uuid4().hex
             await s.write(Batch(meta={"worker_id": self.worker_id}))
+        self.processor.writer = self.worker_id
 
     def _answered(self, row: UnsentRow) -> int | None:
-        return ownership.answered_partition(row.message.topic, row.message.headers, self.topics)
+        return self._owner(row.message)
+
+    def _owner(self, row: OutboxRow) -> int | None:
+        return ownership.answered_partition(row.topic, row.headers, self.topics, row.partition)
+
+    async def _publish(self, rows: list[OutboxRow]) -> None:
+        """Publish outbox rows: those answering an input partition in one transaction of its producer per
+        partition, the others (dead letters of the control topic) on the idempotent producer."""
+        groups: dict[int | None, list[Outgoing]] = {}
+        for row in rows:
+            groups.setdefault(self._owner(row), []).append(Outgoing(*row))
+        for owner, messages in groups.items():
+            try:
+                await self.bus.send(messages, owner=owner)
+            except Fenced as exc:
+                raise Fenced(
+                    f"{exc}. Stopping: partition {exc.partition} belongs to another worker now, which answers its "
+                    f"requests from the changelog; this worker's unpublished answers for it are superseded (its store "
+                    f"keeps them until it is assigned the partition again). Start it again to rejoin the group.",
+                    exc.partition,
+                ) from exc
 
     async def _republish(self, rows: list[UnsentRow] | None = None) -> None:
         """Publish unsent outbox rows again, byte for byte: at start those that answer no input partition (dead
@@ -279,7 +311,7 @@ class Worker:
             rows = [row for row in await self.store.unsent() if self._answered(row) is None]
         if rows:
             log.info("re-publishing %d unsent outbox rows", len(rows))
-            await self.bus.send(Outgoing(*row.message) for row in rows)
+            await self._publish([row.message for row in rows])
             await self.store.mark_sent([r.id for r in rows])
 
     # -- partition ownership (seedworker.engine.ownership) ---------------------------------------------------------------
@@ -303,6 +335,9 @@ class Worker:
         and claim the partitions in the group's commits."""
         t = self.topics
         parts = ownership.co_partitioned(tps, t)
+        # First of all: the previous owner can publish nothing more for these partitions (its open transaction is
+        # aborted), so the changelog read below is the last word on their state.
+        await self.bus.fence(parts)
         unsent: dict[int, list[UnsentRow]] = {}
         for row in await self.store.unsent():
             p = self._answered(row)
@@ -325,13 +360,14 @@ class Worker:
             )
         rebuild = [p for p in parts if p in stale]
         if rebuild:
-            await self._rebuild(rebuild, committed, superseded, stale)
+            await self._replace(rebuild, committed, superseded, stale)
         elif superseded:
             b = Batch(superseded=[row.id for row in superseded])
             b.count("superseded_outbox_rows", len(superseded))
             await self.store.write(b)
             self.counters.add("superseded_outbox_rows", len(superseded))
         await self._republish([row for p in parts if p not in stale for row in unsent.get(p, ())])
+        await self._complete_changelog(parts)
         for tp in tps:
             self.bus.seek(tp, self._stored_offsets.get(tp, 0))
         claim = {tp: self._stored_offsets.get(tp, 0) for p in parts for tp in self._pair(p)}
@@ -357,45 +393,85 @@ class Worker:
             self.bus.resume(sorted({tp for q in {p for _, p in self._unclaimed} for tp in self._pair(q)}))
             self._unclaimed = {}
 
-    async def _rebuild(
+    async def _replace(
         self, parts: list[int], committed: dict[TP, Committed], superseded: list[UnsentRow], why: dict[int, str]
     ) -> None:
-        """Replace this worker's state of ``parts`` with their state rebuilt from the topics: in the store (one
-        transaction, with the partitions' offsets and the superseded rows), then in memory (read back from it)."""
+        """Replace this worker's state of ``parts`` with their state as the changelog has it, or, for a partition
+        without a changelog, rebuilt from the decision log: in the store (one transaction per source, with the
+        partitions' offsets and the superseded rows), then in memory (read back from it)."""
         t = self.topics
-        for p in parts:
-            log.info("partition %d: %s; rebuilding it from the topics", p, why[p])
         t0 = time.perf_counter()
-        floors = {tp: c.offset for tp, c in committed.items() if tp[0] == t.requests and tp[1] in parts}
-        rebuilt = await ownership.rebuild(self.settings, self.bus, parts, self._counts, floors)
+        states = await ownership.read_changelog(self.settings, self.bus, parts)
+        restored = [p for p in parts if states[p].found]
+        missing = [p for p in parts if p not in restored]
+        pieces: list[tuple[str, ownership.Rebuilt]] = []
+        if restored:
+            for p in restored:
+                log.info("partition %d: %s; restoring it from the changelog", p, why[p])
+            pieces.append(("the changelog", ownership.from_changelog([states[p] for p in restored], t)))
+        if missing:
+            for p in missing:
+                log.info("partition %d: %s; no changelog: rebuilding it from the decision log", p, why[p])
+            floors = {tp: c.offset for tp, c in committed.items() if tp[0] == t.requests and tp[1] in missing}
+            pieces.append(
+                ("the decision log", await ownership.rebuild(self.settings, self.bus, missing, self._counts, floors))
+            )
         sel = self.selector
-        strategies = {bp: sel.blueprints[bp].strategy for bp in rebuilt.blueprints if bp in sel.blueprints}
-        b = rebuilt.batch([row.id for row in superseded], strategies)
-        await self.store.write(b)
+        drop = [row.id for row in superseded]
+        for source, rebuilt in pieces:
+            strategies = {bp: sel.blueprints[bp].strategy for bp in rebuilt.blueprints if bp in sel.blueprints}
+            b = rebuilt.batch(drop, strategies)
+            drop = []
+            if source == "the changelog":
+                # Read from a complete changelog: this store's rows of the partitions are that changelog's.
+                b.meta.update({_complete(p): "1" for p in rebuilt.partitions})
+                b.count("restored_partitions", len(rebuilt.partitions))  # of the rebuilt_partitions
+            else:
+                b.meta.update({_complete(p): "0" for p in rebuilt.partitions})
+            await self.store.write(b)
+            self._stored_offsets.update(rebuilt.offsets)
+            for name, n in b.counters.items():
+                self.counters.add(name, n)
+            log.info(
+                "%s partitions %s from %s (%d records) in %.2fs: %d blueprints, %d decisions, %d held outcomes%s",
+                "restored" if source == "the changelog" else "rebuilt",
+                rebuilt.partitions,
+                source,
+                rebuilt.records,
+                time.perf_counter() - t0,
+                len(rebuilt.blueprints),
+                len(rebuilt.decisions),
+                len(rebuilt.held),
+                "" if rebuilt.complete else " (INCOMPLETE: records were deleted)",
+            )
         await self.processor.restore()
-        self._stored_offsets.update(rebuilt.offsets)
-        for name, n in b.counters.items():
-            self.counters.add(name, n)
-        log.info(
-            "rebuilt partitions %s from %d records in %.1fs: %d blueprints, %d decisions, %d held outcomes%s",
-            parts,
-            rebuilt.records,
-            time.perf_counter() - t0,
-            len(rebuilt.blueprints),
-            len(rebuilt.decisions),
-            len(rebuilt.held),
-            "" if rebuilt.complete else " (INCOMPLETE: records were deleted)",
-        )
+
+    async def _complete_changelog(self, parts: list[int]) -> None:
+        """Write the whole state of each partition whose changelog this store has neither read nor written from
+        the start (a first start, a rebuild, a store from before the changelog existed): from now on a restore from
+        the changelog gives this state."""
+        meta = await self.store.meta()
+        todo = [p for p in parts if meta.get(_complete(p)) != "1"]
+        if not todo:
+            return
+        s = self.store
+        for p in todo:
+            rows = await ownership.snapshot(self.processor, s, p, self._stored_offsets, self.worker_id)
+            ids = await s.write(Batch(outbox=rows, meta={_complete(p): "1"}))
+            await self._publish(rows)
+            await s.mark_sent(ids)
+            log.info("partition %d: wrote its whole state to the changelog (%d records)", p, len(rows))
 
     async def _on_revoke(self, tps: list[tuple[str, int]]) -> None:
-        """Before the partitions go: what was published is marked sent, and the offsets are committed under this
-        worker's id (so its next owner knows who processed them last)."""
+        """Before the partitions go: what was published is marked sent, the offsets are committed under this
+        worker's id (so its next owner knows who processed them last), and the partitions' producers close."""
         async with self._exclusive:
             self._rebalances += 1
             self._assigned = set()
             await self._flush_acks()
             await self._group_commit()
             self._unclaimed = {}
+            await self.bus.release(sorted({p for t, p in tps if t == self.topics.requests}))
 
     async def _flush_acks(self) -> None:
         if self._acked:
@@ -425,7 +501,9 @@ class Worker:
             self.counters.add(name, n)
         if b.outbox:
             try:
-                await self.bus.send(Outgoing(*row) for row in b.outbox)
+                await self._publish(b.outbox)
+            except Fenced:
+                raise
             except BusError as exc:
                 raise BusError(
                     f"{exc}; the batch is stored and its {len(ids)} messages stay in the outbox, "
@@ -448,6 +526,11 @@ class Worker:
             offsets = {tp: o for tp, o in offsets.items() if tp[0] != self.topics.control}
             if offsets:
                 await self.bus.commit(offsets, self.worker_id)
+
+
+def _complete(p: int) -> str:
+    """The meta key saying this store's state of input partition p is in the changelog, complete."""
+    return f"changelog_complete.{p}"
 
 
 def _ranges(messages: list[Message]) -> str:

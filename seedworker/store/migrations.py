@@ -48,10 +48,26 @@ M2 = """
         DELETE FROM meta WHERE key = 'watermark';
         """
 
+# The changelog (seedworker.store.changelog) goes out through the outbox: its records name their partition and a
+# tombstone has no value, so the outbox is made again with a nullable value and a partition column (SQLite cannot
+# change a column's constraints in place). Pruning resolved decisions by age reads (partition, request_time).
+M3 = """
+        CREATE TABLE outbox_v3 (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, key BLOB, value BLOB,
+                                headers BLOB NOT NULL, created_at REAL NOT NULL, sent_at REAL, partition INTEGER);
+        INSERT INTO outbox_v3 (id, topic, key, value, headers, created_at, sent_at)
+            SELECT id, topic, key, value, headers, created_at, sent_at FROM outbox;
+        DROP TABLE outbox;
+        ALTER TABLE outbox_v3 RENAME TO outbox;
+        CREATE INDEX outbox_unsent ON outbox (id) WHERE sent_at IS NULL;
+        DROP INDEX decisions_partition;
+        CREATE INDEX decisions_age ON decisions (partition, request_time);
+        """
+
 
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "initial tables", M1),
     (2, "input partitions and per-partition watermarks", M2),
+    (3, "changelog records in the outbox, decisions pruned by age", M3),
 ]
 BOOKKEEPING = "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT, applied_at REAL)"
 SCHEMA_VERSION = max(version for version, _, _ in MIGRATIONS)

@@ -325,12 +325,46 @@ def held_by_blueprint(db: sqlite3.Connection, blueprint_id: str | None = None) -
 def unsent(db: sqlite3.Connection) -> list[UnsentRow]:
     """The outbox rows Kafka has not acknowledged, in the order they were written (and are published)."""
     return [
-        UnsentRow(i, OutboxRow(t, k, v, hdr.from_blob(h)))
-        for i, t, k, v, h in db.execute(
-            "SELECT id, topic, key, value, headers FROM outbox WHERE sent_at IS NULL ORDER BY id"
+        UnsentRow(i, OutboxRow(t, k, v, hdr.from_blob(h), p))
+        for i, t, k, v, h, p in db.execute(
+            "SELECT id, topic, key, value, headers, partition FROM outbox WHERE sent_at IS NULL ORDER BY id"
         )
     ]
 
 
 def unsent_by_topic(db: sqlite3.Connection) -> dict[str, int]:
     return dict(db.execute("SELECT topic, COUNT(*) FROM outbox WHERE sent_at IS NULL GROUP BY topic"))
+
+
+class ChangelogLag(NamedTuple):
+    """Changelog records of one input partition stored but not yet acknowledged by Kafka."""
+
+    partition: int
+    records: int
+    oldest_created_at: float
+
+
+def changelog_lag(db: sqlite3.Connection, topic: str) -> list[ChangelogLag]:
+    return [
+        ChangelogLag(*r)
+        for r in db.execute(
+            "SELECT partition, COUNT(*), MIN(created_at) FROM outbox WHERE sent_at IS NULL AND topic = ? "
+            "GROUP BY partition ORDER BY partition",
+            (topic,),
+        )
+    ]
+
+
+class DecisionSpan(NamedTuple):
+    """The request times of the decisions the store keeps (older ones were pruned)."""
+
+    count: int
+    first_request_time: float | None
+    last_request_time: float | None
+
+
+def decision_span(db: sqlite3.Connection, blueprint: str | None = None) -> DecisionSpan:
+    where, args = ("WHERE blueprint_id = ?", (blueprint,)) if blueprint else ("", ())
+    return DecisionSpan(
+        *db.execute(f"SELECT COUNT(*), MIN(request_time), MAX(request_time) FROM decisions {where}", args).fetchone()
+    )

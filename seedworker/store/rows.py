@@ -6,9 +6,14 @@ held and released outcomes, counters and watermarks straight into it.
 
 from __future__ import annotations
 
+import base64
+import math
 import pickle
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
+
+import numpy as np
+import orjson
 
 from seedworker.contract import events as ev
 from seedworker.contract import headers as hdr
@@ -18,12 +23,45 @@ TP = tuple[str, int]
 
 
 def dump_state(state: dict) -> bytes:
-    # A pickle of plain dicts of numpy arrays: exact floats (including ±inf); only this process writes the file.
-    return pickle.dumps(state, protocol=5)
+    """A blueprint's state (plain dicts, lists, numbers and numpy arrays) as JSON: arrays as their raw bytes in
+    base64 and non-finite floats by name, so every float comes back exactly. The same bytes go to SQLite and to the
+    changelog topic, where a pickle would let anyone who can write the topic run code in the worker."""
+    return orjson.dumps(_tagged(state))
 
 
 def load_state(blob: bytes) -> dict:
-    return pickle.loads(blob)
+    if blob[:1] == b"\x80":
+        # Written by an earlier version (pickle, protocol 5) into this worker's own file: still read.
+        return pickle.loads(blob)
+    return _untagged(orjson.loads(blob))
+
+
+def _tagged(o: Any) -> Any:
+    if isinstance(o, dict):
+        return {k: _tagged(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_tagged(v) for v in o]
+    if isinstance(o, np.ndarray):
+        a = np.ascontiguousarray(o)
+        return {"$nd": [a.dtype.str, list(a.shape), base64.b64encode(a.tobytes()).decode()]}
+    if isinstance(o, np.generic):
+        o = o.item()
+    if isinstance(o, float) and not math.isfinite(o):
+        return {"$f": repr(o)}
+    return o
+
+
+def _untagged(o: Any) -> Any:
+    if isinstance(o, dict):
+        if "$nd" in o:
+            dtype, shape, data = o["$nd"]
+            return np.frombuffer(base64.b64decode(data), dtype=np.dtype(dtype)).reshape(shape).copy()
+        if "$f" in o:
+            return float(o["$f"])
+        return {k: _untagged(v) for k, v in o.items()}
+    if isinstance(o, list):
+        return [_untagged(v) for v in o]
+    return o
 
 
 class DecisionRow(NamedTuple):
@@ -75,8 +113,9 @@ class OutboxRow(NamedTuple):
 
     topic: str
     key: bytes | None
-    value: bytes
+    value: bytes | None  # None: a tombstone (the changelog)
     headers: hdr.Headers = ()
+    partition: int | None = None  # the topic's partition; None: by key
 
 
 class UnsentRow(NamedTuple):
@@ -105,6 +144,9 @@ class Batch:
     outbox: list[OutboxRow] = field(default_factory=list)
     held: list[HeldOutcome] = field(default_factory=list)
     released: list[str] = field(default_factory=list)  # held event ids no longer held
+    released_from: dict[str, int] = field(default_factory=dict)  # their input partitions
+    # resolved decisions older than decision_retention_s, with their input partitions: deleted
+    pruned: dict[str, int] = field(default_factory=dict)
     rejected: list[tuple[HeldOutcome, str]] = field(default_factory=list)  # held outcomes to dead-letter (reason)
     blueprints: dict[str, BlueprintRow] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
@@ -130,8 +172,9 @@ class Batch:
     def hold(self, held: HeldOutcome) -> None:
         self.held.append(held)
 
-    def release(self, event_id: str) -> None:
+    def release(self, event_id: str, partition: int = -1) -> None:
         self.released.append(event_id)
+        self.released_from[event_id] = partition
 
     def reject(self, held: HeldOutcome, reason: str) -> None:
         self.rejected.append((held, reason))
@@ -150,6 +193,7 @@ class Batch:
                 self.outbox,
                 self.held,
                 self.released,
+                self.pruned,
                 self.blueprints,
                 self.counters,
                 self.offsets,

@@ -147,8 +147,18 @@ class Store:
         return dict(await self._all("SELECT partition, event_time FROM watermarks"))
 
     async def unsent(self) -> list[UnsentRow]:
-        rows = await self._all("SELECT id, topic, key, value, headers FROM outbox WHERE sent_at IS NULL ORDER BY id")
-        return [UnsentRow(i, OutboxRow(t, k, v, hdr.from_blob(h))) for i, t, k, v, h in rows]
+        rows = await self._all(
+            "SELECT id, topic, key, value, headers, partition FROM outbox WHERE sent_at IS NULL ORDER BY id"
+        )
+        return [UnsentRow(i, OutboxRow(t, k, v, hdr.from_blob(h), p)) for i, t, k, v, h, p in rows]
+
+    async def aged_decisions(self, partition: int, before: float) -> list[str]:
+        """Decisions of an input partition requested before event time ``before`` (to prune)."""
+        rows = await self._all(
+            "SELECT decision_id FROM decisions WHERE partition = ? AND request_time < ? AND status != 'pending'",
+            (partition, before),
+        )
+        return [did for (did,) in rows]
 
     async def counters(self) -> dict[str, int]:
         return dict(await self._all("SELECT name, value FROM counters"))
@@ -228,6 +238,9 @@ class Store:
                 # Acknowledged by Kafka: the topic has the message now, and the decision keeps its payload in
                 # `decisions`, so the row is deleted rather than marked (marked rows doubled the file's growth).
                 await many("DELETE FROM outbox WHERE id = ?", [(i,) for i in b.sent])
+            if b.pruned:
+                # Before the inserts: a replay may prune a decision and fold a later one of the same request id.
+                await many("DELETE FROM decisions WHERE decision_id = ?", [(d,) for d in b.pruned])
             if b.decisions:
                 await many(
                     "INSERT OR IGNORE INTO decisions (decision_id, request_id, blueprint_id, seed_id, seed_idx, "
@@ -240,12 +253,13 @@ class Store:
                     "UPDATE decisions SET status = ?, reward = ?, outcome_time = ? WHERE decision_id = ?",
                     [(r.status, r.reward, r.outcome_time, r.decision_id) for r in b.resolutions],
                 )
+
             ids: list[int] = []
             if b.outbox:
                 now = time.time()
                 await many(
-                    "INSERT INTO outbox (topic, key, value, headers, created_at) VALUES (?,?,?,?,?)",
-                    [(m.topic, m.key, m.value, hdr.to_blob(m.headers), now) for m in b.outbox],
+                    "INSERT INTO outbox (topic, key, value, headers, created_at, partition) VALUES (?,?,?,?,?,?)",
+                    [(m.topic, m.key, m.value, hdr.to_blob(m.headers), now, m.partition) for m in b.outbox],
                 )
                 # AUTOINCREMENT ids of one transaction (holding the write lock) are consecutive: the last one and
                 # the count give them all.

@@ -103,13 +103,14 @@ def read(
 ) -> tuple[dict[str, Any], list[HistoryRow]]:
     """(the report, the decisions in request-time order if ``history``) from one read-only snapshot."""
     settings = settings or Settings()
-    rows = read_snapshot(path, lambda db: _query(db, blueprint or None, history))  # --blueprint '': all
+    rows = read_snapshot(path, lambda db: _query(db, settings, blueprint or None, history))  # --blueprint '': all
     return _report(str(path), settings, rows), rows["history"]
 
 
-def _query(db, blueprint: str | None, history: bool) -> dict[str, Any]:
+def _query(db, settings: Settings, blueprint: str | None, history: bool) -> dict[str, Any]:
     # Not the watermarks: inspect also reads a store of schema version 1, which no worker has migrated yet.
     readers.require_tables(db, ("blueprints", "decisions", "counters", "offsets", "meta"))
+    has_partitions = readers.schema_version(db) >= 3  # the outbox names partitions from schema version 3 on
     states = [(bp, load_state(blob)) for bp, blob in readers.blueprint_states(db, blueprint).items()]
     return {
         "schema_version": readers.schema_version(db),
@@ -125,6 +126,8 @@ def _query(db, blueprint: str | None, history: bool) -> dict[str, Any]:
         "statuses": readers.decisions_by_status(db, blueprint),
         "held": readers.held_by_blueprint(db, blueprint),
         "unsent": readers.unsent_by_topic(db),
+        "changelog_lag": readers.changelog_lag(db, settings.kafka.topics.changelog) if has_partitions else [],
+        "span": readers.decision_span(db, blueprint),
         "history": readers.decision_history(db, blueprint) if history else [],
     }
 
@@ -201,6 +204,26 @@ def _report(path: str, settings: Settings, rows: dict[str, Any]) -> dict[str, An
             "oldest_held_since": _iso(min((t for _, t in held.values()), default=None)),
         },
         "unsent_outbox": rows["unsent"],
+        # How far the changelog is behind this store: records written here (with their batch) that Kafka has not
+        # acknowledged yet, per input partition; and which partitions' changelogs are complete (a restore from
+        # them gives this store's state).
+        "changelog": {
+            "topic": settings.kafka.topics.changelog,
+            "behind": {
+                str(c.partition): {"records": c.records, "oldest_written_at": _iso(c.oldest_created_at)}
+                for c in rows["changelog_lag"]
+            },
+            "complete_partitions": sorted(
+                int(k.rsplit(".", 1)[1]) for k, v in meta.items() if k.startswith("changelog_complete.") and v == "1"
+            ),
+        },
+        # What is kept: decisions older than decision_retention_s (event time) are pruned.
+        "decisions_kept": {
+            "count": rows["span"].count,
+            "first_request_time": _iso(rows["span"].first_request_time),
+            "last_request_time": _iso(rows["span"].last_request_time),
+            "retention_s": settings.decision_retention_s,
+        },
         "offsets": [o._asdict() for o in rows["offsets"]],
         "meta": {k: ("(hidden)" if _SECRET.search(k) else v) for k, v in meta.items()},
         "default_strategy": selector.default_strategy,
@@ -354,6 +377,22 @@ def print_tables(report: dict[str, Any], out: TextIO) -> None:
         f"held outcomes: {r['held_outcomes']['count']}"
         + (f" (oldest held since {r['held_outcomes']['oldest_held_since']})" if r["held_outcomes"]["count"] else ""),
         "unsent outbox rows: " + (", ".join(f"{t}={n}" for t, n in r["unsent_outbox"].items()) or "0"),
+        f"changelog {r['changelog']['topic']}: "
+        + (
+            ", ".join(
+                f"partition {p} behind by {c['records']} records (since {c['oldest_written_at']})"
+                for p, c in r["changelog"]["behind"].items()
+            )
+            or "up to date with this store"
+        )
+        + f"; complete for partitions {r['changelog']['complete_partitions'] or 'none'}",
+        f"decisions kept: {r['decisions_kept']['count']}"
+        + (
+            f" (requests {r['decisions_kept']['first_request_time']} .. {r['decisions_kept']['last_request_time']})"
+            if r["decisions_kept"]["count"]
+            else ""
+        )
+        + f"; older than {r['decisions_kept']['retention_s']:g}s are pruned",
         "offsets:  " + (", ".join(f"{o['topic']}[{o['partition']}]={o['next_offset']}" for o in r["offsets"]) or "-"),
         f"default strategy: {r['default_strategy']} (from the {r['default_strategy_from']})"
         + (", logging-only mode" if r["logging_only"] else ""),

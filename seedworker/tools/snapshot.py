@@ -39,7 +39,8 @@ from seedworker.store.rows import Batch, BlueprintRow, DecisionRow, OutboxRow, S
 from seedworker.store.store import Store, StoreError
 
 FORMAT = "seedworker-snapshot"
-FORMAT_VERSION = 2  # 2: input partitions of decisions, held outcomes and blueprints; per-partition watermarks
+FORMAT_VERSION = 3  # 2: input partitions of decisions, held outcomes and blueprints; per-partition watermarks
+# 3: outbox rows name their partition and may be tombstones (value null): the changelog; blueprint states as JSON
 _NON_FINITE = {"Infinity": math.inf, "-Infinity": -math.inf, "NaN": math.nan}
 
 
@@ -161,8 +162,9 @@ def _outbox(m: OutboxRow) -> dict[str, Any]:
     return {
         "topic": m.topic,
         "key": _b64(m.key),
-        "value": _b64(m.value),
+        "value": None if m.value is None else _b64(m.value),
         "headers": orjson.loads(hdr.to_blob(m.headers)),
+        "partition": m.partition,
     }
 
 
@@ -247,7 +249,11 @@ def to_batch(doc: dict[str, Any]) -> Batch:
             where = f"outbox[{n}]"
             b.outbox.append(
                 OutboxRow(
-                    o["topic"], _unb64(o["key"]), _unb64(o["value"]) or b"", hdr.from_blob(orjson.dumps(o["headers"]))
+                    o["topic"],
+                    _unb64(o["key"]),
+                    None if o["value"] is None else _unb64(o["value"]) or b"",
+                    hdr.from_blob(orjson.dumps(o["headers"])),
+                    None if o.get("partition") is None else _int(o["partition"], "partition"),
                 )
             )
     except SnapshotError:
