@@ -33,13 +33,14 @@ meanwhile, and if the state is stale those rows are replaced.
 
 Limits (double failures):
 
-* a *zombie*, a worker cut off from the group coordinator (a long pause, a network partition) that has not noticed
-  yet that it lost its partitions, can publish answers for requests its successor also answers, until its next
-  heartbeat fails; a consumer group without transactions cannot fence it;
+* a *zombie*, a worker cut off from the group coordinator (a long pause, a network partition), is fenced by the
+  broker: its successor opens the partition's transactional producer first (``Bus.fence``), which aborts the
+  zombie's open transaction and makes its next one fail (``Fenced``: the zombie stops);
 * the group's offsets expire once the whole group has been gone for ``offsets.retention.minutes`` (Kafka's default:
   7 days); a worker then trusts a stale state of a partition another worker processed after it;
-* a rebuild reads all of ``seed.selected`` and the partition's outcomes: it needs those records (retention; a
-  rebuild from partly deleted topics is logged as incomplete) and takes time in proportion to the decision log;
+* a stale partition is restored from the changelog (seedworker.store.changelog), which needs no deleted record;
+  only without a changelog is it rebuilt from the topics, which needs those records (a rebuild from partly
+  deleted topics is logged as incomplete) and reads one partition of each aligned output topic;
 * a request id reused by a blueprint of a partition another worker owns is not recognised as reused (each worker
   knows the decisions of its own partitions): both workers answer it under the same decision id;
 * a dead letter for a bad *outcome* that a worker stored but had not published when it died is lost (its successor
