@@ -81,7 +81,8 @@ async def test_the_report_agrees_with_the_worker_and_with_the_decisions(tmp_path
     w = await restored(settings)
 
     assert report["counters"] == w.counters.values
-    assert report["watched"]["dead_letters"] == 2 and report["watched"]["dangling_outcomes"] == 1
+    # Two unreadable requests, and the dangling outcome, which is dead-lettered as well as counted.
+    assert report["watched"]["dead_letters"] == 3 and report["watched"]["dangling_outcomes"] == 1
     assert report["watched"]["duplicate_outcomes"] == 1 and report["watched"]["late_outcomes"] > 0
     assert report["pending"] == {
         "count": len(w.selector.pending),

@@ -409,3 +409,45 @@ def test_processor_is_a_plain_object():
 
 
 _ = (SEL,)
+
+
+async def test_a_dangling_outcome_is_dead_lettered_and_a_replay_drops_it_as_live_did(settings, tmp_path):
+    """The outcome comes first; the partition's clock passes its hold before its request arrives. Live drops it
+    (a dead letter saying so) and the late decision waits unanswered; a replay, which reads the selection by its
+    timestamp and cannot know when live's hold ended, follows that dead letter instead of joining the two."""
+    bus = await new_bus()
+    probe = SeedSelector(settings).select(ev.decode(request(0, k=1)))
+    bus.produce(OUT, b"bp", outcome(probe, 0.3))
+    bus.produce(REQ, b"bp", request("later", k=1, t=100))  # hold_unknown_s is 50
+    w = await drain(settings, bus)
+    assert w.counters["dangling_outcomes"] == 1
+    ((topic, reason),) = dead_letters(bus)
+    assert topic == OUT and reason.startswith("dangling: ")
+    bus.produce(REQ, b"bp", request(0, k=1))
+    w = await drain(settings, bus)
+    assert w.counters["outcomes_learned"] == 0 and pulls(settings.db) == 0
+    got = await replayed(settings, bus, tmp_path)
+    assert_same_blueprints(got, read_all(settings.db))
+    assert got["counters"]["dangling_outcomes"] == 1 and got["counters"].get("outcomes_learned", 0) == 0
+
+
+async def test_an_outcome_of_a_pruned_decision_is_one_of_an_unknown_decision(tmp_path):
+    """Pruned from the store, a decision is forgotten in memory too: its outcome is held (then dangling), as it is
+    for a worker that restarted since, and not learned against a deleted row."""
+    settings = Settings(
+        db=str(tmp_path / "state.sqlite"),
+        kafka={"partitions": 2, "max_batch": 1},  # one record per batch: one worker, no restart in between
+        join={"reward_wait_s": 100.0, "hold_unknown_s": 50.0},
+        decision_retention_s=500.0,
+    )
+    bus = await new_bus()
+    bus.produce(REQ, b"bp", request(0, k=1))
+    await drain(settings, bus)
+    (s,) = selections(bus)
+    bus.produce(REQ, b"bp", request(1, k=1, t=200))  # req-0 expires
+    bus.produce(REQ, b"bp", request(2, k=1, t=1000))  # and is pruned
+    bus.produce(OUT, b"bp", outcome(s, 0.4))  # on time, delivered after the prune
+    w = await drain(settings, bus)
+    assert w.counters["pruned_decisions"] == 1 and w.counters["expired_decisions"] == 2
+    assert w.counters["outcomes_learned"] == 0 and w.counters["held_outcomes"] == 1
+    assert pulls(settings.db) == 0

@@ -33,6 +33,7 @@ from seedworker.broker.memory import MemoryBus
 from seedworker.contract import events as ev
 from seedworker.contract import headers as hdr
 from seedworker.core.config import Settings
+from seedworker.core.join import DANGLING
 from seedworker.engine import ownership
 from seedworker.engine.processor import Processor
 from seedworker.engine.replay import Replay
@@ -41,6 +42,8 @@ from seedworker.store.readers import read_all
 from seedworker.store.rows import load_state
 from seedworker.store.store import Store
 from tests.support import CTL, DLQ, EXACT_STATE, OUT, REQ, SEL, T0, assert_state_equal
+
+RANK = {DLQ: 0, SEL: 1, CTL: 2, OUT: 3}
 
 PARTITIONS = 2
 BLUEPRINTS = ["bp-a", "bp-b", "bp-c"]
@@ -213,16 +216,24 @@ class ProcessorMachine(RuleBasedStateMachine):
         batch, self.queue = self.queue[:n], self.queue[n:]
         b = self.run(self.processor.process(batch))
         if b.pruned:
+            # A pruned decision was learned from if what became of it says so: its resolution in this very batch
+            # (an outcome can resolve it in the batch that prunes it), else its stored row.
+            became = {r.decision_id: (r.status, r.reward) for r in b.resolutions}
             marks = ",".join("?" * len(b.pruned))
             con = sqlite3.connect(self.settings.db)
             try:
-                self.pruned_learned += con.execute(
-                    f"SELECT COUNT(*) FROM decisions WHERE decision_id IN ({marks}) AND (status IN ('resolved', "
-                    "'late') OR (status = 'expired' AND reward IS NOT NULL))",
-                    tuple(b.pruned),
-                ).fetchone()[0]
+                stored = dict(
+                    (did, (status, reward))
+                    for did, status, reward in con.execute(
+                        f"SELECT decision_id, status, reward FROM decisions WHERE decision_id IN ({marks})",
+                        tuple(b.pruned),
+                    )
+                )
             finally:
                 con.close()
+            for did in b.pruned:
+                status, reward = became.get(did) or stored.get(did, ("pending", None))
+                self.pruned_learned += status in ("resolved", "late") or (status == "expired" and reward is not None)
             self.pruned |= set(b.pruned)
         self.run(self.store.write(b))
         for row in b.outbox:  # published, as the worker does once the batch is stored
@@ -336,7 +347,13 @@ class ProcessorMachine(RuleBasedStateMachine):
         if not self.counters_valid:
             return
         c = read_all(self.settings.db)["counters"]
-        dead = sum(1 for m in self.bus.read(DLQ) if (hdr.dead_letter_source(m.headers) or ("",))[0] == OUT)
+        # A dangling outcome is counted as such and dead-lettered too (saying so): counted once here.
+        dead = sum(
+            1
+            for m in self.bus.read(DLQ)
+            if (hdr.dead_letter_source(m.headers) or ("",))[0] == OUT
+            and not (hdr.value(m.headers, hdr.DLQ_REASON) or "").startswith(DANGLING)
+        )
         held = self._rows("SELECT COUNT(*) FROM held_outcomes")[0][0]
         late_learned = self._rows("SELECT COUNT(*) FROM decisions WHERE status = 'late'")[0][0]
         fed = sum(1 for m in self.processed if m.topic == OUT)
@@ -356,7 +373,7 @@ class ProcessorMachine(RuleBasedStateMachine):
         """The whole log replayed into a fresh store gives the live state."""
         records = sorted(
             (m for name in (SEL, OUT, CTL, DLQ) for m in self.bus.read(name)),
-            key=lambda m: (m.timestamp_ms, m.topic, m.partition, m.offset),
+            key=lambda m: (m.timestamp_ms, RANK[m.topic], m.partition, m.offset),  # as the replay merges them
         )
         db = Path(self.dir.name) / "replayed.sqlite"
         store = self.run(Store(db).open())

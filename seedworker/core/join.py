@@ -26,8 +26,10 @@ A decision made at request time ``r`` waits for its outcome until its deadline `
 
 So the learned state is a function of the outcomes and decisions, not of their order. The one exception is the
 hold: an outcome whose decision is not known yet (the request is still on its way) is held until its partition's
-watermark passes ``t + hold_unknown_s``, and then dropped as *dangling*; a decision that arrives later than that
-finds nothing to join.
+watermark passes ``t + hold_unknown_s``, and then dropped as *dangling* and dead-lettered with a reason starting
+``DANGLING``; a decision that arrives later than that finds nothing to join. When the hold ends depends on when the
+worker read each record, which the topics do not say: a replay (``drop_by_time`` off) drops what those dead letters
+name instead (``drop``).
 
 State changes go to a ``Changes`` sink (the store's batch, or nothing for the in-process API), so the caller
 persists exactly what the join did.
@@ -50,6 +52,9 @@ LATE = "late"  # the chosen seed's outcome, after the deadline, learned (join.le
 EXPIRED = "expired"  # no outcome learned; the reward column holds the default reward learned, if any
 MISMATCHED = "mismatched"  # the outcome named another seed: nothing learned
 LEARNED = frozenset({RESOLVED, LATE})
+# The reason of a held outcome's dead letter once it is dropped as dangling: a replay reads these to drop exactly
+# what the live worker dropped (seedworker.engine.replay).
+DANGLING = "dangling: "
 
 
 class JoinError(ValueError):
@@ -188,6 +193,10 @@ class Join:
     _deadlines: dict[int, list[tuple[float, str]]] = field(default_factory=dict)
     _drops: dict[int, list[tuple[float, str, str]]] = field(default_factory=dict)
     _due: set[int] = field(default_factory=set)  # partitions whose heaps may hold something past its time
+    # False in a replay: which held outcomes the live worker dropped depends on when it read each record, which the
+    # log does not say; its dead letters do, so the replay drops what they name (``drop``) and nothing by time.
+    drop_by_time: bool = True
+    _doomed: set[tuple[int, int]] = field(default_factory=set)  # replay: (partition, offset) live dropped, not read yet
 
     # -- state ---------------------------------------------------------------------------------------------------
     @property
@@ -264,7 +273,11 @@ class Join:
         offset: int = -1,
     ) -> str:
         """Join one outcome; returns what became of it: learned, replaced (a default reward), late, mismatched,
-        duplicate or held. Raises JoinError for an outcome that names another blueprint than its decision."""
+        duplicate, held or (replay) dangling. Raises JoinError for an outcome that names another blueprint than its decision."""
+        if self._doomed and (partition, offset) in self._doomed:
+            self._doomed.discard((partition, offset))
+            changes.count("dangling_outcomes")
+            return "dangling"
         did = outcome.resolved_decision_id
         p = self.pending.get(did)
         if p is not None:
@@ -347,6 +360,46 @@ class Join:
         self._remember(did, _Recent(new))
         return "replaced" if default is not None else "learned"
 
+    def forget(self, decision_ids: Iterable[str]) -> None:
+        """Decisions deleted from the store (pruned): an outcome for one of them is one for an unknown decision, as
+        it is for a worker that restarted since."""
+        for did in decision_ids:
+            self.recent.pop(did, None)
+
+    def drop(self, partition: int, offset: int, changes: Changes) -> None:
+        """A replay reads the live worker's dead letter of a dangling outcome: drop the outcome read from input
+        ``partition`` at ``offset`` as live did, or, if the replay has not read it yet (its producer's clock ran
+        ahead of the worker's), drop it when it comes instead of joining it."""
+        for did in list(self.held):
+            gone = self._unhold(did, lambda h: h.partition == partition and h.offset == offset)  # noqa: B023
+            if gone is not None:
+                changes.release(gone.event_id, partition)
+                changes.count("dangling_outcomes")
+                return
+        self._doomed.add((partition, offset))
+
+    def _unhold(self, did: str, which) -> HeldOutcome | None:
+        hs = self.held.get(did)
+        gone = next((h for h in hs or () if which(h)), None)
+        if gone is None:
+            return None
+        kept = [h for h in hs if h is not gone]  # type: ignore[union-attr]
+        if kept:
+            self.held[did] = kept
+        else:
+            del self.held[did]
+        return gone
+
+    def _dangling(self, h: HeldOutcome, changes: Changes) -> None:
+        changes.release(h.event_id, h.partition)
+        changes.count("dangling_outcomes")
+        # Not lost silently: the outcome goes to the dead letters, saying why.
+        changes.reject(
+            h,
+            f"{DANGLING}no decision {h.outcome.resolved_decision_id} was read within join.hold_unknown_s "
+            f"({self.rules.hold_unknown_s:g}s of event time) of this outcome",
+        )
+
     # -- expiry --------------------------------------------------------------------------------------------------
     def expire(self, changes: Changes) -> None:
         """Decisions whose deadline the watermark of their partition passed, and held outcomes past their hold."""
@@ -367,19 +420,10 @@ class Join:
                 changes.resolve(Resolution(did, EXPIRED, reward, None, part))
                 changes.count("expired_decisions")
                 self._remember(did, _Recent(EXPIRED, p.selected, reward, part))
-            drops = self._drops.get(part, [])
+            drops = self._drops.get(part, []) if self.drop_by_time else []
             while drops and drops[0][0] < wm:
                 _, event_id, did = heapq.heappop(drops)
-                hs = self.held.get(did)
-                if not hs:
-                    continue
-                kept = [h for h in hs if h.event_id != event_id]
-                if len(kept) == len(hs):
-                    continue
-                if kept:
-                    self.held[did] = kept
-                else:
-                    del self.held[did]
-                changes.release(event_id, part)
-                changes.count("dangling_outcomes")
+                gone = self._unhold(did, lambda h: h.event_id == event_id)  # noqa: B023 - used at once
+                if gone is not None:
+                    self._dangling(gone, changes)
         self._due.clear()

@@ -184,7 +184,7 @@ async def rebuild(
             reader.assign(tps)
             first, end = await reader.beginning_offsets(tps), await reader.end_offsets(tps)
             spans = [Span(tp.topic, tp.partition, first[tp], end[tp], first[tp]) for tp in tps]
-            async for m in merged(reader, spans, {t.selections: 0, t.outcomes: 1, t.dead_letters: 2}):
+            async for m in merged(reader, spans, {t.dead_letters: 0, t.selections: 1, t.outcomes: 2}):
                 if m.topic != t.outcomes and answered_partition(m.topic, m.headers, t) not in wanted:
                     continue
                 records += 1

@@ -36,7 +36,7 @@ from seedworker.broker.base import Message
 from seedworker.contract import events as ev
 from seedworker.contract import headers as hdr
 from seedworker.core.config import Settings
-from seedworker.core.join import HeldOutcome, JoinError, Known, Pending
+from seedworker.core.join import DANGLING, HeldOutcome, JoinError, Known, Pending
 from seedworker.core.selector import BlueprintState, SeedSelector
 from seedworker.store import changelog
 from seedworker.store.rows import Batch, BlueprintRow, DecisionRow, OutboxRow, dump_state, load_state
@@ -106,6 +106,7 @@ class Processor:
         self.on_resent = on_resent
         self.wall_clock = wall_clock
         self.selector = SeedSelector(settings)
+        self.selector.join.drop_by_time = not replay
         self.partitions: dict[str, int] = {}  # blueprint -> its input partition (-1: not known yet)
         self.unreadable_selections = 0  # replay: logged selections that could not be read (skipped)
         self.writer: str | None = None
@@ -175,6 +176,7 @@ class Processor:
                 out.unreadable.append(f"held outcome {event_id}: {exc}")
                 continue
             held.append(HeldOutcome(outcome, partition, since, offset))  # type: ignore[arg-type]
+        selector.join.drop_by_time = not self.replay
         selector.join.load(pending=pending, held=held, watermarks=await s.watermarks())
         out.pending, out.held = len(pending), len(held)
         for problem in out.unreadable:
@@ -206,6 +208,9 @@ class Processor:
         unreadable = 0
         decoded: list[tuple[Message, ev.Envelope | None]] = []
         for m in messages:
+            if m.topic == self.topics.dead_letters:  # replay: the live worker's dead letters, in their place
+                decoded.append((m, None))
+                continue
             b.offsets[(m.topic, m.partition)] = m.offset + 1
             reason = poisoned.get(_key(m))
             event = None
@@ -224,6 +229,8 @@ class Processor:
         answers: dict[str, tuple[ev.SeedSelected, bytes]] = {}  # decisions made in this batch, with their payload
         for m, event in decoded:
             if event is None:
+                if m.topic == self.topics.dead_letters:
+                    self._on_dead_letter(m, b)
                 continue
             try:
                 if isinstance(event, ev.GraftRequested):
@@ -268,6 +275,8 @@ class Processor:
         for p in b.watermarks:
             for did in await self.store.aged_decisions(p, self.join.watermarks[p] - keep):
                 b.pruned[did] = p
+        # Gone from memory too: a later outcome of one is an outcome of an unknown decision, as after a restart.
+        self.join.forget(b.pruned)
         if b.pruned:
             b.count("pruned_decisions", len(b.pruned))
 
@@ -421,6 +430,16 @@ class Processor:
         except JoinError as exc:
             raise Rejected(str(exc)) from None
         self.join.advance(m.partition, outcome.occurred_at.timestamp(), b)
+
+    def _on_dead_letter(self, m: Message, b: Batch) -> None:
+        """A live worker's dead letter (replay): a dangling outcome it dropped is dropped here too (when the hold
+        ended depended on when it read each record, which the topics do not say). Other dead letters are of records
+        the replay reads and rejects again itself."""
+        source = hdr.dead_letter_source(m.headers)
+        reason = hdr.value(m.headers, hdr.DLQ_REASON) or ""
+        if source is not None and source[0] == self.topics.outcomes and reason.startswith(DANGLING):
+            self.join.drop(source[1], source[2], b)
+            b.count("dead_letters")
 
     def _on_control(self, sw: ev.StrategySwitch, b: Batch) -> None:
         try:

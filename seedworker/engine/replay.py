@@ -23,14 +23,18 @@ The rebuilt state equals the live worker's for the same events (counts exactly, 
 rounding), with these limits:
 
 * the settings must be the live worker's (reward, decay, features, warm start, join): they are not in the topics;
-* an outcome whose decision is not known yet is held for ``join.hold_unknown_s`` of its partition's event time,
-  then dropped as dangling: if the live worker read a request that much later than its outcome, the replay (which
-  reads the selection near the request's time) may join what live dropped;
+* an outcome whose decision is not known yet is held; the live worker dropped it as dangling after
+  ``join.hold_unknown_s`` of event time, which depended on when it read each record, so the replay drops instead
+  exactly the outcomes the live worker's dead letters name (a dead letter is read in Kafka timestamp order: a
+  worker whose clock ran behind the next one's may have its dead letter read after a selection that live read
+  later). An outcome held at the end of the replay stays held in the rebuilt store, and a worker on it drops it by
+  time. Dead letters deleted by retention drop nothing;
 * ``held_outcomes`` can be higher than live's: an outcome produced before its selection was published is held by
   the replay even when the live worker happened to read it after the request (the learned result is the same);
 * selections published by a worker older than the source headers give no request offsets and no
   ``duplicate_requests``; the summary then counts the requests a worker on the rebuilt store would decide;
-* from a timestamp, the state holds what came from then on: outcomes of earlier decisions are held (then dangling),
+* from a timestamp, the state holds what came from then on: outcomes of earlier decisions are held (and dropped
+  as dangling by a worker on the rebuilt store),
   and a request from before it that nobody answered is not decided by a worker on the rebuilt store.
 
 When retention has deleted the beginning of a topic, the replay names each partition and its first available offset
@@ -184,9 +188,9 @@ class Replay:
         """The next record of the merged stream (any of the replayed topics)."""
         if m.topic == self.topics.dead_letters:
             self.dead_letter(m)
-            return
-        self.first_ms = m.timestamp_ms if self.first_ms is None else min(self.first_ms, m.timestamp_ms)
-        self.last_ms = m.timestamp_ms if self.last_ms is None else max(self.last_ms, m.timestamp_ms)
+        else:
+            self.first_ms = m.timestamp_ms if self.first_ms is None else min(self.first_ms, m.timestamp_ms)
+            self.last_ms = m.timestamp_ms if self.last_ms is None else max(self.last_ms, m.timestamp_ms)
         if m.topic == self.topics.selections:
             self._novel[(m.partition, m.offset)] = self._note_source(m)
         self._queue.append(m)
@@ -208,7 +212,8 @@ class Replay:
             b.count("duplicate_requests")
 
     def dead_letter(self, m: Message) -> None:
-        """A record of the dead-letter topic: a rejected request counts, and answers its offset."""
+        """A record of the dead-letter topic: a rejected request counts, and answers its offset. (The processor
+        reads the dead letters of dangling outcomes in their place in the stream.)"""
         source = hdr.dead_letter_source(m.headers)
         if source is None or source[0] != self.topics.requests:
             return  # outcomes and control messages are replayed themselves, and rejected again
@@ -399,7 +404,8 @@ async def replay(
         except KafkaError as exc:
             raise ReplayError(f"cannot read the topics at {k.bootstrap_servers}: {exc}") from exc
         t = k.topics
-        rank = {t.selections: 0, t.control: 1, t.outcomes: 2, t.dead_letters: 3}
+        # Dead letters first on a tie: a dangling outcome's dead letter was published before a selection of a later batch.
+        rank = {t.dead_letters: 0, t.selections: 1, t.control: 2, t.outcomes: 3}
         store = await Store(partial).open()
         worker = await Replay(settings, store).start()
         records = {s.topic: 0 for s in spans}
