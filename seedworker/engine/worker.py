@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
 import uuid
@@ -46,6 +47,11 @@ from seedworker.store.rows import Batch, OutboxRow, UnsentRow
 from seedworker.store.store import Store, StoreError
 
 log = logging.getLogger("seedworker.engine.worker")
+
+# Test hook (tests/test_changelog_kafka.py), unset in production: seconds to sleep between the Kafka transactions
+# of one publish, so that a test can SIGKILL or SIGSTOP the worker while part of a stored batch is published and
+# the rest is not. Read once at import: unset, it costs one falsy check per transaction.
+_TEST_PAUSE_S = float(os.environ.get("SEEDWORKER_TEST_PAUSE_BEFORE_PUBLISH") or 0)
 
 
 class Histogram(Protocol):
@@ -293,7 +299,10 @@ class Worker:
         groups: dict[int | None, list[Outgoing]] = {}
         for row in rows:
             groups.setdefault(self._owner(row), []).append(Outgoing(*row))
-        for owner, messages in groups.items():
+        for i, (owner, messages) in enumerate(groups.items()):
+            if _TEST_PAUSE_S and i:
+                log.warning("test hook: pausing %gs before transaction %d of %d", _TEST_PAUSE_S, i + 1, len(groups))
+                await asyncio.sleep(_TEST_PAUSE_S)
             try:
                 await self.bus.send(messages, owner=owner)
             except Fenced as exc:
