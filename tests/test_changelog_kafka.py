@@ -71,7 +71,7 @@ from tests.support_kafka import PARTITIONS, CommittedReader, Reader, WorkerProce
 pytestmark = [pytest.mark.asyncio, pytest.mark.kafka]
 
 BLUEPRINTS = {f"bp-{b}": 3 + b % 3 for b in range(6)}  # blueprint -> number of candidate seeds
-HOOK = "SEEDWORKER_TEST_PAUSE_BEFORE_PUBLISH"
+HOOK = "TEST_SEEDWORKER_PAUSE_BEFORE_PUBLISH"
 INPUTS = ("requests", "outcomes")
 
 

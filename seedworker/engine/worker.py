@@ -50,8 +50,9 @@ log = logging.getLogger("seedworker.engine.worker")
 
 # Test hook (tests/test_changelog_kafka.py), unset in production: seconds to sleep between the Kafka transactions
 # of one publish, so that a test can SIGKILL or SIGSTOP the worker while part of a stored batch is published and
-# the rest is not. Read once at import: unset, it costs one falsy check per transaction.
-_TEST_PAUSE_S = float(os.environ.get("SEEDWORKER_TEST_PAUSE_BEFORE_PUBLISH") or 0)
+# the rest is not. Not a SEEDWORKER_* name: those are settings, and unknown ones are refused. Read once at import:
+# unset, it costs one falsy check per transaction.
+_TEST_PAUSE_S = float(os.environ.get("TEST_SEEDWORKER_PAUSE_BEFORE_PUBLISH") or 0)
 
 
 class Histogram(Protocol):
