@@ -208,6 +208,7 @@ class Worker:
             log.error("worker stopping: %s", exc)
             raise
         finally:
+            self._stopping.set()  # whatever ended the loop: no more taking partitions over (see _on_assign)
             await asyncio.wait_for(self.close(), self.shutdown_timeout_s)
 
     async def start(self) -> None:
@@ -328,6 +329,11 @@ class Worker:
     async def _on_assign(self, tps: list[tuple[str, int]]) -> None:
         # Paused before anything else: the consumer may already fetch them from the group's committed offsets.
         self.bus.pause(tps)
+        if self._stopping.is_set():
+            # A rebalance while the worker closes (after SIGTERM, or an error such as Fenced): its consumer is still
+            # a member until it leaves, but a worker on its way out must not take partitions over, which would
+            # fence their owner's producers, claim them in the group's commits and drop its own unsent rows.
+            return
         try:
             async with self._exclusive:
                 self._rebalances += 1
