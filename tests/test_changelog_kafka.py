@@ -562,17 +562,21 @@ async def test_kill_mid_publish_answers_once_and_learns_once(kafka_bootstrap, ka
             wp.kill()
             assert "before transaction 2 of" in since_last_start(wp), wp.tail()
 
-            # A worker killed inside a transaction leaves it open: its records are in the log, not committed.
+            # A worker killed inside a transaction leaves it open: its records are in the log, not committed. Here
+            # an answer, and a changelog record no later batch overwrites (a decision under a key of its own): a
+            # restore reading it would hold one decision too many. The restarted worker's fence must abort the
+            # transaction, or read_committed readers of partition 0 would wait at it for ever.
             dangling = AIOKafkaProducer(
                 bootstrap_servers=kafka_bootstrap, transactional_id=f"{group}-0", enable_idempotence=True
             )
             await dangling.start()
             await dangling.begin_transaction()
-            some_bp = next(bp for bp in BLUEPRINTS)
-            await (await dangling.send(topics["selections"], bogus, key=some_bp.encode(), partition=0))
+            some = next(iter(tamiyo.first.values()))
+            ((_key, payload),) = tamiyo.copies[some.decision_id]
+            await (await dangling.send(topics["selections"], bogus, key=some.blueprint_id.encode(), partition=0))
             await (
                 await dangling.send(
-                    topics["changelog"], b'{"state": {}, "version": -1}', key=b"b:" + some_bp.encode(), partition=0
+                    topics["changelog"], orjson.dumps({"payload": payload.decode()}), key=b"d:never-made", partition=0
                 )
             )
 
