@@ -3,15 +3,22 @@ the shadow, and hand over to the learner once it is estimated better by the marg
 
 from __future__ import annotations
 
+import io
 from datetime import timedelta
 
 import numpy as np
 import pytest
 
+from seedworker.broker.memory import MemoryBus
 from seedworker.contract import events as ev
 from seedworker.core.config import Settings
 from seedworker.core.selector import SeedSelector
 from seedworker.core.shadow import APPRENTICE
+from seedworker.engine.replay import Replay
+from seedworker.engine.worker import Worker
+from seedworker.store.readers import read_all
+from seedworker.store.store import Store
+from seedworker.tools import inspect
 from tests.support import T0, assert_same
 
 LEARNER_BEST = [0.1, 0.3, 0.5, 0.2]  # seed_idx 0 (the baseline's pick) is the worst
@@ -156,3 +163,74 @@ def test_only_blueprints_whose_strategy_is_the_learner_are_apprenticed():
     seeds = [{"seed_id": f"s{i}", "seed_idx": i} for i in range(3)]
     assert sel.select({"request_id": "a", "blueprint_id": "bp", "seeds": seeds}).strategy == APPRENTICE
     assert sel.select({"request_id": "b", "blueprint_id": "other", "seeds": seeds}).strategy == "ucb"
+
+
+async def test_the_worker_logs_the_apprenticeship_and_a_replay_of_its_topics_rebuilds_it(tmp_path):
+    """The worker on the memory bus against LEARNER_BEST; then `seedworker replay`'s machinery rebuilds a new store
+    from the published selections and the outcomes alone: the apprentice state (and the takeover) is the same."""
+    settings = _settings(min_decisions=60).model_copy(update={"db": str(tmp_path / "live.sqlite")})
+    topics = settings.kafka.topics
+    bus = MemoryBus()
+    n = settings.kafka.partitions
+    await bus.ensure_topics({topics.requests: n, topics.outcomes: n})
+    worker = Worker(settings, bus=bus)
+    await worker.start()
+    rng = np.random.default_rng(3)
+    try:
+        for t in range(400):
+            req = ev.GraftRequested(
+                request_id=f"r{t}",
+                blueprint_id="bp",
+                occurred_at=T0 + timedelta(seconds=t),
+                seeds=[ev.SeedCandidate(seed_id=f"s{i}", seed_idx=i) for i in range(4)],
+            )
+            bus.produce(topics.requests, b"bp", ev.encode(req))
+            await _consume(worker, 1)
+            s = ev.decode(bus.read(topics.selections)[-1].value, ev.SEED_SELECTED)
+            gain = LEARNER_BEST[s.seed_idx] + 0.1 * rng.standard_normal()
+            o = ev.AdaptationOutcome(
+                decision_id=s.decision_id,
+                blueprint_id="bp",
+                seed_id=s.seed_id,
+                accuracy_delta=gain,
+                occurred_at=T0 + timedelta(seconds=t + 0.5),
+            )
+            bus.produce(topics.outcomes, b"bp", ev.encode(o))
+            await _consume(worker, 1)
+    finally:
+        await worker.close()
+    live = read_all(settings.db)["blueprints"]["bp"]
+    assert live["apprentice"]["took_over"] is not None
+    logged = [ev.decode(m.value, ev.SEED_SELECTED) for m in bus.read(topics.selections)]
+    assert logged[0].strategy == APPRENTICE and logged[-1].strategy == "thompson"
+
+    store = await Store(tmp_path / "rebuilt.sqlite").open()
+    replay = await Replay(settings, store).start()
+    try:
+        records = sorted(
+            (m for name in (topics.selections, topics.outcomes) for m in bus.read(name)), key=lambda m: m.timestamp_ms
+        )
+        for m in records:
+            await replay.feed(m)
+        await replay.finish({(topics.requests, p): 0 for p in range(n)})
+    finally:
+        await store.close()
+    rebuilt = read_all(tmp_path / "rebuilt.sqlite")["blueprints"]["bp"]
+    assert rebuilt.pop("apprentice") == live.pop("apprentice")
+    assert_same(rebuilt, live, "bp")
+
+    # inspect shows the apprenticeship as the store holds it.
+    report, _ = inspect.read(settings.db, settings)
+    ap = report["blueprints"]["bp"]["apprentice"]
+    assert ap["took_over"] == read_all(settings.db)["blueprints"]["bp"]["apprentice"]["took_over"]
+    assert set(report["blueprints"]["bp"]["shadows"]) == {"thompson", "seed0"}
+    out = io.StringIO()
+    inspect.print_tables(report, out)
+    assert f"the learner took over at decision {ap['took_over']['decisions']}" in out.getvalue()
+
+
+async def _consume(worker: Worker, n: int) -> None:
+    while n > 0:
+        messages = await worker.bus.poll(1, worker.settings.kafka.max_batch)
+        n -= len(messages)
+        await worker.process(messages)

@@ -3,6 +3,7 @@ chosen on the same state, with its probability of the live choice; evaluate and 
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
@@ -13,6 +14,7 @@ from seedworker.core.config import ConfigError, Settings, load_settings
 from seedworker.core.policies import Situation
 from seedworker.core.selector import SeedSelector
 from seedworker.core.shadow import decide_as, shadow_draw
+from seedworker.tools import inspect
 from seedworker.tools.cli import main
 from seedworker.tools.evaluate import evaluate, make_targets, parse_targets, read_log, write_simulated_log
 from seedworker.tools.simulation.envs import make_env
@@ -203,3 +205,24 @@ async def test_beta_thompson_can_be_evaluated_in_the_shadow_though_not_replayed(
     results = evaluate(read_log(db), targets, expected=expected)
     sh = results["shadow:beta-thompson"]
     assert sh.decisions == 200 and sh.dr.value is not None
+
+
+async def test_inspect_reports_each_shadow_per_blueprint(tmp_path):
+    env, db, expected, settings = await _simulated_log(tmp_path, "random", 200, ["seed0", "ucb"], min_samples=0)
+    report, _ = inspect.read(db, settings)
+    (bp,) = report["blueprints"].values()
+    assert set(bp["shadows"]) == {"seed0", "ucb"} and bp["apprentice"] is None
+    results = evaluate(read_log(db), {})
+    for name, r in bp["shadows"].items():  # what evaluate says, per blueprint
+        assert r == results[f"shadow:{name}"].to_dict()
+        assert r["shadowed_decisions"] == 200
+    out = io.StringIO()
+    inspect.print_tables(report, out)
+    text = out.getvalue()
+    assert "live shadows: agreement with the live choice" in text
+    row = next(line for line in text.splitlines() if line.strip().startswith("seed0 "))
+    assert f"{bp['shadows']['seed0']['agreement']:.1%}" in row
+    # A store without shadows reports none, and reads no decision for them.
+    env, plain, expected, settings = await _simulated_log(tmp_path, "seed0", 20, [])
+    report, _ = inspect.read(plain, settings)
+    assert all(b["shadows"] == {} for b in report["blueprints"].values())

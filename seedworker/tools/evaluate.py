@@ -69,6 +69,7 @@ from seedworker.core.policies import STRATEGIES, SamplingPolicy
 from seedworker.core.selector import SeedSelector
 from seedworker.store import readers
 from seedworker.store.readers import read_snapshot
+from seedworker.store.rows import StoredDecision
 from seedworker.store.store import StoreError
 from seedworker.tools.estimators import (
     Estimate,
@@ -176,7 +177,11 @@ class Record:
 
 def read_log(path: str | Path, blueprint_id: str | None = None) -> list[Record]:
     """The decisions in the order the worker made them, from one read-only snapshot of the store."""
-    rows = read_snapshot(path, lambda db: readers.decisions(db, blueprint_id))
+    return to_records(read_snapshot(path, lambda db: readers.decisions(db, blueprint_id)))
+
+
+def to_records(rows: list[StoredDecision]) -> list[Record]:
+    """The store's decision rows as records, in the order given."""
     return [
         Record(
             ev.decode(d.row.payload, ev.SEED_SELECTED),
