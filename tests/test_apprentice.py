@@ -75,6 +75,7 @@ def test_it_follows_the_baseline_then_the_better_learner_takes_over(seed):
     assert "apprentice of thompson: following the baseline seed0" in before[-1].selection_reason or (
         "uniform exploration" in before[-1].selection_reason
     )
+    assert f"(apprentice mode: thompson took over from seed0 at decision {at}, SNIPS" in after[0].selection_reason
     # After the takeover the learner exploits the best seed.
     assert np.mean([s.seed_idx == 2 for s in after[-200:]]) > 0.9
     for s in before:  # every apprentice decision carries the learner's and the baseline's shadow choices

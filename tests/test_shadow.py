@@ -222,7 +222,10 @@ async def test_inspect_reports_each_shadow_per_blueprint(tmp_path):
     assert "live shadows: agreement with the live choice" in text
     row = next(line for line in text.splitlines() if line.strip().startswith("seed0 "))
     assert f"{bp['shadows']['seed0']['agreement']:.1%}" in row
-    # A store without shadows reports none, and reads no decision for them.
+    # Settings without shadows read no decision for them, unless asked; a store without shadows has none.
+    assert all(b["shadows"] is None for b in inspect.read(db, Settings())[0]["blueprints"].values())
+    assert inspect.read(db, Settings(), shadows=True)[0]["blueprints"] == report["blueprints"]
     env, plain, expected, settings = await _simulated_log(tmp_path, "seed0", 20, [])
-    report, _ = inspect.read(plain, settings)
+    report, _ = inspect.read(plain, settings, shadows=True)
     assert all(b["shadows"] == {} for b in report["blueprints"].values())
+    assert main(["inspect", "--db", str(db), "--shadows", "--json"]) == 0

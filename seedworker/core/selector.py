@@ -498,7 +498,8 @@ class SeedSelector:
             seed_id=chosen.seed_id,
             seed_idx=chosen.seed_idx,
             strategy=strategy,
-            selection_reason=f"{chosen.seed_id} (seed_idx {chosen.seed_idx}) chosen by {strategy}: {reason}",
+            selection_reason=f"{chosen.seed_id} (seed_idx {chosen.seed_idx}) chosen by {strategy}: {reason}"
+            + (shadow.note if shadow is not None else ""),
             propensity=float(min(1.0, max(propensity, 1e-12))),
             propensity_method=method,
             scores=None,

@@ -146,14 +146,16 @@ class Live:
 
 
 class Round:
-    """The shadow decisions of one request (and the apprentice's live one, if it decides)."""
+    """The shadow decisions of one request (and the apprentice's live one, if it decides); ``note`` is added to the
+    live decision's reason (after a takeover it says that the learner decides as the apprentice's successor)."""
 
-    __slots__ = ("candidates", "vidx", "live")
+    __slots__ = ("candidates", "vidx", "live", "note")
 
-    def __init__(self, candidates: list[Candidate], vidx: np.ndarray | None, live: Live | None):
+    def __init__(self, candidates: list[Candidate], vidx: np.ndarray | None, live: Live | None, note: str = ""):
         self.candidates = candidates
         self.vidx = vidx
         self.live = live
+        self.note = note
 
     def entries(self, pick: int, seeds) -> list[ShadowChoice]:
         """The event's ``shadow`` field, given the request position of the live pick."""
@@ -222,10 +224,13 @@ class Shadows:
         for name in dict.fromkeys(names):
             s = Situation(bp.arms, vrows, x, bp.decisions, shadow_draw(self.salt, request_id, name))
             chosen[name] = decide_as(name, self.policy(name), s, self.min_samples)
-        live = None
-        if learning is not None and not learning.get("took_over"):
-            live = ap.choose(chosen[ap.baseline], len(vrows), draw, learning)
-        return Round(list(chosen.values()), vidx, live)
+        live, note = None, ""
+        if learning is not None:
+            if learning.get("took_over"):
+                note = ap.describe_takeover(learning["took_over"])
+            else:
+                live = ap.choose(chosen[ap.baseline], len(vrows), draw, learning)
+        return Round(list(chosen.values()), vidx, live, note)
 
     def fold(self, bp, selected: SeedSelected, reward: float, forget: bool) -> None:
         """A reward (or a default reward taken out again) of a decision, for the apprentice's estimates."""
@@ -306,6 +311,12 @@ class Apprentice:
         se = math.sqrt(var) if n > 1 else math.inf
         d = vl - vb
         return {"n": n, "learner": vl, "baseline": vb, "difference": d, "se": se, "lower": d - self.z * se}
+
+    def describe_takeover(self, took: dict) -> str:
+        return (
+            f" (apprentice mode: {self.learner} took over from {self.baseline} at decision {took['decisions']}, "
+            f"SNIPS {took['learner']:.4g} vs {took['baseline']:.4g}, lower bound of the difference {took['lower']:.3g})"
+        )
 
     def describe(self, st: dict) -> str:
         est = self.estimates(st)

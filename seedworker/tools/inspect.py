@@ -16,7 +16,9 @@ dead-letter, dangling, late and duplicate counts, held outcomes, unsent outbox r
 Live shadows (seedworker.core.shadow): per blueprint and shadow strategy recorded in its decisions, how often it
 chose the live seed and its IPS / SNIPS / DR value on the decisions kept, as ``seedworker evaluate`` computes them;
 and, in apprentice mode, the apprenticeship: following the baseline or taken over, the learner's and the baseline's
-SNIPS values and the lower bound of their difference that decides the takeover.
+SNIPS values and the lower bound of their difference that decides the takeover. The shadows' estimates read every
+decision kept (the reward model learns from all outcomes): done when the configuration names shadow strategies or
+an apprentice, or with ``--shadows``; ``--no-shadows`` skips it.
 
 Settings (``--config`` / ``SEEDWORKER_*``) supply what the store does not hold: the default strategy (unless a
 ``strategy.switch`` stored one), the strategies' parameters and the salt of the decision generator, so give inspect
@@ -76,13 +78,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--blueprint", metavar="ID", help="only this blueprint")
     parser.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     parser.add_argument("--plot", metavar="FILE.png", help="write selection share and reward over time to a PNG")
+    parser.add_argument(
+        "--shadows",
+        action=argparse.BooleanOptionalAction,
+        help="estimate the live shadows recorded in the decisions (reads every decision kept); default: when the "
+        "configuration names shadow strategies or an apprentice",
+    )
 
 
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     settings = load_settings(args.config, overrides={"db": args.db})
     try:
-        report, history = read(settings.db, settings, blueprint=args.blueprint, history=bool(args.plot))
+        report, history = read(
+            settings.db,
+            settings,
+            blueprint=args.blueprint,
+            history=bool(args.plot),
+            shadows=getattr(args, "shadows", None),  # a namespace built without the flag: the default
+        )
     except StoreError as exc:
         print(f"seedworker inspect: {exc}", file=sys.stderr)
         return 1
@@ -105,15 +119,22 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
 # -- reading -------------------------------------------------------------------------------------------------------
 def read(
-    path: str | Path, settings: Settings | None = None, *, blueprint: str | None = None, history: bool = False
+    path: str | Path,
+    settings: Settings | None = None,
+    *,
+    blueprint: str | None = None,
+    history: bool = False,
+    shadows: bool | None = None,
 ) -> tuple[dict[str, Any], list[HistoryRow]]:
-    """(the report, the decisions in request-time order if ``history``) from one read-only snapshot."""
+    """(the report, the decisions in request-time order if ``history``) from one read-only snapshot; the live
+    shadows' estimates if ``shadows`` (default: when the settings name shadow strategies or an apprentice)."""
     settings = settings or Settings()
-    rows = read_snapshot(path, lambda db: _query(db, settings, blueprint or None, history))  # --blueprint '': all
+    shadows = bool(settings.shadow_names) if shadows is None else shadows
+    rows = read_snapshot(path, lambda db: _query(db, settings, blueprint or None, history, shadows))  # '': all
     return _report(str(path), settings, rows), rows["history"]
 
 
-def _query(db, settings: Settings, blueprint: str | None, history: bool) -> dict[str, Any]:
+def _query(db, settings: Settings, blueprint: str | None, history: bool, shadows: bool) -> dict[str, Any]:
     # Not the watermarks: inspect also reads a store of schema version 1, which no worker has migrated yet.
     readers.require_tables(db, ("blueprints", "decisions", "counters", "offsets", "meta"))
     has_partitions = readers.schema_version(db) >= 3  # the outbox names partitions from schema version 3 on
@@ -135,7 +156,7 @@ def _query(db, settings: Settings, blueprint: str | None, history: bool) -> dict
         "changelog_lag": readers.changelog_lag(db, settings.kafka.topics.changelog) if has_partitions else [],
         "span": readers.decision_span(db, blueprint),
         "history": readers.decision_history(db, blueprint) if history else [],
-        "shadowed": _shadowed(db, blueprint),
+        "shadowed": _shadowed(db, blueprint) if shadows else None,
     }
 
 
@@ -203,7 +224,8 @@ def _report(path: str, settings: Settings, rows: dict[str, Any]) -> dict[str, An
             statuses.get(bp_id, {}),
             held.get(bp_id),
         )
-        blueprints[bp_id]["shadows"] = _shadows(settings, rows["shadowed"].get(bp_id, []))
+        shadowed = rows["shadowed"]
+        blueprints[bp_id]["shadows"] = None if shadowed is None else _shadows(settings, shadowed.get(bp_id, []))
         blueprints[bp_id]["apprentice"] = _apprentice(selector, bp_id)
     counters = rows["counters"]
     by_status: dict[str, int] = {}
@@ -537,8 +559,8 @@ def _apprentice_lines(ap: dict[str, Any] | None) -> list[str]:
     ]
 
 
-def _shadow_lines(shadows: dict[str, Any]) -> list[str]:
-    if not shadows:
+def _shadow_lines(shadows: dict[str, Any] | None) -> list[str]:
+    if not shadows:  # none recorded, or not read (see --shadows)
         return []
 
     def cell(e: dict[str, Any]) -> str:
