@@ -37,6 +37,7 @@ from seedworker.core.config import Settings
 from seedworker.core.features import FeatureMap
 from seedworker.core.join import Discard, Join, Rules
 from seedworker.core.policies import STRATEGIES, Draw, Policy, Situation
+from seedworker.core.shadow import Shadows
 
 FALLBACK = "fallback"
 
@@ -49,6 +50,7 @@ class BlueprintState:
     version: int = 0
     strategy: str | None = None  # per-blueprint override of the default strategy
     by_strategy: Counter = field(default_factory=Counter)
+    apprentice: dict | None = None  # apprentice mode's estimates (seedworker.core.shadow.Apprentice)
 
     def to_dict(self) -> dict:
         return {
@@ -58,6 +60,7 @@ class BlueprintState:
             "version": self.version,
             "strategy": self.strategy,
             "by_strategy": dict(self.by_strategy),
+            **({"apprentice": self.apprentice} if self.apprentice is not None else {}),
         }
 
     @classmethod
@@ -69,6 +72,7 @@ class BlueprintState:
             data["version"],
             data["strategy"],
             Counter(data["by_strategy"]),
+            data.get("apprentice"),
         )
 
 
@@ -106,6 +110,7 @@ class SeedSelector:
         self._policies: dict[str, Policy] = {}
         self._selectable = frozenset(self.settings.selectable_states)
         self._selectable_or_unset = self._selectable | {None}
+        self.shadow = Shadows(self.settings, self.policy)
 
     # -- the public API ------------------------------------------------------------------------------------------
     def select(self, request: GraftRequested | dict, *, track: bool = True) -> SeedSelected:
@@ -245,6 +250,8 @@ class SeedSelector:
 
     def _fold(self, selected: SeedSelected, reward: float, *, forget: bool = False, **observed) -> None:
         bp = self.blueprint(selected.blueprint_id)
+        if self.shadow.on:
+            self.shadow.fold(bp, selected, reward, forget)
         a = bp.arms
         i = a.index.get(selected.seed_id)
         if i is None:
@@ -333,6 +340,8 @@ class SeedSelector:
                 x,
             )
 
+        # Shadow strategies on the same state; in apprentice mode the apprentice may decide (seedworker.core.shadow).
+        shadows = self.shadow.decide(bp, request.request_id, vrows, vidx, x, strategy, draw) if self.shadow.on else None
         if self.logging_only:
             strategy_name = self.policy(strategy).name
             shadow = self._choose(bp, a, vrows, x, draw, strategy)
@@ -354,7 +363,11 @@ class SeedSelector:
                 notes,
                 context,
                 x,
+                shadows,
             )
+
+        if shadows is not None and shadows.live is not None:
+            return self._event(request, bp, *shadows.live.args(vidx, k, scores), viable, notes, context, x, shadows)
 
         fresh = a.selections[vrows] < self.settings.min_samples
         if np.count_nonzero(fresh):
@@ -380,6 +393,7 @@ class SeedSelector:
                 notes,
                 context,
                 x,
+                shadows,
             )
 
         choice = self._choose(bp, a, vrows, x, draw, strategy)
@@ -400,6 +414,7 @@ class SeedSelector:
             notes,
             context,
             x,
+            shadows,
         )
 
     def _choose(self, bp, a, vrows, x, draw, strategy):
@@ -470,6 +485,7 @@ class SeedSelector:
         notes,
         context,
         x,
+        shadow=None,
     ) -> SeedSelected:
         seeds = request.seeds
         chosen = seeds[pick]
@@ -482,7 +498,8 @@ class SeedSelector:
             seed_id=chosen.seed_id,
             seed_idx=chosen.seed_idx,
             strategy=strategy,
-            selection_reason=f"{chosen.seed_id} (seed_idx {chosen.seed_idx}) chosen by {strategy}: {reason}",
+            selection_reason=f"{chosen.seed_id} (seed_idx {chosen.seed_idx}) chosen by {strategy}: {reason}"
+            + (shadow.note if shadow is not None else ""),
             propensity=float(min(1.0, max(propensity, 1e-12))),
             propensity_method=method,
             scores=None,
@@ -491,6 +508,7 @@ class SeedSelector:
             features=x.tolist(),
             state_version=bp.version,
             request_time=request.occurred_at,
+            shadow=None if shadow is None else shadow.entries(pick, seeds),
         )
         # Built without re-validation: every field comes from validated input or from this function. When both
         # models are plain (no post-init hook, no private attributes, exactly the fields given here), the instances
