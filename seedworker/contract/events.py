@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import threading
 import uuid
 from datetime import UTC, datetime
@@ -338,6 +339,15 @@ def decode(data: bytes | str, expected: str | None = None, *, default_time: date
 
 
 def from_dict(raw: Any, expected: str | None = None, *, default_time: datetime | None = None) -> Envelope:
+    """A plain mapping (a decoded JSON object, or a dict built in process) as a validated event; raises EventError
+    naming the field. A ``graft.requested`` or ``adaptation.outcome`` in its usual form is checked and assembled
+    directly (``_plain_request``, ``_plain_outcome``); anything else goes through pydantic."""
+    if expected is not None and type(raw) is dict and _PLAIN_OK:
+        fast = _PLAIN.get(expected)
+        if fast is not None:
+            event = fast(raw, default_time)
+            if event is not None:
+                return event
     if not isinstance(raw, dict):
         raise EventError(f"event: expected a JSON object, got {type(raw).__name__}")
     if default_time is not None and raw.get("occurred_at") is None:
@@ -379,3 +389,249 @@ def check_selection(selected: SeedSelected) -> None:
             raise EventError(f"scores.{j}.score: not finite ({c.score!r})")
         if c.probability is not None and not (0.0 <= c.probability <= 1.0):
             raise EventError(f"scores.{j}.probability: {c.probability!r} is not in [0, 1]")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Plain dicts in their usual form, without pydantic
+# ---------------------------------------------------------------------------------------------------------------
+# Validating a request with pydantic costs ~15-20 µs at 8 candidates (nine nested models, a Python validator per
+# float), more than the decision itself. A request or outcome whose every value already has its final type (str,
+# int, float, bool, None; a datetime or an RFC 3339 string for the time) is checked here field by field against the
+# same constraints and assembled as model_validate assembles it: the same __dict__ (every field, defaults included),
+# fields-set and extra. Anything else — an unknown or extra key, a value pydantic would coerce (a numeric string,
+# an int for a bool), a bound or uniqueness violation, constraints, per-seed features — returns None and takes the
+# pydantic path, which accepts or refuses it and names the field. So this path decides nothing pydantic would
+# decide otherwise (tests/test_fast_paths.py compares the two on generated dicts).
+_RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?(?:Z|[+-]\d\d:\d\d)")
+_INT_EXACT = 2**53  # ints beyond this do not convert to float exactly: left to pydantic
+_new, _put = object.__new__, object.__setattr__
+_isfinite = math.isfinite
+
+
+def _plain_models() -> bool:
+    """Whether every model assembled here is plain: no post-init hook and no private attributes."""
+    models = (GraftRequested, SeedCandidate, TrainingContext, AdaptationOutcome, SeedSelected, CandidateScore)
+    return all(m.__pydantic_post_init__ is None and not m.__private_attributes__ for m in models)
+
+
+def _assemble(cls: type[BaseModel], values: dict, fields_set: set, extra: dict | None = None) -> Any:
+    m = _new(cls)
+    _put(m, "__dict__", values)
+    _put(m, "__pydantic_fields_set__", fields_set)
+    _put(m, "__pydantic_extra__", extra)
+    _put(m, "__pydantic_private__", None)
+    return m
+
+
+def _plain_time(value: Any) -> datetime | None:
+    """An aware datetime in UTC, or None where pydantic should judge (naive, another type, another spelling)."""
+    if type(value) is str:
+        if _RFC3339.fullmatch(value) is None:
+            return None
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    elif type(value) is not datetime or value.utcoffset() is None:
+        return None
+    return value.astimezone(UTC)
+
+
+def _plain_float(value: Any) -> float | None:
+    """A finite float from a float or an int (not a bool), as pydantic's lax float gives it; else None."""
+    t = type(value)
+    if t is float:
+        return value if _isfinite(value) else None
+    if t is int and -_INT_EXACT <= value <= _INT_EXACT:
+        return float(value)
+    return None
+
+
+def _plain_envelope(raw: dict, event_type: str, values: dict, default_time: datetime | None) -> bool:
+    """Fill the envelope's fields into ``values`` (in field order); False where pydantic should judge."""
+    get = raw.get
+    t = get("event_type", event_type)
+    event_id = get("event_id")
+    if event_id is None:
+        if "event_id" in raw:
+            return False
+        event_id = new_event_id()
+    elif type(event_id) is not str or not event_id:
+        return False
+    version = get("schema_version", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        if type(version) is not str:
+            return False
+        try:
+            check_version(version)
+        except ValueError:
+            return False
+    when = get("occurred_at")
+    if when is None:
+        if "occurred_at" in raw and default_time is None:
+            return False
+        when = default_time if default_time is not None else utc_now()
+    when = _plain_time(when)
+    source = get("source", "seedworker")
+    trace_id, correlation_id = get("trace_id"), get("correlation_id")
+    if (
+        t != event_type
+        or when is None
+        or type(source) is not str
+        or not source
+        or (trace_id is not None and type(trace_id) is not str)
+        or (correlation_id is not None and type(correlation_id) is not str)
+    ):
+        return False
+    values["event_id"] = event_id
+    values["event_type"] = event_type
+    values["schema_version"] = version
+    values["occurred_at"] = when
+    values["source"] = source
+    values["trace_id"] = trace_id
+    values["correlation_id"] = correlation_id
+    return True
+
+
+def _fields_set(raw: dict, default_time: datetime | None) -> set:
+    keys = set(raw)
+    if default_time is not None:
+        keys.add("occurred_at")  # from_dict puts the default time into the mapping
+    return keys
+
+
+def _plain_request(raw: dict, default_time: datetime | None) -> GraftRequested | None:
+    if not _REQUEST_KEYS.issuperset(raw):
+        return None
+    values: dict[str, Any] = {}
+    if not _plain_envelope(raw, GRAFT_REQUESTED, values, default_time):
+        return None
+    get = raw.get
+    request_id, blueprint_id = get("request_id"), get("blueprint_id")
+    layer_name, strategy = get("layer_name"), get("strategy")
+    seeds = get("seeds")
+    if (
+        type(request_id) is not str
+        or not 0 < len(request_id) <= 256
+        or type(blueprint_id) is not str
+        or not 0 < len(blueprint_id) <= 256
+        or (layer_name is not None and type(layer_name) is not str)
+        or (strategy is not None and type(strategy) is not str)
+        or get("constraints") is not None
+        or type(seeds) is not list
+        or not 0 < len(seeds) <= MAX_CANDIDATES
+    ):
+        return None
+    candidates = []
+    ids = set()
+    idxs = set()
+    for c in seeds:
+        if type(c) is not dict or not _SEED_KEYS.issuperset(c):
+            return None
+        seed_id, seed_idx, state = c.get("seed_id"), c.get("seed_idx"), c.get("state")
+        if (
+            type(seed_id) is not str
+            or not 0 < len(seed_id) <= 256
+            or type(seed_idx) is not int
+            or seed_idx < 0
+            or (state is not None and type(state) is not str)
+            or c.get("features") is not None
+        ):
+            return None
+        ids.add(seed_id)
+        idxs.add(seed_idx)
+        candidates.append(
+            _assemble(
+                SeedCandidate,
+                {"seed_id": seed_id, "seed_idx": seed_idx, "state": state, "features": None},
+                set(c),
+            )
+        )
+    if len(ids) != len(seeds) or len(idxs) != len(seeds):
+        return None  # duplicates: pydantic's validator names them
+    context = _plain_context(get("context"), "context" in raw)
+    if context is None:
+        return None
+    values["request_id"] = request_id
+    values["blueprint_id"] = blueprint_id
+    values["layer_name"] = layer_name
+    values["seeds"] = candidates
+    values["context"] = context
+    values["constraints"] = None
+    values["strategy"] = strategy
+    return _assemble(GraftRequested, values, _fields_set(raw, default_time))
+
+
+def _plain_context(raw: Any, given: bool) -> TrainingContext | None:
+    if raw is None:
+        if given:
+            return None  # an explicit null: pydantic's to refuse
+        raw = {}
+    elif type(raw) is not dict:
+        return None
+    values = dict(_CONTEXT_DEFAULTS)
+    extra = {}
+    for k, v in raw.items():
+        f = _plain_float(v)
+        if f is None:
+            if v is None and k in values:
+                continue  # a named signal given as null: its default, but still in the fields set
+            return None
+        if k in values:
+            values[k] = f
+        elif type(k) is str and not k.startswith("_"):
+            extra[k] = f
+        else:
+            return None
+    values["__pydantic_extra__"] = extra  # pydantic keeps the extras in __dict__ too (the annotation above)
+    return _assemble(TrainingContext, values, set(raw), extra)
+
+
+def _plain_outcome(raw: dict, default_time: datetime | None) -> AdaptationOutcome | None:
+    if not _OUTCOME_KEYS.issuperset(raw):
+        return None
+    values: dict[str, Any] = {}
+    if not _plain_envelope(raw, ADAPTATION_OUTCOME, values, default_time):
+        return None
+    get = raw.get
+    decision_id, request_id = get("decision_id"), get("request_id")
+    blueprint_id, seed_id = get("blueprint_id"), get("seed_id")
+    success = get("success", True)
+    if (
+        (decision_id is not None and type(decision_id) is not str)
+        or (request_id is not None and type(request_id) is not str)
+        or not (decision_id or request_id)
+        or type(blueprint_id) is not str
+        or not blueprint_id
+        or type(seed_id) is not str
+        or not seed_id
+        or type(success) is not bool
+    ):
+        return None
+    values["decision_id"] = decision_id
+    values["request_id"] = request_id
+    values["blueprint_id"] = blueprint_id
+    values["seed_id"] = seed_id
+    for name in _OUTCOME_NUMBERS:
+        v = get(name)
+        if v is None:
+            if name in raw:
+                return None
+            v = 0.0
+        else:
+            v = _plain_float(v)
+            if v is None or (v < 0.0 and name in _NON_NEGATIVE):
+                return None
+        values[name] = v
+    values["success"] = success
+    return _assemble(AdaptationOutcome, values, _fields_set(raw, default_time))
+
+
+_REQUEST_KEYS = frozenset(GraftRequested.model_fields)
+_OUTCOME_KEYS = frozenset(AdaptationOutcome.model_fields)
+_SEED_KEYS = frozenset(SeedCandidate.model_fields)
+_CONTEXT_DEFAULTS = dict.fromkeys(_CONTEXT_FIELDS)
+_OUTCOME_NUMBERS = ("accuracy_delta", "loss_delta", "latency_ms", "memory_mb", "throughput")
+_NON_NEGATIVE = frozenset({"latency_ms", "memory_mb", "throughput"})
+_PLAIN = {GRAFT_REQUESTED: _plain_request, ADAPTATION_OUTCOME: _plain_outcome}
+_PLAIN_OK = _plain_models()
