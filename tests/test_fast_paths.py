@@ -257,6 +257,8 @@ def test_index_policies_give_the_same_choice_on_lists_and_arrays(name, monkeypat
         k = int(rng.integers(1, base.SMALL + 1))
         table = _random_table(rng, k, rng.choice([None, 300.0]), bool(rng.random() < 0.3), bool(rng.random() < 0.3))
         rows = rng.permutation(k)[: int(rng.integers(1, k + 1))].astype(np.intp)
+        if rng.random() < 0.3:
+            rows = table.every  # all seeds in table order: read as column slices
         s = Situation(table, rows, np.zeros(2), 5, Draw("salt", f"r{trial}"))
         small = policy.choose(s)
         with monkeypatch.context() as m:
@@ -398,3 +400,24 @@ def test_small_k_quadrature_gives_the_same_floats_as_the_array_code():
         i = int(rng.integers(k))
         for budget in (None, 50):
             assert gaussian_max_probability(loc, sd, i, budget) == _array_quadrature(loc, sd, i, budget)
+
+
+@pytest.mark.parametrize("priors", [False, True])
+def test_reads_over_every_seed_equal_the_gathered_reads(priors):
+    """ArmTable.every (all seeds in table order) is read as column slices; the values are those of gathering the
+    same rows, bit for bit, and the shared array cannot be written to."""
+    rng = np.random.default_rng(5)
+    for k in (1, 3, 8, 20):
+        table = _random_table(rng, k, None, priors, False)
+        for j in range(k):
+            table.learn(j, reward=float(rng.normal()), success=True, t=1.0, x=np.array([1.0, float(rng.normal())]))
+        every, gathered = table.rows([f"s{j}" for j in range(k)]), np.arange(k, dtype=np.intp)
+        assert every is table.every and table.is_every(every) and not table.is_every(gathered)
+        with pytest.raises(ValueError):
+            every[0] = 1
+        x = np.array([1.0, 0.3])
+        for a, b in zip(table.linear_model(every, x), table.linear_model(gathered, x)):
+            np.testing.assert_array_equal(a, b)
+        assert table.counts_means_list(every) == table.counts_means_list(gathered)
+        n, m = table.counts_means(gathered)
+        assert table.counts_means_list(every) == (n.tolist(), m.tolist())
