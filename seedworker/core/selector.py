@@ -191,16 +191,6 @@ class SeedSelector:
             out["seeds"] = seeds
         return out
 
-    def _observe(self, selected: SeedSelected, outcome: AdaptationOutcome) -> None:
-        """The outcome's resource measurements, for the statistics (a default reward has none, so is not counted)."""
-        a = self.blueprint(selected.blueprint_id).arms
-        a.observe(
-            a.index[selected.seed_id],
-            memory_mb=outcome.memory_mb,
-            latency_ms=outcome.latency_ms,
-            throughput=outcome.throughput,
-        )
-
     # -- the two state transitions -------------------------------------------------------------------------------
     def apply_selection(self, selected: SeedSelected) -> None:
         """Fold a decision into the state: counts, the context standardizer, the decision counter."""
@@ -221,7 +211,7 @@ class SeedSelector:
     def learn(self, selected: SeedSelected, outcome: AdaptationOutcome) -> float:
         """Fold an outcome into the statistics of the seed its decision chose. Returns the reward."""
         reward = self.reward(outcome)
-        self._fold(
+        a, i = self._fold(
             selected,
             reward,
             success=outcome.success,
@@ -229,7 +219,8 @@ class SeedSelector:
             memory_mb=outcome.memory_mb,
             latency_ms=outcome.latency_ms,
         )
-        self._observe(selected, outcome)
+        # The outcome's resource measurements, for the statistics (a default reward has none, so is not counted).
+        a.observe(i, memory_mb=outcome.memory_mb, latency_ms=outcome.latency_ms, throughput=outcome.throughput)
         return reward
 
     def learn_reward(self, selected: SeedSelected, reward: float, t: float) -> float:
@@ -244,7 +235,8 @@ class SeedSelector:
         self._fold(selected, reward, success=False, t=t, forget=True)
         self.blueprints[selected.blueprint_id].version -= 1
 
-    def _fold(self, selected: SeedSelected, reward: float, *, forget: bool = False, **observed) -> None:
+    def _fold(self, selected: SeedSelected, reward: float, *, forget: bool = False, **observed) -> tuple[ArmTable, int]:
+        """Fold (or with ``forget`` take out) a reward into the chosen seed's statistics; returns its table and row."""
         bp = self.blueprint(selected.blueprint_id)
         a = bp.arms
         i = a.index.get(selected.seed_id)
@@ -254,9 +246,10 @@ class SeedSelector:
         x = np.asarray(selected.features, dtype=float) if len(selected.features) == a.dim else None
         if forget:
             a.forget(i, reward=reward, x=x, **observed)
-            return
+            return a, i
         a.learn(i, reward=reward, x=x, **observed)
         bp.version += 1
+        return a, i
 
     def load_blueprint(self, blueprint_id: str, state: dict) -> None:
         self.blueprints[blueprint_id] = BlueprintState.from_dict(state)
@@ -357,8 +350,11 @@ class SeedSelector:
                 x,
             )
 
-        fresh = a.selections[vrows] < self.settings.min_samples
-        if np.count_nonzero(fresh):
+        # Selection counts of the candidates (a slice when they are every seed in order); compared as Python
+        # numbers first: after the burn-in no candidate is fresh, and then no mask is built.
+        counts = a.selections[: len(vrows)] if a.is_every(vrows) else a.selections[vrows]
+        if min(counts.tolist()) < self.settings.min_samples:
+            fresh = counts < self.settings.min_samples
             untried = np.flatnonzero(fresh) if vidx is None else vidx[fresh]
             # Burn-in: a uniform pick among the untried, so its propensity is exact.
             j = int(untried[draw.rng.integers(len(untried))]) if len(untried) > 1 else int(untried[0])
