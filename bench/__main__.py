@@ -19,7 +19,7 @@ import bench
 from bench import Report
 
 PREFIXES = ("bench_", "kafka_")
-NAMED = ("regret",)  # modules registered by name (no prefix)
+NAMED = ("regret", "contextual")  # modules registered by name (no prefix)
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "var" / "bench-report.txt"
 

@@ -716,6 +716,27 @@ def goals(report: Report, plan: Plan, results: dict) -> list[str]:
             f"{_fmt_us(public.median)} µs): {vs_river:.2f}x River (goal <= 3x), {vs_core:.2f}x seedworker "
             f"core (goal <= 2x)"
         )
+    # The public path beside the core level for every strategy (information: the goals above judge UCB1 and
+    # Gaussian Thompson), with the fastest peer of the same strategy in this run.
+    report.line()
+    report.line(f"Public path (dicts in, events out) beside the core level at K={plan.k} d={plan.d}:")
+    strategies = dict.fromkeys(s for (s, lib, _) in results if lib == "seedworker")
+    for strategy in strategies:
+        core, public = get(strategy, "seedworker", "core"), get(strategy, "seedworker", "public")
+        if core is None or public is None:
+            continue
+        peers = [r for (s, lib, _), r in results.items() if s == strategy and lib != "seedworker" and r.n]
+        fastest = min(peers, key=lambda r: r.median) if peers else None
+        report.line(
+            f"  {strategy}: public {_fmt_us(public.median)} µs = {public.median / core.median:.2f}x core "
+            f"({_fmt_us(core.median)} µs)"
+            + (
+                f"; fastest peer {fastest.case.library} {fastest.case.api} {_fmt_us(fastest.median)} µs: public = "
+                f"{public.median / fastest.median:.2f}x the peer, peer ÷ core = {fastest.median / core.median:.2f}x"
+                if fastest
+                else ""
+            )
+        )
     return missed
 
 

@@ -107,14 +107,18 @@ class Admin:
     def topic(self, name: str) -> str:
         return f"bench.{self.run_id}.{name}"
 
-    async def create(self, partitions: dict[str, int]) -> None:
-        """Create the topics (full names → partition count) and wait until every partition has a leader."""
+    async def create(self, partitions: dict[str, int], configs: dict[str, dict[str, str]] | None = None) -> None:
+        """Create the topics (full names → partition count; ``configs``: topic configurations by name) and wait
+        until every partition has a leader."""
         from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
         await admin.start()
         try:
-            await admin.create_topics([NewTopic(n, p, 1) for n, p in partitions.items()])
+            configs = configs or {}
+            await admin.create_topics(
+                [NewTopic(n, p, 1, topic_configs=configs.get(n, {})) for n, p in partitions.items()]
+            )
             names = list(partitions)
             for _ in range(200):
                 if set(names) <= set(await admin.list_topics()):
@@ -128,6 +132,17 @@ class Admin:
                         return
                 await asyncio.sleep(0.1)
             raise RuntimeError(f"topics {names} not ready after 20 s")
+        finally:
+            await admin.close()
+
+    async def delete(self, names: list[str]) -> None:
+        """Delete these topics now (a run that makes large topics one after another frees the disk as it goes)."""
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        try:
+            await admin.delete_topics(names)
         finally:
             await admin.close()
 

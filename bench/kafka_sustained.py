@@ -1,7 +1,8 @@
 """Kafka benchmark: one worker over a sustained stream (default 1,000,000 input events), its memory sampled.
 
 The worker is the product as deployed: ``python -m seedworker run --config FILE`` in a child process (default
-strategy, its own SQLite file, ``join.reward_wait_s`` = 60 s of event time, the metrics endpoint on a free port).
+strategy, its own SQLite file, ``join.reward_wait_s`` = 60 s and ``decision_retention_s`` = 90 s of event time, the
+metrics endpoint on a free port).
 The driver plays Tamiyo in a closed loop: it produces ``graft.requested`` (K=8 seeds, 12 blueprints keyed by
 blueprint id, 3 partitions, event time advancing 10 ms per request), keeps at most ``WINDOW`` of them unanswered
 so the worker always has a backlog but event time never runs far ahead, reads every ``seed.selected`` and answers
@@ -20,11 +21,16 @@ counters are checked exactly against what the driver sent, and the output topic'
 requests and retries. Verdicts: memory flat = least-squares RSS slope over the second half of the events (the
 first is warm-up: the duplicate window and other bounded structures fill) at most 1 MiB per 100k events, no
 verdict under 400,000 events; pending bounded = never above reward_wait_s / 10 ms + one batch (6,500), and not
-creeping (mean of the last quarter of the samples at most 1.25x the second quarter's).
+creeping (mean of the last quarter of the samples at most 1.25x the second quarter's); storage bounded = the
+least-squares slope of the SQLite file's size (sampled with the RSS) over the second half at most 1 MiB per 100k
+events: resolved decisions are pruned after ``decision_retention_s``, 90 s of event time = 9,000 requests, so the
+window of kept decisions is full after the first percent of the run. At the end: decisions pruned (counter
+``pruned_decisions``) and kept (rows in the store).
 
 Size: ``BENCH_SUSTAINED_EVENTS`` (default 1,000,000; ``--quick``: 20,000). At 2,500–3,300 events/s on 2 shared
-cores (measured 2026-11-26) the default takes 5–7 minutes, 2,000,000 about 13; the SQLite file needs ~311 MiB of
-disk per 100k events in the temporary directory (deleted afterwards).
+cores (measured 2026-11-26) the default takes 5–7 minutes, 2,000,000 about 13; the SQLite file stays at tens of
+MiB with pruning (it needed ~311 MiB per 100k events before decisions were pruned), in the temporary directory
+(deleted afterwards).
 """
 
 from __future__ import annotations
@@ -66,6 +72,10 @@ BLUEPRINTS = 12
 K = 8
 STEP_S = 0.01  # event time between consecutive requests
 REWARD_WAIT_S = 60.0  # join.reward_wait_s (event time)
+# decision_retention_s (event time): small, so the window of kept decisions (9,000 requests here) fills within
+# the first percent of the run and the second half shows what the SQLite file does once pruning keeps pace.
+RETENTION_S = 90.0
+FLAT_DB_MIB_PER_100K = 1.0  # "bounded storage": SQLite file growth over the second half at most this
 DELAY_S = (0.5, 20.0)  # event time from a request to its outcome
 WINDOW = 1000  # requests sent but not yet answered by a selection, at most
 MAX_BATCH = 500  # the worker's kafka.max_batch (default)
@@ -224,11 +234,14 @@ class Sample:
     held: int
     sent: int  # input events the driver has sent
     tx: float = 0.0  # seconds the worker spent in its SQLite batch transactions so far (its histogram's sum)
+    db: int = 0  # bytes of the SQLite file
+    wal: int = 0  # bytes of its write-ahead log
 
 
 def _config(path: Path, bootstrap: str, group: str, topics: dict, db: Path, port: int) -> None:
     lines = [
         f'db = "{db}"',
+        f"decision_retention_s = {RETENTION_S}",
         "",
         "[kafka]",
         f'bootstrap_servers = "{bootstrap}"',
@@ -260,6 +273,17 @@ async def _metrics(port: int) -> dict[str, float]:
 
 def _tx(m: dict[str, float]) -> float:
     return m.get("seedworker_transaction_latency_seconds_sum", 0.0)
+
+
+def _db_size(db: Path) -> tuple[int, int]:
+    """(file, WAL) bytes of the worker's SQLite; 0 for a file not there (yet)."""
+    out = []
+    for path in (db, db.with_name(db.name + "-wal")):
+        try:
+            out.append(path.stat().st_size)
+        except OSError:
+            out.append(0)
+    return out[0], out[1]
 
 
 def _processed(m: dict[str, float]) -> int:
@@ -323,8 +347,12 @@ async def _run(report, plan: Plan, bootstrap: str, note: str, broker_pid: int | 
         cpu_base = proc_cpu_s(pid) or 0.0
 
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=256 * 1024)
+        # read_committed, as consumers of seed.selected should: the worker publishes in transactions.
         collector = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+            bootstrap_servers=bootstrap,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
         )
         await producer.start()
         await collector.start()
@@ -417,6 +445,7 @@ async def _run(report, plan: Plan, bootstrap: str, note: str, broker_pid: int | 
                     int(m.get("seedworker_outcomes_held", 0)),
                     state["sent"],
                     _tx(m),
+                    *_db_size(db),
                 )
                 samples.append(s)
                 if time.perf_counter() - last_note[0] >= 30:
@@ -482,20 +511,24 @@ async def _run(report, plan: Plan, bootstrap: str, note: str, broker_pid: int | 
             int(m.get("seedworker_outcomes_held", 0)),
             state["sent"],
             _tx(m),
+            *_db_size(db),
         )
         samples.append(final)
         db_bytes = {
             p.name.removeprefix("sustained.sqlite") or "db": p.stat().st_size for p in workdir.glob("sustained.sqlite*")
         }
         # The counters move when a batch is stored, its selections go out just after: wait for the last ones.
+        # Counted as read (the end offsets would count the transactions' commit markers too).
         want = plan.requests + plan.counts["retried"]
+        selections = state["answered"] + state["resent_selections"]
         for _ in range(100):
-            selections = sum((await collector.end_offsets(tps)).values())
             if selections >= want:
                 break
-            await asyncio.sleep(0.1)
+            for records in (await collector.getmany(timeout_ms=100, max_records=5000)).values():
+                selections += len(records)
         child.proc.send_signal(signal.SIGTERM)  # our own child, by its pid
         rc = await asyncio.wait_for(child.proc.wait(), 60)
+        kept = _kept_decisions(db)
 
         _report(
             report,
@@ -515,6 +548,7 @@ async def _run(report, plan: Plan, bootstrap: str, note: str, broker_pid: int | 
                 "interval": interval,
                 "selections": selections,
                 "rc": rc,
+                "kept": kept,
                 "base": base,
                 "run_id": run_id,
             },
@@ -535,6 +569,20 @@ async def _run(report, plan: Plan, bootstrap: str, note: str, broker_pid: int | 
             await admin.delete_all()
         except Exception as exc:  # noqa: BLE001  cleanup must not hide the result
             _say(f"could not delete the run's topics: {exc}")
+
+
+def _kept_decisions(db: Path) -> int | None:
+    """Rows in the decisions table of the worker's SQLite (read after the worker has exited)."""
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            return int(con.execute("SELECT count(*) FROM decisions").fetchone()[0])
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return None
 
 
 def _slope(xs: np.ndarray, ys: np.ndarray) -> float:
@@ -563,8 +611,9 @@ def _report(report, plan: Plan, note: str, state: dict, m: dict, final: Sample, 
     }
     report.line(f"broker: {note}; topics bench.{x['run_id']}.*, {PARTITIONS} partitions (control 1)")
     report.line(
-        f"worker: `python -m seedworker run --config` in a child process, default strategy (thompson), "
-        f"join.reward_wait_s {REWARD_WAIT_S:g} s of event time, max_batch {MAX_BATCH}, metrics endpoint on; "
+        f"worker: `python -m seedworker run --config` in a child process, default strategy, "
+        f"join.reward_wait_s {REWARD_WAIT_S:g} s and decision_retention_s {RETENTION_S:g} s of event time, "
+        f"max_batch {MAX_BATCH}, metrics endpoint on; "
         f"ready {x['ready_s']:.1f} s after its start."
     )
     report.line(
@@ -689,12 +738,27 @@ def _report(report, plan: Plan, note: str, state: dict, m: dict, final: Sample, 
         + f". Held outcomes max {held.max()}."
     )
     total = sum(x["db_bytes"].values())
+    dbf = np.array([s.db for s in samples], dtype=float) / 2**20
+    walf = np.array([s.wal for s in samples], dtype=float) / 2**20
+    db_slope = _slope(ev[after], dbf[after]) * 1e5
+    both_slope = _slope(ev[after], dbf[after] + walf[after]) * 1e5
+    pruned = int(m.get("seedworker_pruned_decisions_total", 0))
     report.line(
-        f"SQLite at the end: {total / 2**20:,.0f} MiB ("
-        + ", ".join(f"{'file' if k == 'db' else k} {v / 2**20:,.0f} MiB" for k, v in sorted(x["db_bytes"].items()))
-        + f"), {total / final.events * 1e5 / 2**20:.0f} MiB per 100k events: every decision (with its payload) "
-        f"is kept (acknowledged outbox rows are deleted); nothing prunes the decisions, so the disk use grows "
-        f"with the traffic."
+        f"SQLite at the end: {total / 2**20:,.1f} MiB ("
+        + ", ".join(f"{'file' if k == 'db' else k} {v / 2**20:,.1f} MiB" for k, v in sorted(x["db_bytes"].items()))
+        + f"); the file {float(np.interp(final.events / 4, ev, dbf)):.1f} MiB after a quarter of the events, "
+        f"{float(np.interp(warm, ev, dbf)):.1f} MiB after half, max {dbf.max():.1f} MiB; WAL max {walf.max():.1f} "
+        f"MiB. decision_retention_s {RETENTION_S:g} s of event time ({RETENTION_S / STEP_S:,.0f} requests): "
+        f"{pruned:,} decisions pruned (counter pruned_decisions), "
+        + (f"{x['kept']:,} kept in the store at the end" if x["kept"] is not None else "kept: the store unreadable")
+        + f" (of {c['decisions']:,} made)."
+    )
+    flat_db = bool(np.isfinite(db_slope) and db_slope <= FLAT_DB_MIB_PER_100K)
+    report.line(
+        f"  {('PASS' if flat_db else 'FAIL') if enough else 'N/A '}  storage bounded: least-squares slope of the "
+        f"SQLite file size over the second half of the events {db_slope:+.2f} MiB per 100k events (file + WAL "
+        f"{both_slope:+.2f}; criterion: file ≤ {FLAT_DB_MIB_PER_100K:g} MiB per 100k events; the WAL is reset at "
+        f"checkpoints, its size is noise)" + ("" if enough else "; no verdict under 400,000 events")
     )
 
     # Exact checks against what the driver sent.

@@ -80,45 +80,77 @@ def stream(scenario: str, seed: int, steps: int) -> tuple[np.ndarray, np.ndarray
 
 
 # -- players ----------------------------------------------------------------------------------------------------
-# A player is built for one run and answers choose(t) -> arm and update(t, arm, reward).
+# A player is built for one run and answers choose(t) -> arm and update(t, arm, reward); close() frees what it
+# holds outside Python (a Vowpal Wabbit workspace).
 @dataclass
 class Player:
     choose: Callable[[int], int]
     update: Callable[[int, int, float], None]
+    close: Callable[[], None] = lambda: None
 
 
 @dataclass(frozen=True)
 class Entry:
     library: str
     label: str
-    make: Callable[[int, int, str], Player]  # (random seed, steps, scenario) -> player
+    make: Callable[..., Player]  # here (random seed, steps, scenario) -> player; bench/contextual.py: its own
 
     @property
     def name(self) -> str:
         return f"{self.library}: {self.label}"
 
 
+class CoreArms:
+    """One blueprint driven through seedworker's core API as the selector drives it: an ``ArmTable`` of ``k`` seeds,
+    the strategy's ``choose`` on a ``Situation`` with the decision's seeded ``Draw``, then ``select`` + ``learn``.
+    The first ``k`` decisions are the selector's burn-in (``min_samples=1``): each seed once, in order (the
+    selector draws among the untried ones; over shuffled streams that is the same)."""
+
+    def __init__(
+        self,
+        name: str,
+        k: int,
+        dim: int,
+        *,
+        salt: str,
+        params: dict | None = None,
+        half_life_s: float | None = None,
+        ridge: float = 1.0,
+    ):
+        from seedworker.core.arms import ArmTable
+        from seedworker.core.policies import STRATEGIES, make_policy
+
+        self.k = k
+        self.table = ArmTable(
+            dim=dim, ridge=ridge, half_life_s=half_life_s, detect=STRATEGIES[name].detects, capacity=max(k, 8)
+        )
+        self.rows = self.table.rows([f"s{j}" for j in range(k)])
+        self.policy = make_policy(name, params)
+        self.contextual = self.policy.contextual
+        self.salt = salt
+
+    def choose(self, t: int, x: np.ndarray, key: str) -> int:
+        from seedworker.core.policies import Draw, Situation
+
+        if t < self.k:
+            return t
+        return self.policy.choose(Situation(self.table, self.rows, x, t, Draw(self.salt, key))).index
+
+    def learn(self, t: int, arm: int, reward: float, x: np.ndarray) -> None:
+        self.table.select(arm, float(t))
+        self.table.learn(arm, reward=reward, success=reward > 0.0, t=float(t), x=x if self.contextual else None)
+
+
 def seedworker(name: str, params: dict | None = None, half_life_s: float | None = None) -> Callable:
-    from seedworker.core.arms import ArmTable
-    from seedworker.core.policies import STRATEGIES, Draw, Situation, make_policy
-
-    detects = STRATEGIES[name].detects
-
     def make(seed: int, steps: int, scenario: str) -> Player:
-        table = ArmTable(dim=1, half_life_s=half_life_s, detect=detects)
-        rows = table.rows([f"s{k}" for k in range(K)])
-        policy = make_policy(name, params)
+        arms = CoreArms(name, K, 1, salt="regret", params=params, half_life_s=half_life_s)
         x = np.ones(1)
 
         def choose(t: int) -> int:
-            if t < K:  # the selector's burn-in (min_samples=1): each seed once first
-                return t
-            situation = Situation(table, rows, x, t, Draw("regret", f"{scenario}-{seed}-{t}"))
-            return policy.choose(situation).index
+            return arms.choose(t, x, f"{scenario}-{seed}-{t}")
 
         def update(t: int, arm: int, reward: float) -> None:
-            table.select(arm, float(t))
-            table.learn(arm, reward=reward, success=reward > 0.0, t=float(t))
+            arms.learn(t, arm, reward, x)
 
         return Player(choose, update)
 
@@ -292,12 +324,20 @@ def play(entry: Entry, scenario: str, seed: int, steps: int) -> float:
     return regret * POINTS
 
 
-def _ratio_interval(mine: np.ndarray, peer: np.ndarray, rng: np.random.Generator) -> tuple[float, float, float]:
-    """Ratio of mean regrets and its 5-95% paired bootstrap interval over the random seeds."""
+def ratio_interval(mine: np.ndarray, peer: np.ndarray, rng: np.random.Generator) -> tuple[float, float, float]:
+    """Ratio of means (here of regrets) and its 5-95% paired bootstrap interval over the random seeds: element i
+    of both arrays comes from the same random seed, so they are resampled together."""
     n = len(mine)
     idx = rng.integers(n, size=(2000, n))
     boot = mine[idx].mean(axis=1) / peer[idx].mean(axis=1)
     return float(mine.mean() / peer.mean()), float(np.quantile(boot, 0.05)), float(np.quantile(boot, 0.95))
+
+
+def mean_ci(v: np.ndarray, digits: int = 2) -> str:
+    """Mean ± 1.96 standard errors over the random seeds (the mean alone for one seed)."""
+    if len(v) < 2:
+        return f"{v.mean():.{digits}f}"
+    return f"{v.mean():.{digits}f} ± {1.96 * v.std(ddof=1) / math.sqrt(len(v)):.{digits}f}"
 
 
 def main(report: Report) -> None:
@@ -321,10 +361,7 @@ def main(report: Report) -> None:
             continue
         print(f"  [regret] {e.name}: {time.perf_counter() - t0:.1f} s", flush=True)
 
-    def cell(v: np.ndarray) -> str:
-        return f"{v.mean():.2f} ± {1.96 * v.std(ddof=1) / math.sqrt(len(v)):.2f}" if len(v) > 1 else f"{v.mean():.2f}"
-
-    report.table(["player", *SCENARIOS], [[name, *(cell(r[s]) for s in SCENARIOS)] for name, r in results.items()])
+    report.table(["player", *SCENARIOS], [[name, *(mean_ci(r[s]) for s in SCENARIOS)] for name, r in results.items()])
 
     peers = {n: r for n, r in results.items() if not n.startswith("seedworker")}
     best_peer = {s: min(peers, key=lambda n: peers[n][s].mean()) for s in SCENARIOS}
@@ -339,7 +376,7 @@ def main(report: Report) -> None:
             continue
         cells, logs = [], []
         for s in SCENARIOS:
-            ratio, lo, hi = _ratio_interval(r[s], peers[best_peer[s]][s], rng)
+            ratio, lo, hi = ratio_interval(r[s], peers[best_peer[s]][s], rng)
             cells.append(f"{ratio:.2f} [{lo:.2f}, {hi:.2f}]")
             logs.append(math.log(ratio))
         gms[name] = math.exp(sum(logs) / len(logs))

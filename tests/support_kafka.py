@@ -144,3 +144,20 @@ class WorkerProcess:
         except OSError:
             return ""
         return "\n--- worker log (tail) ---\n" + "\n".join(lines[-n:])
+
+
+class CommittedReader(Reader):
+    """A Reader with ``isolation.level=read_committed``: what a consumer of ``seed.selected`` (or a restore) sees,
+    never the records of an aborted or still open transaction."""
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int = PARTITIONS):
+        # Not Reader.__init__: a consumer created and never started warns when it is collected.
+        self.tps = [TopicPartition(topic, p) for p in range(partitions)]
+        self.records = []
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            group_id=None,
+            isolation_level="read_committed",
+        )

@@ -257,6 +257,8 @@ def test_index_policies_give_the_same_choice_on_lists_and_arrays(name, monkeypat
         k = int(rng.integers(1, base.SMALL + 1))
         table = _random_table(rng, k, rng.choice([None, 300.0]), bool(rng.random() < 0.3), bool(rng.random() < 0.3))
         rows = rng.permutation(k)[: int(rng.integers(1, k + 1))].astype(np.intp)
+        if rng.random() < 0.3:
+            rows = table.every  # all seeds in table order: read as column slices
         s = Situation(table, rows, np.zeros(2), 5, Draw("salt", f"r{trial}"))
         small = policy.choose(s)
         with monkeypatch.context() as m:
@@ -398,3 +400,52 @@ def test_small_k_quadrature_gives_the_same_floats_as_the_array_code():
         i = int(rng.integers(k))
         for budget in (None, 50):
             assert gaussian_max_probability(loc, sd, i, budget) == _array_quadrature(loc, sd, i, budget)
+
+
+@pytest.mark.parametrize("priors", [False, True])
+def test_reads_over_every_seed_equal_the_gathered_reads(priors):
+    """ArmTable.every (all seeds in table order) is read as column slices; the values are those of gathering the
+    same rows, bit for bit, and the shared array cannot be written to."""
+    rng = np.random.default_rng(5)
+    for k in (1, 3, 8, 20):
+        table = _random_table(rng, k, None, priors, False)
+        for j in range(k):
+            table.learn(j, reward=float(rng.normal()), success=True, t=1.0, x=np.array([1.0, float(rng.normal())]))
+        every, gathered = table.rows([f"s{j}" for j in range(k)]), np.arange(k, dtype=np.intp)
+        assert every is table.every and table.is_every(every) and not table.is_every(gathered)
+        with pytest.raises(ValueError):
+            every[0] = 1
+        x = np.array([1.0, 0.3])
+        for a, b in zip(table.linear_model(every, x), table.linear_model(gathered, x)):
+            np.testing.assert_array_equal(a, b)
+        assert table.counts_means_list(every) == table.counts_means_list(gathered)
+        n, m = table.counts_means(gathered)
+        assert table.counts_means_list(every) == (n.tolist(), m.tolist())
+
+
+@pytest.mark.parametrize("name", ["thompson", "glr-thompson"])
+@pytest.mark.parametrize("propensity", ["quadrature", "monte_carlo"])
+def test_gaussian_thompson_gives_the_same_decision_on_lists_and_arrays(name, propensity, monkeypatch):
+    """Up to base.SMALL candidates the Gaussian posterior and its draws are computed on Python floats: the same
+    draws (bit for bit), the same pick and the same propensity as the array path, on random states."""
+    rng = np.random.default_rng(12)
+    policy = make_policy(name, {"propensity": propensity, "propensity_samples": 50})
+    for trial in range(150):
+        k = int(rng.integers(1, base.SMALL + 1))
+        table = _random_table(rng, k, rng.choice([None, 300.0]), bool(rng.random() < 0.3), bool(rng.random() < 0.3))
+        rows = table.every if rng.random() < 0.3 else rng.permutation(k)[: int(rng.integers(1, k + 1))].astype(np.intp)
+        small = policy.choose(Situation(table, rows, np.zeros(2), 5, Draw("salt", f"r{trial}")))
+        with monkeypatch.context() as m:
+            m.setattr(thompson, "SMALL", 0)
+            big = policy.choose(Situation(table, rows, np.zeros(2), 5, Draw("salt", f"r{trial}")))
+        assert isinstance(small._scores, list) or not math.isfinite(sum(small.score_list()))
+        assert (small.index, small.propensity, small.method, small.explored, small.reason) == (
+            big.index,
+            big.propensity,
+            big.method,
+            big.explored,
+            big.reason,
+        )
+        assert small.score_list() == big.score_list()
+        if big.probabilities is not None:
+            np.testing.assert_array_equal(small.probabilities, big.probabilities)

@@ -36,7 +36,9 @@ SCHEMA_MAJOR = 1
 # request_id), no SeedSequence): the same (salt, request id, state) may pick another seed, or the same seed with
 # another Monte-Carlo propensity, than under 1.1. The wire format is unchanged. Replay folds the logged decisions
 # (seed_id, propensity, features) and never draws, so logs of either version replay to the decisions they record.
-SCHEMA_MINOR = 2
+# 1.3: seed.selected may carry ``shadow`` (seedworker.core.shadow): what each shadow strategy would have chosen on
+# the same state, with its probability of the live choice. Additive: events without it decode as before.
+SCHEMA_MINOR = 3
 SCHEMA_VERSION = f"{SCHEMA_MAJOR}.{SCHEMA_MINOR}"
 MAX_CANDIDATES = 256
 
@@ -214,6 +216,16 @@ class CandidateScore(_Model):
     note: str | None = None
 
 
+class ShadowChoice(_Model):
+    """What one strategy would have chosen for the decision on the same state, without acting on it."""
+
+    strategy: str
+    seed_id: str
+    propensity: float = Field(gt=0, le=1)  # its probability of its own pick
+    propensity_of_live: float = Field(ge=0, le=1)  # its probability of the seed the decision chose
+    propensity_method: Literal["exact", "monte_carlo", "quadrature"] = "exact"
+
+
 class SeedSelected(Envelope):
     event_type: Literal["seed.selected"] = SEED_SELECTED
     decision_id: str
@@ -234,6 +246,7 @@ class SeedSelected(Envelope):
     features: list[float] = Field(default_factory=list)
     state_version: int = Field(ge=0)
     request_time: UtcTime | None = None
+    shadow: list[ShadowChoice] | None = None  # since 1.3; absent when no shadow strategy is configured
 
 
 class AdaptationOutcome(Envelope):
@@ -379,3 +392,6 @@ def check_selection(selected: SeedSelected) -> None:
             raise EventError(f"scores.{j}.score: not finite ({c.score!r})")
         if c.probability is not None and not (0.0 <= c.probability <= 1.0):
             raise EventError(f"scores.{j}.probability: {c.probability!r} is not in [0, 1]")
+    for j, c in enumerate(selected.shadow or ()):
+        if not (0.0 < c.propensity <= 1.0 and 0.0 <= c.propensity_of_live <= 1.0):
+            raise EventError(f"shadow.{j}: propensities {c.propensity!r}, {c.propensity_of_live!r} out of range")

@@ -80,6 +80,7 @@ _HISTORY = 1000
 _MIN_SIDE = 5
 _DETECT_DELTA = 0.01
 _SPLITS = np.arange(_HISTORY + 1, dtype=float)  # candidate split positions s, shared by every test
+_outer = np.multiply.outer
 
 
 class ArmTable:
@@ -103,6 +104,7 @@ class ArmTable:
         self._priors = 0  # seeds with a warm-start prior: reads skip the prior terms while there are none
         self._pending: list[list[np.ndarray]] = []  # per arm: contexts whose x x^T is not yet in the Gram matrix
         self._pending_n = 0
+        self._every: np.ndarray | None = None
         self._alloc(capacity)
 
     # -- storage -------------------------------------------------------------------------------------------------
@@ -171,6 +173,9 @@ class ArmTable:
         self._linear_views = tuple(
             memoryview(getattr(self, name)) for name in ("lin_w", "lin_sq", "_lin_rss", "_lin_dof", "_lin_trace")
         )
+        # Per arm, views of its A^-1, b and theta rows: indexing the (capacity, d, d) arrays anew for every outcome
+        # cost a view object each time.
+        self._linear_rows = list(zip(self.a_inv, self.b, self.theta))
 
     def __len__(self) -> int:
         return len(self.seed_ids)
@@ -180,6 +185,8 @@ class ArmTable:
 
         ``prior`` may also be a function returning it: it is then called only when a seed is new (the warm-start
         prior sums the whole table, which a decision over known seeds does not need)."""
+        if seed_ids == self.seed_ids:
+            return self.every
         index = self.index
         try:
             return np.array([index[s] for s in seed_ids], dtype=np.intp)
@@ -189,7 +196,24 @@ class ArmTable:
             for s in seed_ids:
                 if s not in index:
                     self._add(s, prior)
+            if seed_ids == self.seed_ids:
+                return self.every
             return np.array([index[s] for s in seed_ids], dtype=np.intp)
+
+    @property
+    def every(self) -> np.ndarray:
+        """The rows of every seed in table order (read-only, one array until a seed is added): a decision over all
+        of a blueprint's seeds, the usual case, gets this array, and reads such as ``linear_fit`` then take the
+        columns as they are instead of gathering them (see ``is_every``)."""
+        every = self._every
+        if every is None or len(every) != len(self.seed_ids):
+            every = self._every = np.arange(len(self.seed_ids), dtype=np.intp)
+            every.setflags(write=False)
+        return every
+
+    def is_every(self, rows: np.ndarray) -> bool:
+        """Whether ``rows`` is ``every``: all seeds, in table order."""
+        return rows is self._every and len(rows) == len(self.seed_ids)
 
     def _add(self, seed_id: str, prior: tuple[float, float] | None) -> None:
         i = len(self.seed_ids)
@@ -448,19 +472,18 @@ class ArmTable:
         lin_w, lin_sq, rss, dof, trace = self._linear_views
         lin_w[i] += weight
         lin_sq[i] += weight * reward * reward
-        a_inv = self.a_inv[i]
+        a_inv, b, theta = self._linear_rows[i]
         ax = a_inv.dot(x)
         # Sherman–Morrison: (A + w x x^T)^-1 = A^-1 - w (A^-1 x)(A^-1 x)^T / (1 + w x^T A^-1 x). Scaling A^-1 x by
         # sqrt(w / (1 + w x^T A^-1 x)) first makes the correction one outer product of a vector with itself: exactly
-        # symmetric, so A^-1 stays symmetric however many outcomes it absorbs.
+        # symmetric, so A^-1 stays symmetric however many outcomes it absorbs. (multiply.outer gives the products
+        # ax[:, None] * ax gives, without the broadcast view.)
         ax *= math.sqrt(weight / (1.0 + weight * float(x.dot(ax))))
-        a_inv -= ax[:, None] * ax
-        b = self.b[i]
+        a_inv -= _outer(ax, ax)
         if weight == 1.0:
             b += reward * x
         else:
             b += (weight * reward) * x
-        theta = self.theta[i]
         np.dot(a_inv, b, out=theta)
         # The noise estimate's parts (see linear_model): the correction above lowers tr(A^-1) by |scaled A^-1 x|^2.
         tr = trace[i] - float(ax.dot(ax))
@@ -552,6 +575,25 @@ class ArmTable:
         decayed = discounted and self.half_life_s is not None
         n, mean = self._means(rows, decayed)
         return (self.counts(rows, True) if decayed else n), mean
+
+    def counts_means_list(self, rows: np.ndarray, discounted: bool = False) -> tuple[list[float], list[float]]:
+        """``counts_means`` as Python floats, for a few candidates (policies.base.SMALL): the same operations per
+        arm (prior added, then s / n, 0 where n is 0) without the numpy calls, which cost more at this size."""
+        if discounted and self.half_life_s is not None:
+            n, mean = self.counts_means(rows, True)
+            return n.tolist(), mean.tolist()
+        if self.is_every(rows):
+            k = len(rows)
+            n, s = self.pulls[:k].tolist(), self.reward_sum[:k].tolist()
+        else:
+            at = rows.tolist()
+            pulls, sums = self._learn_views[0], self._learn_views[1]
+            n, s = [pulls[i] for i in at], [sums[i] for i in at]
+        if self._priors:
+            pw, pm = self.prior_w[rows].tolist(), self.prior_mean[rows].tolist()
+            n = [c + w for c, w in zip(n, pw)]
+            s = [t + w * m for t, w, m in zip(s, pw, pm)]
+        return n, [t / c if c > 0.0 else 0.0 for t, c in zip(s, n)]
 
     def _means(self, rows: np.ndarray, decayed: bool) -> tuple[np.ndarray, np.ndarray]:
         """(the count each mean divides by, the means) including the warm-start prior."""
@@ -648,9 +690,14 @@ class ArmTable:
         s2 = self.pooled_scale() ** 2
         if f is None:
             mean, width = self.linear_fit(rows, x)
-            noise = self._lin_rss[rows]
-            noise += _NOISE_PRIOR * s2
-            noise /= self._lin_dof[rows]
+            if self.is_every(rows):  # the columns themselves (a new array from the sum): no gather
+                k = len(rows)
+                noise = self._lin_rss[:k] + _NOISE_PRIOR * s2
+                noise /= self._lin_dof[:k]
+            else:
+                noise = self._lin_rss[rows]
+                noise += _NOISE_PRIOR * s2
+                noise /= self._lin_dof[rows]
             return mean, width, noise
         theta, a_inv = self._faded_linear(rows, f)
         mean = theta.dot(x)
@@ -666,8 +713,10 @@ class ArmTable:
         if 2 * len(rows) >= n:
             # Most arms are candidates: two matrix-vector products over the table's own storage (views, no copy of
             # the K d×d inverses), then pick the rows.
-            mean = self.theta[:n].dot(x)[rows]
-            width = self.a_inv[:n].reshape(n * d, d).dot(x).reshape(n, d).dot(x)[rows]
+            mean = self.theta[:n].dot(x)
+            width = self.a_inv[:n].reshape(n * d, d).dot(x).reshape(n, d).dot(x)
+            if not self.is_every(rows):
+                mean, width = mean[rows], width[rows]
         else:
             k = len(rows)
             mean = self.theta[rows].dot(x)

@@ -171,6 +171,33 @@ class MetricsSettings(_Section):
     port: int = Field(default=0, ge=0, le=65535, description="0 disables the endpoint")
 
 
+class ShadowSettings(_Section):
+    """Strategies decided on every request beside the live one, on the same state, and recorded in the decision
+    (seedworker.core.shadow); nothing they choose is acted on."""
+
+    strategies: list[str] = Field(default_factory=list, description="strategy names decided in the shadow")
+
+
+class ApprenticeSettings(_Section):
+    """Apprentice mode (seedworker.core.shadow.Apprentice): a blueprint whose strategy is ``learner`` follows
+    ``baseline`` with probability 1 - epsilon and picks uniformly with epsilon, until the learner's estimated value
+    on those decisions beats the baseline's by ``margin`` (the lower bound at ``confidence``), with at least
+    ``min_decisions`` rewarded decisions; then the learner decides."""
+
+    learner: str = Field(min_length=1, description="the strategy that learns and takes over")
+    baseline: str = Field(default="seed0", min_length=1, description="the strategy followed until then")
+    epsilon: float = Field(default=0.1, gt=0, le=1, description="share of uniform exploration while following")
+    margin: float = Field(default=0.0, description="how much better (reward per decision) the learner must be")
+    min_decisions: int = Field(default=200, ge=1, description="rewarded decisions before it may take over")
+    confidence: float = Field(default=0.95, ge=0.5, lt=1, description="one-sided level of the lower bound")
+
+    @model_validator(mode="after")
+    def _two_strategies(self) -> ApprenticeSettings:
+        if self.learner == self.baseline:
+            raise ValueError(f"learner and baseline are both {self.learner!r}: an apprentice needs two strategies")
+        return self
+
+
 # A default reward that a late outcome replaces is taken out of the statistics again (seedworker.core.join), but a
 # change detector's segment is a sequence that may have restarted since: it cannot be taken out exactly.
 _DEFAULT_WITH_DETECTION = (
@@ -212,6 +239,8 @@ class Settings(BaseSettings):
     # keeps statistics that do not depend on the order outcomes arrive in.
     change_detection: bool | None = None
     reward: RewardSettings = RewardSettings()
+    shadow: ShadowSettings = ShadowSettings()
+    apprentice: ApprenticeSettings | None = None
     kafka: KafkaSettings = KafkaSettings()
     join: JoinSettings = JoinSettings()
     metrics: MetricsSettings = MetricsSettings()
@@ -231,6 +260,12 @@ class Settings(BaseSettings):
             ("default_strategy", self.default_strategy),
             *((f"blueprint_strategies.{bp}", n) for bp, n in self.blueprint_strategies.items()),
             *((f"strategies.{n}", n) for n in self.strategies),
+            *((f"shadow.strategies.{j}", n) for j, n in enumerate(self.shadow.strategies)),
+            *(
+                (f"apprentice.{role}", getattr(self.apprentice, role))
+                for role in ("learner", "baseline")
+                if self.apprentice is not None
+            ),
         ]
         for key, name in keyed:
             problem = self.strategy_problem(name)
@@ -285,8 +320,14 @@ class Settings(BaseSettings):
     def detects_changes(self) -> bool:
         if self.change_detection is not None:
             return self.change_detection
-        names = {self.default_strategy, *self.blueprint_strategies.values(), *self.strategies}
+        names = {self.default_strategy, *self.blueprint_strategies.values(), *self.strategies, *self.shadow_names}
         return any(STRATEGIES[n].detects for n in names if n in STRATEGIES)
+
+    @property
+    def shadow_names(self) -> tuple[str, ...]:
+        """Every strategy decided in the shadow: the configured ones and the apprentice's learner and baseline."""
+        roles = () if self.apprentice is None else (self.apprentice.learner, self.apprentice.baseline)
+        return tuple(dict.fromkeys([*self.shadow.strategies, *roles]))
 
     def policy(self, name: str):
         return make_policy(name, self.strategies.get(name))

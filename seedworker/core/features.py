@@ -70,12 +70,14 @@ class FeatureMap:
 
     def transform(self, context: dict[str, float]) -> np.ndarray:
         get = context.get
+        isfinite = math.isfinite
         clip, low = self.clip, -self.clip
         out = [1.0]
+        append = out.append
         for name, mean, std in zip(self.names, self._mean, self._std()):
             v = get(name)
-            if v is None or not math.isfinite(v):
-                out.append(0.0)  # a missing signal sits at the mean (z = 0): it neither pushes nor pulls the estimate
+            if v is None or not isfinite(v):
+                append(0.0)  # a missing signal sits at the mean (z = 0): it neither pushes nor pulls the estimate
                 continue
             v = float(v)
             if v > RAW_LIMIT:
@@ -83,7 +85,13 @@ class FeatureMap:
             elif v < -RAW_LIMIT:
                 v = -RAW_LIMIT
             z = (v - mean) / std
-            out.append(max(min(z, clip), low))  # NaN stays NaN, as np.minimum/np.maximum keep it
+            # Clipped to [low, clip] as max(min(z, clip), low) clips (NaN stays NaN, as np.minimum/np.maximum keep
+            # it: both comparisons are false), without the two calls.
+            if z > clip:
+                z = clip
+            elif z < low:
+                z = low
+            append(z)
         return np.array(out)
 
     def _std(self) -> list[float]:
@@ -103,11 +111,12 @@ class FeatureMap:
 
     def update(self, context: dict[str, float]) -> None:
         get = context.get
+        isfinite = math.isfinite
         self._std_cache = None
         count, mean, m2 = self._count, self._mean, self._m2
         for j, name in enumerate(self.names):
             v = get(name)
-            if v is None or not math.isfinite(v):
+            if v is None or not isfinite(v):
                 continue
             v = float(v)
             if v > RAW_LIMIT:

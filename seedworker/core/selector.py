@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel
 
 from seedworker.contract.events import (
     SCHEMA_VERSION,
@@ -37,6 +38,7 @@ from seedworker.core.config import Settings
 from seedworker.core.features import FeatureMap
 from seedworker.core.join import Discard, Join, Rules
 from seedworker.core.policies import STRATEGIES, Draw, Policy, Situation
+from seedworker.core.shadow import Shadows
 
 FALLBACK = "fallback"
 
@@ -49,6 +51,7 @@ class BlueprintState:
     version: int = 0
     strategy: str | None = None  # per-blueprint override of the default strategy
     by_strategy: Counter = field(default_factory=Counter)
+    apprentice: dict | None = None  # apprentice mode's estimates (seedworker.core.shadow.Apprentice)
 
     def to_dict(self) -> dict:
         return {
@@ -58,6 +61,7 @@ class BlueprintState:
             "version": self.version,
             "strategy": self.strategy,
             "by_strategy": dict(self.by_strategy),
+            **({"apprentice": self.apprentice} if self.apprentice is not None else {}),
         }
 
     @classmethod
@@ -69,6 +73,7 @@ class BlueprintState:
             data["version"],
             data["strategy"],
             Counter(data["by_strategy"]),
+            data.get("apprentice"),
         )
 
 
@@ -106,6 +111,7 @@ class SeedSelector:
         self._policies: dict[str, Policy] = {}
         self._selectable = frozenset(self.settings.selectable_states)
         self._selectable_or_unset = self._selectable | {None}
+        self.shadow = Shadows(self.settings, self.policy)
 
     # -- the public API ------------------------------------------------------------------------------------------
     def select(self, request: GraftRequested | dict, *, track: bool = True) -> SeedSelected:
@@ -190,16 +196,6 @@ class SeedSelector:
             out["seeds"] = seeds
         return out
 
-    def _observe(self, selected: SeedSelected, outcome: AdaptationOutcome) -> None:
-        """The outcome's resource measurements, for the statistics (a default reward has none, so is not counted)."""
-        a = self.blueprint(selected.blueprint_id).arms
-        a.observe(
-            a.index[selected.seed_id],
-            memory_mb=outcome.memory_mb,
-            latency_ms=outcome.latency_ms,
-            throughput=outcome.throughput,
-        )
-
     # -- the two state transitions -------------------------------------------------------------------------------
     def apply_selection(self, selected: SeedSelected) -> None:
         """Fold a decision into the state: counts, the context standardizer, the decision counter."""
@@ -220,7 +216,7 @@ class SeedSelector:
     def learn(self, selected: SeedSelected, outcome: AdaptationOutcome) -> float:
         """Fold an outcome into the statistics of the seed its decision chose. Returns the reward."""
         reward = self.reward(outcome)
-        self._fold(
+        a, i = self._fold(
             selected,
             reward,
             success=outcome.success,
@@ -228,7 +224,8 @@ class SeedSelector:
             memory_mb=outcome.memory_mb,
             latency_ms=outcome.latency_ms,
         )
-        self._observe(selected, outcome)
+        # The outcome's resource measurements, for the statistics (a default reward has none, so is not counted).
+        a.observe(i, memory_mb=outcome.memory_mb, latency_ms=outcome.latency_ms, throughput=outcome.throughput)
         return reward
 
     def learn_reward(self, selected: SeedSelected, reward: float, t: float) -> float:
@@ -243,8 +240,11 @@ class SeedSelector:
         self._fold(selected, reward, success=False, t=t, forget=True)
         self.blueprints[selected.blueprint_id].version -= 1
 
-    def _fold(self, selected: SeedSelected, reward: float, *, forget: bool = False, **observed) -> None:
+    def _fold(self, selected: SeedSelected, reward: float, *, forget: bool = False, **observed) -> tuple[ArmTable, int]:
+        """Fold (or with ``forget`` take out) a reward into the chosen seed's statistics; returns its table and row."""
         bp = self.blueprint(selected.blueprint_id)
+        if self.shadow.on:
+            self.shadow.fold(bp, selected, reward, forget)
         a = bp.arms
         i = a.index.get(selected.seed_id)
         if i is None:
@@ -253,9 +253,10 @@ class SeedSelector:
         x = np.asarray(selected.features, dtype=float) if len(selected.features) == a.dim else None
         if forget:
             a.forget(i, reward=reward, x=x, **observed)
-            return
+            return a, i
         a.learn(i, reward=reward, x=x, **observed)
         bp.version += 1
+        return a, i
 
     def load_blueprint(self, blueprint_id: str, state: dict) -> None:
         self.blueprints[blueprint_id] = BlueprintState.from_dict(state)
@@ -333,6 +334,8 @@ class SeedSelector:
                 x,
             )
 
+        # Shadow strategies on the same state; in apprentice mode the apprentice may decide (seedworker.core.shadow).
+        shadows = self.shadow.decide(bp, request.request_id, vrows, vidx, x, strategy, draw) if self.shadow.on else None
         if self.logging_only:
             strategy_name = self.policy(strategy).name
             shadow = self._choose(bp, a, vrows, x, draw, strategy)
@@ -354,10 +357,17 @@ class SeedSelector:
                 notes,
                 context,
                 x,
+                shadows,
             )
 
-        fresh = a.selections[vrows] < self.settings.min_samples
-        if np.count_nonzero(fresh):
+        if shadows is not None and shadows.live is not None:
+            return self._event(request, bp, *shadows.live.args(vidx, k, scores), viable, notes, context, x, shadows)
+
+        # Selection counts of the candidates (a slice when they are every seed in order); compared as Python
+        # numbers first: after the burn-in no candidate is fresh, and then no mask is built.
+        counts = a.selections[: len(vrows)] if a.is_every(vrows) else a.selections[vrows]
+        if min(counts.tolist()) < self.settings.min_samples:
+            fresh = counts < self.settings.min_samples
             untried = np.flatnonzero(fresh) if vidx is None else vidx[fresh]
             # Burn-in: a uniform pick among the untried, so its propensity is exact.
             j = int(untried[draw.rng.integers(len(untried))]) if len(untried) > 1 else int(untried[0])
@@ -380,6 +390,7 @@ class SeedSelector:
                 notes,
                 context,
                 x,
+                shadows,
             )
 
         choice = self._choose(bp, a, vrows, x, draw, strategy)
@@ -400,6 +411,7 @@ class SeedSelector:
             notes,
             context,
             x,
+            shadows,
         )
 
     def _choose(self, bp, a, vrows, x, draw, strategy):
@@ -470,28 +482,40 @@ class SeedSelector:
         notes,
         context,
         x,
+        shadow=None,
     ) -> SeedSelected:
         seeds = request.seeds
         chosen = seeds[pick]
-        fields = dict(
-            **_envelope(request, self.clock()),
-            decision_id=request.decision_id,
-            request_id=request.request_id,
-            blueprint_id=request.blueprint_id,
-            layer_name=request.layer_name,
-            seed_id=chosen.seed_id,
-            seed_idx=chosen.seed_idx,
-            strategy=strategy,
-            selection_reason=f"{chosen.seed_id} (seed_idx {chosen.seed_idx}) chosen by {strategy}: {reason}",
-            propensity=float(min(1.0, max(propensity, 1e-12))),
-            propensity_method=method,
-            scores=None,
-            explored=bool(explored),
-            context=context,
-            features=x.tolist(),
-            state_version=bp.version,
-            request_time=request.occurred_at,
-        )
+        request_id = request.request_id
+        # One literal in field order (the envelope's fields first), not the envelope merged into keywords: a
+        # dictionary less per decision.
+        fields = {
+            "event_id": decision_id_for("seed.selected:" + request_id),
+            "event_type": "seed.selected",
+            "schema_version": SCHEMA_VERSION,
+            "occurred_at": self.clock(),
+            "source": "seedworker",
+            "trace_id": request.trace_id,
+            "correlation_id": request.correlation_id or request_id,
+            "decision_id": request.decision_id,
+            "request_id": request_id,
+            "blueprint_id": request.blueprint_id,
+            "layer_name": request.layer_name,
+            "seed_id": chosen.seed_id,
+            "seed_idx": chosen.seed_idx,
+            "strategy": strategy,
+            "selection_reason": f"{chosen.seed_id} (seed_idx {chosen.seed_idx}) chosen by {strategy}: {reason}"
+            + (shadow.note if shadow is not None else ""),
+            "propensity": float(min(1.0, max(propensity, 1e-12))),
+            "propensity_method": method,
+            "scores": None,
+            "explored": bool(explored),
+            "context": context,
+            "features": x.tolist(),
+            "state_version": bp.version,
+            "request_time": request.occurred_at,
+            "shadow": None if shadow is None else shadow.entries(pick, seeds),
+        }
         # Built without re-validation: every field comes from validated input or from this function. When both
         # models are plain (no post-init hook, no private attributes, exactly the fields given here), the instances
         # are assembled directly: the same __dict__, fields-set, extra and private slots model_construct writes, at
@@ -510,14 +534,14 @@ class SeedSelector:
                 for j, c in enumerate(seeds)
             ]
             return SeedSelected.model_construct(**fields)
-        new, put = object.__new__, object.__setattr__
+        new = object.__new__
+        set_dict, set_fields, set_extra, set_private = _SLOT_SETTERS
         names = _CANDIDATE_FIELDS
         candidates = []
         for c, score, prob, ok, note in zip(seeds, scores, probs, viable, notes):
             m = new(CandidateScore)
-            put(
+            set_dict(
                 m,
-                "__dict__",
                 {
                     "seed_id": c.seed_id,
                     "seed_idx": c.seed_idx,
@@ -527,16 +551,16 @@ class SeedSelector:
                     "note": note or None,
                 },
             )
-            put(m, "__pydantic_fields_set__", names.copy())
-            put(m, "__pydantic_extra__", None)
-            put(m, "__pydantic_private__", None)
+            set_fields(m, names.copy())
+            set_extra(m, None)
+            set_private(m, None)
             candidates.append(m)
         fields["scores"] = candidates
         event = new(SeedSelected)
-        put(event, "__dict__", fields)
-        put(event, "__pydantic_fields_set__", set(fields))
-        put(event, "__pydantic_extra__", None)
-        put(event, "__pydantic_private__", None)
+        set_dict(event, fields)
+        set_fields(event, set(fields))
+        set_extra(event, None)
+        set_private(event, None)
         return event
 
     # -- persistence ---------------------------------------------------------------------------------------------
@@ -552,6 +576,20 @@ class SeedSelector:
 
 
 _CANDIDATE_FIELDS = {"seed_id", "seed_idx", "score", "probability", "viable", "note"}
+
+
+def _slot_setters() -> tuple[Callable[[Any, Any], None], ...]:
+    """Setters of a model's __dict__, fields-set, extra and private slots: the slot descriptors' own ``__set__``
+    (a direct call, ~0.1 µs less per model than ``object.__setattr__``, which looks the name up first), or
+    ``object.__setattr__`` where pydantic keeps them otherwise."""
+    slots = ("__dict__", "__pydantic_fields_set__", "__pydantic_extra__", "__pydantic_private__")
+    found = [getattr(BaseModel.__dict__.get(name), "__set__", None) for name in slots]
+    if all(found):
+        return tuple(found)
+    return tuple((lambda m, v, name=name: object.__setattr__(m, name, v)) for name in slots)
+
+
+_SLOT_SETTERS = _slot_setters()
 _plain: dict[int, bool] = {}
 
 
@@ -610,15 +648,3 @@ def seed_rows(blueprint_id: str, arms: ArmTable, rows: np.ndarray) -> list[dict[
             row[name] = {"mean": rm if n else None, "ci95": interval95(n, rm, float(r_var[j, c]))}
         out.append(row)
     return out
-
-
-def _envelope(request: GraftRequested, now: datetime) -> dict:
-    return {
-        "event_id": decision_id_for("seed.selected:" + request.request_id),
-        "event_type": "seed.selected",
-        "schema_version": SCHEMA_VERSION,
-        "occurred_at": now,
-        "source": "seedworker",
-        "trace_id": request.trace_id,
-        "correlation_id": request.correlation_id or request.request_id,
-    }

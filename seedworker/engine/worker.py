@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
 import uuid
@@ -46,6 +47,12 @@ from seedworker.store.rows import Batch, OutboxRow, UnsentRow
 from seedworker.store.store import Store, StoreError
 
 log = logging.getLogger("seedworker.engine.worker")
+
+# Test hook (tests/test_changelog_kafka.py), unset in production: seconds to sleep between the Kafka transactions
+# of one publish, so that a test can SIGKILL or SIGSTOP the worker while part of a stored batch is published and
+# the rest is not. Not a SEEDWORKER_* name: those are settings, and unknown ones are refused. Read once at import:
+# unset, it costs one falsy check per transaction.
+_TEST_PAUSE_S = float(os.environ.get("TEST_SEEDWORKER_PAUSE_BEFORE_PUBLISH") or 0)
 
 
 class Histogram(Protocol):
@@ -201,6 +208,7 @@ class Worker:
             log.error("worker stopping: %s", exc)
             raise
         finally:
+            self._stopping.set()  # whatever ended the loop: no more taking partitions over (see _on_assign)
             await asyncio.wait_for(self.close(), self.shutdown_timeout_s)
 
     async def start(self) -> None:
@@ -293,7 +301,10 @@ class Worker:
         groups: dict[int | None, list[Outgoing]] = {}
         for row in rows:
             groups.setdefault(self._owner(row), []).append(Outgoing(*row))
-        for owner, messages in groups.items():
+        for i, (owner, messages) in enumerate(groups.items()):
+            if _TEST_PAUSE_S and i:
+                log.warning("test hook: pausing %gs before transaction %d of %d", _TEST_PAUSE_S, i + 1, len(groups))
+                await asyncio.sleep(_TEST_PAUSE_S)
             try:
                 await self.bus.send(messages, owner=owner)
             except Fenced as exc:
@@ -318,6 +329,11 @@ class Worker:
     async def _on_assign(self, tps: list[tuple[str, int]]) -> None:
         # Paused before anything else: the consumer may already fetch them from the group's committed offsets.
         self.bus.pause(tps)
+        if self._stopping.is_set():
+            # A rebalance while the worker closes (after SIGTERM, or an error such as Fenced): its consumer is still
+            # a member until it leaves, but a worker on its way out must not take partitions over, which would
+            # fence their owner's producers, claim them in the group's commits and drop its own unsent rows.
+            return
         try:
             async with self._exclusive:
                 self._rebalances += 1

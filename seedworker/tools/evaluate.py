@@ -27,6 +27,17 @@ worst the reward model can be wrong on that probability mass (the rewards' clip 
 enough when the logged probabilities are tiny: the effective sample size and the mean weight (1 in expectation)
 say how much an estimate is worth, and intervals resting on fewer than 30 effective decisions are flagged.
 
+Live shadows (``shadow.strategies``, and the apprentice's learner and baseline: seedworker.core.shadow). A
+decision that recorded what a shadow strategy would have chosen on the live state, with its probability
+``pi_t(a_t)`` of the logged seed, gives that strategy's importance weight directly: ``shadow:<name>`` rows estimate
+its value on live traffic without replaying it (so also for beta-thompson), plus its agreement with the live choice.
+Their value is the same quantity a replayed target estimates (the shadow saw the live state, which is the logged
+history); only their draws differ. Two differences from the replayed targets, since only the shadow's pick and its
+probability of the logged seed are recorded: DR's model term is ``q_t`` of the shadow's own pick, a draw from
+``pi_t`` (unbiased for ``sum_a pi_t(a) q_t(a)``, a little more variance), and so is the true value of a simulated
+log; and the shadow's probability off the logged support is known where the logged decision was deterministic
+(``1 - pi_t(a_t)``) or supported every viable seed (0), and elsewhere estimated by whether its own pick fell off it.
+
 What the log does not hold, and what follows:
 - the outcome's fields: only the reward is stored, so beta-thompson (which learns the success flag) cannot be
   replayed, and the targets track no memory/latency;
@@ -58,6 +69,7 @@ from seedworker.core.policies import STRATEGIES, SamplingPolicy
 from seedworker.core.selector import SeedSelector
 from seedworker.store import readers
 from seedworker.store.readers import read_snapshot
+from seedworker.store.rows import StoredDecision
 from seedworker.store.store import StoreError
 from seedworker.tools.estimators import (
     Estimate,
@@ -165,7 +177,11 @@ class Record:
 
 def read_log(path: str | Path, blueprint_id: str | None = None) -> list[Record]:
     """The decisions in the order the worker made them, from one read-only snapshot of the store."""
-    rows = read_snapshot(path, lambda db: readers.decisions(db, blueprint_id))
+    return to_records(read_snapshot(path, lambda db: readers.decisions(db, blueprint_id)))
+
+
+def to_records(rows: list[StoredDecision]) -> list[Record]:
+    """The store's decision rows as records, in the order given."""
     return [
         Record(
             ev.decode(d.row.payload, ev.SEED_SELECTED),
@@ -247,7 +263,9 @@ def make_targets(names: list[str], settings: Settings) -> tuple[dict, dict[str, 
             skipped[name] = NOT_REPLAYABLE[name]
             continue
         options = settings.model_dump()
-        options.update(default_strategy=name, blueprint_strategies={}, logging_only=False)
+        # A target is the strategy alone: no shadows of its own, no apprentice deciding in its place.
+        options.update(default_strategy=name, blueprint_strategies={}, logging_only=False, apprentice=None)
+        options["shadow"] = {"strategies": []}
         cls = STRATEGIES[name]
         if issubclass(cls, SamplingPolicy):
             # Every candidate's probability, by Monte Carlo (a quadrature decision gives the pick's only); the pick
@@ -267,6 +285,9 @@ def make_targets(names: list[str], settings: Settings) -> tuple[dict, dict[str, 
 
 
 # -- the replay and the estimates ----------------------------------------------------------------------------------
+SHADOW = "shadow:"  # the prefix of a live shadow's row
+
+
 @dataclass
 class Result:
     target: str
@@ -279,9 +300,14 @@ class Result:
     off_support: int  # decisions where the target gives probability to seeds the log gave probability 0
     warning: str | None = None  # why the intervals may miss though the target is supported
     truth: float | None = None  # the true value, when the log is simulated and each seed's expected reward known
+    agreement: float | None = None  # a shadow's: share of the decisions that carry it where it chose the live seed
+    live_probability: float | None = None  # a shadow's mean probability of the live seed over those decisions
+    shadowed: int | None = None  # how many decisions carry the shadow (with a reward or not)
 
     def to_dict(self) -> dict:
+        shadow = {"agreement": self.agreement, "mean_probability_of_live": self.live_probability}
         return {
+            **({"shadowed_decisions": self.shadowed, **shadow} if self.shadowed is not None else {}),
             "ips": self.ips.to_dict(),
             "snips": self.snips.to_dict(),
             "dr": self.dr.to_dict(),
@@ -303,7 +329,8 @@ def evaluate(
     reward_wait_s: float = 3600.0,
     expected: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Result]:
-    """Replay every target over the log once and estimate its value.
+    """Replay every target over the log once and estimate its value; and the value of every live shadow the log
+    recorded (``shadow:<name>``), from its recorded probabilities.
 
     ``reward_range``: the rewards' clip bounds (``reward.clip_min/max``); off the logged support DR's interval is
     widened by the worst the reward model can be wrong there. ``expected`` (request id -> expected reward per
@@ -312,6 +339,7 @@ def evaluate(
     due: list[tuple[float, int]] = []  # (event time an outcome was learned, record index)
     rewards, q_logged, deterministic = [], [], []
     terms = {name: ([], [], [], []) for name in targets}  # w, sum_a pi q, probability off the support, pi . E[r]
+    shadows: dict[str, _ShadowTerms] = {}
     for i, rec in enumerate(records):
         while due and due[0][0] <= rec.request_time:
             t, j = heapq.heappop(due)
@@ -320,14 +348,16 @@ def evaluate(
                 target.learn(done, done.reward, t)  # type: ignore[arg-type]
             if done.rewarded:  # the model learns outcomes only, not the default reward of an expired decision
                 model.update(done.selected.blueprint_id, done.selected.seed_id, done.reward)  # type: ignore
+        s = rec.selected
+        truth = expected.get(s.request_id) if expected is not None and rec.rewarded else None
+        q = model.predict(s.blueprint_id, [c.seed_id for c in s.scores]) if rec.rewarded else None
+        for entry in s.shadow or ():
+            shadows.setdefault(entry.strategy, _ShadowTerms()).add(rec, entry, q, truth)
         if rec.rewarded:
-            s = rec.selected
-            q = model.predict(s.blueprint_id, [c.seed_id for c in s.scores])
             mu = rec.logged
             rewards.append(rec.reward)
             q_logged.append(q[rec.chosen])
             deterministic.append(rec.deterministic)
-            truth = expected.get(s.request_id) if expected is not None else None
             for name, target in targets.items():
                 pi = target.distribution(rec)
                 w, dm, off, true = terms[name]
@@ -347,39 +377,94 @@ def evaluate(
     # Model predictions are means of rewards, or 0: the model's error on a seed is at most the width of this range.
     lo = min(reward_range[0], 0.0, float(r.min()) if len(r) else 0.0)
     hi = max(reward_range[1], 0.0, float(r.max()) if len(r) else 0.0)
-    out = {}
-    for name, (w, dm, off, true) in terms.items():
-        w_, mass = np.array(w, dtype=float), np.array(off, dtype=float)
-        outside = mass > NEGLIGIBLE
-        n_off = int(outside.sum())
-        dr = doubly_robust(w_, r, ql, np.array(dm, dtype=float))
-        if n_off:
-            why = _unidentified(int((outside & det).sum()), int((outside & ~det).sum()), len(r))
-            ips_ = snips_ = unidentified(why)
-            slack = float(mass.mean()) * (hi - lo)
-            dr = Estimate(
-                dr.value,
-                dr.se,
-                f"model-based on the {n_off} decisions off the logged support; its interval "
-                f"adds the worst-case model error there (rewards in [{lo:g}, {hi:g}]): ±{slack:.3g}",
-                slack,
-            )
-        else:
-            ips_, snips_ = ips(w_, r), snips(w_, r)
-        ess, mean_w = effective_sample_size(w_), float(w_.mean()) if len(w_) else 0.0
-        out[name] = Result(
-            name,
-            ips_,
-            snips_,
-            dr,
-            ess,
-            mean_w,
-            len(r),
-            n_off,
-            _weights_warning(w_, mass, ess),
-            float(np.mean(true)) if true else None,
-        )
+    out = {name: _result(name, r, ql, det, *term, lo, hi) for name, term in terms.items()}
+    for name, sh in shadows.items():
+        out[SHADOW + name] = sh.result(SHADOW + name, lo, hi)
     return out
+
+
+def _result(name, r, ql, det, w, dm, off, true, lo: float, hi: float) -> Result:
+    """A target's estimates from its per-decision terms (see ``evaluate``)."""
+    w_, mass = np.array(w, dtype=float), np.array(off, dtype=float)
+    outside = mass > NEGLIGIBLE
+    n_off = int(outside.sum())
+    dr = doubly_robust(w_, r, ql, np.array(dm, dtype=float))
+    if n_off:
+        why = _unidentified(int((outside & det).sum()), int((outside & ~det).sum()), len(r))
+        ips_ = snips_ = unidentified(why)
+        slack = float(mass.mean()) * (hi - lo)
+        dr = Estimate(
+            dr.value,
+            dr.se,
+            f"model-based on the {n_off} decisions off the logged support; its interval "
+            f"adds the worst-case model error there (rewards in [{lo:g}, {hi:g}]): ±{slack:.3g}",
+            slack,
+        )
+    else:
+        ips_, snips_ = ips(w_, r), snips(w_, r)
+    ess, mean_w = effective_sample_size(w_), float(w_.mean()) if len(w_) else 0.0
+    return Result(
+        name,
+        ips_,
+        snips_,
+        dr,
+        ess,
+        mean_w,
+        len(r),
+        n_off,
+        _weights_warning(w_, mass, ess),
+        float(np.mean(true)) if true else None,
+    )
+
+
+class _ShadowTerms:
+    """One live shadow's per-decision terms, from what each decision recorded of it (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.w: list[float] = []
+        self.dm: list[float] = []
+        self.off: list[float] = []
+        self.true: list[float] = []
+        self.r: list[float] = []
+        self.ql: list[float] = []
+        self.det: list[bool] = []
+        self.seen = 0
+        self.agree = 0
+        self.p_live = 0.0
+
+    def add(self, rec: Record, entry: ev.ShadowChoice, q: np.ndarray | None, truth: np.ndarray | None) -> None:
+        s = rec.selected
+        self.seen += 1
+        self.agree += entry.seed_id == s.seed_id
+        self.p_live += entry.propensity_of_live
+        if q is None:
+            return
+        own = next(j for j, c in enumerate(s.scores) if c.seed_id == entry.seed_id)
+        mu = rec.logged
+        supported = ~(mu <= 0.0)  # a NaN (a quadrature decision's other candidates) is positive
+        viable = np.array([c.viable for c in s.scores])
+        if supported[viable].all():
+            off = 0.0
+        elif np.count_nonzero(supported) == 1:  # all of the logged probability on the logged seed
+            off = 1.0 - entry.propensity_of_live
+        else:  # its mass off the support is not recorded: estimated by where its own pick fell
+            off = 0.0 if supported[own] else 1.0
+        self.w.append(entry.propensity_of_live / mu[rec.chosen])
+        self.dm.append(float(q[own]))
+        self.off.append(off)
+        self.r.append(rec.reward)  # type: ignore[arg-type]
+        self.ql.append(float(q[rec.chosen]))
+        self.det.append(rec.deterministic)
+        if truth is not None:
+            self.true.append(float(truth[s.scores[own].seed_idx]))
+
+    def result(self, name: str, lo: float, hi: float) -> Result:
+        r, ql, det = np.array(self.r, dtype=float), np.array(self.ql, dtype=float), np.array(self.det, dtype=bool)
+        res = _result(name, r, ql, det, self.w, self.dm, self.off, self.true, lo, hi)
+        res.agreement = self.agree / self.seen
+        res.live_probability = self.p_live / self.seen
+        res.shadowed = self.seen
+        return res
 
 
 def _weights_warning(w: np.ndarray, mass: np.ndarray, ess: float) -> str | None:
@@ -567,7 +652,10 @@ def run(args: argparse.Namespace) -> int:
                     "db": str(args.db),
                     "blueprint": args.blueprint,
                     **summary,
-                    "targets": {n: r.to_dict() for n, r in results.items()},
+                    "targets": {n: r.to_dict() for n, r in results.items() if not n.startswith(SHADOW)},
+                    "shadows": {
+                        n.removeprefix(SHADOW): r.to_dict() for n, r in results.items() if n.startswith(SHADOW)
+                    },
                     "not_evaluated": skipped,
                 },
                 indent=2,
@@ -623,7 +711,8 @@ def print_report(db: str, s: dict, results: dict[str, Result], skipped: dict[str
     print(f"mean reward per decision with 95% intervals; DR reward model: {s['reward_model']}", file=out)
     print(
         "* and !: see the notes below the row (! the weights have not averaged out: the interval can miss); ESS: "
-        "effective sample size (sum w)^2 / sum w^2; mean w: the mean importance weight\n",
+        "effective sample size (sum w)^2 / sum w^2; mean w: the mean importance weight; shadow:NAME: a strategy "
+        "decided in the shadow of the live one, estimated from the probabilities it recorded\n",
         file=out,
     )
     scale = max([abs(s["mean_logged_reward"] or 0.0), s["reward_sd"] or 0.0, 1e-12])
@@ -667,5 +756,11 @@ def print_report(db: str, s: dict, results: dict[str, Result], skipped: dict[str
             print(f"    DR*: {r.dr.note}", file=out)
         if r.warning:
             print(f"    !: {r.warning}", file=out)
+        if r.shadowed is not None:
+            print(
+                f"    live shadow: chose the live seed on {r.agreement:.1%} of the {r.shadowed} decisions that "
+                f"carry it (mean probability of the live seed {r.live_probability:.3f})",
+                file=out,
+            )
     for name, why in skipped.items():
         print(f"{name.ljust(widths[0])}  not evaluated: {why}", file=out)

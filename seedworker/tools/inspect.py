@@ -13,6 +13,13 @@ constraints, and a fixed synthetic request id, so that the randomized strategies
 reproducible: sent to the worker, that request gets exactly these scores and this pick. Also: pending decisions,
 dead-letter, dangling, late and duplicate counts, held outcomes, unsent outbox rows and the stored offsets.
 
+Live shadows (seedworker.core.shadow): per blueprint and shadow strategy recorded in its decisions, how often it
+chose the live seed and its IPS / SNIPS / DR value on the decisions kept, as ``seedworker evaluate`` computes them;
+and, in apprentice mode, the apprenticeship: following the baseline or taken over, the learner's and the baseline's
+SNIPS values and the lower bound of their difference that decides the takeover. The shadows' estimates read every
+decision kept (the reward model learns from all outcomes): done when the configuration names shadow strategies or
+an apprentice, or with ``--shadows``; ``--no-shadows`` skips it.
+
 Settings (``--config`` / ``SEEDWORKER_*``) supply what the store does not hold: the default strategy (unless a
 ``strategy.switch`` stored one), the strategies' parameters and the salt of the decision generator, so give inspect
 the worker's configuration. No setting value other than a strategy's parameters is printed (credentials never are).
@@ -41,6 +48,7 @@ from seedworker.store import readers
 from seedworker.store.readers import HistoryRow, read_snapshot
 from seedworker.store.rows import load_state
 from seedworker.store.store import StoreError
+from seedworker.tools import evaluate
 
 SCORE_REQUEST_ID = "seedworker-inspect"  # the synthetic request the scores are computed for
 CONTEXT_NOTE = (
@@ -70,13 +78,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--blueprint", metavar="ID", help="only this blueprint")
     parser.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     parser.add_argument("--plot", metavar="FILE.png", help="write selection share and reward over time to a PNG")
+    parser.add_argument(
+        "--shadows",
+        action=argparse.BooleanOptionalAction,
+        help="estimate the live shadows recorded in the decisions (reads every decision kept); default: when the "
+        "configuration names shadow strategies or an apprentice",
+    )
 
 
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     settings = load_settings(args.config, overrides={"db": args.db})
     try:
-        report, history = read(settings.db, settings, blueprint=args.blueprint, history=bool(args.plot))
+        report, history = read(
+            settings.db,
+            settings,
+            blueprint=args.blueprint,
+            history=bool(args.plot),
+            shadows=getattr(args, "shadows", None),  # a namespace built without the flag: the default
+        )
     except StoreError as exc:
         print(f"seedworker inspect: {exc}", file=sys.stderr)
         return 1
@@ -99,15 +119,22 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
 # -- reading -------------------------------------------------------------------------------------------------------
 def read(
-    path: str | Path, settings: Settings | None = None, *, blueprint: str | None = None, history: bool = False
+    path: str | Path,
+    settings: Settings | None = None,
+    *,
+    blueprint: str | None = None,
+    history: bool = False,
+    shadows: bool | None = None,
 ) -> tuple[dict[str, Any], list[HistoryRow]]:
-    """(the report, the decisions in request-time order if ``history``) from one read-only snapshot."""
+    """(the report, the decisions in request-time order if ``history``) from one read-only snapshot; the live
+    shadows' estimates if ``shadows`` (default: when the settings name shadow strategies or an apprentice)."""
     settings = settings or Settings()
-    rows = read_snapshot(path, lambda db: _query(db, settings, blueprint or None, history))  # --blueprint '': all
+    shadows = bool(settings.shadow_names) if shadows is None else shadows
+    rows = read_snapshot(path, lambda db: _query(db, settings, blueprint or None, history, shadows))  # '': all
     return _report(str(path), settings, rows), rows["history"]
 
 
-def _query(db, settings: Settings, blueprint: str | None, history: bool) -> dict[str, Any]:
+def _query(db, settings: Settings, blueprint: str | None, history: bool, shadows: bool) -> dict[str, Any]:
     # Not the watermarks: inspect also reads a store of schema version 1, which no worker has migrated yet.
     readers.require_tables(db, ("blueprints", "decisions", "counters", "offsets", "meta"))
     has_partitions = readers.schema_version(db) >= 3  # the outbox names partitions from schema version 3 on
@@ -129,7 +156,20 @@ def _query(db, settings: Settings, blueprint: str | None, history: bool) -> dict
         "changelog_lag": readers.changelog_lag(db, settings.kafka.topics.changelog) if has_partitions else [],
         "span": readers.decision_span(db, blueprint),
         "history": readers.decision_history(db, blueprint) if history else [],
+        "shadowed": _shadowed(db, blueprint) if shadows else None,
     }
+
+
+def _shadowed(db, blueprint: str | None) -> dict[str, list]:
+    """The decisions of each blueprint that has any decision with shadows (all of them: the reward model of DR learns
+    from every outcome), in the order they were written."""
+    rows = readers.decisions(db, blueprint)
+    with_shadow = {d.row.blueprint_id for d in rows if b'"shadow"' in d.row.payload}
+    out: dict[str, list] = {}
+    for d in rows:
+        if d.row.blueprint_id in with_shadow:
+            out.setdefault(d.row.blueprint_id, []).append(d)
+    return out
 
 
 def _seed_indexes(payloads: Iterable[bytes], seed_ids: list[str]) -> dict[str, tuple[int, bool, str | None]]:
@@ -184,6 +224,9 @@ def _report(path: str, settings: Settings, rows: dict[str, Any]) -> dict[str, An
             statuses.get(bp_id, {}),
             held.get(bp_id),
         )
+        shadowed = rows["shadowed"]
+        blueprints[bp_id]["shadows"] = None if shadowed is None else _shadows(settings, shadowed.get(bp_id, []))
+        blueprints[bp_id]["apprentice"] = _apprentice(selector, bp_id)
     counters = rows["counters"]
     by_status: dict[str, int] = {}
     oldest_pending = None
@@ -344,6 +387,32 @@ def _blueprint(
     }
 
 
+def _shadows(settings: Settings, decisions: list) -> dict[str, Any]:
+    """Per shadow strategy: its agreement with the live choice and its estimated value (see seedworker evaluate)."""
+    if not decisions:
+        return {}
+    results = evaluate.evaluate(
+        evaluate.to_records(decisions),
+        {},
+        reward_range=(settings.reward.clip_min, settings.reward.clip_max),
+        reward_wait_s=settings.join.reward_wait_s,
+    )
+    return {name.removeprefix(evaluate.SHADOW): r.to_dict() for name, r in results.items()}
+
+
+def _apprentice(selector: SeedSelector, bp_id: str) -> dict[str, Any] | None:
+    state = selector.blueprints[bp_id].apprentice
+    ap = selector.shadow.apprentice
+    if state is None:
+        return None
+    out = {"learner": state["learner"], "baseline": state["baseline"], "took_over": state["took_over"]}
+    if ap is not None and (ap.learner, ap.baseline) == (state["learner"], state["baseline"]):
+        out |= {"estimates": ap.estimates(state), "margin": ap.margin, "min_decisions": ap.min_decisions}
+    else:  # the configuration names other roles (or none): the next apprentice decision starts afresh
+        out["estimates"] = None
+    return out
+
+
 # -- tables --------------------------------------------------------------------------------------------------------
 def _num(v: float | None, fmt: str = ".4f") -> str:
     return "-" if v is None else format(v, fmt)
@@ -463,7 +532,62 @@ def print_tables(report: dict[str, Any], out: TextIO) -> None:
             for s in bp["seeds"]
             if not s["candidate"]
         ]
+        lines += _apprentice_lines(bp["apprentice"])
+        lines += _shadow_lines(bp["shadows"])
     out.write("\n".join(lines) + "\n")
+
+
+def _apprentice_lines(ap: dict[str, Any] | None) -> list[str]:
+    if ap is None:
+        return []
+    head = f"  apprentice: learner {ap['learner']}, baseline {ap['baseline']}: "
+    took = ap["took_over"]
+    if took:
+        return [
+            head + f"the learner took over at decision {took['decisions']} (SNIPS learner {took['learner']:.4g} vs "
+            f"baseline {took['baseline']:.4g} on {took['n']} rewarded decisions, lower bound {took['lower']:.3g})"
+        ]
+    est = ap["estimates"]
+    if est is None:
+        return [head + "roles changed in the configuration: a new apprenticeship starts with the next decision"]
+    if est["learner"] is None:
+        return [head + f"following the baseline; no estimate yet ({est['n']} rewarded decisions)"]
+    return [
+        head + f"following the baseline; SNIPS learner {est['learner']:.4g} vs baseline {est['baseline']:.4g} on "
+        f"{est['n']} rewarded decisions (needs {ap['min_decisions']}), difference {est['difference']:.3g} ± se "
+        f"{est['se']:.2g}, lower bound {est['lower']:.3g} (takes over at {ap['margin']:g})"
+    ]
+
+
+def _shadow_lines(shadows: dict[str, Any] | None) -> list[str]:
+    if not shadows:  # none recorded, or not read (see --shadows)
+        return []
+
+    def cell(e: dict[str, Any]) -> str:
+        if e["ci95"] is None:
+            return "-"
+        return f"{e['value']:.4g} [{e['ci95'][0]:.4g}, {e['ci95'][1]:.4g}]" + "*" * bool(e["note"])
+
+    rows = [
+        [
+            name,
+            str(r["shadowed_decisions"]),
+            f"{r['agreement']:.1%}",
+            f"{r['mean_probability_of_live']:.3f}",
+            cell(r["ips"]),
+            cell(r["snips"]),
+            cell(r["dr"]),
+            f"{r['effective_sample_size']:.1f}",
+            f"{r['off_support']} of {r['decisions']}",
+        ]
+        for name, r in shadows.items()
+    ]
+    lines = [
+        "  live shadows: agreement with the live choice and value per decision on the decisions kept "
+        "(95% intervals; *: model-based or not identifiable, see seedworker evaluate)"
+    ]
+    lines += _table(["shadow", "decisions", "agree", "p(live)", "IPS", "SNIPS", "DR", "ESS", "off support"], rows)
+    return lines
 
 
 # -- plot ----------------------------------------------------------------------------------------------------------

@@ -276,6 +276,8 @@ class SamplingPolicy(Policy):
         parameters, the greedy values)."""
         params, values = self._distribution(s)
         draw = self._draw(params, s.draw.rng, None)
+        if isinstance(draw, list):  # finite draws (see GaussianThompson): the first highest, as argmax
+            return draw.index(max(draw)), draw, params, values
         return int(draw.argmax()), draw, params, values
 
     def choose(self, s: Situation) -> Choice:

@@ -93,13 +93,19 @@ def _grid(level: int, points: int) -> tuple[np.ndarray, np.ndarray]:
     return g[0][:points].T, g[1][:points]
 
 
-def gaussian_max_probability(loc: np.ndarray, sd: np.ndarray, i: int, budget: int | None = None) -> float | None:
+def gaussian_max_probability(
+    loc: np.ndarray | list[float], sd: np.ndarray | list[float], i: int, budget: int | None = None
+) -> float | None:
     """P(candidate ``i`` has the highest of independent normal draws), or None if the grid would cost more than
     ``budget`` Φ evaluations (default: 200 per candidate, what a 200-sample Monte-Carlo estimate draws)."""
     k = len(loc)
     if k == 1:
         return 1.0
     s_i = float(sd[i])
+    if isinstance(loc, list):  # Python floats already (few candidates): the same checks, then the small path
+        if not s_i > 0.0 or 0.0 in sd:
+            return None
+        return _small(loc, sd, i, s_i, k, budget)
     if not s_i > 0.0 or np.count_nonzero(sd) < k:
         return None  # a point mass: no density to integrate against
     if k <= _SMALL:

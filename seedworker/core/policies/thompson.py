@@ -5,12 +5,13 @@ Samples are drawn at selection time from the current posterior, never cached at 
 
 from __future__ import annotations
 
+import math
 import typing
 
 import numpy as np
 
 from seedworker.contract.events import SeedSelected
-from seedworker.core.policies.base import SamplingPolicy, Situation
+from seedworker.core.policies.base import SMALL, SamplingPolicy, Situation
 from seedworker.core.policies.propensity import PROPENSITY_METHODS, gaussian_max_probability
 
 LOGGED_METHODS = typing.get_args(SeedSelected.model_fields["propensity_method"].annotation)
@@ -51,8 +52,12 @@ class GaussianSampling(SamplingPolicy):
     def _draw(self, params: tuple[np.ndarray, np.ndarray], rng: np.random.Generator, size: int | None) -> np.ndarray:
         loc, sd = params
         if size is not None:
+            if isinstance(loc, list):
+                loc, sd = np.array(loc), np.array(sd)
             return loc + sd * rng.standard_normal((size, len(loc)))
         z = rng.standard_normal(len(loc))
+        if isinstance(loc, list):  # the posterior on Python floats (GaussianThompson, few candidates): z sd + loc
+            return [v * d + m for v, d, m in zip(z.tolist(), sd, loc)]
         z *= sd
         z += loc
         return z
@@ -102,6 +107,19 @@ class GaussianThompson(GaussianSampling):
         n_sum = float(np.add.reduce(n))
         pooled_mean = float(mean.dot(n)) / n_sum if n_sum > 0 else 0.0
         n0 = self.prior_count
+        if len(n) <= SMALL:
+            # The element-wise part on Python floats (see base.SMALL), the same operations in the same order; the
+            # two reductions above stay numpy's (their summation order is numpy's own). Lists, unless a value is
+            # not finite (then the arrays, whose argmax and propensity handle it).
+            prior_var, sqrt, c = n0 * scale**2, math.sqrt, self.scale
+            loc, sd = [], []
+            for k, m, v in zip(n.tolist(), mean.tolist(), var.tolist()):
+                kk = k + n0
+                loc.append((k * m + n0 * pooled_mean) / kk)
+                d = sqrt((v * k + prior_var) / (kk * kk))
+                sd.append(d if c == 1.0 else d * c)
+            if math.isfinite(math.fsum(loc) + math.fsum(sd)):
+                return loc, sd, mean
         nn = n + n0
         post_mean = n * mean
         post_mean += n0 * pooled_mean

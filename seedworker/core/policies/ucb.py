@@ -25,15 +25,16 @@ class UCB(IndexPolicy):
         self.discounted = discounted
 
     def _evaluate(self, s: Situation) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        n, mean = self._counts_means(s)
-        counts = n.tolist()
-        total = max(math.fsum(counts), 1.0)  # N, exactly rounded (and cheaper than a numpy reduction at a few arms)
-        coef = self.exploration * self._scale(s) * math.sqrt(2.0 * math.log(max(total, math.e)))
-        if len(counts) <= SMALL:
+        if len(s.rows) <= SMALL:
             # The same operations per candidate on Python floats (see base.SMALL).
+            counts, means = self._counts_means_list(s)
+            total = max(math.fsum(counts), 1.0)
+            coef = self.exploration * self._scale(s) * math.sqrt(2.0 * math.log(max(total, math.e)))
             sqrt, inf = math.sqrt, math.inf
-            means = mean.tolist()
             return [m + coef / sqrt(c) if c > 0.0 else inf for m, c in zip(means, counts)], means, counts
+        n, mean = self._counts_means(s)
+        total = max(math.fsum(n.tolist()), 1.0)  # N, exactly rounded (and cheaper than a numpy reduction)
+        coef = self.exploration * self._scale(s) * math.sqrt(2.0 * math.log(max(total, math.e)))
         # c * scale * sqrt(2 ln N / n) as one constant over sqrt(n); an untried arm (n = 0) gets an infinite bonus.
         root = np.sqrt(n)
         if np.count_nonzero(n) == len(n):
@@ -44,6 +45,9 @@ class UCB(IndexPolicy):
 
     def _counts_means(self, s: Situation) -> tuple[np.ndarray, np.ndarray]:
         return s.arms.counts_means(s.rows, True)
+
+    def _counts_means_list(self, s: Situation) -> tuple[list[float], list[float]]:
+        return s.arms.counts_means_list(s.rows, True)
 
     def _scale(self, s: Situation) -> float:
         return s.scale
@@ -121,6 +125,10 @@ class ChangeUCB(UCB):
     def _counts_means(self, s: Situation) -> tuple[np.ndarray, np.ndarray]:
         n, mean, _ = s.arms.segment_moments(s.rows)
         return n, mean
+
+    def _counts_means_list(self, s: Situation) -> tuple[list[float], list[float]]:
+        n, mean = self._counts_means(s)
+        return n.tolist(), mean.tolist()
 
     def _scale(self, s: Situation) -> float:
         return s.arms.segment_scale()
