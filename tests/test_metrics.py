@@ -270,7 +270,7 @@ async def test_scrape_counts_match_the_events_fed(settings):
         await server.stop()
     expected = {
         "decisions": 10,
-        "dead_letters": 3,
+        "dead_letters": 4,  # the three bad records and the dangling outcome
         "duplicate_requests": 2,
         "outcomes_learned": 6,
         "duplicate_outcomes": 1,

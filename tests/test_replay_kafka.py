@@ -214,7 +214,7 @@ async def test_replay_rebuilds_the_live_state_after_the_store_is_lost(kafka_boot
         lc["late_outcomes"],
         lc["dangling_outcomes"],
         lc["mismatched_outcomes"],
-    ) == (1, 2, 1, 1, 1, 1)
+    ) == (1, 3, 1, 1, 1, 1)  # dead letters: the two bad records and the dangling outcome
     assert lc["duplicate_outcomes"] == 7 + 5
     assert live["blueprints"]["bp-ucb"]["arms"]["prior_w"][4] == 1.0  # the fifth seed was warm-started
     statuses = Counter(row[0] for row in live["decisions"].values())
