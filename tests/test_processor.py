@@ -55,6 +55,8 @@ async def replayed(settings, bus, tmp_path) -> dict:
     store = await Store(db).open()
     try:
         replay = await Replay(settings, store).start()
+        for m in bus.read(t.dead_letters):  # read ahead, as `seedworker replay` does
+            replay.read_ahead(m)
         for m in records:
             await replay.feed(m)
         await replay.finish({})

@@ -80,6 +80,7 @@ class ProcessorMachine(RuleBasedStateMachine):
         self.counters_valid = True
         self.pruned: set[str] = set()  # decisions deleted as older than decision_retention_s
         self.pruned_learned = 0  # of which had been learned from
+        self.pruned_late = 0  # of which from a late outcome (learn_late)
         self.answers: dict[str, tuple] = {}  # decision id -> its answer, while the decision is kept
 
     def run(self, coro):
@@ -234,6 +235,7 @@ class ProcessorMachine(RuleBasedStateMachine):
             for did in b.pruned:
                 status, reward = became.get(did) or stored.get(did, ("pending", None))
                 self.pruned_learned += status in ("resolved", "late") or (status == "expired" and reward is not None)
+                self.pruned_late += status == "late"
             self.pruned |= set(b.pruned)
         self.run(self.store.write(b))
         for row in b.outbox:  # published, as the worker does once the batch is stored
@@ -355,7 +357,7 @@ class ProcessorMachine(RuleBasedStateMachine):
             and not (hdr.value(m.headers, hdr.DLQ_REASON) or "").startswith(DANGLING)
         )
         held = self._rows("SELECT COUNT(*) FROM held_outcomes")[0][0]
-        late_learned = self._rows("SELECT COUNT(*) FROM decisions WHERE status = 'late'")[0][0]
+        late_learned = self._rows("SELECT COUNT(*) FROM decisions WHERE status = 'late'")[0][0] + self.pruned_late
         fed = sum(1 for m in self.processed if m.topic == OUT)
         accounted = (
             dead
@@ -379,6 +381,8 @@ class ProcessorMachine(RuleBasedStateMachine):
         store = self.run(Store(db).open())
         try:
             replay = self.run(Replay(self.settings, store).start())
+            for m in self.bus.read(DLQ):  # read ahead, as `seedworker replay` does
+                replay.read_ahead(m)
             for m in records:
                 self.run(replay.feed(m))
             self.run(replay.finish({}))

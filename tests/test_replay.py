@@ -44,6 +44,8 @@ async def rebuild(settings: Settings, bus: MemoryBus, db: Path, order=None) -> R
     store = await Store(db).open()
     worker = await Replay(settings, store).start()
     try:
+        for m in bus.read(t.dead_letters):  # read ahead, as `seedworker replay` does
+            worker.read_ahead(m)
         for m in order(records) if order else records:
             await worker.feed(m)
         await worker.finish({(t.requests, p): 0 for p in range(len(bus.topics[t.requests]))})

@@ -196,7 +196,8 @@ class Join:
     # False in a replay: which held outcomes the live worker dropped depends on when it read each record, which the
     # log does not say; its dead letters do, so the replay drops what they name (``drop``) and nothing by time.
     drop_by_time: bool = True
-    _doomed: set[tuple[int, int]] = field(default_factory=set)  # replay: (partition, offset) live dropped, not read yet
+    # Replay: (input partition, offset) of the outcomes the live worker dropped as dangling, from its dead letters.
+    live_drops: set[tuple[int, int]] = field(default_factory=set)
 
     # -- state ---------------------------------------------------------------------------------------------------
     @property
@@ -274,8 +275,9 @@ class Join:
     ) -> str:
         """Join one outcome; returns what became of it: learned, replaced (a default reward), late, mismatched,
         duplicate, held or (replay) dangling. Raises JoinError for an outcome that names another blueprint than its decision."""
-        if self._doomed and (partition, offset) in self._doomed:
-            self._doomed.discard((partition, offset))
+        if self.live_drops and (partition, offset) in self.live_drops:
+            # Live held it, then dropped it as dangling (replay): counted as both, and not joined here either.
+            changes.count("held_outcomes")
             changes.count("dangling_outcomes")
             return "dangling"
         did = outcome.resolved_decision_id
@@ -368,15 +370,17 @@ class Join:
 
     def drop(self, partition: int, offset: int, changes: Changes) -> None:
         """A replay reads the live worker's dead letter of a dangling outcome: drop the outcome read from input
-        ``partition`` at ``offset`` as live did, or, if the replay has not read it yet (its producer's clock ran
-        ahead of the worker's), drop it when it comes instead of joining it."""
+        ``partition`` at ``offset`` as live did, or, if the replay has not met it yet, drop it when it comes
+        instead of joining it. Nothing to do for one read ahead (``live_drops``): it is dropped when met."""
+        if (partition, offset) in self.live_drops:
+            return
         for did in list(self.held):
             gone = self._unhold(did, lambda h: h.partition == partition and h.offset == offset)  # noqa: B023
             if gone is not None:
                 changes.release(gone.event_id, partition)
                 changes.count("dangling_outcomes")
                 return
-        self._doomed.add((partition, offset))
+        self.live_drops.add((partition, offset))
 
     def _unhold(self, did: str, which) -> HeldOutcome | None:
         hs = self.held.get(did)

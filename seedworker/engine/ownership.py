@@ -184,6 +184,9 @@ async def rebuild(
             reader.assign(tps)
             first, end = await reader.beginning_offsets(tps), await reader.end_offsets(tps)
             spans = [Span(tp.topic, tp.partition, first[tp], end[tp], first[tp]) for tp in tps]
+            async for m in merged(reader, [s for s in spans if s.topic == t.dead_letters], {t.dead_letters: 0}):
+                if answered_partition(m.topic, m.headers, t) in wanted:
+                    replay.read_ahead(m)
             async for m in merged(reader, spans, {t.dead_letters: 0, t.selections: 1, t.outcomes: 2}):
                 if m.topic != t.outcomes and answered_partition(m.topic, m.headers, t) not in wanted:
                     continue

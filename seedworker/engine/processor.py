@@ -177,6 +177,7 @@ class Processor:
                 continue
             held.append(HeldOutcome(outcome, partition, since, offset))  # type: ignore[arg-type]
         selector.join.drop_by_time = not self.replay
+        selector.join.live_drops = self.join.live_drops  # what a replay read ahead in the dead letters
         selector.join.load(pending=pending, held=held, watermarks=await s.watermarks())
         out.pending, out.held = len(pending), len(held)
         for problem in out.unreadable:
@@ -275,8 +276,12 @@ class Processor:
         for p in b.watermarks:
             for did in await self.store.aged_decisions(p, self.join.watermarks[p] - keep):
                 b.pruned[did] = p
-        # Gone from memory too: a later outcome of one is an outcome of an unknown decision, as after a restart.
-        self.join.forget(b.pruned)
+        # Gone from memory too: a later outcome of one is an outcome of an unknown decision, as after a restart. Not
+        # in a replay: whether live had pruned a decision when its outcome came depended on its batches; what live
+        # then did with the outcome (held it, dropped it as dangling) is in its dead letters, which the replay
+        # follows.
+        if not self.replay:
+            self.join.forget(b.pruned)
         if b.pruned:
             b.count("pruned_decisions", len(b.pruned))
 

@@ -62,6 +62,7 @@ from seedworker.broker.base import Message
 from seedworker.broker.security import client_options
 from seedworker.contract import headers as hdr
 from seedworker.core.config import Settings
+from seedworker.core.join import DANGLING
 from seedworker.engine.processor import Processor
 from seedworker.store.rows import Batch
 from seedworker.store.store import Store
@@ -210,6 +211,15 @@ class Replay:
         self.resent += 1
         if self._novel.get((m.partition, m.offset)):  # a copy for another graft.requested record: a retry
             b.count("duplicate_requests")
+
+    def read_ahead(self, m: Message) -> None:
+        """A record of the dead-letter topic read before the merged stream: an outcome the live worker dropped as
+        dangling is dropped when the replay meets it, even if the merge puts it before its dead letter (when live
+        had pruned its decision, it treated the outcome as one of an unknown decision)."""
+        source = hdr.dead_letter_source(m.headers)
+        reason = hdr.value(m.headers, hdr.DLQ_REASON) or ""
+        if source is not None and source[0] == self.topics.outcomes and reason.startswith(DANGLING):
+            self.processor.join.live_drops.add((source[1], source[2]))
 
     def dead_letter(self, m: Message) -> None:
         """A record of the dead-letter topic: a rejected request counts, and answers its offset. (The processor
@@ -417,6 +427,8 @@ async def replay(
             disable=None if progress else True,
         )
         try:
+            async for m in merged(consumer, [s for s in spans if s.topic == t.dead_letters], rank):
+                worker.read_ahead(m)
             unshown = 0
             async for m in merged(consumer, spans, rank):
                 records[m.topic] += 1
