@@ -24,11 +24,13 @@ rounding), with these limits:
 
 * the settings must be the live worker's (reward, decay, features, warm start, join): they are not in the topics;
 * an outcome whose decision is not known yet is held; the live worker dropped it as dangling after
-  ``join.hold_unknown_s`` of event time, which depended on when it read each record, so the replay drops instead
-  exactly the outcomes the live worker's dead letters name (a dead letter is read in Kafka timestamp order: a
-  worker whose clock ran behind the next one's may have its dead letter read after a selection that live read
-  later). An outcome held at the end of the replay stays held in the rebuilt store, and a worker on it drops it by
-  time. Dead letters deleted by retention drop nothing;
+  ``join.hold_unknown_s`` of event time, or treated it as one of an unknown decision because it had pruned the
+  decision already, both of which depended on when it read each record. The replay reads the dead letters first
+  and drops exactly the outcomes the live worker dropped (their dead letters name them), whenever it meets them,
+  and drops nothing by time; it keeps pruned decisions in its join window. Left: an outcome of a decision live had
+  pruned that live still holds at the end of the log is joined by the replay; an outcome held at the end of the
+  replay stays held in the rebuilt store (a worker on it drops it by time); dead letters deleted by retention drop
+  nothing;
 * ``held_outcomes`` can be higher than live's: an outcome produced before its selection was published is held by
   the replay even when the live worker happened to read it after the request (the learned result is the same);
 * selections published by a worker older than the source headers give no request offsets and no
