@@ -14,13 +14,15 @@ A decision made at request time ``r`` waits for its outcome until its deadline `
 * an outcome for the chosen seed dated ``t <= D`` is **on time** and learned (``resolved``); one dated later is
   learned only with ``learn_late`` (``late``), and is otherwise counted and ignored — the decision goes on waiting;
 * when the partition's watermark passes ``D`` without a learned outcome the decision **expires**; with
-  ``default_reward`` that reward is learned for it, dated at the request (``r``: an outcome is never older than
-  its request, so a default replaced later leaves no trace in the arm's clock);
+  ``default_reward`` that reward is learned for it, dated at the request (``r``: an outcome is learned no earlier
+  than its request — one dated earlier, from a producer whose clock runs behind, is learned at ``r`` — so a
+  default replaced later leaves no trace in the arm's clock);
 * an outcome that is learned after its decision expired (it was on time but delivered late, or ``learn_late``)
   *replaces* the default reward: the default is taken out of the statistics again (``Learner.forget_reward``), so
   whether the outcome came before or after the expiry, the decision counts once, with the outcome's reward;
 * an outcome for another seed than the chosen one (Tamiyo fell back to another seed) is ``mismatched``: not learned,
-  and it ends the wait (no default reward; one already learned is taken out). An outcome for the chosen seed still
+  and it ends the wait (no default reward; one already learned is taken out, and one not learned yet is learned
+  and taken out at once, so the arm's clock is the same in either order). An outcome for the chosen seed still
   wins over it, in either order;
 * any further outcome of a learned decision is a duplicate: counted, not learned.
 
@@ -340,6 +342,14 @@ class Join:
                 return "mismatched"
             if default is not None:
                 self.learner.forget_reward(selected, default, request_time(selected))
+                changes.touch(selected.blueprint_id, partition)
+            elif status == PENDING and self.rules.default_reward is not None:
+                # Ended before its expiry: the default it would have learned then is learned and taken out now, so
+                # the arm's clock moves to the request time whichever came first (taking a reward out cannot move
+                # a clock back).
+                r = request_time(selected)
+                self.learner.learn_reward(selected, self.rules.default_reward, r)
+                self.learner.forget_reward(selected, self.rules.default_reward, r)
                 changes.touch(selected.blueprint_id, partition)
             self.pending.pop(did, None)
             changes.resolve(Resolution(did, MISMATCHED, None, t, partition))

@@ -36,7 +36,7 @@ from seedworker.contract.events import (
 from seedworker.core.arms import RESOURCES, ArmTable
 from seedworker.core.config import Settings
 from seedworker.core.features import FeatureMap
-from seedworker.core.join import Discard, Join, Rules
+from seedworker.core.join import Discard, Join, Rules, request_time
 from seedworker.core.policies import STRATEGIES, Draw, Policy, Situation
 from seedworker.core.shadow import Shadows
 
@@ -220,7 +220,10 @@ class SeedSelector:
             selected,
             reward,
             success=outcome.success,
-            t=outcome.occurred_at.timestamp(),
+            # Never dated before its request (a producer's clock that runs behind): a default reward learned at the
+            # request time and replaced by this outcome would otherwise leave a later clock than this outcome
+            # learned directly, and the state would depend on the order they came in.
+            t=max(outcome.occurred_at.timestamp(), request_time(selected)),
             memory_mb=outcome.memory_mb,
             latency_ms=outcome.latency_ms,
         )
