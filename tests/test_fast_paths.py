@@ -295,7 +295,7 @@ def test_moments_equal_counts_means_variances(half_life_s, priors):
 def test_monte_carlo_propensity_is_the_share_of_one_block_of_draws(name):
     """The pick, then the further draws from the same generator: the estimate is what one block of 1 + S draws,
     the pick's row first, gives."""
-    policy = make_policy(name, None if name == "beta-thompson" else {"propensity": "monte_carlo"})
+    policy = make_policy(name, {"propensity": "monte_carlo"})
     rng = np.random.default_rng(13)
     table = ArmTable(dim=3)
     rows = table.rows([f"s{j}" for j in range(6)])

@@ -298,6 +298,7 @@ THOMPSON = [
     GaussianThompson(propensity="monte_carlo"),
     GaussianThompson(discounted=True, propensity="monte_carlo", propensity_samples=50),
     BetaThompson(),
+    BetaThompson(propensity="monte_carlo"),
     LinearThompson(),
     LinearThompson(propensity="monte_carlo"),
 ]
