@@ -81,7 +81,7 @@ class DecisionRow(NamedTuple):
     partition: int  # the input partition of its request (-1: written before partitions were recorded)
 
     @classmethod
-    def of(cls, selected: ev.SeedSelected, payload: bytes, partition: int) -> DecisionRow:
+    def of(cls, selected: ev.SeedSelected | ev.SelectionColumns, payload: bytes, partition: int) -> DecisionRow:
         t = selected.request_time or selected.occurred_at
         return cls(
             selected.decision_id,
