@@ -17,9 +17,9 @@ async def test_resolutions_in_the_batch_of_their_decision_are_what_updates_would
         old = _row("old")._replace(seed_id="kept")
         await store.write(Batch(decisions=[old]))
         b = Batch(
-            # "old" again (ignored: the stored row stays), "a" resolved twice (the last wins), "b" pending,
-            # and a resolution of a decision of an earlier batch
-            decisions=[old._replace(seed_id="other"), _row("a"), _row("b")],
+            # "old" again (ignored: the stored row stays), "a" resolved twice (the last wins) and written twice,
+            # "b" pending between them (read back in write order), and a resolution of an earlier batch's decision
+            decisions=[old._replace(seed_id="other"), _row("a"), _row("b"), _row("a")],
             resolutions=[
                 Resolution("a", "expired", None, None),
                 Resolution("old", "learned", 0.5, 20.0),
@@ -33,6 +33,7 @@ async def test_resolutions_in_the_batch_of_their_decision_are_what_updates_would
             "a": ("s0", "replaced", 0.25, 30.0),
             "b": ("s0", "pending", None, None),
         }
+        assert [d.row.decision_id for d in await store.decisions()] == ["old", "a", "b"]  # as written
         assert [did for did, _p, _q in await store.pending_decisions()] == ["b"]
         await store.write(Batch(resolutions=[Resolution("b", "learned", 0.1, 40.0)]))
         assert await store.pending_decisions() == []

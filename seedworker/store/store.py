@@ -246,31 +246,29 @@ class Store:
                 # Before the inserts: a replay may prune a decision and fold a later one of the same request id.
                 await many("DELETE FROM decisions WHERE decision_id = ?", [(d,) for d in b.pruned])
             # A decision resolved in its own batch (every resolved one of a restore) is written with what became of
-            # it: an insert, then an update of the same row, cost a third more (10,000 restored decisions). The last
-            # resolution of a decision is the one the updates would leave; a decision already stored (the insert
-            # is ignored) gets only its status, as the update would give it.
+            # it: an insert, then an update of the same row, cost a third more (10,000 restored decisions). One
+            # statement, in the batch's order (rowid order is the order decisions are read back in). A decision
+            # already stored keeps its row (the insert is ignored, as before) and gets the status of its last
+            # resolution in the batch (?16: it has one), as the updates in order left it.
             last = {r.decision_id: r for r in b.resolutions}
-            fresh = [d for d in b.decisions if d.decision_id not in last]
-            resolved = [(*d, *_status(last.pop(d.decision_id))) for d in b.decisions if d.decision_id in last]
-            if fresh:
+            if b.decisions:
                 await many(
                     "INSERT OR IGNORE INTO decisions (decision_id, request_id, blueprint_id, seed_id, seed_idx, "
-                    "strategy, propensity, explored, state_version, request_time, payload, partition) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                    fresh,
+                    "strategy, propensity, explored, state_version, request_time, payload, partition, status, reward, "
+                    "outcome_time) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15) "
+                    "ON CONFLICT (decision_id) DO UPDATE SET status = excluded.status, reward = excluded.reward, "
+                    "outcome_time = excluded.outcome_time WHERE ?16",
+                    [
+                        (*d, *_status(r), 1) if (r := last.get(d.decision_id)) else (*d, "pending", None, None, 0)
+                        for d in b.decisions
+                    ],
                 )
-            if resolved:
-                await many(
-                    "INSERT INTO decisions (decision_id, request_id, blueprint_id, seed_id, seed_idx, strategy, "
-                    "propensity, explored, state_version, request_time, payload, partition, status, reward, "
-                    "outcome_time) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (decision_id) DO UPDATE SET "
-                    "status = excluded.status, reward = excluded.reward, outcome_time = excluded.outcome_time",
-                    resolved,
-                )
-            if last:
+            written = {d.decision_id for d in b.decisions}
+            later = [r for did, r in last.items() if did not in written]
+            if later:
                 await many(
                     "UPDATE decisions SET status = ?, reward = ?, outcome_time = ? WHERE decision_id = ?",
-                    [(*_status(r), r.decision_id) for r in last.values()],
+                    [(*_status(r), r.decision_id) for r in later],
                 )
 
             ids: list[int] = []
