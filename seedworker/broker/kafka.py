@@ -274,6 +274,10 @@ class KafkaBus:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
+            # A reader takes whole partitions (a changelog is ~115 MiB for 1,000 blueprints): 16 MiB per partition
+            # and fetch instead of aiokafka's 1 MiB makes that a few round trips, not a hundred (measured on
+            # kafka_restore's changelog: 0.6-0.9 s instead of 0.9-1.35 s to read it, loadavg 3).
+            max_partition_fetch_bytes=16 * 1024 * 1024,
             # Only what committed transactions published: never the records of a fenced worker's aborted batch.
             isolation_level="read_committed",
         )

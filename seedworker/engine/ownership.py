@@ -62,7 +62,7 @@ from seedworker.contract import headers as hdr
 from seedworker.core.config import Settings, Topics
 from seedworker.core.join import HeldOutcome, Resolution
 from seedworker.engine.processor import Processor
-from seedworker.engine.replay import Replay, Span, merged
+from seedworker.engine.replay import Replay, Span, in_offset_order, merged
 from seedworker.store import changelog
 from seedworker.store.rows import Batch, BlueprintRow, OutboxRow, StoredDecision, dump_state, load_state
 from seedworker.store.store import Store
@@ -236,8 +236,8 @@ async def read_changelog(
         reader.assign(tps)
         first, end = await reader.beginning_offsets(tps), await reader.end_offsets(tps)
         spans = [Span(tp.topic, tp.partition, first[tp], end[tp], first[tp]) for tp in tps]
-        async for m in merged(reader, spans, {topic: 0}):
-            records[m.partition].append((m.key, m.value))
+        async for p, batch in in_offset_order(reader, spans):
+            records[p] += [(r.key, r.value) for r in batch]
     return {p: changelog.fold(p, rs) for p, rs in records.items()}
 
 

@@ -25,7 +25,7 @@ import aiosqlite
 
 from seedworker.contract import events as ev
 from seedworker.contract import headers as hdr
-from seedworker.core.join import Known
+from seedworker.core.join import Known, Resolution
 from seedworker.store.migrations import BOOKKEEPING, MIGRATIONS, migrate, statements
 from seedworker.store.rows import TP, Batch, DecisionRow, OutboxRow, StoredDecision, UnsentRow
 
@@ -47,6 +47,10 @@ def _migrate_file(path: str) -> None:
         migrate(db)
     finally:
         db.close()
+
+
+def _status(r: Resolution) -> tuple[str, float | None, float | None]:
+    return r.status, r.reward, r.outcome_time
 
 
 class Store:
@@ -241,17 +245,30 @@ class Store:
             if b.pruned:
                 # Before the inserts: a replay may prune a decision and fold a later one of the same request id.
                 await many("DELETE FROM decisions WHERE decision_id = ?", [(d,) for d in b.pruned])
+            # A decision resolved in its own batch (every resolved one of a restore) is written with what became of
+            # it: an insert, then an update of the same row, cost a third more (10,000 restored decisions). One
+            # statement, in the batch's order (rowid order is the order decisions are read back in). A decision
+            # already stored keeps its row (the insert is ignored, as before) and gets the status of its last
+            # resolution in the batch (?16: it has one), as the updates in order left it.
+            last = {r.decision_id: r for r in b.resolutions}
             if b.decisions:
                 await many(
                     "INSERT OR IGNORE INTO decisions (decision_id, request_id, blueprint_id, seed_id, seed_idx, "
-                    "strategy, propensity, explored, state_version, request_time, payload, partition) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                    b.decisions,
+                    "strategy, propensity, explored, state_version, request_time, payload, partition, status, reward, "
+                    "outcome_time) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15) "
+                    "ON CONFLICT (decision_id) DO UPDATE SET status = excluded.status, reward = excluded.reward, "
+                    "outcome_time = excluded.outcome_time WHERE ?16",
+                    [
+                        (*d, *_status(r), 1) if (r := last.get(d.decision_id)) else (*d, "pending", None, None, 0)
+                        for d in b.decisions
+                    ],
                 )
-            if b.resolutions:
+            written = {d.decision_id for d in b.decisions}
+            later = [r for did, r in last.items() if did not in written]
+            if later:
                 await many(
                     "UPDATE decisions SET status = ?, reward = ?, outcome_time = ? WHERE decision_id = ?",
-                    [(r.status, r.reward, r.outcome_time, r.decision_id) for r in b.resolutions],
+                    [(*_status(r), r.decision_id) for r in later],
                 )
 
             ids: list[int] = []
