@@ -16,6 +16,7 @@ from seedworker.core.selector import SeedSelector
 from seedworker.engine.processor import Processor
 from seedworker.engine.replay import Replay
 from seedworker.store.readers import read_all
+from seedworker.store.rows import dump_state
 from seedworker.store.store import Store
 from tests.support import (
     CTL,
@@ -329,6 +330,35 @@ async def test_an_exception_while_handling_one_record_dead_letters_it_and_the_ba
     assert reason.startswith("ZeroDivisionError") and "boom" in reason
     assert "half-applied" not in read_all(settings.db)["blueprints"]["bp"]["arms"]["seed_ids"]
     assert w.counters["decisions"] == 5
+    # The batch ran again from the stored state: what it stored are the bytes of dump_state (not of a state that
+    # the failed run encoded).
+    con = sqlite3.connect(settings.db)
+    ((stored,),) = con.execute("SELECT state FROM blueprints WHERE blueprint_id = 'bp'").fetchall()
+    con.close()
+    assert stored == dump_state(w.selector.blueprints["bp"].to_dict())
+
+
+async def test_a_batch_that_was_never_stored_leaves_no_trace_in_the_states_written_next(settings):
+    # The processor encodes the states a batch touched from what it wrote before (seedworker.store.rows.
+    # StateEncoder); a batch whose write failed is processed again from the store, and what that writes is
+    # dump_state's bytes of the state it holds.
+    bus = await new_bus()
+    store = await Store(settings.db).open()
+    try:
+        processor = Processor(settings, store)
+        await processor.restore()
+        first = [bus.produce(REQ, b"bp", request(i, k=3)) for i in range(4)]
+        await store.write(await processor.process(first))
+        second = [bus.produce(REQ, b"bp", request(i, k=5)) for i in range(4, 8)]  # two new seeds: arrays grow
+        lost = await processor.process(second)  # not stored (the write failed)
+        assert lost.blueprints["bp"].state == dump_state(processor.selector.blueprints["bp"].to_dict())
+        await processor.restore()
+        again = await processor.process(second[:1])
+        assert len(processor.selector.blueprints["bp"].arms) == 5  # the restored state, then request 4
+        assert lost.blueprints["bp"].state != again.blueprints["bp"].state
+        assert again.blueprints["bp"].state == dump_state(processor.selector.blueprints["bp"].to_dict())
+    finally:
+        await store.close()
 
 
 async def test_a_stored_row_that_cannot_be_read_is_reported_and_skipped(settings, caplog):

@@ -39,7 +39,7 @@ from seedworker.core.config import Settings
 from seedworker.core.join import DANGLING, HeldOutcome, JoinError, Known, Pending
 from seedworker.core.selector import BlueprintState, SeedSelector
 from seedworker.store import changelog
-from seedworker.store.rows import Batch, BlueprintRow, DecisionRow, OutboxRow, dump_state, load_state
+from seedworker.store.rows import Batch, BlueprintRow, DecisionRow, OutboxRow, StateEncoder, load_state
 from seedworker.store.store import Store
 
 log = logging.getLogger("seedworker.engine.processor")
@@ -112,6 +112,7 @@ class Processor:
         self.writer: str | None = None
         self.offsets: dict[tuple[str, int], int] = {}  # the store's consumed offsets (the changelog's "o" records)
         self.aligned: frozenset[str] = frozenset()
+        self._states = StateEncoder()  # encodes the touched blueprints' states at the end of every batch
         t = self.topics
         self._expected = {
             t.requests: ev.GRAFT_REQUESTED,
@@ -257,7 +258,8 @@ class Processor:
             if partition >= 0:
                 self.partitions[bp_id] = partition
             bp = self.selector.blueprints[bp_id]
-            b.blueprints[bp_id] = BlueprintRow(dump_state(bp.to_dict()), bp.version, self.partitions.get(bp_id, -1))
+            state = self._states.dump(bp_id, bp.to_dict())
+            b.blueprints[bp_id] = BlueprintRow(state, bp.version, self.partitions.get(bp_id, -1))
         await self._prune(b)
         if self.writer is not None and not self.replay:
             t = self.topics
