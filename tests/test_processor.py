@@ -4,6 +4,7 @@ the stateful property test of the same processor is test_processor_stateful.py."
 
 from __future__ import annotations
 
+import random
 import sqlite3
 from datetime import timedelta
 
@@ -16,6 +17,7 @@ from seedworker.core.selector import SeedSelector
 from seedworker.engine.processor import Processor
 from seedworker.engine.replay import Replay
 from seedworker.store.readers import read_all
+from seedworker.store.rows import dump_state
 from seedworker.store.store import Store
 from tests.support import (
     CTL,
@@ -331,6 +333,35 @@ async def test_an_exception_while_handling_one_record_dead_letters_it_and_the_ba
     assert reason.startswith("ZeroDivisionError") and "boom" in reason
     assert "half-applied" not in read_all(settings.db)["blueprints"]["bp"]["arms"]["seed_ids"]
     assert w.counters["decisions"] == 5
+    # The batch ran again from the stored state: what it stored are the bytes of dump_state (not of a state that
+    # the failed run encoded).
+    con = sqlite3.connect(settings.db)
+    ((stored,),) = con.execute("SELECT state FROM blueprints WHERE blueprint_id = 'bp'").fetchall()
+    con.close()
+    assert stored == dump_state(w.selector.blueprints["bp"].to_dict())
+
+
+async def test_a_batch_that_was_never_stored_leaves_no_trace_in_the_states_written_next(settings):
+    # The processor encodes the states a batch touched from what it wrote before (seedworker.store.rows.
+    # StateEncoder); a batch whose write failed is processed again from the store, and what that writes is
+    # dump_state's bytes of the state it holds.
+    bus = await new_bus()
+    store = await Store(settings.db).open()
+    try:
+        processor = Processor(settings, store)
+        await processor.restore()
+        first = [bus.produce(REQ, b"bp", request(i, k=3)) for i in range(4)]
+        await store.write(await processor.process(first))
+        second = [bus.produce(REQ, b"bp", request(i, k=5)) for i in range(4, 8)]  # two new seeds: arrays grow
+        lost = await processor.process(second)  # not stored (the write failed)
+        assert lost.blueprints["bp"].state == dump_state(processor.selector.blueprints["bp"].to_dict())
+        await processor.restore()
+        again = await processor.process(second[:1])
+        assert len(processor.selector.blueprints["bp"].arms) == 5  # the restored state, then request 4
+        assert lost.blueprints["bp"].state != again.blueprints["bp"].state
+        assert again.blueprints["bp"].state == dump_state(processor.selector.blueprints["bp"].to_dict())
+    finally:
+        await store.close()
 
 
 async def test_a_stored_row_that_cannot_be_read_is_reported_and_skipped(settings, caplog):
@@ -453,3 +484,64 @@ async def test_an_outcome_of_a_pruned_decision_is_one_of_an_unknown_decision(tmp
     assert w.counters["pruned_decisions"] == 1 and w.counters["expired_decisions"] == 2
     assert w.counters["outcomes_learned"] == 0 and w.counters["held_outcomes"] == 1
     assert pulls(settings.db) == 0
+
+
+async def test_pruning_is_a_function_of_the_records_and_batches_not_of_restarts(tmp_path):
+    """A decision is pruned in the batch whose watermark crosses a step of the cutoff (a hundredth of the
+    retention): the same batches for a worker that ran on and one restarted before every batch (its throttle state
+    read back from the store), and far fewer queries than batches."""
+    keep = 600.0  # steps of 6 s of event time; a request a second on each of two partitions
+    runs = {}
+    rng = random.Random(3)
+    sizes = [rng.randint(1, 5) for _ in range(350)]  # ~1,000 s of event time
+    for name in ("on", "restarted"):
+        settings = Settings(
+            db=str(tmp_path / f"{name}.sqlite"),
+            kafka={"partitions": 2},
+            join={"reward_wait_s": 20.0},
+            decision_retention_s=keep,
+        )
+        bus = await new_bus()
+        store = await Store(settings.db).open()
+        queries = []
+        aged = store.aged_decisions
+
+        async def counted(before, aged=aged, queries=queries):
+            queries.append(dict(before))
+            return await aged(before)
+
+        store.aged_decisions = counted  # type: ignore[method-assign]
+        pruned: list[list[str]] = []
+        answered: list[list[ev.SeedSelected]] = []
+        i = 0
+        try:
+            processor = Processor(settings, store)
+            await processor.restore()
+            for n in sizes:
+                if name == "restarted":
+                    processor = Processor(settings, store)
+                    await processor.restore()
+                messages = [
+                    bus.produce(REQ, bp, request(f"{bp.decode()}-{i + j}", bp.decode(), k=2, t=i + j))
+                    for j in range(n)
+                    for bp in (b"bp", b"bp-a")
+                ]
+                i += n
+                # The outcomes of the decisions of two batches ago, but one in five (never answered: it expires).
+                late = answered.pop(0) if len(answered) > 1 else []
+                messages += [bus.produce(OUT, s.blueprint_id.encode(), outcome(s, 0.1)) for s in late[::5]]
+                messages += [bus.produce(OUT, s.blueprint_id.encode(), outcome(s, 0.2)) for s in late[1::5]]
+                b = await processor.process(messages)
+                await store.write(b)
+                answered.append([ev.decode(r.value, ev.SEED_SELECTED) for r in b.outbox if r.topic == SEL])
+                pruned.append(sorted(b.pruned))
+        finally:
+            await store.close()
+        runs[name] = pruned, queries
+    (on, on_queries), (restarted, restarted_queries) = runs["on"], runs["restarted"]
+    assert on == restarted and on_queries == restarted_queries
+    assert sum(map(len, on)) > 500, "nothing was pruned: nothing was tested"
+    # One query per step crossed (both partitions' clocks move together here), not one per batch.
+    assert len([q for q in on_queries if q]) <= sum(sizes) / 6 + 2 < len(sizes) / 1.5
+    for before in on_queries:
+        assert all(cutoff % 6.0 == 0 for cutoff in before.values())  # the cutoff's step, not the watermark

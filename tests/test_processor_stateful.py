@@ -39,7 +39,7 @@ from seedworker.engine.processor import Processor
 from seedworker.engine.replay import Replay
 from seedworker.store import readers
 from seedworker.store.readers import read_all
-from seedworker.store.rows import load_state
+from seedworker.store.rows import dump_state, load_state
 from seedworker.store.store import Store
 from tests.support import CTL, DLQ, EXACT_STATE, OUT, REQ, SEL, T0, assert_state_equal
 
@@ -216,6 +216,8 @@ class ProcessorMachine(RuleBasedStateMachine):
     def process(self, n):
         batch, self.queue = self.queue[:n], self.queue[n:]
         b = self.run(self.processor.process(batch))
+        for bp, row in b.blueprints.items():  # the processor's cached encoding: dump_state's bytes, always
+            assert row.state == dump_state(self.processor.selector.blueprints[bp].to_dict()), bp
         if b.pruned:
             # A pruned decision was learned from if what became of it says so: its resolution in this very batch
             # (an outcome can resolve it in the batch that prunes it), else its stored row.

@@ -27,6 +27,7 @@ partition rebuild (seedworker.engine.replay) feed it logged records and store wh
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ from seedworker.core.config import Settings
 from seedworker.core.join import DANGLING, HeldOutcome, JoinError, Known, Pending
 from seedworker.core.selector import BlueprintState, SeedSelector
 from seedworker.store import changelog
-from seedworker.store.rows import Batch, BlueprintRow, DecisionRow, OutboxRow, dump_state, load_state
+from seedworker.store.rows import Batch, BlueprintRow, DecisionRow, OutboxRow, StateEncoder, load_state
 from seedworker.store.store import Store
 
 log = logging.getLogger("seedworker.engine.processor")
@@ -112,6 +113,7 @@ class Processor:
         self.writer: str | None = None
         self.offsets: dict[tuple[str, int], int] = {}  # the store's consumed offsets (the changelog's "o" records)
         self.aligned: frozenset[str] = frozenset()
+        self._states = StateEncoder()  # encodes the touched blueprints' states at the end of every batch
         t = self.topics
         self._expected = {
             t.requests: ev.GRAFT_REQUESTED,
@@ -207,6 +209,7 @@ class Processor:
     async def _process(self, messages: list[Message], poisoned: dict[RecordKey, str]) -> tuple[Batch, int]:
         b = Batch()
         unreadable = 0
+        clocks = dict(self.join.watermarks)  # as stored before this batch (_prune compares them with the new ones)
         decoded: list[tuple[Message, ev.Envelope | None]] = []
         for m in messages:
             if m.topic == self.topics.dead_letters:  # replay: the live worker's dead letters, in their place
@@ -258,8 +261,9 @@ class Processor:
             if partition >= 0:
                 self.partitions[bp_id] = partition
             bp = self.selector.blueprints[bp_id]
-            b.blueprints[bp_id] = BlueprintRow(dump_state(bp.to_dict()), bp.version, self.partitions.get(bp_id, -1))
-        await self._prune(b)
+            state = self._states.dump(bp_id, bp.to_dict())
+            b.blueprints[bp_id] = BlueprintRow(state, bp.version, self.partitions.get(bp_id, -1))
+        await self._prune(b, clocks)
         if self.writer is not None and not self.replay:
             t = self.topics
             b.outbox += changelog.batch_records(
@@ -268,20 +272,28 @@ class Processor:
         self.offsets.update(b.offsets)
         return b, unreadable
 
-    async def _prune(self, b: Batch) -> None:
-        """Resolved decisions of the partitions whose clock moved, older than decision_retention_s (event time):
+    async def _prune(self, b: Batch, clocks: dict[int, float]) -> None:
+        """Resolved decisions older than decision_retention_s (event time) of the partitions whose clock moved:
         deleted in this batch. The decisions this batch resolves are still pending in the store: a later batch
-        prunes them."""
+        prunes them.
+
+        The cutoff moves in steps of a hundredth of the retention (at most a minute of event time): a partition is
+        pruned, of the decisions before its cutoff's last step, in the batch in which its clock (``clocks``: before
+        the batch) crosses a step, so a decision is kept up to one step longer than its retention. Why: one query
+        per step of event time instead of one per batch and partition, which with batches of a few events cost as
+        much as deciding. The steps are a function of the watermarks alone, which the store, the changelog and a
+        rebuild carry, so a restarted or restored worker prunes in the same batches as one that ran on."""
         keep = self.settings.decision_retention_s
-        for p in b.watermarks:
-            for did in await self.store.aged_decisions(p, self.join.watermarks[p] - keep):
-                b.pruned[did] = p
-        # Gone from memory too: a later outcome of one is an outcome of an unknown decision, as after a restart. Not
-        # in a replay: whether live had pruned a decision when its outcome came depended on its batches; what live
-        # then did with the outcome (held it, dropped it as dangling) is in its dead letters, which the replay
-        # follows.
-        if not self.replay:
-            self.join.forget(b.pruned)
+        step = min(keep / 100, 60.0)
+        due = {}
+        for p, t in b.watermarks.items():
+            edge = math.floor((t - keep) / step)
+            if p not in clocks or edge > math.floor((clocks[p] - keep) / step):
+                due[p] = edge * step
+        for did, p in await self.store.aged_decisions(due):
+            b.pruned[did] = p
+        # Gone from memory too (the join already treats them as unknown: Join._aged).
+        self.join.forget(b.pruned)
         if b.pruned:
             b.count("pruned_decisions", len(b.pruned))
 

@@ -301,19 +301,33 @@ class Worker:
         groups: dict[int | None, list[Outgoing]] = {}
         for row in rows:
             groups.setdefault(self._owner(row), []).append(Outgoing(*row))
-        for i, (owner, messages) in enumerate(groups.items()):
-            if _TEST_PAUSE_S and i:
-                log.warning("test hook: pausing %gs before transaction %d of %d", _TEST_PAUSE_S, i + 1, len(groups))
-                await asyncio.sleep(_TEST_PAUSE_S)
-            try:
-                await self.bus.send(messages, owner=owner)
-            except Fenced as exc:
-                raise Fenced(
-                    f"{exc}. Stopping: partition {exc.partition} belongs to another worker now, which answers its "
-                    f"requests from the changelog; this worker's unpublished answers for it are superseded (its store "
-                    f"keeps them until it is assigned the partition again). Start it again to rejoin the group.",
-                    exc.partition,
-                ) from exc
+        # The partitions' transactions are independent (a producer each): in flight together, a batch waits for one
+        # transaction's round trips (add partitions, produce, end) instead of one partition's after the other. Every
+        # transaction is awaited before an error is raised, so none is left open.
+        if _TEST_PAUSE_S:  # the test hook: the transactions one after the other, with a pause in between
+            for i, (owner, messages) in enumerate(groups.items()):
+                if i:
+                    log.warning("test hook: pausing %gs before transaction %d of %d", _TEST_PAUSE_S, i + 1, len(groups))
+                    await asyncio.sleep(_TEST_PAUSE_S)
+                await self._send(owner, messages)
+            return
+        results = await asyncio.gather(
+            *(self._send(owner, messages) for owner, messages in groups.items()), return_exceptions=True
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise next((e for e in errors if isinstance(e, Fenced)), errors[0])
+
+    async def _send(self, owner: int | None, messages: list[Outgoing]) -> None:
+        try:
+            await self.bus.send(messages, owner=owner)
+        except Fenced as exc:
+            raise Fenced(
+                f"{exc}. Stopping: partition {exc.partition} belongs to another worker now, which answers its "
+                f"requests from the changelog; this worker's unpublished answers for it are superseded (its store "
+                f"keeps them until it is assigned the partition again). Start it again to rejoin the group.",
+                exc.partition,
+            ) from exc
 
     async def _republish(self, rows: list[UnsentRow] | None = None) -> None:
         """Publish unsent outbox rows again, byte for byte: at start those that answer no input partition (dead

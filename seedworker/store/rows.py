@@ -30,6 +30,66 @@ def dump_state(state: dict) -> bytes:
     return orjson.dumps(_tagged(state))
 
 
+class StateEncoder:
+    """``dump_state`` for a worker that writes the same blueprints batch after batch: the same bytes, but each array
+    whose raw bytes, dtype and shape have not changed since this blueprint's last write is copied in encoded.
+
+    Why: a K=8 state is ~30 KB of JSON from ~30 arrays, and their base64 is most of what dump_state costs, paid for
+    every blueprint a batch touches. A decision changes three small arrays (the selection counts); the statistics,
+    the Gram matrices and their inverses change only when an outcome is learned. Measured on K=8 states (2 cores,
+    loadavg 3-9): a state whose arrays are as last written 27-50 µs instead of 80-100 µs; a state an outcome
+    changed (nearly every array) 5-25% slower than dump_state, for the copies it compares and keeps.
+
+    The cache is ~50 KB per blueprint (raw bytes and JSON), so it keeps the ``BLUEPRINTS`` last written."""
+
+    BLUEPRINTS = 256  # blueprints remembered (the least recently written is forgotten first): ~13 MB at K=8
+
+    def __init__(self) -> None:
+        # blueprint -> {path of the array in the state: (its raw bytes, dtype, shape, its JSON)}; the JSON as bytes,
+        # wrapped at each write: an orjson.Fragment cannot be copied, and tests deepcopy a worker.
+        self._arrays: dict[str, dict[tuple, tuple[bytes, np.dtype, tuple, bytes]]] = {}
+
+    def dump(self, blueprint_id: str, state: dict) -> bytes:
+        arrays = self._arrays.pop(blueprint_id, None)
+        if arrays is None:
+            arrays = {}
+            if len(self._arrays) >= self.BLUEPRINTS:
+                del self._arrays[next(iter(self._arrays))]
+        self._arrays[blueprint_id] = arrays  # last: the most recently written
+        return orjson.dumps(self._container(state, (), arrays))
+
+    def _container(self, o: dict | list | tuple, path: tuple, arrays: dict) -> dict | list:
+        # _tagged, with one loop per container rather than a call per value (a state has ~100 values).
+        items = o.items() if isinstance(o, dict) else enumerate(o)
+        out: dict = {}
+        for k, v in items:
+            t = type(v)
+            if t is np.ndarray:
+                v = self._array(v, (*path, k), arrays)
+            elif t is dict or t is list or t is tuple:
+                v = self._container(v, (*path, k), arrays)
+            elif t is float:
+                if not math.isfinite(v):
+                    v = {"$f": repr(v)}
+            elif not (t is str or t is int or t is bool or v is None):
+                v = _tagged(v)  # numpy scalars and anything else, as dump_state writes them
+            out[k] = v
+        return out if isinstance(o, dict) else list(out.values())
+
+    @staticmethod
+    def _array(o: np.ndarray, path: tuple, arrays: dict) -> orjson.Fragment:
+        a = np.ascontiguousarray(o)
+        raw = a.tobytes()
+        known = arrays.get(path)
+        # The cached JSON is a function of exactly what is compared (raw bytes, dtype, shape), never of what was
+        # stored: an entry written for a batch that failed (or under another path) still encodes its array right.
+        # The dtype by identity: one object has one ``str``; an equal dtype that is another object is encoded again.
+        if known is None or known[1] is not a.dtype or known[2] != a.shape or known[0] != raw:
+            encoded = orjson.dumps({"$nd": [a.dtype.str, list(a.shape), base64.b64encode(raw).decode()]})
+            known = arrays[path] = (raw, a.dtype, a.shape, encoded)
+        return orjson.Fragment(known[3])
+
+
 def load_state(blob: bytes) -> dict:
     if blob[:1] == b"\x80":
         # Written by an earlier version (pickle, protocol 5) into this worker's own file: still read.

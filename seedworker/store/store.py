@@ -156,13 +156,17 @@ class Store:
         )
         return [UnsentRow(i, OutboxRow(t, k, v, hdr.from_blob(h), p)) for i, t, k, v, h, p in rows]
 
-    async def aged_decisions(self, partition: int, before: float) -> list[str]:
-        """Decisions of an input partition requested before event time ``before`` (to prune)."""
+    async def aged_decisions(self, before: dict[int, float]) -> list[tuple[str, int]]:
+        """(decision id, input partition) of the resolved decisions of each input partition requested before its
+        event time in ``before`` (to prune): one query for them all (each term a range of decisions_age)."""
+        if not before:
+            return []
+        terms = " OR ".join(["(partition = ? AND request_time < ?)"] * len(before))
         rows = await self._all(
-            "SELECT decision_id FROM decisions WHERE partition = ? AND request_time < ? AND status != 'pending'",
-            (partition, before),
+            f"SELECT decision_id, partition FROM decisions WHERE ({terms}) AND status != 'pending'",
+            tuple(v for pair in before.items() for v in pair),
         )
-        return [did for (did,) in rows]
+        return [(did, p) for did, p in rows]
 
     async def counters(self) -> dict[str, int]:
         return dict(await self._all("SELECT name, value FROM counters"))
