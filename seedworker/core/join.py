@@ -94,6 +94,7 @@ class Known(NamedTuple):
     reward: float | None
     payload: bytes
     partition: int
+    request_time: float = -math.inf
 
 
 class Changes(Protocol):
@@ -152,14 +153,16 @@ class Rules:
     hold_unknown_s: float = 300.0
     learn_late: bool = False
     default_reward: float | None = None
+    retention_s: float | None = None  # decision_retention_s: a resolved decision older than this is forgotten
 
     @classmethod
-    def from_settings(cls, join) -> Rules:
+    def from_settings(cls, join, *, retention_s: float | None = None) -> Rules:
         return cls(
             reward_wait_s=join.reward_wait_s,
             hold_unknown_s=join.hold_unknown_s,
             learn_late=join.learn_late,
             default_reward=join.default_reward,
+            retention_s=retention_s,
         )
 
 
@@ -175,6 +178,7 @@ class _Recent(NamedTuple):
     selected: SeedSelected | None = None
     reward: float | None = None
     partition: int = 0
+    request_time: float = -math.inf
 
 
 def request_time(selected: SeedSelected) -> float:
@@ -287,12 +291,16 @@ class Join:
         if p is not None:
             return self._join(outcome, p.selected, p.partition, None, PENDING, changes)
         r = self.recent.get(did)
+        if r is not None and self._aged(r.request_time, r.partition):
+            r = None
         if r is not None:
             if r.status in LEARNED or r.selected is None:
                 changes.count("duplicate_outcomes")
                 return "duplicate"
             return self._join(outcome, r.selected, r.partition, r.reward, r.status, changes)
         k = known.get(did) if known else None
+        if k is not None and k.status != PENDING and self._aged(k.request_time, k.partition):
+            k = None
         if k is not None:
             if k.status in LEARNED or k.status == PENDING:
                 # PENDING in the store but not in memory: a decision of a partition this worker does not hold
@@ -353,7 +361,7 @@ class Join:
                 changes.touch(selected.blueprint_id, partition)
             self.pending.pop(did, None)
             changes.resolve(Resolution(did, MISMATCHED, None, t, partition))
-            self._remember(did, _Recent(MISMATCHED, selected, None, partition))
+            self._remember(did, _Recent(MISMATCHED, selected, None, partition, request_time(selected)))
             return "mismatched"
         on_time = t - request_time(selected) <= self.rules.reward_wait_s
         if not on_time and not self.rules.learn_late:
@@ -369,8 +377,16 @@ class Join:
         changes.count("outcomes_learned")
         if not on_time:
             changes.count("late_outcomes")
-        self._remember(did, _Recent(new))
+        self._remember(did, _Recent(new, None, None, partition, request_time(selected)))
         return "replaced" if default is not None else "learned"
+
+    def _aged(self, t_request: float, partition: int) -> bool:
+        """A resolved decision past ``retention_s`` of its partition's event time is forgotten: an outcome for it is
+        one for an unknown decision. By the watermark, not by whether the prune has deleted it yet (it does so at the
+        end of a batch), so what becomes of the outcome does not depend on where batches end — or on whether this
+        worker restarted, or is a replay — but only on the partition's records before it."""
+        keep = self.rules.retention_s
+        return keep is not None and t_request < self.watermarks.get(partition, -math.inf) - keep
 
     def forget(self, decision_ids: Iterable[str]) -> None:
         """Decisions deleted from the store (pruned): an outcome for one of them is one for an unknown decision, as
@@ -433,7 +449,7 @@ class Join:
                     changes.touch(p.selected.blueprint_id, part)
                 changes.resolve(Resolution(did, EXPIRED, reward, None, part))
                 changes.count("expired_decisions")
-                self._remember(did, _Recent(EXPIRED, p.selected, reward, part))
+                self._remember(did, _Recent(EXPIRED, p.selected, reward, part, request_time(p.selected)))
             drops = self._drops.get(part, []) if self.drop_by_time else []
             while drops and drops[0][0] < wm:
                 _, event_id, did = heapq.heappop(drops)

@@ -106,7 +106,11 @@ class SeedSelector:
         self.blueprints: dict[str, BlueprintState] = {}
         # The in-process API runs the worker's join rules on one partition (0), with event times from the events
         # (a request or outcome without occurred_at takes the selector's clock).
-        self.join = Join(Rules.from_settings(self.settings.join), self, window=self.settings.dedup_window)
+        self.join = Join(
+            Rules.from_settings(self.settings.join, retention_s=self.settings.decision_retention_s),
+            self,
+            window=self.settings.dedup_window,
+        )
         self.join_counters = Discard()
         self._policies: dict[str, Policy] = {}
         self._selectable = frozenset(self.settings.selectable_states)

@@ -195,11 +195,12 @@ class Store:
         for i in range(0, len(ids), 500):
             chunk = ids[i : i + 500]
             marks = ",".join("?" * len(chunk))
-            for did, status, reward, payload, partition in await self._all(
-                f"SELECT decision_id, status, reward, payload, partition FROM decisions WHERE decision_id IN ({marks})",
+            for did, status, reward, payload, partition, request_time in await self._all(
+                "SELECT decision_id, status, reward, payload, partition, request_time FROM decisions "
+                f"WHERE decision_id IN ({marks})",
                 tuple(chunk),
             ):
-                out[did] = Known(status, reward, payload, partition)
+                out[did] = Known(status, reward, payload, partition, request_time)
         return out
 
     # -- writing -------------------------------------------------------------------------------------------------
