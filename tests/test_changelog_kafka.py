@@ -373,13 +373,13 @@ async def learn_then_move(bootstrap, factory, tmp_path, caplog, *, prefix, chang
                     return sum(r.key == changelog.OFFSETS for r in records)
 
                 now: list = []
-                deadline = time.monotonic() + 60
+                deadline = time.monotonic() + 120
                 while True:
                     now = await changelog_records(bootstrap, topics["changelog"])
                     if len(now) < len(written) and o_records(now) < o_records(written):
                         break
                     assert time.monotonic() < deadline, (
-                        f"the log cleaner removed nothing from the changelog within 60 s ({len(now)} records now, "
+                        f"the log cleaner removed nothing from the changelog within 120 s ({len(now)} records now, "
                         f"{len(written)} written, {o_records(now)} of {o_records(written)} offsets records)"
                     )
                     await asyncio.sleep(0.3)
@@ -455,7 +455,7 @@ async def learn_then_move(bootstrap, factory, tmp_path, caplog, *, prefix, chang
     )
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(300)  # a bound, not a speed goal: a loaded machine takes minutes
 async def test_retention_then_a_move_restores_from_the_changelog(
     kafka_bootstrap, kafka_topic_factory, tmp_path, caplog
 ):
@@ -482,7 +482,7 @@ COMPACTING = {
 }
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(300)  # a bound, not a speed goal: a loaded machine takes minutes
 async def test_compacted_changelog_restores_exactly(
     kafka_bootstrap, kafka_topic_factory, local_kafka, tmp_path, caplog
 ):
@@ -528,7 +528,7 @@ def assert_changelog_folds_to(states: dict[int, changelog.PartitionState], db: P
     assert sum(len(s.decisions) for s in states.values()) == len(decisions)
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(300)  # a bound, not a speed goal: a loaded machine takes minutes
 async def test_kill_mid_publish_answers_once_and_learns_once(kafka_bootstrap, kafka_topic_factory, tmp_path):
     topics = await worker_topics(kafka_topic_factory, "kill", changelog.TOPIC_CONFIG)
     group = unique_topic("kill-group")
@@ -616,7 +616,7 @@ async def test_kill_mid_publish_answers_once_and_learns_once(kafka_bootstrap, ka
     assert_changelog_folds_to(states, Path(wp.settings.db), topics)
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(300)  # a bound, not a speed goal: a loaded machine takes minutes
 async def test_a_zombie_is_fenced_and_its_stale_answers_stay_invisible(kafka_bootstrap, kafka_topic_factory, tmp_path):
     topics = await worker_topics(kafka_topic_factory, "zombie", changelog.TOPIC_CONFIG)
     group = unique_topic("zombie-group")
