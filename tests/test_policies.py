@@ -272,11 +272,10 @@ def test_linucb_score_by_hand(alpha):
         rs = np.array([r for _, r in data[i]])
         a_inv = np.linalg.inv(ridge * np.eye(DIM) + xs.T @ xs)
         theta = a_inv @ (xs.T @ rs)
-        # The arm's own noise: penalized ridge residual over its degrees of freedom, with 2 pseudo-outcomes at the
-        # pooled variance.
+        # The arm's own noise: penalized ridge residual over its outcomes, with 2 pseudo-outcomes at the pooled
+        # variance (the conjugate posterior mean).
         rss = ((rs - xs @ theta) ** 2).sum() + ridge * theta @ theta
-        dof = len(rs) - (DIM - ridge * np.trace(a_inv))
-        sigma = math.sqrt((rss + 2.0 * scale**2) / (dof + 2.0))
+        sigma = math.sqrt((rss + 2.0 * scale**2) / (len(rs) + 2.0))
         expected.append(theta @ x + alpha * sigma * math.sqrt(x @ a_inv @ x))
     s = _situation(table, [0, 1, 2], x, "lin")
     choice = LinUCB(alpha=alpha).choose(s)
