@@ -73,6 +73,8 @@ _GRAM_BATCH = 32
 # Noise prior of a linear model, in pseudo-outcomes at the blueprint's pooled reward variance: it stands in for the
 # residual variance until the arm's own residuals outweigh it (see ``linear_model``).
 _NOISE_PRIOR = 2.0
+
+
 # Change detection (``detect=True``): each arm keeps its rewards since the blueprint's last detected change, at most
 # _HISTORY of them (then the older half is dropped: the test looks at a long recent window, not the whole past), and
 # a split is only considered with at least _MIN_SIDE outcomes on either side of it.
@@ -134,15 +136,14 @@ class ArmTable:
         self.a_inv = np.tile(np.eye(d) / self.ridge, (capacity, 1, 1))
         self.b = np.zeros((capacity, d))
         self.theta = np.zeros((capacity, d))
-        # Derived from lin_sq, lin_w, b, theta and A^-1 after every change of an arm's linear model (not persisted:
-        # from_dict recomputes them): its residual sum of squares and degrees of freedom plus the noise prior, so
+        # Derived from lin_sq, lin_w, b and theta after every change of an arm's linear model (not persisted:
+        # from_dict recomputes them): its penalized residual sum of squares and its weight plus the noise prior, so
         # a decision reads the noise estimate with two lookups (see ``linear_model``).
-        derived = [getattr(self, name, None) for name in ("_lin_rss", "_lin_dof", "_lin_trace")]
+        derived = [getattr(self, name, None) for name in ("_lin_rss", "_lin_dof")]
         self._lin_rss = np.zeros(capacity)
-        self._lin_dof = np.full(capacity, self._dof(0.0, d / self.ridge))  # a fresh arm: A^-1 = I / lam
-        self._lin_trace = np.full(capacity, d / self.ridge)  # tr(A^-1)
+        self._lin_dof = np.full(capacity, self._dof(0.0))
         if derived[0] is not None:
-            self._lin_rss[:n], self._lin_dof[:n], self._lin_trace[:n] = (v[:n] for v in derived)
+            self._lin_rss[:n], self._lin_dof[:n] = (v[:n] for v in derived)
         for name in _MATRICES:
             if old[name] is not None:
                 getattr(self, "_gram" if name == "gram" else name)[:n] = old[name][:n]
@@ -171,7 +172,7 @@ class ArmTable:
         )
         self._select_views = memoryview(self.selections), memoryview(self.last_selected)
         self._linear_views = tuple(
-            memoryview(getattr(self, name)) for name in ("lin_w", "lin_sq", "_lin_rss", "_lin_dof", "_lin_trace")
+            memoryview(getattr(self, name)) for name in ("lin_w", "lin_sq", "_lin_rss", "_lin_dof")
         )
         # Per arm, views of its A^-1, b and theta rows: indexing the (capacity, d, d) arrays anew for every outcome
         # cost a view object each time.
@@ -415,7 +416,7 @@ class ArmTable:
             w_memory[i] -= weight * memory_mb
             w_latency[i] -= weight * latency_ms
         if x is not None and weight > 0.0:
-            lin_w, lin_sq, rss, dof, trace = self._linear_views
+            lin_w, lin_sq, rss, dof = self._linear_views
             lin_w[i] -= weight
             lin_sq[i] -= weight * reward * reward
             gram = self.gram  # deferred updates folded in first, so the subtraction meets the sum it came from
@@ -428,11 +429,10 @@ class ArmTable:
             a_inv += ax[:, None] * ax
             self.b[i] -= (weight * reward) * x
             np.dot(a_inv, self.b[i], out=self.theta[i])
-            # The noise estimate's parts, as _learn_linear keeps them: the removal raises tr(A^-1) by |A^-1 x|^2.
-            trace[i] += float(ax.dot(ax))
+            # The noise estimate's parts, as _learn_linear keeps them.
             res = lin_sq[i] - float(self.b[i].dot(self.theta[i]))
             rss[i] = res if res > 0.0 else 0.0
-            dof[i] = self._dof(lin_w[i], trace[i])
+            dof[i] = self._dof(lin_w[i])
         # A change detector's segment is a sequence that may have restarted since: a default reward cannot be taken
         # out of it, so the configuration refuses join.default_reward with change detection (core.config).
         assert not self.detect, "forget() with change detection"
@@ -469,7 +469,7 @@ class ArmTable:
         self._refresh_linear(i)
 
     def _learn_linear(self, i: int, x: np.ndarray, reward: float, weight: float) -> None:
-        lin_w, lin_sq, rss, dof, trace = self._linear_views
+        lin_w, lin_sq, rss, dof = self._linear_views
         lin_w[i] += weight
         lin_sq[i] += weight * reward * reward
         a_inv, b, theta = self._linear_rows[i]
@@ -485,12 +485,10 @@ class ArmTable:
         else:
             b += (weight * reward) * x
         np.dot(a_inv, b, out=theta)
-        # The noise estimate's parts (see linear_model): the correction above lowers tr(A^-1) by |scaled A^-1 x|^2.
-        tr = trace[i] - float(ax.dot(ax))
-        trace[i] = tr
+        # The noise estimate's parts (see linear_model).
         res = lin_sq[i] - float(b.dot(theta))
         rss[i] = res if res > 0.0 else 0.0
-        dof[i] = self._dof(lin_w[i], tr)
+        dof[i] = self._dof(lin_w[i])
         if self.half_life_s is None:
             # G is only read to re-invert A after a decay rescale, which never happens without a half-life: keep x
             # and fold an arm's contexts in as one product X^T X when it has a batch of them or when G is read.
@@ -502,18 +500,17 @@ class ArmTable:
         else:
             self._gram[i] += weight * np.outer(x, x)
 
-    def _dof(self, weight: float, trace: float) -> float:
-        """Residual degrees of freedom of a ridge fit plus the noise prior: max(w - tr(G A^-1), 0) + nu0, where
-        tr(G A^-1) = d - lam tr(A^-1) is the fit's effective number of parameters."""
-        return max(weight - (self.dim - self.ridge * trace), 0.0) + _NOISE_PRIOR
+    @staticmethod
+    def _dof(weight: float) -> float:
+        """Outcomes behind the noise estimate: the arm's (decayed) weight plus the noise prior's pseudo-outcomes
+        (see ``linear_model``: the penalized residual counts every outcome, no parameter is subtracted)."""
+        return weight + _NOISE_PRIOR
 
-    def _refresh_linear(self, i: int, trace: float | None = None) -> None:
-        """Recompute arm i's noise-estimate parts from its model (after a re-inversion; on load with the saved
-        trace, which live updates keep incrementally: recomputing it would differ in the last bits)."""
+    def _refresh_linear(self, i: int) -> None:
+        """Recompute arm i's noise-estimate parts from its model (after a re-inversion, on load)."""
         # Penalized ridge residual: sum w (r - theta.x)^2 + lam |theta|^2 = sum w r^2 - b.theta.
         self._lin_rss[i] = max(self.lin_sq[i] - float(self.b[i].dot(self.theta[i])), 0.0)
-        self._lin_trace[i] = float(np.trace(self.a_inv[i])) if trace is None else trace
-        self._lin_dof[i] = self._dof(self.lin_w[i], self._lin_trace[i])
+        self._lin_dof[i] = self._dof(self.lin_w[i])
 
     def _fold_gram(self, i: int) -> None:
         pending = self._pending[i]
@@ -680,11 +677,14 @@ class ArmTable:
 
         The noise variance is the arm's own ridge residual, not the spread of its rewards (which also holds what the
         context explains). For a ridge fit, ``sum w (r - theta·x)^2 + lam |theta|^2 = sum w r^2 - b·theta``, so it
-        needs no pass over past outcomes. Its degrees of freedom are the weighted count minus the fit's effective
-        parameter count ``tr(G A^-1) = d - lam tr(A^-1)``, and ``_NOISE_PRIOR`` pseudo-outcomes at the pooled reward
-        variance keep it sensible while an arm has few outcomes:
-        ``sigma^2 = (RSS + nu0 s^2) / (dof + nu0)``. Every term scales with the square of the reward unit, so the
-        exploration it drives is the same whatever the unit.
+        needs no pass over past outcomes. This *penalized* residual is the quadratic form of the rewards under
+        the model's own marginal ``r ~ N(0, sigma^2 (I + X X^T / lam))`` (the prior ``theta ~ N(0, sigma^2 / lam
+        I)``), whose expectation is ``sigma^2 n``: it is divided by the weighted count, not by a count minus
+        the fit's parameters (that is the frequentist divisor of the *unpenalized* residual; with the penalized one
+        it overstated the noise, by half again for 65 features and 180 outcomes). With ``_NOISE_PRIOR``
+        pseudo-outcomes at the pooled reward variance ``s^2`` this is the posterior mean of the conjugate
+        (normal-inverse-gamma) model: ``sigma^2 = (RSS + nu0 s^2) / (n + nu0)``. Every term scales with the square
+        of the reward unit, so the exploration it drives is the same whatever the unit.
         """
         f = self._decay_factors(rows)
         s2 = self.pooled_scale() ** 2
@@ -703,8 +703,7 @@ class ArmTable:
         mean = theta.dot(x)
         width = np.maximum(np.einsum("i,kij,j->k", x, a_inv, x), 0.0)
         rss = np.maximum(f * (self.lin_sq[rows] - np.einsum("ki,ki->k", self.b[rows], theta)), 0.0)
-        dof = np.maximum(f * self.lin_w[rows] - (self.dim - self.ridge * np.einsum("kii->k", a_inv)), 0.0)
-        return mean, width, (rss + _NOISE_PRIOR * s2) / (dof + _NOISE_PRIOR)
+        return mean, width, (rss + _NOISE_PRIOR * s2) / (f * self.lin_w[rows] + _NOISE_PRIOR)
 
     def linear_fit(self, rows: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Predicted reward ``theta·x`` and variance factor ``x^T A^-1 x`` (clipped at 0) for these rows, from the
@@ -752,7 +751,6 @@ class ArmTable:
             # (outcomes, sum of squared deviations): running totals, an array because like the columns they
             # depend on the order outcomes arrived in only up to rounding.
             "pooled": np.array([self.pooled_n, self.pooled_m2]),
-            "lin_trace": self._lin_trace[:n].copy(),  # tr(A^-1), kept incrementally (see _learn_linear)
         }
         if self.detect:
             out["detect"] = True
@@ -794,9 +792,8 @@ class ArmTable:
         table._gram[:n] = data["gram"]
         if "resources" in data:  # a state saved before resources were counted starts them at zero measured outcomes
             table.resources[:n] = data["resources"]
-        traces = data.get("lin_trace")
-        for i in range(n):
-            table._refresh_linear(i, None if traces is None else float(traces[i]))
+        for i in range(n):  # (the "lin_trace" that earlier states carry is not read: the noise no longer needs it)
+            table._refresh_linear(i)
         table._priors = int(np.count_nonzero(table.prior_w[:n]))
         if "pooled" in data:
             table.pooled_n, table.pooled_m2 = (float(v) for v in data["pooled"])

@@ -58,12 +58,18 @@ class LinearThompson(GaussianSampling):
     ``N(theta_a·x, v^2 x^T A_a^-1 x)``; drawing the scalar avoids a Cholesky factor per arm per decision.
     ``v = scale * sigma_a``, ``sigma_a`` the arm's own residual noise estimate (not the pooled spread of the
     rewards, which also holds what the context explains and so made the draws too wide).
+
+    ``scale = 1`` draws from the model's posterior itself; the default draws at a quarter of its sd. The
+    Gaussian model spreads its average residual over every context, also where the outcome is all but certain (a
+    0/1 reward far from the decision boundary), so its draws keep exploring arms the data have ruled out, the more
+    so the more arms compete for the maximum. Chosen on two data sets of ``bench/contextual.py`` (digits and
+    breast cancer, where it was the best of 1, 0.5, 0.35 and 0.25) and validated on the other two.
     """
 
     name = "lin-thompson"
     contextual = True
 
-    def __init__(self, *, scale: float = 1.0, propensity_samples: int = 200, propensity: str = "quadrature"):
+    def __init__(self, *, scale: float = 0.25, propensity_samples: int = 200, propensity: str = "quadrature"):
         self.scale = scale
         self.propensity_samples = propensity_samples
         self.propensity = self._check_propensity(propensity)
@@ -74,6 +80,5 @@ class LinearThompson(GaussianSampling):
     def _posterior(self, s: Situation) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         mean, width = _fit(s)
         sd = np.sqrt(width, out=width)
-        if self.scale != 1.0:
-            sd *= self.scale
+        sd *= self.scale
         return mean, sd, mean
