@@ -431,9 +431,26 @@ class Join:
         )
 
     # -- expiry --------------------------------------------------------------------------------------------------
+    def _expire(self, did: str, p: Pending, changes: Changes) -> None:
+        del self.pending[did]
+        reward = None
+        if self.rules.default_reward is not None:
+            reward = self.learner.learn_reward(p.selected, self.rules.default_reward, request_time(p.selected))
+            changes.touch(p.selected.blueprint_id, p.partition)
+        changes.resolve(Resolution(did, EXPIRED, reward, None, p.partition))
+        changes.count("expired_decisions")
+        self._remember(did, _Recent(EXPIRED, p.selected, reward, p.partition, request_time(p.selected)))
+
+    def supersede(self, did: str, changes: Changes) -> None:
+        """A replay reads a new decision under the id of one still waiting: the live worker made it after pruning
+        that one, which it only does to a resolved decision, and an outcome it had joined would have come before
+        the new decision here too — so that one expired there, and expires here now."""
+        p = self.pending.get(did)
+        if p is not None:
+            self._expire(did, p, changes)
+
     def expire(self, changes: Changes) -> None:
         """Decisions whose deadline the watermark of their partition passed, and held outcomes past their hold."""
-        rules = self.rules
         for part in sorted(self._due):
             wm = self.watermarks.get(part, -math.inf)
             heap = self._deadlines.get(part, [])
@@ -442,14 +459,7 @@ class Join:
                 p = self.pending.get(did)
                 if p is None or p.partition != part:
                     continue  # resolved meanwhile (the heap keeps stale entries rather than searching)
-                del self.pending[did]
-                reward = None
-                if rules.default_reward is not None:
-                    reward = self.learner.learn_reward(p.selected, rules.default_reward, request_time(p.selected))
-                    changes.touch(p.selected.blueprint_id, part)
-                changes.resolve(Resolution(did, EXPIRED, reward, None, part))
-                changes.count("expired_decisions")
-                self._remember(did, _Recent(EXPIRED, p.selected, reward, part, request_time(p.selected)))
+                self._expire(did, p, changes)
             drops = self._drops.get(part, []) if self.drop_by_time else []
             while drops and drops[0][0] < wm:
                 _, event_id, did = heapq.heappop(drops)

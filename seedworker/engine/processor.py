@@ -418,6 +418,10 @@ class Processor:
                 if self.on_resent is not None:
                     self.on_resent(m, b)
                 return
+            self.join.supersede(did, b)
+            # What became of the earlier one is moot for the store (its row is deleted): only the learned state
+            # keeps it; the new decision's row must not take its status.
+            b.resolutions = [r for r in b.resolutions if r.decision_id != did]
             b.pruned[did] = -1 if did in answers else known[did].partition
             answers.pop(did, None)
         partition = hdr.int_value(m.headers, hdr.SOURCE_PARTITION)
