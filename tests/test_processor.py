@@ -545,3 +545,28 @@ async def test_pruning_is_a_function_of_the_records_and_batches_not_of_restarts(
     assert len([q for q in on_queries if q]) <= sum(sizes) / 6 + 2 < len(sizes) / 1.5
     for before in on_queries:
         assert all(cutoff % 6.0 == 0 for cutoff in before.values())  # the cutoff's step, not the watermark
+
+
+async def test_a_replay_expires_a_decision_whose_request_id_the_live_worker_decided_again(tmp_path):
+    """The live worker expires a decision (learning the default reward), prunes it, and decides its request id
+    again; a replay reads both decisions in one batch, before any expiry: it expires the first when it reads the
+    second, so it learns the same default."""
+    settings = Settings(
+        db=str(tmp_path / "state.sqlite"),
+        kafka={"partitions": 2},
+        default_strategy="ucb",
+        join={"reward_wait_s": 100.0, "hold_unknown_s": 50.0, "default_reward": -0.25},
+        decision_retention_s=500.0,
+    )
+    bus = await new_bus()
+    bus.produce(REQ, b"bp", request(0, k=1))
+    await drain(settings, bus)
+    bus.produce(REQ, b"bp", request(1, k=1, t=1000))  # req-0 expires
+    await drain(settings, bus)
+    bus.produce(REQ, b"bp", request(2, k=1, t=1010))  # and is pruned (the next step of event time)
+    await drain(settings, bus)
+    bus.produce(REQ, b"bp", request(0, k=1, t=1011))  # the same request id: a new request now
+    w = await drain(settings, bus)
+    assert w.counters["pruned_decisions"] == 1 and len(selections(bus)) == 4
+    got = await replayed(settings, bus, tmp_path)
+    assert_same_blueprints(got, read_all(settings.db))

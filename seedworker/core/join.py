@@ -455,10 +455,12 @@ class Join:
             wm = self.watermarks.get(part, -math.inf)
             heap = self._deadlines.get(part, [])
             while heap and heap[0][0] < wm:
-                _, did = heapq.heappop(heap)
+                deadline, did = heapq.heappop(heap)
                 p = self.pending.get(did)
-                if p is None or p.partition != part:
-                    continue  # resolved meanwhile (the heap keeps stale entries rather than searching)
+                if p is None or p.partition != part or request_time(p.selected) + self.rules.reward_wait_s != deadline:
+                    # Resolved meanwhile, or superseded by a new decision under its id (the heap keeps stale entries
+                    # rather than searching).
+                    continue
                 self._expire(did, p, changes)
             drops = self._drops.get(part, []) if self.drop_by_time else []
             while drops and drops[0][0] < wm:
