@@ -31,7 +31,7 @@ hold: an outcome whose decision is not known yet (the request is still on its wa
 watermark passes ``t + hold_unknown_s``, and then dropped as *dangling* and dead-lettered with a reason starting
 ``DANGLING``; a decision that arrives later than that finds nothing to join. When the hold ends depends on when the
 worker read each record, which the topics do not say: a replay (``drop_by_time`` off) drops what those dead letters
-name instead (``drop``).
+name instead (``live_drops``).
 
 State changes go to a ``Changes`` sink (the store's batch, or nothing for the in-process API), so the caller
 persists exactly what the join did.
@@ -200,7 +200,7 @@ class Join:
     _drops: dict[int, list[tuple[float, str, str]]] = field(default_factory=dict)
     _due: set[int] = field(default_factory=set)  # partitions whose heaps may hold something past its time
     # False in a replay: which held outcomes the live worker dropped depends on when it read each record, which the
-    # log does not say; its dead letters do, so the replay drops what they name (``drop``) and nothing by time.
+    # log does not say; its dead letters do, so the replay drops what they name (``live_drops``) and nothing by time.
     drop_by_time: bool = True
     # Replay: (input partition, offset) of the outcomes the live worker dropped as dangling, from its dead letters.
     live_drops: set[tuple[int, int]] = field(default_factory=set)
@@ -393,20 +393,6 @@ class Join:
         it is for a worker that restarted since."""
         for did in decision_ids:
             self.recent.pop(did, None)
-
-    def drop(self, partition: int, offset: int, changes: Changes) -> None:
-        """A replay reads the live worker's dead letter of a dangling outcome: drop the outcome read from input
-        ``partition`` at ``offset`` as live did, or, if the replay has not met it yet, drop it when it comes
-        instead of joining it. Nothing to do for one read ahead (``live_drops``): it is dropped when met."""
-        if (partition, offset) in self.live_drops:
-            return
-        for did in list(self.held):
-            gone = self._unhold(did, lambda h: h.partition == partition and h.offset == offset)  # noqa: B023
-            if gone is not None:
-                changes.release(gone.event_id, partition)
-                changes.count("dangling_outcomes")
-                return
-        self.live_drops.add((partition, offset))
 
     def _unhold(self, did: str, which) -> HeldOutcome | None:
         hs = self.held.get(did)

@@ -37,7 +37,7 @@ from seedworker.broker.base import Message
 from seedworker.contract import events as ev
 from seedworker.contract import headers as hdr
 from seedworker.core.config import Settings
-from seedworker.core.join import DANGLING, HeldOutcome, JoinError, Known, Pending
+from seedworker.core.join import HeldOutcome, JoinError, Known, Pending
 from seedworker.core.selector import BlueprintState, SeedSelector
 from seedworker.store import changelog
 from seedworker.store.rows import Batch, BlueprintRow, DecisionRow, OutboxRow, StateEncoder, load_state
@@ -212,9 +212,6 @@ class Processor:
         clocks = dict(self.join.watermarks)  # as stored before this batch (_prune compares them with the new ones)
         decoded: list[tuple[Message, ev.Envelope | None]] = []
         for m in messages:
-            if m.topic == self.topics.dead_letters:  # replay: the live worker's dead letters, in their place
-                decoded.append((m, None))
-                continue
             b.offsets[(m.topic, m.partition)] = m.offset + 1
             reason = poisoned.get(_key(m))
             event = None
@@ -233,8 +230,6 @@ class Processor:
         answers: dict[str, tuple[ev.SeedSelected, bytes]] = {}  # decisions made in this batch, with their payload
         for m, event in decoded:
             if event is None:
-                if m.topic == self.topics.dead_letters:
-                    self._on_dead_letter(m, b)
                 continue
             try:
                 if isinstance(event, ev.GraftRequested):
@@ -451,16 +446,6 @@ class Processor:
         except JoinError as exc:
             raise Rejected(str(exc)) from None
         self.join.advance(m.partition, outcome.occurred_at.timestamp(), b)
-
-    def _on_dead_letter(self, m: Message, b: Batch) -> None:
-        """A live worker's dead letter (replay): a dangling outcome it dropped is dropped here too (when the hold
-        ended depended on when it read each record, which the topics do not say). Other dead letters are of records
-        the replay reads and rejects again itself."""
-        source = hdr.dead_letter_source(m.headers)
-        reason = hdr.value(m.headers, hdr.DLQ_REASON) or ""
-        if source is not None and source[0] == self.topics.outcomes and reason.startswith(DANGLING):
-            self.join.drop(source[1], source[2], b)
-            b.count("dead_letters")
 
     def _on_control(self, sw: ev.StrategySwitch, b: Batch) -> None:
         try:

@@ -175,6 +175,7 @@ class Replay:
         self.first_ms: int | None = None  # Kafka timestamps of the first and last record replayed
         self.last_ms: int | None = None
         self._rejected: set[tuple[int, int]] = set()  # graft.requested records the worker dead-lettered
+        self._dangling: set[tuple[int, int]] = set()  # adaptation.outcome records it dropped as dangling
         self._last_source: dict[tuple[int, int], int] = {}  # (selections partition, requests partition) -> offset
         self._novel: dict[tuple[int, int], bool] = {}  # selection (partition, offset) -> answers a record not seen
         self._queue: list[Message] = []
@@ -191,9 +192,9 @@ class Replay:
         """The next record of the merged stream (any of the replayed topics)."""
         if m.topic == self.topics.dead_letters:
             self.dead_letter(m)
-        else:
-            self.first_ms = m.timestamp_ms if self.first_ms is None else min(self.first_ms, m.timestamp_ms)
-            self.last_ms = m.timestamp_ms if self.last_ms is None else max(self.last_ms, m.timestamp_ms)
+            return
+        self.first_ms = m.timestamp_ms if self.first_ms is None else min(self.first_ms, m.timestamp_ms)
+        self.last_ms = m.timestamp_ms if self.last_ms is None else max(self.last_ms, m.timestamp_ms)
         if m.topic == self.topics.selections:
             self._novel[(m.partition, m.offset)] = self._note_source(m)
         self._queue.append(m)
@@ -216,16 +217,26 @@ class Replay:
 
     def read_ahead(self, m: Message) -> None:
         """A record of the dead-letter topic read before the merged stream: an outcome the live worker dropped as
-        dangling is dropped when the replay meets it, even if the merge puts it before its dead letter (when live
-        had pruned its decision, it treated the outcome as one of an unknown decision)."""
+        dangling is dropped when the replay meets it, wherever the merge puts its dead letter (when live's hold
+        ended, or whether it had pruned the decision yet, depended on its batches)."""
+        dropped = self._dangling_source(m)
+        if dropped is not None:
+            self.processor.join.live_drops.add(dropped)
+
+    def _dangling_source(self, m: Message) -> tuple[int, int] | None:
+        """(input partition, offset) of the outcome a dead letter names, if it was dropped as dangling."""
         source = hdr.dead_letter_source(m.headers)
-        reason = hdr.value(m.headers, hdr.DLQ_REASON) or ""
-        if source is not None and source[0] == self.topics.outcomes and reason.startswith(DANGLING):
-            self.processor.join.live_drops.add((source[1], source[2]))
+        if source is None or source[0] != self.topics.outcomes:
+            return None
+        return (source[1], source[2]) if (hdr.value(m.headers, hdr.DLQ_REASON) or "").startswith(DANGLING) else None
 
     def dead_letter(self, m: Message) -> None:
-        """A record of the dead-letter topic: a rejected request counts, and answers its offset. (The processor
-        reads the dead letters of dangling outcomes in their place in the stream.)"""
+        """A record of the dead-letter topic: a rejected request counts, and answers its offset; a dangling outcome
+        counts (``read_ahead`` had it dropped)."""
+        dropped = self._dangling_source(m)
+        if dropped is not None:
+            self._dangling.add(dropped)
+            return
         source = hdr.dead_letter_source(m.headers)
         if source is None or source[0] != self.topics.requests:
             return  # outcomes and control messages are replayed themselves, and rejected again
@@ -245,8 +256,8 @@ class Replay:
             offsets[tp] = max(o, offsets.get(tp, 0))
         # Offset 0 is where a worker starts anyway: no row, as in a live store that never read the partition.
         b = Batch(offsets={tp: o for tp, o in offsets.items() if o > 0})
-        if self._rejected:
-            b.count("dead_letters", len(self._rejected))
+        if self._rejected or self._dangling:
+            b.count("dead_letters", len(self._rejected) + len(self._dangling))
         await self.store.write(b)
         for name, n in b.counters.items():
             self.counters[name] = self.counters.get(name, 0) + n
@@ -443,7 +454,6 @@ async def replay(
         except KafkaError as exc:
             raise ReplayError(f"cannot read the topics at {k.bootstrap_servers}: {exc}") from exc
         t = k.topics
-        # Dead letters first on a tie: a dangling outcome's dead letter was published before a selection of a later batch.
         rank = {t.dead_letters: 0, t.selections: 1, t.control: 2, t.outcomes: 3}
         store = await Store(partial).open()
         worker = await Replay(settings, store).start()
