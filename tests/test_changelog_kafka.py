@@ -645,10 +645,13 @@ async def test_a_zombie_is_fenced_and_its_stale_answers_stay_invisible(kafka_boo
             assert z.alive(), z.tail()
             z.proc.send_signal(signal.SIGSTOP)
             stopped = True
-            # A new default strategy: what is decided from now on differs from what Z stored before it.
+            # A new default strategy: what is decided from now on differs from what Z stored before it. W is also
+            # started with it, because a worker reads the control topic beside its inputs, not before them: W could
+            # otherwise decide a few requests before it applies the switch, exactly as Z had.
             switch = ev.StrategySwitch(strategy="thompson", occurred_at=T0 + timedelta(seconds=tamiyo.sent))
             await (await producer.send(topics["control"], ev.encode(switch)))
 
+            w.env["SEEDWORKER_DEFAULT_STRATEGY"] = "thompson"
             w.start()
             deadline = time.monotonic() + 90
             while len(tamiyo.first) < tamiyo.sent:
