@@ -99,10 +99,23 @@ def shuffled(data: Dataset, seed: int, limit: int | None = None) -> Run:
 
 
 # -- players ----------------------------------------------------------------------------------------------------
-def seedworker(name: str, params: dict | None = None, ridge: float = 1.0) -> Callable[[Run], Player]:
+def seedworker(
+    name: str, params: dict | None = None, ridge: float = 1.0, feature_ridge: float | None = None
+) -> Callable[[Run], Player]:
+    """``feature_ridge`` as a multiple of the data set's number of features (None: the same as ``ridge``)."""
+
     def make(run: Run) -> Player:
         data = run.data
-        arms = CoreArms(name, data.k, data.z.shape[1] + 1, salt="contextual", params=params, ridge=ridge)
+        d = data.z.shape[1]
+        arms = CoreArms(
+            name,
+            data.k,
+            d + 1,
+            salt="contextual",
+            params=params,
+            ridge=ridge,
+            feature_ridge=None if feature_ridge is None else feature_ridge * d,
+        )
         xs = np.hstack([np.ones((len(run.order), 1)), data.z[run.order]])  # [1, z]: FeatureMap's bias first
 
         def choose(t: int) -> int:
@@ -173,12 +186,15 @@ DEFAULT_LABEL = "{} (default, untuned)"
 # Other seedworker settings that say where a default's loss or gain comes from; the goal counts the defaults only.
 # alpha 0 is the ridge model with no exploration at all (its accuracy, not the explorer's); the others move one
 # knob each off the default: lin-thompson's spread (1: the posterior itself), and the blueprint's ridge
-# (``Settings.ridge``, default 1), which both strategies share.
+# (``Settings.ridge``, default 1), which both strategies share, or only the features' precision
+# (``Settings.feature_ridge``, here a third of the number of features).
 DIAGNOSTIC = {
     "linucb alpha=0 (greedy)": ("linucb", {"alpha": 0.0}, 1.0),
     "lin-thompson scale=1 (the posterior)": ("lin-thompson", {"scale": 1.0}, 1.0),
     "linucb ridge=10": ("linucb", None, 10.0),
     "lin-thompson ridge=10": ("lin-thompson", None, 10.0),
+    "linucb feature_ridge=d/3": ("linucb", None, 1.0, 1.0 / 3.0),
+    "lin-thompson feature_ridge=d/3, scale=0.15": ("lin-thompson", {"scale": 0.15}, 1.0, 1.0 / 3.0),
 }
 
 

@@ -116,13 +116,19 @@ class CoreArms:
         params: dict | None = None,
         half_life_s: float | None = None,
         ridge: float = 1.0,
+        feature_ridge: float | None = None,
     ):
         from seedworker.core.arms import ArmTable
         from seedworker.core.policies import STRATEGIES, make_policy
 
         self.k = k
         self.table = ArmTable(
-            dim=dim, ridge=ridge, half_life_s=half_life_s, detect=STRATEGIES[name].detects, capacity=max(k, 8)
+            dim=dim,
+            ridge=ridge,
+            feature_ridge=feature_ridge,
+            half_life_s=half_life_s,
+            detect=STRATEGIES[name].detects,
+            capacity=max(k, 8),
         )
         self.rows = self.table.rows([f"s{j}" for j in range(k)])
         self.policy = make_policy(name, params)

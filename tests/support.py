@@ -173,6 +173,7 @@ EXACT_STATE = frozenset(
         "strategy",
         "half_life_s",
         "ridge",
+        "feature_ridge",
         "clip",
     }
 )

@@ -109,6 +109,37 @@ def test_sherman_morrison_after_many_sequential_updates_in_time_order():
         assert_allclose(table.theta[0], np.linalg.solve(a, table.b[0]), rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("half_life_s", [None, 300.0])
+def test_the_bias_and_the_features_have_their_own_prior_precision(half_life_s):
+    """A = diag(ridge, feature_ridge, ...) + G through Sherman–Morrison, the decay's re-inversions, the decayed read
+    and a save and load; a state saved before the per-feature precision keeps one ridge for every coordinate."""
+    rng = np.random.default_rng(17)
+    arms, ridge, feature_ridge = 2, 0.5, 3.0
+    outcomes = _outcomes(rng, 300, arms)
+    table = ArmTable(dim=DIM, ridge=ridge, feature_ridge=feature_ridge, half_life_s=half_life_s)
+    table.rows([f"s{i}" for i in range(arms)])
+    for o in outcomes:
+        _learn(table, o)
+    prior = np.diag([ridge] + [feature_ridge] * (DIM - 1))
+    loaded = ArmTable.from_dict(table.to_dict())
+    for t in (table, loaded):
+        for i in range(arms):
+            a = prior + t.gram[i]
+            assert_allclose(t.a_inv[i], np.linalg.inv(a), rtol=1e-9, atol=1e-12)
+            assert_allclose(t.theta[i], np.linalg.solve(a, t.b[i]), rtol=1e-9, atol=1e-12)
+    if half_life_s is not None:
+        # The decayed read: the prior keeps its precision while the evidence fades.
+        rows = table.rows(["s0", "s1"])
+        table.clock += half_life_s
+        theta, a_inv = table._faded_linear(rows, np.full(arms, 0.5))
+        for i in range(arms):
+            assert_allclose(a_inv[i], np.linalg.inv(prior + 0.5 * table.gram[i]), rtol=1e-9, atol=1e-12)
+    old = table.to_dict()
+    del old["feature_ridge"]
+    assert ArmTable.from_dict(old).feature_ridge == ridge
+    assert ArmTable(dim=DIM, ridge=ridge).feature_ridge == ridge
+
+
 def test_ridge_solution_recovers_a_linear_model():
     rng = np.random.default_rng(3)
     true = np.array([0.5, -1.0, 2.0])

@@ -11,7 +11,13 @@ arrive does not matter, so a replay reproduces the live state. Raw (undecayed) s
 Without a half-life every weight is one, so the decayed count, reward, squared-reward and success sums *are* the raw
 ones: those columns are then the same arrays (one update instead of two, and they cannot drift apart).
 
-Contextual statistics (disjoint ridge regression per arm): ``A = lam*I + G`` with ``G = sum w x x^T``, ``b = sum w r x``.
+Contextual statistics (disjoint ridge regression per arm): ``A = Lam + G`` with ``G = sum w x x^T``, ``b = sum w r x``
+and ``Lam`` the prior's diagonal precision: ``ridge`` for the first coordinate (the feature map's bias) and
+``feature_ridge`` for each feature (by default the same). Under the prior ``theta ~ N(0, sigma^2 Lam^-1)`` standardized
+features add ``sigma^2 * features / feature_ridge`` to the prior variance of a context's predicted reward, so many
+correlated features may want a larger ``feature_ridge`` (breast cancer's 30 in bench/contextual.py: features / 3)
+where a few strong ones want a small one (the simulator's contextual scenario: 1 or less); no fixed default serves
+both (see the README), and an estimate from the data would make the model depend on the order outcomes arrive in.
 ``A^-1`` is maintained by Sherman–Morrison on each outcome; when decay rescales ``G`` the inverse is recomputed (the
 prior does not decay, so a rescaled ``A`` is not a multiple of the old one). ``G`` itself is only needed for that
 re-inversion, so without a half-life its updates are deferred (see ``gram``).
@@ -89,10 +95,21 @@ class ArmTable:
     """Columns of statistics for the arms of one blueprint; row i is seed ``seed_ids[i]``."""
 
     def __init__(
-        self, *, dim: int, ridge: float = 1.0, half_life_s: float | None = None, capacity: int = 8, detect: bool = False
+        self,
+        *,
+        dim: int,
+        ridge: float = 1.0,
+        feature_ridge: float | None = None,
+        half_life_s: float | None = None,
+        capacity: int = 8,
+        detect: bool = False,
     ):
         self.dim = dim
         self.ridge = ridge
+        # None: the same precision as the bias (one ridge for every coordinate, as before per-feature precisions).
+        self.feature_ridge = ridge if feature_ridge is None else feature_ridge
+        self._precision = np.full(dim, self.feature_ridge)
+        self._precision[0] = ridge
         self.half_life_s = half_life_s
         self.detect = detect
         self.changes = 0  # changes detected (each one restarted every arm's segment)
@@ -133,7 +150,7 @@ class ArmTable:
                 setattr(self, name, getattr(self, raw))
         d = self.dim
         self._gram = np.zeros((capacity, d, d))
-        self.a_inv = np.tile(np.eye(d) / self.ridge, (capacity, 1, 1))
+        self.a_inv = np.tile(np.diag(1.0 / self._precision), (capacity, 1, 1))
         self.b = np.zeros((capacity, d))
         self.theta = np.zeros((capacity, d))
         # Derived from lin_sq, lin_w, b and theta after every change of an arm's linear model (not persisted:
@@ -463,8 +480,8 @@ class ArmTable:
             col[i] *= factor
         self._gram[i] *= factor
         self.b[i] *= factor
-        # The ridge prior does not decay, so A = lam*I + factor*G needs a fresh inverse.
-        self.a_inv[i] = np.linalg.inv(self._gram[i] + self.ridge * np.eye(self.dim))
+        # The ridge prior does not decay, so A = Lam + factor*G needs a fresh inverse.
+        self.a_inv[i] = np.linalg.inv(self._gram[i] + np.diag(self._precision))
         self.theta[i] = self.a_inv[i] @ self.b[i]
         self._refresh_linear(i)
 
@@ -508,7 +525,7 @@ class ArmTable:
 
     def _refresh_linear(self, i: int) -> None:
         """Recompute arm i's noise-estimate parts from its model (after a re-inversion, on load)."""
-        # Penalized ridge residual: sum w (r - theta.x)^2 + lam |theta|^2 = sum w r^2 - b.theta.
+        # Penalized ridge residual: sum w (r - theta.x)^2 + theta^T Lam theta = sum w r^2 - b.theta.
         self._lin_rss[i] = max(self.lin_sq[i] - float(self.b[i].dot(self.theta[i])), 0.0)
         self._lin_dof[i] = self._dof(self.lin_w[i])
 
@@ -663,11 +680,10 @@ class ArmTable:
         """(theta, A^-1) of these rows with their sums decayed to the blueprint's clock.
 
         An arm that is no longer chosen gets no outcome that would rescale its sums, yet its evidence is as old as
-        everyone's: A = lam*I + f G, b' = f b with f its decay factor. Its confidence then shrinks back towards the
+        everyone's: A = Lam + f G, b' = f b with f its decay factor. Its confidence then shrinks back towards the
         prior, as a count decayed to the clock does. The inverse is recomputed (the prior does not decay)."""
-        d = self.dim
         gram = self.gram[rows] * f[:, None, None]
-        gram += self.ridge * np.eye(d)
+        gram += np.diag(self._precision)
         a_inv = np.linalg.inv(gram)
         theta = np.einsum("kij,kj->ki", a_inv, self.b[rows] * f[:, None])
         return theta, a_inv
@@ -676,10 +692,10 @@ class ArmTable:
         """(predicted reward ``theta·x``, variance factor ``x^T A^-1 x``, noise variance estimate) for these rows.
 
         The noise variance is the arm's own ridge residual, not the spread of its rewards (which also holds what the
-        context explains). For a ridge fit, ``sum w (r - theta·x)^2 + lam |theta|^2 = sum w r^2 - b·theta``, so it
+        context explains). For a ridge fit, ``sum w (r - theta·x)^2 + theta^T Lam theta = sum w r^2 - b·theta``, so it
         needs no pass over past outcomes. This *penalized* residual is the quadratic form of the rewards under
-        the model's own marginal ``r ~ N(0, sigma^2 (I + X X^T / lam))`` (the prior ``theta ~ N(0, sigma^2 / lam
-        I)``), whose expectation is ``sigma^2 n``: it is divided by the weighted count, not by a count minus
+        the model's own marginal ``r ~ N(0, sigma^2 (I + X Lam^-1 X^T))`` (the prior ``theta ~ N(0, sigma^2
+        Lam^-1)``), whose expectation is ``sigma^2 n``: it is divided by the weighted count, not by a count minus
         the fit's parameters (that is the frequentist divisor of the *unpenalized* residual; with the penalized one
         it overstated the noise, by half again for 65 features and 180 outcomes). With ``_NOISE_PRIOR``
         pseudo-outcomes at the pooled reward variance ``s^2`` this is the posterior mean of the conjugate
@@ -745,6 +761,7 @@ class ArmTable:
         out: dict = {
             "dim": self.dim,
             "ridge": self.ridge,
+            "feature_ridge": self.feature_ridge,
             "half_life_s": self.half_life_s,
             "clock": self.clock,
             "seed_ids": list(self.seed_ids),
@@ -769,6 +786,7 @@ class ArmTable:
         table = cls(
             dim=data["dim"],
             ridge=data["ridge"],
+            feature_ridge=data.get("feature_ridge"),  # a state saved before it had one precision for every coordinate
             half_life_s=data["half_life_s"],
             capacity=max(8, n),
             detect=data.get("detect", False),

@@ -232,7 +232,10 @@ class Settings(BaseSettings):
     warm_start: bool = True
     prior_count: float = Field(default=1.0, ge=0)
     features: list[str] = Field(default_factory=lambda: list(DEFAULT_FEATURES))
+    # The ridge prior's precision of the bias and of each feature's coefficient (unset: ridge; see core.arms). They
+    # act on a new blueprint's model; a stored one keeps the precisions it has.
     ridge: float = Field(default=1.0, gt=0)
+    feature_ridge: float | None = Field(default=None, gt=0)
     decay: DecaySettings = DecaySettings()
     # Run the change detector on every seed's reward stream (see ArmTable._observe). Unset: on when a configured
     # strategy reads it (default_strategy, a blueprint's or a configured one), so a configuration that never uses it

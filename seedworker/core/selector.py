@@ -274,7 +274,13 @@ class SeedSelector:
         if bp is None:
             s = self.settings
             fm = FeatureMap(names=tuple(s.features))
-            arms = ArmTable(dim=fm.dim, ridge=s.ridge, half_life_s=s.decay.half_life_s, detect=s.detects_changes)
+            arms = ArmTable(
+                dim=fm.dim,
+                ridge=s.ridge,
+                feature_ridge=s.feature_ridge,
+                half_life_s=s.decay.half_life_s,
+                detect=s.detects_changes,
+            )
             bp = self.blueprints[blueprint_id] = BlueprintState(
                 arms, fm, strategy=s.blueprint_strategies.get(blueprint_id)
             )
