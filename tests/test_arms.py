@@ -466,7 +466,7 @@ def test_detector_false_alarms_are_rare_and_scale_free(unit):
         for k, r in enumerate(rng.normal(3.0, 1.0, 1500)):
             table.learn(0, reward=unit * float(r), success=True, t=float(k))
         alarms += table.changes
-    assert alarms <= 3, alarms  # delta = 0.01 per stream; measured 0 of 20 at every unit
+    assert alarms <= 6, alarms  # at most about delta = 0.2 per stream, 4 of 20; measured 2 of 20 at every unit
 
 
 def test_detector_state_replays_bit_identically_and_round_trips():
