@@ -1,7 +1,8 @@
 """The worker's SQLite store: decisions, the outbox, learned state, held outcomes, watermarks, counters and the
 consumed offsets.
 
-One write connection (aiosqlite runs it on its own thread). Each batch of events is written in ONE transaction
+One write connection (aiosqlite runs it on its own thread), and one that writes no rows and only checkpoints the
+WAL, off the write path (``CHECKPOINT_BYTES``). Each batch of events is written in ONE transaction
 together with the Kafka offsets it consumed, so after a crash the store is either before or after the whole batch —
 the stored offsets are the truth the consumer seeks to. WAL mode; ``synchronous=NORMAL`` survives a killed process
 (a committed transaction is in the WAL), ``FULL`` also survives power loss. The file is created with mode 0600.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import sqlite3
 import time
@@ -30,6 +32,16 @@ from seedworker.contract import headers as hdr
 from seedworker.core.join import Known, Resolution
 from seedworker.store.migrations import BOOKKEEPING, MIGRATIONS, migrate, statements
 from seedworker.store.rows import TP, Batch, DecisionRow, OutboxRow, StoredDecision, UnsentRow
+
+log = logging.getLogger("seedworker.store")
+
+# WAL checkpoints run off the write path, on a connection of their own (Store._checkpoint): SQLite's automatic one runs
+# inside the COMMIT that crosses its threshold, and made that batch's transaction 4-8 times as long as the others
+# (measured: 30-event batches, p50 2 ms, p99 9-17 ms with it, 3-4 ms without). A passive checkpoint is started once
+# this many bytes were written since the last one (about SQLite's default of 1000 pages); the write connection
+# still checkpoints by itself past AUTOCHECKPOINT_PAGES, should the background one fall behind or fail.
+CHECKPOINT_BYTES = 4 * 1024 * 1024
+AUTOCHECKPOINT_PAGES = 10_000
 
 
 class StoreError(RuntimeError):
@@ -61,6 +73,9 @@ class Store:
         self.synchronous = synchronous
         self._db: aiosqlite.Connection | None = None
         self._file: tuple[int, int] | None = None  # (device, inode) of the file this connection writes
+        self._checkpointer: aiosqlite.Connection | None = None  # runs the WAL checkpoints, writes no rows
+        self._checkpoint_task: asyncio.Task | None = None
+        self._unchecked = 0  # bytes written since the last checkpoint started
 
     async def open(self) -> Store:
         memory = str(self.path) == ":memory:"
@@ -76,6 +91,12 @@ class Store:
             await self._db.execute("PRAGMA journal_mode=WAL")
             await self._db.execute(f"PRAGMA synchronous={self.synchronous}")
             await self._db.execute("PRAGMA busy_timeout=5000")
+            if not memory:
+                await self._db.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
+                # Opened now, on the file the write connection has: a connection opened later on a path whose file
+                # was deleted would create a new one.
+                self._checkpointer = await aiosqlite.connect(self.path, isolation_level=None)
+                await self._checkpointer.execute(f"PRAGMA synchronous={self.synchronous}")
             if memory:
                 # An in-memory database exists only on this connection: its migrations run here, statement by
                 # statement, before anyone else can use it.
@@ -106,6 +127,14 @@ class Store:
             await db.execute("COMMIT")
 
     async def close(self) -> None:
+        # The checkpointer first: the last connection to close checkpoints the WAL into the file and removes it.
+        if self._checkpoint_task is not None:
+            await asyncio.wait([self._checkpoint_task])
+            self._checkpoint_task = None
+        if self._checkpointer is not None:
+            checkpointer, self._checkpointer = self._checkpointer, None
+            with contextlib.suppress(sqlite3.Error):
+                await checkpointer.close()
         if self._db is not None:
             db, self._db = self._db, None
             try:
@@ -211,9 +240,28 @@ class Store:
         self._check_file()
         try:
             # Shielded: a cancelled caller must not leave the transaction open on the write connection.
-            return await asyncio.shield(self._write(batch))
+            ids = await asyncio.shield(self._write(batch))
         except sqlite3.Error as exc:
             raise StoreError(f"cannot write to {self.path}: {_cause(exc)}") from exc
+        if self._checkpointer is not None:
+            self._unchecked += _size(batch)
+            if self._unchecked >= CHECKPOINT_BYTES and self._checkpoint_task is None:
+                self._unchecked = 0
+                self._checkpoint_task = asyncio.create_task(self._checkpoint())
+        return ids
+
+    async def _checkpoint(self) -> None:
+        """A passive checkpoint on the checkpointer's thread: it copies what it can of the WAL into the file without
+        waiting for the writer or blocking it, and the writer starts the WAL over once all of it was copied."""
+        try:
+            db = self._checkpointer
+            if db is not None:
+                async with db.execute("PRAGMA wal_checkpoint(PASSIVE)") as cur:
+                    await cur.fetchall()  # the statement finished: it holds no read snapshot that would keep the WAL
+        except (sqlite3.Error, ValueError) as exc:  # ValueError: aiosqlite's connection was closed meanwhile
+            log.warning("WAL checkpoint of %s failed (the write connection checkpoints by itself): %s", self.path, exc)
+        finally:
+            self._checkpoint_task = None
 
     def _check_file(self) -> None:
         """In WAL mode SQLite goes on writing, without an error, to a database file that was deleted or replaced
@@ -248,6 +296,15 @@ class Store:
     async def mark_sent(self, ids: list[int]) -> None:
         if ids:
             await self.write(Batch(sent=ids))
+
+
+def _size(b: Batch) -> int:
+    """Roughly the bytes a batch adds to the WAL: its payloads, outbox values and blueprint states."""
+    return (
+        sum(len(d.payload) for d in b.decisions)
+        + sum(len(m.value) for m in b.outbox if m.value is not None)
+        + sum(len(r.state) for r in b.blueprints.values())
+    )
 
 
 _OUTBOX_INSERT = "INSERT INTO outbox (topic, key, value, headers, created_at, partition) VALUES (?,?,?,?,?,?)"
