@@ -288,6 +288,13 @@ class Join:
             return "dangling"
         did = outcome.resolved_decision_id
         p = self.pending.get(did)
+        aged = False
+        if p is not None and self._aged(request_time(p.selected), p.partition):
+            # The watermark passed its deadline, and its retention too, earlier in this batch: expiry runs at the
+            # end of a batch, so it still waits. After a batch boundary it would have expired and been forgotten
+            # by then; it is expired now, so what becomes of the outcome does not depend on where batches end.
+            self._expire(did, p, changes)
+            p, aged = None, True
         if p is not None:
             return self._join(outcome, p.selected, p.partition, None, PENDING, changes)
         r = self.recent.get(did)
@@ -298,7 +305,8 @@ class Join:
                 changes.count("duplicate_outcomes")
                 return "duplicate"
             return self._join(outcome, r.selected, r.partition, r.reward, r.status, changes)
-        k = known.get(did) if known else None
+        # (The store's copy of a decision expired just now still says it is pending: not read.)
+        k = known.get(did) if known and not aged else None
         if k is not None and k.status != PENDING and self._aged(k.request_time, k.partition):
             k = None
         if k is not None:
