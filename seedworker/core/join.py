@@ -264,7 +264,7 @@ class Join:
         for h in self.held.pop(selected.decision_id, ()):
             changes.release(h.event_id, h.partition)
             try:
-                self.outcome(h.outcome, h.partition, changes)
+                self.outcome(h.outcome, h.partition, changes, released=True)
             except JoinError as exc:
                 # Held before its decision showed what it contradicts: the outcome is the bad input, not the
                 # decision, so it is the one dead-lettered.
@@ -278,9 +278,12 @@ class Join:
         changes: Changes,
         known: Mapping[str, Known] | None = None,
         offset: int = -1,
+        *,
+        released: bool = False,
     ) -> str:
         """Join one outcome; returns what became of it: learned, replaced (a default reward), late, mismatched,
-        duplicate, held or (replay) dangling. Raises JoinError for an outcome that names another blueprint than its decision."""
+        duplicate, held or (replay) dangling. Raises JoinError for an outcome that names another blueprint than its
+        decision. ``released``: a held outcome its decision, made just now, takes up."""
         if self.live_drops and (partition, offset) in self.live_drops:
             # Live held it, then dropped it as dangling (replay): counted as both, and not joined here either.
             changes.count("held_outcomes")
@@ -289,10 +292,12 @@ class Join:
         did = outcome.resolved_decision_id
         p = self.pending.get(did)
         aged = False
-        if p is not None and self._aged(request_time(p.selected), p.partition):
+        if p is not None and not released and self._aged(request_time(p.selected), p.partition):
             # The watermark passed its deadline, and its retention too, earlier in this batch: expiry runs at the
             # end of a batch, so it still waits. After a batch boundary it would have expired and been forgotten
             # by then; it is expired now, so what becomes of the outcome does not depend on where batches end.
+            # (Not for the outcomes a decision releases as it is made: they meet it in the same step in any batch,
+            # however old its request.)
             self._expire(did, p, changes)
             p, aged = None, True
         if p is not None:
