@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from seedworker.core.join import Resolution
+from datetime import UTC, datetime
+
+from seedworker.contract import events as ev
+from seedworker.core.join import HeldOutcome, Resolution
 from seedworker.store.rows import Batch, DecisionRow
 from seedworker.store.store import Store
 
@@ -37,5 +40,34 @@ async def test_resolutions_in_the_batch_of_their_decision_are_what_updates_would
         assert [did for did, _p, _q in await store.pending_decisions()] == ["b"]
         await store.write(Batch(resolutions=[Resolution("b", "learned", 0.1, 40.0)]))
         assert await store.pending_decisions() == []
+    finally:
+        await store.close()
+
+
+async def test_an_outcome_released_and_held_again_in_one_batch_stays_held(tmp_path):
+    """Holds are written before releases (in the store and in the changelog): a release in the same batch as a
+    later hold of the same outcome must not delete it."""
+    o = ev.AdaptationOutcome(
+        request_id="r",
+        blueprint_id="bp",
+        seed_id="s0",
+        accuracy_delta=0.1,
+        occurred_at=datetime.fromtimestamp(5.0, UTC),
+    )
+    store = await Store(tmp_path / "s.sqlite").open()
+    try:
+        await store.write(Batch(held=[HeldOutcome(o, 0, 5.0, 3)]))
+        b = Batch()
+        b.release(o.event_id, 0)
+        b.hold(HeldOutcome(o, 0, 5.0, 3))
+        assert b.released == [] and not b.released_from
+        await store.write(b)
+        assert [row[0] for row in await store.held_outcomes()] == [o.event_id]
+        # Held, then released, in one batch: gone.
+        b = Batch()
+        b.hold(HeldOutcome(o, 0, 5.0, 3))
+        b.release(o.event_id, 0)
+        await store.write(b)
+        assert await store.held_outcomes() == []
     finally:
         await store.close()

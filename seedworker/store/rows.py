@@ -236,6 +236,11 @@ class Batch:
         self.resolutions.append(resolution)
 
     def hold(self, held: HeldOutcome) -> None:
+        if held.event_id in self.released_from:
+            # Released earlier in this batch and held again: the store and the changelog write holds before
+            # releases, so the release would delete the row held again. It stays (its row, if any, unchanged).
+            self.released.remove(held.event_id)
+            del self.released_from[held.event_id]
         self.held.append(held)
 
     def release(self, event_id: str, partition: int = -1) -> None:
