@@ -19,7 +19,7 @@ from seedworker.engine.worker import Worker
 from seedworker.store.readers import read_all
 from seedworker.store.store import Store
 from seedworker.tools import inspect
-from tests.support import T0, assert_same
+from tests.support import T0, assert_same, replay_order
 
 LEARNER_BEST = [0.1, 0.3, 0.5, 0.2]  # seed_idx 0 (the baseline's pick) is the worst
 BASELINE_BEST = [0.5, 0.3, 0.1, 0.2]
@@ -208,9 +208,7 @@ async def test_the_worker_logs_the_apprenticeship_and_a_replay_of_its_topics_reb
     store = await Store(tmp_path / "rebuilt.sqlite").open()
     replay = await Replay(settings, store).start()
     try:
-        records = sorted(
-            (m for name in (topics.selections, topics.outcomes) for m in bus.read(name)), key=lambda m: m.timestamp_ms
-        )
+        records = replay_order(bus, topics, (topics.selections, topics.outcomes))
         for m in records:
             await replay.feed(m)
         await replay.finish({(topics.requests, p): 0 for p in range(n)})

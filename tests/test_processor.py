@@ -32,6 +32,7 @@ from tests.support import (
     drain,
     new_bus,
     outcome,
+    replay_order,
     request,
     selections,
 )
@@ -49,10 +50,7 @@ def settings(tmp_path):
 async def replayed(settings, bus, tmp_path) -> dict:
     """The state `seedworker replay` rebuilds from the bus's topics (merged by record timestamp)."""
     t = settings.kafka.topics
-    records = sorted(
-        (m for name in (t.selections, t.outcomes, t.control, t.dead_letters) for m in bus.read(name)),
-        key=lambda m: m.timestamp_ms,
-    )
+    records = replay_order(bus, t)
     db = tmp_path / "replayed.sqlite"
     store = await Store(db).open()
     try:
@@ -577,8 +575,8 @@ async def test_what_becomes_of_an_outcome_does_not_depend_on_where_batches_end(t
     decision's outcome (on time, delivered late). Whether both records share a batch or not, the decision has
     expired (its default reward learned) and been forgotten by then, so the outcome is one of an unknown decision:
     held, not learned. (In one batch the decision used to be still waiting, because expiry runs at the end of a
-    batch, and its outcome was learned.) Not asserted: a replay of these topics, which merges the selection of the
-    jumping request by its own timestamp, after the outcome's, learns the outcome (see the README's limits)."""
+    batch, and its outcome was learned.) A replay agrees: it merges the jumping request's selection where the
+    worker read the request, before the outcome, not where it was published, after it."""
     runs = {}
     for name, batch in (("one batch", 100), ("batches of one", 1)):
         settings = Settings(
@@ -597,6 +595,8 @@ async def test_what_becomes_of_an_outcome_does_not_depend_on_where_batches_end(t
         w = await drain(settings, bus)
         state = read_all(settings.db)
         runs[name] = {k: w.counters[k] for k in ("expired_decisions", "held_outcomes", "outcomes_learned")}
+        (tmp_path / name).mkdir()
+        assert_same_blueprints(await replayed(settings, bus, tmp_path / name), state)
         runs[name]["pulls"] = pulls(settings.db)
         runs[name]["reward_sum"] = float(state["blueprints"]["bp"]["arms"]["reward_sum"].sum())
     assert runs["one batch"] == runs["batches of one"], runs

@@ -41,9 +41,7 @@ from seedworker.store import readers
 from seedworker.store.readers import read_all
 from seedworker.store.rows import dump_state, load_state
 from seedworker.store.store import Store
-from tests.support import CTL, DLQ, EXACT_STATE, OUT, REQ, SEL, T0, assert_state_equal
-
-RANK = {DLQ: 0, SEL: 1, CTL: 2, OUT: 3}
+from tests.support import CTL, DLQ, EXACT_STATE, OUT, REQ, SEL, T0, assert_state_equal, replay_order
 
 PARTITIONS = 2
 BLUEPRINTS = ["bp-a", "bp-b", "bp-c"]
@@ -375,10 +373,7 @@ class ProcessorMachine(RuleBasedStateMachine):
 
     def check_replay(self):
         """The whole log replayed into a fresh store gives the live state."""
-        records = sorted(
-            (m for name in (SEL, OUT, CTL, DLQ) for m in self.bus.read(name)),
-            key=lambda m: (m.timestamp_ms, RANK[m.topic], m.partition, m.offset),  # as the replay merges them
-        )
+        records = replay_order(self.bus, self.settings.kafka.topics)
         db = Path(self.dir.name) / "replayed.sqlite"
         store = self.run(Store(db).open())
         try:

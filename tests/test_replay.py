@@ -22,7 +22,15 @@ from seedworker.engine.replay import Replay
 from seedworker.store.readers import read_all
 from seedworker.store.store import Store
 from seedworker.tools.cli import main
-from tests.support import T0, assert_same_store, drain, outcome, root_logging, snapshot  # noqa: F401 (fixture)
+from tests.support import (  # noqa: F401 (fixture)
+    T0,
+    assert_same_store,
+    drain,
+    outcome,
+    replay_order,
+    root_logging,
+    snapshot,
+)
 from tests.support import training_request as request
 
 REQUESTS, OUTCOMES, SELECTIONS, CONTROL, DLQ = (
@@ -37,10 +45,7 @@ REQUESTS, OUTCOMES, SELECTIONS, CONTROL, DLQ = (
 async def rebuild(settings: Settings, bus: MemoryBus, db: Path, order=None) -> Replay:
     """What `seedworker replay` does, with the memory bus's records merged by their stamp."""
     t = settings.kafka.topics
-    records = sorted(
-        (m for name in (t.selections, t.outcomes, t.control, t.dead_letters) for m in bus.read(name)),
-        key=lambda m: m.timestamp_ms,
-    )
+    records = replay_order(bus, t)
     store = await Store(db).open()
     worker = await Replay(settings, store).start()
     try:

@@ -330,7 +330,7 @@ def test_asyncapi_messages_keys_and_headers():
         assert "blueprint_id" in key["description"]
         expected = {"event_type", "schema_version", "trace_id", "content-type"}
         if message_id == "seedSelected":
-            expected |= {"decision_id", "source.partition", "source.offset", "seed.warm_start"}
+            expected |= {"decision_id", "source.partition", "source.offset", "source.timestamp", "seed.warm_start"}
         assert set(headers) == expected, message_id
         assert headers["content-type"]["const"] == "application/json"
         event_type = headers["event_type"]["const"]
@@ -359,6 +359,7 @@ def test_header_constants_match_document():
         contract.HEADER_DECISION_ID,
         contract.HEADER_SOURCE_PARTITION,
         contract.HEADER_SOURCE_OFFSET,
+        contract.HEADER_SOURCE_TIMESTAMP,
         contract.HEADER_WARM_START,
     } == set(messages["seedSelected"]["headers"]["properties"])
     assert set(contract.DEAD_LETTER_HEADERS) == set(messages["deadLetter"]["headers"]["required"])
@@ -375,6 +376,7 @@ def test_worker_selection_headers_are_documented():
             schema_version=selected.schema_version,
             trace_id="t-1",
             source=(0, 17),
+            source_timestamp=1_700_000_000_000,
             warm_start=b"none",
         )
     }

@@ -26,6 +26,9 @@ DECISION_ID = "decision_id"  # seed.selected only
 # so a replay or a partition rebuild reproduces offsets and priors exactly from the decision log.
 SOURCE_PARTITION = "source.partition"
 SOURCE_OFFSET = "source.offset"
+# seed.selected only: the graft.requested record's timestamp (ms), where a replay merges the decision among the
+# outcomes (seedworker.engine.merge): the live worker took the request in then, not when it published its answer.
+SOURCE_TIMESTAMP = "source.timestamp"
 WARM_START = "seed.warm_start"  # "none", or "<pseudo_count>,<mean>" (repr floats: exact)
 EVENT_HEADERS = (EVENT_TYPE, SCHEMA_VERSION, TRACE_ID, CONTENT_TYPE)
 
@@ -63,10 +66,11 @@ def selection(
     schema_version: str,
     trace_id: str | None,
     source: tuple[int, int] | None = None,
+    source_timestamp: int | None = None,
     warm_start: bytes | None = None,
 ) -> Headers:
     """The headers of a seed.selected record: the event headers, its decision id, the graft.requested record it
-    answers (partition, offset) and, when the decision registered new seeds, their warm start."""
+    answers (partition, offset, timestamp) and, when the decision registered new seeds, their warm start."""
     out = [
         (EVENT_TYPE, b"seed.selected"),
         (SCHEMA_VERSION, schema_version.encode()),
@@ -77,6 +81,8 @@ def selection(
         out.append((TRACE_ID, trace_id.encode()))
     if source is not None:
         out += [(SOURCE_PARTITION, b"%d" % source[0]), (SOURCE_OFFSET, b"%d" % source[1])]
+    if source_timestamp is not None:
+        out.append((SOURCE_TIMESTAMP, b"%d" % source_timestamp))
     if warm_start is not None:
         out.append((WARM_START, warm_start))
     return tuple(out)

@@ -52,6 +52,7 @@ HEADER_CONTENT_TYPE = headers.CONTENT_TYPE
 HEADER_DECISION_ID = headers.DECISION_ID
 HEADER_SOURCE_PARTITION = headers.SOURCE_PARTITION
 HEADER_SOURCE_OFFSET = headers.SOURCE_OFFSET
+HEADER_SOURCE_TIMESTAMP = headers.SOURCE_TIMESTAMP
 HEADER_WARM_START = headers.WARM_START
 EVENT_HEADERS = headers.EVENT_HEADERS
 HEADER_DLQ_REASON = headers.DLQ_REASON
@@ -192,6 +193,12 @@ def _event_headers(event_type: str) -> dict[str, Any]:
             "type": "string",
             "pattern": "^[0-9]+$",
             "description": "offset of that record (a retried request's answer names the retry's record)",
+        }
+        headers["properties"][HEADER_SOURCE_TIMESTAMP] = {
+            "type": "string",
+            "pattern": "^-?[0-9]+$",
+            "description": "that record's Kafka timestamp in ms: a replay merges the decision there, where the "
+            "worker read the request, rather than at its own publication",
         }
         headers["properties"][HEADER_WARM_START] = {
             "type": "string",

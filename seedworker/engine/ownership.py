@@ -187,7 +187,7 @@ async def rebuild(
             async for m in merged(reader, [s for s in spans if s.topic == t.dead_letters], {t.dead_letters: 0}):
                 if answered_partition(m.topic, m.headers, t) in wanted:
                     replay.read_ahead(m)
-            async for m in merged(reader, spans, {t.dead_letters: 0, t.selections: 1, t.outcomes: 2}):
+            async for m in merged(reader, spans, {t.dead_letters: 0, t.selections: 1, t.outcomes: 2}, t.selections):
                 if m.topic != t.outcomes and answered_partition(m.topic, m.headers, t) not in wanted:
                     continue
                 records += 1

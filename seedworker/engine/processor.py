@@ -39,6 +39,7 @@ from seedworker.contract import headers as hdr
 from seedworker.core.config import Settings
 from seedworker.core.join import HeldOutcome, JoinError, Known, Pending
 from seedworker.core.selector import BlueprintState, SeedSelector
+from seedworker.engine.merge import in_time_order
 from seedworker.store import changelog
 from seedworker.store.rows import Batch, BlueprintRow, DecisionRow, OutboxRow, StateEncoder, load_state
 from seedworker.store.store import Store
@@ -102,6 +103,10 @@ class Processor:
         self.settings = settings
         self.store = store
         self.topics = settings.kafka.topics
+        t = self.topics
+        # Ties of the in-batch merge (seedworker.engine.merge), as the replay breaks them: a decision before a
+        # switch before an outcome of the same millisecond.
+        self._rank = {t.dead_letters: 0, t.requests: 1, t.selections: 1, t.control: 2, t.outcomes: 3}
         self.replay = replay
         self.observe_selection = observe_selection
         self.on_resent = on_resent
@@ -211,6 +216,10 @@ class Processor:
         unreadable = 0
         clocks = dict(self.join.watermarks)  # as stored before this batch (_prune compares them with the new ones)
         decoded: list[tuple[Message, ev.Envelope | None]] = []
+        # By time across partitions, each in offset order: the order a replay of the topics takes them in (a
+        # replay's records come merged over the whole log already, and in the order it chose).
+        if not self.replay:
+            messages = in_time_order(messages, self._rank, self.topics.selections)
         for m in messages:
             b.offsets[(m.topic, m.partition)] = m.offset + 1
             reason = poisoned.get(_key(m))
@@ -363,6 +372,7 @@ class Processor:
                         schema_version=selected.schema_version,
                         trace_id=selected.trace_id,
                         source=(m.partition, m.offset),
+                        source_timestamp=m.timestamp_ms,
                     ),
                     self._to(m, "selections"),
                 )
@@ -382,6 +392,7 @@ class Processor:
             schema_version=selected.schema_version,
             trace_id=selected.trace_id,
             source=(m.partition, m.offset),
+            source_timestamp=m.timestamp_ms,
             warm_start=warm_start,
         )
         # Checked before the decision is applied; a failure dead-letters the request (the state is read back).

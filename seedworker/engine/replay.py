@@ -65,6 +65,7 @@ from seedworker.broker.security import client_options
 from seedworker.contract import headers as hdr
 from seedworker.core.config import Settings
 from seedworker.core.join import DANGLING
+from seedworker.engine.merge import merge_timestamp
 from seedworker.engine.processor import Processor
 from seedworker.store.rows import Batch
 from seedworker.store.store import Store
@@ -280,9 +281,16 @@ class Replay:
 
 
 # -- reading Kafka -----------------------------------------------------------------------------------------------
-async def merged(consumer, spans: list[Span], rank: dict[str, int]) -> AsyncIterator[Message]:
+async def merged(
+    consumer, spans: list[Span], rank: dict[str, int], selections: str | None = None
+) -> AsyncIterator[Message]:
     """The records of ``spans`` in Kafka timestamp order, each partition in offset order (a k-way merge: a record
-    is released only when every partition not read to its end has a record buffered to compare it with)."""
+    is released only when every partition not read to its end has a record buffered to compare it with). Records
+    of ``selections`` stand at their request's timestamp (seedworker.engine.merge), as the worker took them."""
+
+    def at(tp, r) -> int:
+        return r.timestamp if selections is None else merge_timestamp(tp.topic, r.timestamp, r.headers, selections)
+
     ends = {TopicPartition(s.topic, s.partition): s.end for s in spans if s.start < s.end}
     buffers: dict = {tp: deque() for tp in ends}
     for s in spans:
@@ -300,7 +308,7 @@ async def merged(consumer, spans: list[Span], rank: dict[str, int]) -> AsyncIter
                 if buffers[tp]:
                     waiting.discard(tp)
                     r = buffers[tp][0]
-                    heapq.heappush(heap, (r.timestamp, rank[tp.topic], tp.partition, r.offset, tp))
+                    heapq.heappush(heap, (at(tp, r), rank[tp.topic], tp.partition, r.offset, tp))
                     last_progress = time.monotonic()
                 elif await consumer.position(tp) >= ends[tp]:
                     waiting.discard(tp)  # read to its end (the last offsets may be transaction markers)
@@ -317,7 +325,7 @@ async def merged(consumer, spans: list[Span], rank: dict[str, int]) -> AsyncIter
         yield Message(r.topic, r.partition, r.offset, r.key, r.value, tuple(r.headers or ()), r.timestamp)
         if buffers[tp]:
             n = buffers[tp][0]
-            heapq.heappush(heap, (n.timestamp, rank[tp.topic], tp.partition, n.offset, tp))
+            heapq.heappush(heap, (at(tp, n), rank[tp.topic], tp.partition, n.offset, tp))
         elif await consumer.position(tp) < ends[tp]:
             waiting.add(tp)
 
@@ -469,7 +477,7 @@ async def replay(
             async for m in merged(consumer, [s for s in spans if s.topic == t.dead_letters], rank):
                 worker.read_ahead(m)
             unshown = 0
-            async for m in merged(consumer, spans, rank):
+            async for m in merged(consumer, spans, rank, t.selections):
                 records[m.topic] += 1
                 await worker.feed(m)
                 unshown += 1
