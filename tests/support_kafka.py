@@ -53,8 +53,14 @@ class Reader:
 
     def __init__(self, bootstrap: str, topic: str, partitions: int = PARTITIONS):
         self.tps = [TopicPartition(topic, p) for p in range(partitions)]
+        # read_committed, as Tamiyo must read: a worker killed inside a batch's transaction leaves records that
+        # the partition's next owner aborts (and answers again); an uncommitted reader sees both answers.
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest", group_id=None
+            bootstrap_servers=bootstrap,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            group_id=None,
+            isolation_level="read_committed",
         )
         self.records: list = []
 
