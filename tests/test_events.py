@@ -480,3 +480,13 @@ def test_decode_from_bytes_agrees_with_the_dict_path(expected, payload, default_
         unset = {"event_id", "occurred_at"} - got.model_fields_set
         assert got.model_dump(exclude=unset) == want.model_dump(exclude=unset)
         assert got.model_fields_set == want.model_fields_set
+
+
+def test_event_ids_are_formatted_as_uuid_formats_the_same_bytes():
+    import os
+
+    from seedworker.contract.events import _format_ids
+
+    pool = os.urandom(4096) + bytes(16) + b"\xff" * 16
+    ids = _format_ids(pool)
+    assert ids == [str(uuid.UUID(bytes=pool[j : j + 16], version=4)) for j in range(0, len(pool), 16)]
