@@ -228,10 +228,12 @@ def beta_max_probability(
     start *= prm[1:, 12]
     start *= prm[1:, 14]
     start += prm[1:, 13]
-    g *= width[:, None]  # densities times panel widths: the panels' rules then need no scaling
+    # Densities times panel widths (the panels' rules then need no scaling): each width repeated over its n nodes,
+    # one 2-d product over the rows instead of a broadcast over (r, panels, n) with an inner loop of n.
+    t[:, m:] *= np.repeat(width, n)
     c = (g[1:].reshape(-1, n) @ integrate).reshape(r - 1, panels, n + 1)
     whole = c[:, :, n]
-    before = np.cumsum(whole, axis=1)
+    before = whole.cumsum(axis=1)  # the method: np.cumsum's Python-level dispatch costs more at this size
     before -= whole
     before += start[:, None]
     cdf = c[:, :, :n]
