@@ -490,3 +490,14 @@ def test_event_ids_are_formatted_as_uuid_formats_the_same_bytes():
     pool = os.urandom(4096) + bytes(16) + b"\xff" * 16
     ids = _format_ids(pool)
     assert ids == [str(uuid.UUID(bytes=pool[j : j + 16], version=4)) for j in range(0, len(pool), 16)]
+
+
+def test_context_values_are_the_present_signals_in_field_order_then_the_extra_ones():
+    from seedworker.contract.events import TrainingContext
+
+    named = list(TrainingContext.model_fields)
+    raw = {"urgency": 0.5, "zeta": 1.0, "current_loss": 2.0, "alpha": -1.0, "batch_size": None}
+    values = TrainingContext.model_validate(raw).values()
+    expected = {k: raw[k] for k in named if raw.get(k) is not None} | {"zeta": 1.0, "alpha": -1.0}
+    assert values == expected and list(values) == list(expected)
+    assert TrainingContext().values() == {}

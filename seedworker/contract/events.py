@@ -177,7 +177,10 @@ class TrainingContext(BaseModel):
 
     def values(self) -> dict[str, float]:
         """All signals that are present, named and extra alike."""
-        out = {k: getattr(self, k) for k in _CONTEXT_FIELDS if getattr(self, k) is not None}
+        # From the instance's dict (a frozen model's fields are all in it), in field order: one lookup per field
+        # instead of two attribute reads.
+        d = self.__dict__
+        out = {k: v for k in _CONTEXT_FIELDS if (v := d[k]) is not None}
         if self.__pydantic_extra__:
             out.update(self.__pydantic_extra__)
         return out
