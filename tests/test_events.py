@@ -9,6 +9,9 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis.strategies import text
 from pydantic import ValidationError
 
 from seedworker.contract.events import (
@@ -501,3 +504,9 @@ def test_context_values_are_the_present_signals_in_field_order_then_the_extra_on
     expected = {k: raw[k] for k in named if raw.get(k) is not None} | {"zeta": 1.0, "alpha": -1.0}
     assert values == expected and list(values) == list(expected)
     assert TrainingContext().values() == {}
+
+
+@hypothesis_settings(max_examples=500, deadline=None)
+@given(request_id=text())
+def test_decision_id_is_the_uuid5_string_for_any_request_id(request_id):
+    assert decision_id_for(request_id) == str(uuid.uuid5(DECISION_NAMESPACE, request_id))
