@@ -203,7 +203,12 @@ class GraftRequested(Envelope):
 
     @model_validator(mode="after")
     def _unique_seeds(self) -> GraftRequested:
-        ids = [s.seed_id for s in self.seeds]
+        seeds = self.seeds
+        n = len(seeds)
+        # The usual request passes both checks: one set of each, the lists only to name a duplicate.
+        if len({s.seed_id for s in seeds}) == n and len({s.seed_idx for s in seeds}) == n:
+            return self
+        ids = [s.seed_id for s in seeds]
         if len(set(ids)) != len(ids):
             dup = sorted({i for i in ids if ids.count(i) > 1})
             raise ValueError(f"seeds: duplicate seed_id {dup}")
