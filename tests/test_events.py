@@ -9,6 +9,9 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis.strategies import text
 from pydantic import ValidationError
 
 from seedworker.contract.events import (
@@ -480,3 +483,30 @@ def test_decode_from_bytes_agrees_with_the_dict_path(expected, payload, default_
         unset = {"event_id", "occurred_at"} - got.model_fields_set
         assert got.model_dump(exclude=unset) == want.model_dump(exclude=unset)
         assert got.model_fields_set == want.model_fields_set
+
+
+def test_event_ids_are_formatted_as_uuid_formats_the_same_bytes():
+    import os
+
+    from seedworker.contract.events import _format_ids
+
+    pool = os.urandom(4096) + bytes(16) + b"\xff" * 16
+    ids = _format_ids(pool)
+    assert ids == [str(uuid.UUID(bytes=pool[j : j + 16], version=4)) for j in range(0, len(pool), 16)]
+
+
+def test_context_values_are_the_present_signals_in_field_order_then_the_extra_ones():
+    from seedworker.contract.events import TrainingContext
+
+    named = list(TrainingContext.model_fields)
+    raw = {"urgency": 0.5, "zeta": 1.0, "current_loss": 2.0, "alpha": -1.0, "batch_size": None}
+    values = TrainingContext.model_validate(raw).values()
+    expected = {k: raw[k] for k in named if raw.get(k) is not None} | {"zeta": 1.0, "alpha": -1.0}
+    assert values == expected and list(values) == list(expected)
+    assert TrainingContext().values() == {}
+
+
+@hypothesis_settings(max_examples=500, deadline=None)
+@given(request_id=text())
+def test_decision_id_is_the_uuid5_string_for_any_request_id(request_id):
+    assert decision_id_for(request_id) == str(uuid.uuid5(DECISION_NAMESPACE, request_id))

@@ -38,11 +38,16 @@ class _Key(ISeedSequence):
         self.message = message
 
     def generate_state(self, n_words: int, dtype=np.uint32) -> np.ndarray:
-        dtype = np.dtype(dtype)
-        size = n_words * dtype.itemsize
+        little = _LITTLE_ENDIAN.get(dtype)
+        if little is None:  # the words' little-endian type, resolved once per type asked for (a third of the call)
+            little = _LITTLE_ENDIAN[dtype] = np.dtype(dtype).newbyteorder("<")
+        size = n_words * little.itemsize
         if size > 64:
             raise ValueError(f"a decision key gives at most 64 bytes of seed, {size} asked")
-        return np.frombuffer(hashlib.blake2b(self.message, digest_size=size).digest(), dtype=dtype.newbyteorder("<"))
+        return np.frombuffer(hashlib.blake2b(self.message, digest_size=size).digest(), dtype=little)
+
+
+_LITTLE_ENDIAN: dict = {}
 
 
 class Draw:

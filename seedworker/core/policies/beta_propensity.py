@@ -47,6 +47,10 @@ _LOWER_PANELS, _LOWER_NODES = 6, 8  # the composite rule for F_j(L): 48 nodes ov
 _MAX_CANDIDATES = 16
 _CACHE = 1 << 15  # arms kept in _arms (a few hundred bytes each); cleared when full, results do not depend on it
 _arms: dict[tuple[float, float], tuple[float, ...] | None] = {}
+# Per arm (same keys, cleared with _arms): its break points, the snapped mode ± steps of its widths. They depend on
+# the arm alone, and between two decisions one arm changes, so the others' come from here instead of being
+# recomputed for every decision (the same floats: the same operations on the same numbers, see ``_cuts``).
+_cuts: dict[tuple[float, float], np.ndarray] = {}
 _rules: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 _fixed: dict[str, np.ndarray] = {}
 
@@ -91,6 +95,7 @@ def _arm(a: float, b: float) -> tuple[float, ...] | None:
         return v
     if len(_arms) >= _CACHE:
         _arms.clear()
+        _cuts.clear()
     if not (0.0 < a < math.inf and 0.0 < b < math.inf):
         _arms[key] = None
         return None
@@ -121,7 +126,20 @@ def _arm(a: float, b: float) -> tuple[float, ...] | None:
         sides.append(min(s, 1.0, 1.0 / math.sqrt(c * x * (1.0 - x))))
     snap = 2.0 ** (math.floor(math.log2(min(sides))) - 2)  # between a quarter and an eighth of it: a power of two
     v = _arms[key] = (mode, *sides, lo, hi, a, -c, -lnb, snap)
+    _cuts[key] = _cut(v)
     return v
+
+
+def _cut(arm: tuple[float, ...]) -> np.ndarray:
+    """An arm's break points: its mode plus the steps (in widths of the side they are on), snapped to its grid.
+    Each point is one product ``scale * step`` (the other side's term is an exact zero), so it is the same float
+    whether computed for one arm or as a row of all the rows' product."""
+    cut = np.array([arm[1:3]]) @ _steps()
+    cut += arm[0]
+    cut /= arm[8]
+    np.round(cut, out=cut)
+    cut *= arm[8]
+    return cut[0]
 
 
 def beta_max_probability(
@@ -135,7 +153,8 @@ def beta_max_probability(
         return 1.0
     if k > _MAX_CANDIDATES:
         return None
-    arms = [_arm(x, y) for x, y in zip(a.tolist(), b.tolist())]
+    keys = list(zip(a.tolist(), b.tolist()))
+    arms = [_arm(x, y) for x, y in keys]
     if None in arms:
         return None
     lo_all = max([p[3] for p in arms])
@@ -146,27 +165,31 @@ def beta_max_probability(
     # One row per density: i's, then each competitor whose support reaches above lo_all; _arm's columns, then where
     # its break points are kept (9, 10), and how F_j(lo_all) is integrated: from 11 over 12, as 13 + 14 * integral.
     rows = [(*me, lo_all, hi_i, lo_all, 0.0, 0.0, 0.0)]
+    cuts = [_cuts[keys[i]]]
     for j, p in enumerate(arms):
         if p[4] > lo_all and j != i:
             if p[0] >= lo_all:  # lo_all below j's mode: F_j(lo_all) from j's lower end
                 rows.append((*p, lo_all, min(p[4], hi_i), p[3], lo_all - p[3], 0.0, 1.0))
             else:  # above it: 1 - the mass from lo_all to j's upper end
                 rows.append((*p, max(p[3], lo_all), min(p[4], hi_i), lo_all, p[4] - lo_all, 1.0, -1.0))
+            cuts.append(_cuts[keys[j]])
     r = len(rows)
     if r == 1:
         return 1.0
     prm = np.array(rows)
-    cut = prm[:, 1:3] @ _steps()  # u times the scale of u's side of the mode
-    cut += prm[:, 0:1]
-    cut /= prm[:, 8:9]
-    np.round(cut, out=cut)
-    cut *= prm[:, 8:9]
+    cut = np.array(cuts)  # each row's break points (_cut): the mode ± steps of its widths, snapped
     inner = cut[(cut > prm[:, 9:10]) & (cut < prm[:, 10:11])]
     inner.sort()
     if len(inner):
-        inner = inner[np.diff(inner, prepend=lo_all) > 0.0]  # snapped points shared by several arms, once
+        # Snapped points shared by several arms, once: those above their predecessor (and the first above lo_all).
+        # A comparison instead of np.diff(inner, prepend=lo_all) > 0, the same mask for finite floats (x - y > 0
+        # exactly when x > y), without np.diff's Python-level overhead.
+        keep = np.empty(len(inner), dtype=bool)
+        keep[0] = inner[0] > lo_all
+        np.greater(inner[1:], inner[:-1], out=keep[1:])
+        inner = inner[keep]
     edges = np.concatenate([[lo_all], inner, [hi_i]])
-    width = np.diff(edges)
+    width = edges[1:] - edges[:-1]  # np.diff(edges), without its overhead
     y, w, integrate = _rule(_PANEL_NODES)
     ly, lw = _fixed["lower_y"], _fixed["lower_w"]
     n, m = _PANEL_NODES, len(ly)
@@ -185,11 +208,19 @@ def beta_max_probability(
     g[1:] = g[0]
     # ln g = a t - (a + b) softplus(t) - ln B; softplus(t) = log1p(e^t), exact to rounding where e^t is finite
     # (t is capped at 700, far beyond any support: there the density is 0 either way).
-    sp = np.minimum(t, 700.0)
-    np.exp(sp, out=sp)
-    np.log1p(sp, out=sp)
+    # The panel nodes are the same for every row, so their softplus is computed once (row 0's) and each row's
+    # -(a + b) multiplies that; the F_j(lo_all) nodes differ per row. The same elementwise operations on the same
+    # numbers as softplus over the whole matrix (tests/test_beta_fast_paths.py compares the two bit for bit).
+    sp = np.empty_like(t)
+    lower = np.minimum(t[:, :m], 700.0)
+    np.exp(lower, out=lower)
+    np.log1p(lower, out=lower)
+    shared = np.minimum(t[0, m:], 700.0)
+    np.exp(shared, out=shared)
+    np.log1p(shared, out=shared)
+    np.multiply(lower, prm[:, 6:7], out=sp[:, :m])
+    np.multiply(shared, prm[:, 6:7], out=sp[:, m:])
     t *= prm[:, 5:6]
-    sp *= prm[:, 6:7]
     t += sp
     t += prm[:, 7:8]
     np.exp(t, out=t)
@@ -197,10 +228,12 @@ def beta_max_probability(
     start *= prm[1:, 12]
     start *= prm[1:, 14]
     start += prm[1:, 13]
-    g *= width[:, None]  # densities times panel widths: the panels' rules then need no scaling
+    # Densities times panel widths (the panels' rules then need no scaling): each width repeated over its n nodes,
+    # one 2-d product over the rows instead of a broadcast over (r, panels, n) with an inner loop of n.
+    t[:, m:] *= np.repeat(width, n)
     c = (g[1:].reshape(-1, n) @ integrate).reshape(r - 1, panels, n + 1)
     whole = c[:, :, n]
-    before = np.cumsum(whole, axis=1)
+    before = whole.cumsum(axis=1)  # the method: np.cumsum's Python-level dispatch costs more at this size
     before -= whole
     before += start[:, None]
     cdf = c[:, :, :n]
