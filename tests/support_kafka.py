@@ -51,7 +51,9 @@ def make_settings(bootstrap: str, tmp_path: Path, topics: dict[str, str], **kafk
 class Reader:
     """A group-less consumer reading whole topics from the beginning (manual assignment: no rebalance delay)."""
 
-    def __init__(self, bootstrap: str, topic: str, partitions: int = PARTITIONS):
+    def __init__(
+        self, bootstrap: str, topic: str, partitions: int = PARTITIONS, *, isolation_level: str = "read_committed"
+    ):
         self.tps = [TopicPartition(topic, p) for p in range(partitions)]
         # read_committed, as Tamiyo must read: a worker killed inside a batch's transaction leaves records that
         # the partition's next owner aborts (and answers again); an uncommitted reader sees both answers.
@@ -60,7 +62,7 @@ class Reader:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             group_id=None,
-            isolation_level="read_committed",
+            isolation_level=isolation_level,
         )
         self.records: list = []
 
@@ -156,7 +158,9 @@ class CommittedReader(Reader):
     """A Reader with ``isolation.level=read_committed``: what a consumer of ``seed.selected`` (or a restore) sees,
     never the records of an aborted or still open transaction."""
 
-    def __init__(self, bootstrap: str, topic: str, partitions: int = PARTITIONS):
+    def __init__(
+        self, bootstrap: str, topic: str, partitions: int = PARTITIONS, *, isolation_level: str = "read_committed"
+    ):
         # Not Reader.__init__: a consumer created and never started warns when it is collected.
         self.tps = [TopicPartition(topic, p) for p in range(partitions)]
         self.records = []

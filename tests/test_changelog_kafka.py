@@ -589,7 +589,7 @@ async def test_kill_mid_publish_answers_once_and_learns_once(kafka_bootstrap, ka
             seen = len(sel.records)
             await tamiyo.answer((await sel.to_end())[seen:])
             restart_log = since_last_start(wp)
-        async with Reader(kafka_bootstrap, topics["selections"]) as uncommitted:
+        async with Reader(kafka_bootstrap, topics["selections"], isolation_level="read_uncommitted") as uncommitted:
             assert bogus in {r.value for r in await uncommitted.to_end()}, "the open transaction wrote nothing"
         states = await ownership.read_changelog(wp.settings, KafkaBus(wp.settings.kafka), range(PARTITIONS))
     finally:
