@@ -123,7 +123,6 @@ class Clock:
     write: float = 0.0
     send: float = 0.0
     commit: float = 0.0
-    waited: float = 0.0  # worker: in process(), waiting for the previous batch's publish (it is not waited for)
     polled_ms: list | None = None  # per record: its producer timestamp (CreateTime) → returned by poll, ms
     cpu_first: float = 0.0  # process CPU time (all threads) at t_first
     cpu_done: float = 0.0  # ... and at t_done
@@ -282,13 +281,13 @@ async def _worker(cfg: dict) -> dict:
             return done
 
     class TimedWorker(Worker):
-        async def process(self, messages, **kwargs):
+        async def process(self, messages):
             t0 = pc()
             holder["in_process"] = True
             if prof is not None:
                 prof.enable()
             try:
-                await super().process(messages, **kwargs)
+                await super().process(messages)
             finally:
                 if prof is not None:
                     prof.disable()
@@ -312,7 +311,6 @@ async def _worker(cfg: dict) -> dict:
         return wrapper
 
     store.write = timed(store.write, "write")
-    worker._published = timed(worker._published, "waited")
     store.decision_statuses = timed(store.decision_statuses, "statuses")
     timeout = False
     try:
@@ -696,8 +694,7 @@ def _breakdown(label: str, d: dict, per: str = "messages", scale: float = 1e6, t
         total = d["elapsed"] or 0
     if not d.get("process"):  # the passthrough
         return [label, us(d["poll"]), us(d["send"]), "-", "-", "-", us(d["commit"]), us(total)]
-    # The worker's publish runs while the next batch is handled: process() includes only its wait for the last one.
-    cpu = d["process"] - d["statuses"] - d["write"] - d.get("waited", 0.0) - d["commit"]
+    cpu = d["process"] - d["statuses"] - d["write"] - d["send"] - d["commit"]
     return [label, us(d["poll"]), us(d["send"]), us(cpu), us(d["statuses"]), us(d["write"]), us(d["commit"]), us(total)]
 
 
@@ -975,7 +972,7 @@ async def _run(report, plan: Plan, bootstrap: str, broker_note: str, workdir: Pa
         for kind in kinds:
             c = {
                 key: sum(x["child"][key] for x in lat[kind])
-                for key in ("poll", "send", "commit", "process", "statuses", "write", "waited", "batches", "messages")
+                for key in ("poll", "send", "commit", "process", "statuses", "write", "batches", "messages")
             }
             rows.append(_breakdown(kind, c, "batches", 1e3, c["process"] or c["send"] + c["commit"]))
         report.table(["pipeline", *BREAKDOWN, "handling"], rows)

@@ -8,9 +8,7 @@ records into one batch of changes. Per poll:
    resolutions, the changed blueprint states, the watermarks, the counters and the consumed offsets;
 3. the outbox rows are published, those answering an input partition (selections, dead letters, changelog
    records) in one Kafka transaction per partition of that partition's own producer, which the partition's next
-   owner fences; acknowledged, they are deleted from the outbox in a later transaction. The poll loop does not wait
-   for them: the next batch is polled, decided and stored (1-2) while they are in flight, and published once they
-   are acknowledged, so batches are still published one after the other, each only after it is stored;
+   owner fences; acknowledged, they are deleted from the outbox in the next transaction;
 4. Kafka's group commit follows, for lag monitoring only: the offsets in SQLite are the truth the consumer seeks to.
 
 A crash before (2) leaves no trace and the batch is consumed again, giving the same decisions (the same request
@@ -126,8 +124,6 @@ class Worker:
         self._rebalances = 0
         self._assigned: set[TP] = set()
         self._acked: list[int] = []
-        # The publish of the last stored batch, when the poll loop did not wait for it (process(wait=False)).
-        self._publishing: asyncio.Task | None = None
         self._uncommitted: dict[TP, int] = {}
         self._last_group_commit = 0.0
         self._stopping = asyncio.Event()
@@ -198,18 +194,16 @@ class Worker:
                     if self._unclaimed:
                         await self._claim_again()
                     if messages:
-                        await self.process(messages, wait=False)
+                        await self.process(messages)
                     elif time.monotonic() - self._last_group_commit >= self.settings.kafka.group_commit_interval_s:
                         await self._group_commit()  # the last batches' offsets, once the inputs are idle
                 if messages:
                     idle = 0
                 else:
                     idle += 1
-                    await self._published()
                     await self._flush_acks()
                     if self.burst and idle >= self.idle_polls:
                         break
-            await self._published()  # the last batch: its failure is the worker's, as if it had been waited for
         except (StoreError, BusError) as exc:
             log.error("worker stopping: %s", exc)
             raise
@@ -265,7 +259,6 @@ class Worker:
 
     async def close(self) -> None:
         try:
-            await self._settle(log_error=True)
             try:
                 await self._flush_acks()
             except StoreError as exc:
@@ -359,9 +352,6 @@ class Worker:
             async with self._exclusive:
                 self._rebalances += 1
                 self._assigned = set(tps)
-                # The batch in flight first: its rows would otherwise count as unsent below (published again or
-                # dropped as superseded), and a failure of it is this worker's end, not something to take over from.
-                await self._published()
                 await self._take_over(tps)
         except BaseException as exc:
             # aiokafka logs an error raised here and goes on fetching: stop consuming instead (run() raises it).
@@ -508,9 +498,6 @@ class Worker:
         async with self._exclusive:
             self._rebalances += 1
             self._assigned = set()
-            # Its producers are released below: the batch in flight is acknowledged (or failed: the poll loop raises
-            # that) first.
-            await self._settle()
             await self._flush_acks()
             await self._group_commit()
             self._unclaimed = {}
@@ -522,10 +509,7 @@ class Worker:
             await self.store.mark_sent(ids)
 
     # -- one batch -----------------------------------------------------------------------------------------------
-    async def process(self, messages: list[Message], *, wait: bool = True) -> None:
-        """Decide, store and publish one batch. ``wait=False`` (the poll loop): return once it is stored, its publish
-        in flight; the next call (or ``_published``) waits for that publish, and raises its error, before it
-        publishes anything itself."""
+    async def process(self, messages: list[Message]) -> None:
         b = await self.processor.process(messages)
         b.sent, self._acked = self._acked, []
         t0 = time.perf_counter()
@@ -545,18 +529,6 @@ class Worker:
         self._stored_offsets.update(b.offsets)
         for name, n in b.counters.items():
             self.counters.add(name, n)
-        # One batch in flight at a time, in the order they were stored: the partitions' producers take one
-        # transaction each at a time, and the changelog must get a partition's batches in order.
-        await self._published()
-        if wait:
-            await self._publish_batch(b, ids)
-        else:
-            self._publishing = asyncio.create_task(self._publish_batch(b, ids))
-        now = time.monotonic()
-        if now - self._last_group_commit >= self.settings.kafka.group_commit_interval_s:
-            await self._group_commit()  # the offsets of the batches published so far
-
-    async def _publish_batch(self, b: Batch, ids: list[int]) -> None:
         if b.outbox:
             try:
                 await self._publish(b.outbox)
@@ -568,30 +540,10 @@ class Worker:
                     f"published at the next start"
                 ) from exc
             self._acked.extend(ids)
-        # Kafka's group offsets only ever cover published batches (the next owner reads them as processed).
         self._uncommitted.update(b.offsets)
-
-    async def _published(self) -> None:
-        """Wait for the batch in flight, raising what its publish raised. It stays in flight (``_publishing``) until it
-        is done, so that a rebalance meanwhile waits for it too; a cancelled caller does not cancel it."""
-        task = self._publishing
-        if task is None:
-            return
-        await asyncio.wait([task])
-        if self._publishing is task:
-            self._publishing = None
-        task.result()
-
-    async def _settle(self, *, log_error: bool = False) -> None:
-        """Wait for the batch in flight without raising: its error stays for ``_published`` (or is logged)."""
-        task = self._publishing
-        if task is None:
-            return
-        await asyncio.wait([task])
-        if log_error:
-            self._publishing = None
-            if not task.cancelled() and task.exception() is not None:
-                log.error("the last batch was not published: %s", task.exception())
+        now = time.monotonic()
+        if now - self._last_group_commit >= self.settings.kafka.group_commit_interval_s:
+            await self._group_commit()
 
     async def _group_commit(self) -> None:
         """SQLite's offsets are the truth the consumer seeks to; Kafka's group offsets feed lag monitoring and tell a
