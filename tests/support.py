@@ -26,7 +26,7 @@ from seedworker.broker.memory import MemoryBus
 from seedworker.contract import events as ev
 from seedworker.contract import headers as hdr
 from seedworker.core.config import Settings
-from seedworker.engine.merge import in_time_order
+from seedworker.engine.merge import in_time_order, ranks
 from seedworker.engine.worker import Worker
 from seedworker.store.readers import read_all
 from seedworker.store.store import Store
@@ -88,10 +88,9 @@ async def drain(settings, bus) -> Worker:
 def replay_order(bus: MemoryBus, topics, names: tuple[str, ...] | None = None) -> list:
     """The records of the memory bus a replay reads (by default all four topics), in the order it merges them
     (seedworker.engine.merge, with the replay's ranks)."""
-    ranked = (topics.dead_letters, topics.selections, topics.control, topics.outcomes)
-    names = ranked if names is None else names
-    rank = {name: i for i, name in enumerate(ranked)}
-    return in_time_order([m for name in names for m in bus.read(name)], rank, topics.selections)
+    if names is None:
+        names = (topics.dead_letters, topics.selections, topics.control, topics.outcomes)
+    return in_time_order([m for name in names for m in bus.read(name)], ranks(topics), topics.selections)
 
 
 def selections(bus) -> list[ev.SeedSelected]:

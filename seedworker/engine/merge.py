@@ -16,6 +16,13 @@ from collections.abc import Mapping
 
 from seedworker.broker.base import Message
 from seedworker.contract import headers as hdr
+from seedworker.core.config import Topics
+
+
+def ranks(topics: Topics) -> dict[str, int]:
+    """How ties of one timestamp are broken, for the worker and the replay alike: a dead letter first (the replay
+    reads them ahead), then a decision (its request, or its selection), a strategy switch, an outcome."""
+    return {topics.dead_letters: 0, topics.requests: 1, topics.selections: 1, topics.control: 2, topics.outcomes: 3}
 
 
 def merge_timestamp(topic: str, timestamp: int, headers, selections: str) -> int:

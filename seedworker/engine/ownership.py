@@ -61,6 +61,7 @@ from seedworker.contract import events as ev
 from seedworker.contract import headers as hdr
 from seedworker.core.config import Settings, Topics
 from seedworker.core.join import HeldOutcome, Resolution
+from seedworker.engine.merge import ranks
 from seedworker.engine.processor import Processor
 from seedworker.engine.replay import Replay, Span, in_offset_order, merged
 from seedworker.store import changelog
@@ -187,7 +188,7 @@ async def rebuild(
             async for m in merged(reader, [s for s in spans if s.topic == t.dead_letters], {t.dead_letters: 0}):
                 if answered_partition(m.topic, m.headers, t) in wanted:
                     replay.read_ahead(m)
-            async for m in merged(reader, spans, {t.dead_letters: 0, t.selections: 1, t.outcomes: 2}, t.selections):
+            async for m in merged(reader, spans, ranks(t), t.selections):
                 if m.topic != t.outcomes and answered_partition(m.topic, m.headers, t) not in wanted:
                     continue
                 records += 1

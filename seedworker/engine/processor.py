@@ -39,7 +39,7 @@ from seedworker.contract import headers as hdr
 from seedworker.core.config import Settings
 from seedworker.core.join import HeldOutcome, JoinError, Known, Pending
 from seedworker.core.selector import BlueprintState, SeedSelector
-from seedworker.engine.merge import in_time_order
+from seedworker.engine.merge import in_time_order, ranks
 from seedworker.store import changelog
 from seedworker.store.rows import Batch, BlueprintRow, DecisionRow, OutboxRow, StateEncoder, load_state
 from seedworker.store.store import Store
@@ -103,10 +103,7 @@ class Processor:
         self.settings = settings
         self.store = store
         self.topics = settings.kafka.topics
-        t = self.topics
-        # Ties of the in-batch merge (seedworker.engine.merge), as the replay breaks them: a decision before a
-        # switch before an outcome of the same millisecond.
-        self._rank = {t.dead_letters: 0, t.requests: 1, t.selections: 1, t.control: 2, t.outcomes: 3}
+        self._rank = ranks(self.topics)  # ties of the in-batch merge, broken as the replay breaks them
         self.replay = replay
         self.observe_selection = observe_selection
         self.on_resent = on_resent

@@ -65,7 +65,7 @@ from seedworker.broker.security import client_options
 from seedworker.contract import headers as hdr
 from seedworker.core.config import Settings
 from seedworker.core.join import DANGLING
-from seedworker.engine.merge import merge_timestamp
+from seedworker.engine.merge import merge_timestamp, ranks
 from seedworker.engine.processor import Processor
 from seedworker.store.rows import Batch
 from seedworker.store.store import Store
@@ -462,7 +462,7 @@ async def replay(
         except KafkaError as exc:
             raise ReplayError(f"cannot read the topics at {k.bootstrap_servers}: {exc}") from exc
         t = k.topics
-        rank = {t.dead_letters: 0, t.selections: 1, t.control: 2, t.outcomes: 3}
+        rank = ranks(t)
         store = await Store(partial).open()
         worker = await Replay(settings, store).start()
         records = {s.topic: 0 for s in spans}
