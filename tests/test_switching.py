@@ -176,3 +176,42 @@ async def test_switch_keeps_statistics_and_later_decisions_log_the_new_strategy(
         (other,) = await ask([100], bp="other")
         assert other.strategy == "thompson"
     assert read_all(settings.db)["blueprints"]["bp"]["strategy"] == "ucb"
+
+
+async def test_a_worker_started_after_a_switch_answers_its_backlog_with_the_new_strategy(settings, memory_bus):
+    """Requests waiting on the topic, then a switch, then a new worker: the switch is on the control topic before the
+    worker reads anything, so every answer uses it — also for the requests older than the switch, which the batch
+    (taken in time order) would otherwise decide first, with the strategy the switch replaced."""
+    settings.default_strategy = "round-robin"
+    for i in range(6):
+        memory_bus.produce("graft.requested", b"bp", request(i))
+    memory_bus.produce(CONTROL, None, switch("epsilon-greedy"))
+    memory_bus.produce(CONTROL, None, switch("ucb", blueprint_id="bp"))
+    w = await drain(settings, memory_bus)
+    assert w.counters["strategy_switches"] == 2
+    assert [s.strategy for s in selections(memory_bus)] == ["ucb"] * 6
+    assert read_all(settings.db)["meta"]["default_strategy"] == "epsilon-greedy"
+
+
+async def test_switches_on_the_topic_before_a_worker_starts_apply_to_its_first_decisions(bus):
+    """On the memory bus and on the real broker: switches sent before the worker starts, and requests sent before
+    and after them; the worker's every answer uses the switched strategies (they are read before any input)."""
+    await bus.create_topics()
+    settings = bus.settings(default_strategy="round-robin")
+    sent: dict[str, str] = {}
+    for i in range(4):
+        await bus.send("requests", request(i), b"bp")
+        sent[f"req-{i}"] = "bp"
+    await bus.send("control", switch("ucb", blueprint_id="bp"))
+    await bus.send("control", switch("epsilon-greedy"))
+    for i in range(4, 8):
+        await bus.send("requests", request(i, "other"), b"other")
+        sent[f"req-{i}"] = "other"
+    await bus.flush()
+    async with bus.running(settings) as (worker, _task):
+        records = await bus.until("selections", lambda rs: set(sent) <= distinct_requests(rs), "answers to 8 requests")
+        answers = {s.request_id: s for s in (check_selection(r, sent) for r in records)}
+        assert worker.counters["strategy_switches"] == 2
+    assert {rid: s.strategy for rid, s in answers.items()} == {
+        rid: "ucb" if bp == "bp" else "epsilon-greedy" for rid, bp in sent.items()
+    }

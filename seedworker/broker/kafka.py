@@ -58,6 +58,8 @@ class KafkaBus:
         self._security: dict | None = None
         self._broadcast_offsets: dict[TP, int] = {}
         self._broadcast = None  # a group-less consumer of the partitions every member reads
+        self._catch_up_to: dict | None = None  # their end offsets when catch_up was first called
+        self._catch_up_deadline = 0.0
         self._admin = None  # reads the group's committed offsets with their metadata
         self._owned: dict[int, AIOKafkaProducer] = {}  # input partition -> its transactional producer
 
@@ -223,6 +225,7 @@ class KafkaBus:
             except (TimeoutError, Exception) as exc:
                 log.warning("error while closing a Kafka client: %r", exc)
         self._consumer = self._broadcast = self._producer = self._admin = None
+        self._catch_up_to = None
 
     async def poll(self, timeout_ms: int, max_records: int) -> list[Message]:
         batches: dict = {}
@@ -231,11 +234,30 @@ class KafkaBus:
             # there was any.
             batches = await self._broadcast.getmany(timeout_ms=0)
         batches.update(await self._consumer.getmany(timeout_ms=0 if batches else timeout_ms, max_records=max_records))
-        out = []
-        for records in batches.values():
-            for r in records:
-                out.append(Message(r.topic, r.partition, r.offset, r.key, r.value, tuple(r.headers or ()), r.timestamp))
-        return out
+        return _messages(batches)
+
+    async def catch_up(self, max_records: int) -> list[Message]:
+        """Up to ``max_records`` records of the broadcast partitions, up to the end offsets they had when this was
+        first called (the worker's start); empty once read up to there."""
+        consumer = self._broadcast
+        if consumer is None:
+            return []
+        if self._catch_up_to is None:
+            tps = list(consumer.assignment())
+            self._catch_up_to = await self._retry("the control topic's end offsets", lambda: consumer.end_offsets(tps))
+            self._catch_up_deadline = asyncio.get_running_loop().time() + self.settings.connect_timeout_s
+        while True:
+            behind = [tp for tp, end in self._catch_up_to.items() if await consumer.position(tp) < end]
+            if not behind:
+                return []
+            batches = await consumer.getmany(*behind, timeout_ms=self.settings.poll_timeout_ms, max_records=max_records)
+            if batches:
+                return _messages(batches)
+            if asyncio.get_running_loop().time() > self._catch_up_deadline:
+                # The rest comes with the polls, beside the inputs, as it would without this step.
+                log.warning("the control topic was not read up to its end within connect_timeout_s; going on")
+                self._catch_up_to = {}
+                return []
 
     def seek(self, tp: TP, offset: int) -> None:
 
@@ -472,6 +494,14 @@ class KafkaBus:
                     continue  # revoked meanwhile, or its position is being reset
                 out[(tp.topic, tp.partition)] = max(high - position, 0)
         return out
+
+
+def _messages(batches: dict) -> list[Message]:
+    out = []
+    for records in batches.values():
+        for r in records:
+            out.append(Message(r.topic, r.partition, r.offset, r.key, r.value, tuple(r.headers or ()), r.timestamp))
+    return out
 
 
 def _failure(future: asyncio.Future) -> BaseException | None:

@@ -98,6 +98,17 @@ class MemoryBus:
         self._broadcast = list(offsets)
         self._positions.update(offsets)
 
+    async def catch_up(self, max_records: int) -> list[Message]:
+        """Up to ``max_records`` records of the broadcast partitions that are on them now; empty once read up."""
+        out: list[Message] = []
+        for t, p in self._broadcast:
+            part = self.topics[t][p]
+            pos = max(self._positions.get((t, p), 0), self.starts.get((t, p), 0))
+            take = part[pos : pos + max_records - len(out)]
+            out.extend(take)
+            self._positions[(t, p)] = pos + len(take)
+        return out
+
     async def stop(self) -> None:
         self._subscribed = []
         self._broadcast = []

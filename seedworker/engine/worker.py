@@ -19,7 +19,7 @@ Several workers, each with its own store, share the input partitions as one cons
 first fences the partition's previous owner, then goes on from its own state of a partition when that state is
 current, and otherwise restores it from the changelog (seedworker.store.changelog), or rebuilds it from the
 decision log when there is no changelog (seedworker.engine.ownership). Every worker reads the whole control topic
-itself. A worker whose producer was fenced (it lost a partition while paused: a zombie) stops with a message
+itself, at start up to its end before any input. A worker whose producer was fenced (it lost a partition while paused: a zombie) stops with a message
 saying so; what it stored and did not publish is superseded by the partition's new owner.
 
 ``Worker(settings, bus=MemoryBus(), burst=True)`` runs it in-process until the inputs are drained: the embedding
@@ -254,8 +254,18 @@ class Worker:
         # rows still go out before anything new is decided.
         await self.bus.start([t.requests, t.outcomes], self._on_assign, self._on_revoke)
         await self._republish()
+        await self._catch_up()
         self.ready.set()
         log.info("worker started: %s", self)
+
+    async def _catch_up(self) -> None:
+        """Every strategy switch already on the control topic, applied before the first input is read. Read beside
+        the inputs, a switch could come after some of them (a batch takes its records in time order, and a backlog
+        of requests older than the switch would be decided first): a worker started after a switch would answer
+        with the strategy the switch replaced."""
+        while messages := await self.bus.catch_up(self.settings.kafka.max_batch):
+            async with self._exclusive:
+                await self.process(messages)
 
     async def close(self) -> None:
         try:
