@@ -213,9 +213,12 @@ def test_quadrature_mode_picks_as_monte_carlo_does(name):
 
 
 # -- Python floats for a few candidates -------------------------------------------------------------------------
-def _random_table(rng: np.random.Generator, k: int, half_life_s: float | None, priors: bool, ties: bool) -> ArmTable:
-    """Arms with random statistics: some untried, optionally some warm-started, optionally two identical arms."""
-    table = ArmTable(dim=2, half_life_s=half_life_s)
+def _random_table(
+    rng: np.random.Generator, k: int, half_life_s: float | None, priors: bool, ties: bool, detect: bool = False
+) -> ArmTable:
+    """Arms with random statistics: some untried, optionally some warm-started, optionally two identical arms,
+    optionally with change detection (segments)."""
+    table = ArmTable(dim=2, half_life_s=None if detect else half_life_s, detect=detect)
     prior = (float(rng.uniform(0.1, 3.0)), float(rng.normal(0.5, 0.2))) if priors else None
     table.rows([f"s{j}" for j in range(k)], prior)
     tried = rng.random(k) < 0.8
@@ -241,12 +244,15 @@ def _random_table(rng: np.random.Generator, k: int, half_life_s: float | None, p
             "t_ref",
             "prior_w",
             "prior_mean",
+            "seg_n",
+            "seg_sum",
+            "seg_sq",
         ):
             getattr(table, name)[1] = getattr(table, name)[0]
     return table
 
 
-@pytest.mark.parametrize("name", ["ucb", "discounted-ucb", "ucb-v"])
+@pytest.mark.parametrize("name", ["ucb", "discounted-ucb", "ucb-v", "glr-ucb"])
 def test_index_policies_give_the_same_choice_on_lists_and_arrays(name, monkeypatch):
     """Up to base.SMALL candidates UCB computes its bounds on Python floats: the same bounds (bit for bit), the
     same pick, the same propensity (ties included) as the array path, on random states."""
@@ -255,7 +261,9 @@ def test_index_policies_give_the_same_choice_on_lists_and_arrays(name, monkeypat
     checked = 0
     for trial in range(150):
         k = int(rng.integers(1, base.SMALL + 1))
-        table = _random_table(rng, k, rng.choice([None, 300.0]), bool(rng.random() < 0.3), bool(rng.random() < 0.3))
+        table = _random_table(
+            rng, k, rng.choice([None, 300.0]), bool(rng.random() < 0.3), bool(rng.random() < 0.3), policy.detects
+        )
         rows = rng.permutation(k)[: int(rng.integers(1, k + 1))].astype(np.intp)
         if rng.random() < 0.3:
             rows = table.every  # all seeds in table order: read as column slices

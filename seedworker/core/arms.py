@@ -389,6 +389,18 @@ class ArmTable:
         np.maximum(var, 0.0, out=var)
         return n, m, var
 
+    def segment_counts_means_list(self, rows: np.ndarray) -> tuple[list[float], list[float]]:
+        """``segment_moments``' counts and means as Python floats, for a few candidates (policies.base.SMALL): the
+        same operations per arm (s / max(n, 1)) without the numpy calls, which cost more at this size."""
+        if not self.detect:
+            return self.counts_means_list(rows)
+        if self.is_every(rows):
+            k = len(rows)
+            n, s = self.seg_n[:k].tolist(), self.seg_sum[:k].tolist()
+        else:
+            n, s = self.seg_n[rows].tolist(), self.seg_sum[rows].tolist()
+        return n, [t / (c if c > 1.0 else 1.0) for t, c in zip(s, n)]
+
     def segment_scale(self) -> float:
         """Pooled within-arm reward sd of the current segments; the whole history's before a segment has it."""
         if not self.detect:

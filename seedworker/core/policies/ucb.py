@@ -127,8 +127,7 @@ class ChangeUCB(UCB):
         return n, mean
 
     def _counts_means_list(self, s: Situation) -> tuple[list[float], list[float]]:
-        n, mean = self._counts_means(s)
-        return n.tolist(), mean.tolist()
+        return s.arms.segment_counts_means_list(s.rows)
 
     def _scale(self, s: Situation) -> float:
         return s.arms.segment_scale()
@@ -139,6 +138,17 @@ class ChangeUCB(UCB):
     def _evaluate(self, s: Situation) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if self.index == "ucb1":
             return super()._evaluate(s)
+        if len(s.rows) <= SMALL:
+            # The same operations per candidate on Python floats (see base.SMALL), numpy's log kept (math.log may
+            # differ from it in the last bit). Counts are whole numbers, so their sum is exact in any order.
+            counts, means = self._counts_means_list(s)
+            share = max(sum(counts), 1.0) / len(counts)
+            coef = self.exploration * self._scale(s)
+            seen = [c for c in counts if c > 0.0]
+            logs = iter(np.log([max(share / c, 1.0) for c in seen]).tolist()) if seen else iter(())
+            sqrt, inf = math.sqrt, math.inf
+            bounds = [m + coef * sqrt(2.0 * next(logs) / c) if c > 0.0 else inf for m, c in zip(means, counts)]
+            return bounds, means, counts
         n, mean = self._counts_means(s)
         share = max(float(np.add.reduce(n)), 1.0) / len(n)  # N / K
         coef = self.exploration * self._scale(s)
