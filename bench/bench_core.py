@@ -152,9 +152,9 @@ def sw_core(policy: str, rewards: str, *, pick_only: bool = False) -> Callable[[
         from seedworker.core.arms import ArmTable
         from seedworker.core.policies import Draw, Situation, make_policy
 
-        arms = ArmTable(dim=st.d, capacity=st.k)
-        rows = arms.rows(st.seed_ids)
         pol = make_policy(policy)
+        arms = ArmTable(dim=st.d, capacity=st.k, detect=pol.detects)  # a change detector where the policy reads one
+        rows = arms.rows(st.seed_ids)
         contextual = pol.contextual
         xs, rew, rids, ts = st.x_rows, st.rewards[rewards], st.request_ids, st.times
         binary = rewards == "binary"
@@ -412,6 +412,11 @@ def cases() -> dict[str, list[Case]]:
             Case("ucb1", "seedworker", "public", "real", sw_public("ucb", "real")),
             Case("ucb1", "river", "UCB(delta=1)", "real", river_case("ucb", "real")),
             Case("ucb1", "mabwiser", "UCB1(alpha=1)", "real", mabwiser_case("ucb1", "real")),
+            # The default strategy (change detection on every outcome): no peer library has it; River's UCB above is
+            # the nearest.
+            Case("glr-ucb", "seedworker", "core", "real", sw_core("glr-ucb", "real")),
+            Case("glr-ucb", "seedworker", "full", "real", sw_full("glr-ucb", "real")),
+            Case("glr-ucb", "seedworker", "public", "real", sw_public("glr-ucb", "real")),
             Case("thompson", "seedworker", "core", "real", sw_core("thompson", "real")),
             Case("thompson", "seedworker", NO_PROPENSITY, "real", sw_core("thompson", "real", pick_only=True)),
             Case("thompson", "seedworker", "full", "real", sw_full("thompson", "real")),
@@ -742,6 +747,7 @@ def goals(report: Report, plan: Plan, results: dict) -> list[str]:
 
 POLICY_OF = {
     "ucb1": ("ucb", "real"),
+    "glr-ucb": ("glr-ucb", "real"),
     "thompson": ("thompson", "real"),
     "beta-thompson": ("beta-thompson", "binary"),
     "linucb": ("linucb", "linear"),
