@@ -13,6 +13,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.client import AIOKafkaClient
 from aiokafka.cluster import ClusterMetadata
+from aiokafka.errors import ProducerFenced
 
 from seedworker.broker import aiokafka_internals as internals
 from seedworker.broker.kafka import KafkaBus
@@ -60,6 +61,28 @@ async def test_producers_and_consumers_hold_the_client_where_it_is_reached():
     finally:
         await producer.stop()
         await consumer.stop()
+
+
+async def test_the_error_that_ended_a_transaction_is_found_where_the_sender_leaves_it():
+    """A producer whose background sender met ProducerFenced: its send then refuses with IllegalOperation, and
+    ``transaction_failure`` gives the fencing (KafkaBus._send_transaction classifies the refusal by it)."""
+    producer = AIOKafkaProducer(bootstrap_servers=unreachable(), transactional_id="tx-test")
+    try:
+        assert internals.transaction_failure(producer) is None  # no transaction ended yet
+        txn = producer._txn_manager
+        txn.set_pid_and_epoch(1, 0)  # as after InitProducerId
+        txn.begin_transaction()
+        assert internals.transaction_failure(producer) is None  # a transaction under way
+        txn.fatal_error(ProducerFenced())  # what the sender does on the broker's answer
+        assert not txn.is_in_transaction()  # so send() raises IllegalOperation
+        assert isinstance(internals.transaction_failure(producer), ProducerFenced)
+    finally:
+        await producer.stop()
+    plain = AIOKafkaProducer(bootstrap_servers=unreachable())
+    try:
+        assert internals.transaction_failure(plain) is None  # not transactional
+    finally:
+        await plain.stop()
 
 
 # -- the pacing -------------------------------------------------------------------------------------------------------

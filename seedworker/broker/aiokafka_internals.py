@@ -14,6 +14,9 @@ consumer and admin client; a producer exposes it as ``producer.client``, a consu
 - ``AIOKafkaConsumer._client`` and ``AIOKafkaClient.fetch_all_metadata()``: the partitions and leaders of a topic
   as the brokers know them now (the consumer's ``partitions_for_topic`` answers from metadata that may be minutes
   old, and ``topics()`` fetches the same but returns only the names).
+- ``AIOKafkaProducer._txn_manager.wait_for_transaction_end()``: the future in which the producer's background sender
+  leaves the error that ended its transaction (``ProducerFenced`` when another worker fenced it). Once it has, the
+  producer's own ``send`` refuses with ``IllegalOperation`` ("not in transaction") and says nothing of why.
 """
 
 from __future__ import annotations
@@ -98,3 +101,16 @@ def _aiokafka_version() -> str:
     except ImportError:  # pragma: no cover - the bus cannot run without it
         return "not installed"
     return getattr(aiokafka, "__version__", "unknown version")
+
+
+def transaction_failure(producer) -> BaseException | None:
+    """The error the producer's background sender ended its transaction with, or None (none, or not where it is
+    looked for)."""
+    txn = getattr(producer, "_txn_manager", None)
+    end = getattr(txn, "wait_for_transaction_end", None)
+    if end is None:
+        return None
+    waiter = end()
+    if not isinstance(waiter, asyncio.Future) or not waiter.done() or waiter.cancelled():
+        return None
+    return waiter.exception()

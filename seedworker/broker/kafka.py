@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterable
+from typing import NoReturn
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -14,6 +15,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import (
     CommitFailedError,
+    IllegalOperation,
     IllegalStateError,
     InvalidProducerEpoch,
     KafkaConnectionError,
@@ -25,7 +27,7 @@ from aiokafka.errors import (
     TransactionalIdAuthorizationFailed,
 )
 
-from seedworker.broker.aiokafka_internals import pace_metadata_updates
+from seedworker.broker.aiokafka_internals import pace_metadata_updates, transaction_failure
 from seedworker.broker.base import TP, AuthenticationError, BusError, Committed, Fenced, Message, OnAssign, Outgoing
 from seedworker.broker.security import client_options, describe, refusal, refusal_reason
 from seedworker.core.config import KafkaSettings
@@ -367,21 +369,34 @@ class KafkaBus:
                 ]
                 if futures:
                     await asyncio.wait_for(asyncio.gather(*futures), limit)
-        except (ProducerFenced, InvalidProducerEpoch, TransactionalIdAuthorizationFailed) as exc:
-            self._owned.pop(p, None)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(producer.stop(), 10.0)
-            raise Fenced(
-                f"the producer of input partition {p} ({self.transactional_id(p)!r}) was fenced: another worker "
-                f"took the partition over (or this one paused longer than the transaction timeout); nothing of this "
-                f"batch for it became visible ({exc!r})",
-                p,
+        except _FENCED as exc:
+            await self._fenced(p, producer, exc)
+        except IllegalOperation as exc:
+            # The background sender may have met the fencing first (answering the transaction's AddPartitionsToTxn):
+            # then the send itself is refused as "not in transaction", and the reason is where the sender left it.
+            cause = transaction_failure(producer)
+            if isinstance(cause, _FENCED):
+                await self._fenced(p, producer, cause)
+            raise BusError(
+                f"Kafka refused the transaction of {len(messages)} messages for input partition {p}: {exc!r}"
+                + (f" after {cause!r}" if cause is not None else "")
             ) from exc
         except (KafkaError, TimeoutError) as exc:
             raise BusError(
                 f"Kafka at {self.settings.bootstrap_servers} did not commit the transaction of {len(messages)} "
                 f"messages for input partition {p} within {limit:g}s: {exc!r}"
             ) from exc
+
+    async def _fenced(self, p: int, producer: AIOKafkaProducer, exc: BaseException) -> NoReturn:
+        self._owned.pop(p, None)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(producer.stop(), 10.0)
+        raise Fenced(
+            f"the producer of input partition {p} ({self.transactional_id(p)!r}) was fenced: another worker "
+            f"took the partition over (or this one paused longer than the transaction timeout); nothing of this "
+            f"batch for it became visible ({exc!r})",
+            p,
+        ) from exc
 
     async def _send_idempotent(self, messages: Iterable[Outgoing]) -> None:
         """Return once Kafka acknowledged every message.
@@ -494,6 +509,11 @@ class KafkaBus:
                     continue  # revoked meanwhile, or its position is being reset
                 out[(tp.topic, tp.partition)] = max(high - position, 0)
         return out
+
+
+# What a transactional producer is told when another worker opened the same transactional id since (or its epoch
+# expired): it no longer owns the partition.
+_FENCED = (ProducerFenced, InvalidProducerEpoch, TransactionalIdAuthorizationFailed)
 
 
 def _messages(batches: dict) -> list[Message]:
