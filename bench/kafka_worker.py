@@ -216,6 +216,7 @@ async def _worker(cfg: dict) -> dict:
     from seedworker.broker.kafka import KafkaBus
     from seedworker.core.config import Settings
     from seedworker.engine.worker import Worker
+    from seedworker.ops import collector
 
     st = Clock(cfg["expect"])
     settings = Settings(
@@ -313,8 +314,9 @@ async def _worker(cfg: dict) -> dict:
     store.write = timed(store.write, "write")
     store.decision_statuses = timed(store.decision_statuses, "statuses")
     timeout = False
+    collector.tune()  # as `seedworker run` does (seedworker.tools.cli)
     try:
-        await asyncio.wait_for(worker.run(), cfg["timeout_s"])
+        await asyncio.wait_for(collector.freezing(worker.ready, worker.run()), cfg["timeout_s"])
     except TimeoutError:
         timeout = True
     if prof is not None:

@@ -15,6 +15,7 @@ from seedworker.core.config import ConfigError, load_settings
 def _run(args: argparse.Namespace) -> int:
     from seedworker.broker.base import BusError
     from seedworker.engine.worker import Worker
+    from seedworker.ops import collector
     from seedworker.ops.http_server import run_with_endpoint
     from seedworker.ops.logs import configure
     from seedworker.store.store import StoreError
@@ -32,7 +33,9 @@ def _run(args: argparse.Namespace) -> int:
     )
     configure(args.log_level, settings.log_format)
     try:
-        asyncio.run(run_with_endpoint(Worker(settings, burst=args.burst), settings.metrics))
+        worker = Worker(settings, burst=args.burst)
+        collector.tune()
+        asyncio.run(collector.freezing(worker.ready, run_with_endpoint(worker, settings.metrics)))
     except (BusError, StoreError, ConfigError) as exc:
         print(f"seedworker: {exc}", file=sys.stderr)
         return 1
