@@ -285,6 +285,25 @@ def test_index_policies_give_the_same_choice_on_lists_and_arrays(name, monkeypat
     assert checked >= 10  # ties (propensity 1/ties) were among the states compared
 
 
+def test_segment_scale_is_the_same_on_lists_and_arrays(monkeypatch):
+    """The segments' pooled scale, summed exactly rounded, is the same value for a few seeds (Python floats) as on
+    arrays, and the within-segment standard deviation a two-pass computation gives."""
+    from seedworker.core import arms as arms_module
+
+    rng = np.random.default_rng(14)
+    for _ in range(60):
+        k = int(rng.integers(1, 17))
+        table = _random_table(rng, k, None, False, bool(rng.random() < 0.3), detect=True)
+        small = table.segment_scale()
+        with monkeypatch.context() as m:
+            m.setattr(arms_module, "_FEW", 0)
+            assert table.segment_scale() == small
+        n, s, s2 = (getattr(table, c)[:k] for c in ("seg_n", "seg_sum", "seg_sq"))
+        within = float((s2 - s * s / np.maximum(n, 1.0)).sum())
+        if n.sum() >= 2 and within > 0:
+            assert small == pytest.approx(math.sqrt(within / n.sum()), rel=1e-9)
+
+
 @pytest.mark.parametrize("half_life_s, priors", [(None, False), (None, True), (300.0, False), (300.0, True)])
 def test_moments_equal_counts_means_variances(half_life_s, priors):
     rng = np.random.default_rng(12)

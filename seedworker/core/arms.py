@@ -93,6 +93,7 @@ _MIN_SIDE = 5
 # measured as well: over 30,000 stationary decisions one run in six restarted once (none at 0.01), +4 accuracy
 # points of regret on ~21.
 _DETECT_DELTA = 0.2
+_FEW = 16  # up to this many seeds a sum over them is cheaper on Python floats (as policies.base.SMALL)
 _SPLITS = np.arange(_HISTORY + 1, dtype=float)  # candidate split positions s, shared by every test
 _outer = np.multiply.outer
 
@@ -407,8 +408,16 @@ class ArmTable:
             return self.pooled_scale()
         k = len(self)
         n, s, s2 = self.seg_n[:k], self.seg_sum[:k], self.seg_sq[:k]
-        total = float(n.sum())
-        within = float((s2 - s * s / np.maximum(n, 1.0)).sum())
+        # Summed exactly rounded (math.fsum), so the value does not depend on the order of the terms: for a few seeds
+        # the terms on Python floats (numpy's per-call cost is most of the work at that size), else by numpy, the
+        # same IEEE operations either way. Counts are whole numbers: their sum is exact in any order.
+        if k <= _FEW:
+            n, s, s2 = n.tolist(), s.tolist(), s2.tolist()
+            total = sum(n)
+            within = math.fsum([q - t * t / (c if c > 1.0 else 1.0) for c, t, q in zip(n, s, s2)])
+        else:
+            total = float(n.sum())
+            within = math.fsum((s2 - s * s / np.maximum(n, 1.0)).tolist())
         if total < 2.0 or within <= 0.0:
             return self.pooled_scale()
         return math.sqrt(within / total)
