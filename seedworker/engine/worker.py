@@ -19,8 +19,9 @@ Several workers, each with its own store, share the input partitions as one cons
 first fences the partition's previous owner, then goes on from its own state of a partition when that state is
 current, and otherwise restores it from the changelog (seedworker.store.changelog), or rebuilds it from the
 decision log when there is no changelog (seedworker.engine.ownership). Every worker reads the whole control topic
-itself, at start up to its end before any input. A worker whose producer was fenced (it lost a partition while paused: a zombie) stops with a message
-saying so; what it stored and did not publish is superseded by the partition's new owner.
+itself, at start up to its end before any input. A worker whose producer was fenced (it lost a partition while
+paused: a zombie) stops with a message saying so; what it stored and did not publish is superseded by the
+partition's new owner.
 
 ``Worker(settings, bus=MemoryBus(), burst=True)`` runs it in-process until the inputs are drained: the embedding
 API for testing a Tamiyo integration without a broker.
