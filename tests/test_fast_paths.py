@@ -126,6 +126,11 @@ def test_directly_built_event_equals_model_construct():
     for a, b in zip(fast.scores, slow.scores):
         assert list(a.__dict__) == list(b.__dict__) and a.model_fields_set == b.model_fields_set
     assert SeedSelected.model_validate(fast.model_dump()) == fast
+    # The candidates share one fields-set; a copy of one gets its own, and the shared one stays as it was.
+    shared = set(fast.scores[0].model_fields_set)
+    copy = fast.scores[0].model_copy(update={"note": "x"})
+    assert "note" in copy.model_fields_set and copy.model_fields_set is not fast.scores[0].model_fields_set
+    assert all(c.model_fields_set == shared for c in fast.scores + sel.decide(req).scores)
 
 
 # -- quadrature propensity --------------------------------------------------------------------------------------

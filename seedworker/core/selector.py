@@ -564,7 +564,10 @@ class SeedSelector:
                     "note": note or None,
                 },
             )
-            set_fields(m, names.copy())
+            # One fields-set shared by every candidate the selector builds: the models are frozen, so nothing
+            # assigns to (and so adds to) it, and pydantic copies it before changing a copy's (model_copy). A set
+            # each would be 8 allocations per decision and ~3.8 KB per decision the join keeps waiting.
+            set_fields(m, names)
             set_extra(m, None)
             set_private(m, None)
             candidates.append(m)
@@ -588,7 +591,7 @@ class SeedSelector:
         self.blueprints = {k: BlueprintState.from_dict(v) for k, v in data["blueprints"].items()}
 
 
-_CANDIDATE_FIELDS = {"seed_id", "seed_idx", "score", "probability", "viable", "note"}
+_CANDIDATE_FIELDS = {"seed_id", "seed_idx", "score", "probability", "viable", "note"}  # never changed (see _event)
 
 
 def _slot_setters() -> tuple[Callable[[Any, Any], None], ...]:
