@@ -100,8 +100,13 @@ class MemoryBus:
 
     async def catch_up(self, max_records: int) -> list[Message]:
         """Up to ``max_records`` records of the broadcast partitions that are on them now; empty once read up."""
+        return self._read(self._broadcast, max_records)
+
+    def _read(self, tps: list[TP], max_records: int) -> list[Message]:
+        """Up to ``max_records`` records of these partitions from their positions (at least where retention left
+        them to start), in this order; the positions move past them."""
         out: list[Message] = []
-        for t, p in self._broadcast:
+        for t, p in tps:
             part = self.topics[t][p]
             pos = max(self._positions.get((t, p), 0), self.starts.get((t, p), 0))
             take = part[pos : pos + max_records - len(out)]
@@ -130,15 +135,9 @@ class MemoryBus:
         return msg
 
     async def poll(self, timeout_ms: int, max_records: int) -> list[Message]:
-        out: list[Message] = []
-        for t, p in self._owned() + self._broadcast:  # the control topic last, as it was when subscribed
-            if (t, p) in self._paused:
-                continue
-            part = self.topics[t][p]
-            pos = max(self._positions.get((t, p), 0), self.starts.get((t, p), 0))
-            take = part[pos : pos + max_records - len(out)]
-            out.extend(take)
-            self._positions[(t, p)] = pos + len(take)
+        # The control topic last, as it was when subscribed.
+        tps = [tp for tp in self._owned() + self._broadcast if tp not in self._paused]
+        out = self._read(tps, max_records)
         if not out:
             await asyncio.sleep(min(timeout_ms, 5) / 1000)
         return out

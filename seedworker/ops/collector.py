@@ -1,12 +1,12 @@
 """CPython's cyclic garbage collector, set for a long-running worker process (``seedworker run``).
 
 With the defaults (a young collection every 700 net allocations of container objects, older ones every 10) the
-collector took about a third of the worker's CPU: every decision allocates its request, its event and their
-models, and the collections keep scanning what the worker holds for long (blueprint states, pending decisions, the
-duplicate window) although the worker makes almost no cyclic garbage in steady state (counted 2026-12-06: none
-per decision; the cycles a run leaves are whole retired workers and selectors). Measured with
-``python -m bench --only kafka_worker`` back to back (2026-12-06, README "Benchmark"): 2,287 → 3,173 events/s,
-407–418 → 286–296 µs of CPU per event, p99 at 500 requests/s 155 → 120 ms.
+collector took about 40% of the worker's CPU (in-process on the memory bus, 2026-12-06: 429 µs per event with the
+defaults, 242 with the collector off, 345 with the settings below): every decision allocates its request, its event
+and their models, and the collections keep scanning what the worker holds for long (blueprint states, pending
+decisions, the duplicate window), although the worker makes almost no cyclic garbage in steady state (counted the
+same day: none per decision; the cycles a run leaves are whole retired workers and selectors). Through a real
+broker, back to back, see README "Speed work of 2026-12-06".
 
 So: collect young objects every ``THRESHOLDS[0]`` allocations instead, older generations more rarely, and once the
 worker is ready (its state restored) move everything alive to the permanent generation (``gc.freeze``), which
