@@ -8,15 +8,19 @@ mid-stream, compressed input) is in test_worker_kafka.py.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
+import sqlite3
 
 import orjson
 import pytest
 
 from seedworker.broker.memory import MemoryBus
 from seedworker.contract import events as ev
+from seedworker.contract import headers as hdr
 from seedworker.core.config import ConfigError, Settings
+from seedworker.engine.worker import Worker
 from seedworker.store.readers import read_all
 from seedworker.store.store import Store
 from tests.support import check_selection, distinct_requests, drain, eventually, headers_of, outcome, selections
@@ -298,3 +302,66 @@ async def test_retry_after_its_outcome_in_one_batch_is_not_decided_again(setting
     assert w.counters["decisions"] == 1 and w.counters["duplicate_requests"] == 1
     first, again = bus.read("seed.selected")
     assert first.value == again.value
+
+
+class GatedBus(MemoryBus):
+    """A memory bus whose first publish of answers waits for ``gate``; it records what happened, in order."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.gate = asyncio.Event()
+        self.log: list[tuple] = []  # ("send", first and last source offset, done?) and ("commit", offsets)
+        self.sent_offsets = 0  # the request offsets whose answers Kafka has
+
+    async def send(self, messages, *, owner=None) -> None:
+        batch = list(messages)
+        sources = [hdr.int_value(m.headers, hdr.SOURCE_OFFSET) for m in batch if m.topic == "seed.selected"]
+        if not sources:  # a partition's changelog snapshot at assignment
+            return await super().send(batch, owner=owner)
+        self.log.append(("send", min(sources), max(sources), "start"))
+        if len([e for e in self.log if e[0] == "send"]) == 1:
+            await self.gate.wait()
+        await super().send(batch, owner=owner)
+        self.sent_offsets = max(sources) + 1
+        self.log.append(("send", min(sources), max(sources), "done"))
+
+    async def commit(self, offsets, owner: str = "") -> bool:
+        requests = offsets.get(("graft.requested", 0))
+        # The group commit never runs ahead of what Kafka has.
+        assert requests is None or requests <= self.sent_offsets, (requests, self.sent_offsets, self.log)
+        self.log.append(("commit", requests))
+        return await super().commit(offsets, owner)
+
+
+async def test_a_batch_is_stored_while_the_previous_one_is_published_and_published_after_it(tmp_path):
+    """The poll loop publishes a batch beside the next one (Worker.process(wait=False)): while batch 1's
+    transaction waits for Kafka, batch 2 is decided and stored, but its publish starts only once batch 1's is done;
+    the group commit never includes offsets whose answers Kafka does not have; every request is answered once, in
+    offset order."""
+    settings = Settings(db=str(tmp_path / "s.sqlite"), kafka={"partitions": 1, "max_batch": 5})
+    bus = GatedBus()
+    await bus.ensure_topics({"graft.requested": 1, "adaptation.outcome": 1})
+    for i in range(17):
+        bus.produce("graft.requested", b"bp", request(i, "bp"))
+    worker = Worker(settings, bus=bus, burst=True, idle_polls=1)
+    run = asyncio.create_task(worker.run())
+
+    def stored() -> int:
+        if not worker.ready.is_set():
+            return 0  # the store may not exist yet
+        return read_all(tmp_path / "s.sqlite")["counters"].get("decisions", 0)
+
+    await eventually(lambda: stored() >= 10, "batch 2 stored while batch 1 is being published", timeout=30)
+    assert [e for e in bus.log if e[0] == "send"] == [("send", 0, 4, "start")]  # batch 2 waits for batch 1
+    bus.gate.set()
+    await asyncio.wait_for(run, 30)
+    sends = [(e[1], e[2]) for e in bus.log if e[0] == "send" and e[3] == "done"]
+    assert sends == [(0, 4), (5, 9), (10, 14), (15, 16)]
+    starts = [i for i, e in enumerate(bus.log) if e[0] == "send" and e[3] == "start"]
+    dones = [i for i, e in enumerate(bus.log) if e[0] == "send" and e[3] == "done"]
+    assert all(done < start for done, start in zip(dones, starts[1:]))  # one publish at a time, in batch order
+    answers = [ev.decode(m.value).request_id for m in bus.read("seed.selected")]
+    assert answers == [f"req-{i}" for i in range(17)]
+    assert bus.committed[("graft.requested", 0)] == 17
+    with sqlite3.connect(tmp_path / "s.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM outbox").fetchone() == (0,)  # every publish acknowledged, marked

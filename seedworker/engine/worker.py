@@ -8,7 +8,8 @@ records into one batch of changes. Per poll:
    resolutions, the changed blueprint states, the watermarks, the counters and the consumed offsets;
 3. the outbox rows are published, those answering an input partition (selections, dead letters, changelog
    records) in one Kafka transaction per partition of that partition's own producer, which the partition's next
-   owner fences; acknowledged, they are deleted from the outbox in the next transaction;
+   owner fences; acknowledged, they are deleted from the outbox in a later transaction. The publish runs beside
+   the next poll and batch (whose own publish waits for it), so Kafka's round trips overlap the next decisions;
 4. Kafka's group commit follows, for lag monitoring only: the offsets in SQLite are the truth the consumer seeks to.
 
 A crash before (2) leaves no trace and the batch is consumed again, giving the same decisions (the same request
@@ -126,6 +127,7 @@ class Worker:
         self._assigned: set[TP] = set()
         self._acked: list[int] = []
         self._uncommitted: dict[TP, int] = {}
+        self._in_flight: _InFlight | None = None  # the last stored batch, while its publish runs (see process)
         self._last_group_commit = 0.0
         self._stopping = asyncio.Event()
         self.ready = asyncio.Event()
@@ -195,9 +197,14 @@ class Worker:
                     if self._unclaimed:
                         await self._claim_again()
                     if messages:
-                        await self.process(messages)
-                    elif time.monotonic() - self._last_group_commit >= self.settings.kafka.group_commit_interval_s:
-                        await self._group_commit()  # the last batches' offsets, once the inputs are idle
+                        # Behind (the poll gave at least half a batch): publish beside the next batch, for
+                        # throughput. Caught up: publish, then poll, so what arrives meanwhile makes one batch
+                        # rather than a few records that would wait for this publish anyway (measured: at 500
+                        # requests/s the overlap raised the p50 latency by ~15 ms on a busy two-core machine).
+                        await self.process(messages, wait=len(messages) < max(self.settings.kafka.max_batch // 2, 1))
+                    else:
+                        await self.settle()
+                        await self._maybe_group_commit()  # the last batches' offsets, once the inputs are idle
                 if messages:
                     idle = 0
                 else:
@@ -270,6 +277,11 @@ class Worker:
 
     async def close(self) -> None:
         try:
+            try:
+                await self.settle()
+            except Exception as exc:  # noqa: BLE001 - closing must not hide why the worker stops
+                # Stored, so still in the outbox: published at the next start (or by the partition's next owner).
+                log.warning("the last batch's publish did not complete: %s", exc)
             try:
                 await self._flush_acks()
             except StoreError as exc:
@@ -363,6 +375,7 @@ class Worker:
             async with self._exclusive:
                 self._rebalances += 1
                 self._assigned = set(tps)
+                await self.settle()  # the unsent rows read next must not include those being published
                 await self._take_over(tps)
         except BaseException as exc:
             # aiokafka logs an error raised here and goes on fetching: stop consuming instead (run() raises it).
@@ -509,6 +522,12 @@ class Worker:
         async with self._exclusive:
             self._rebalances += 1
             self._assigned = set()
+            try:
+                await self.settle()  # what is published of the partitions before they go
+            except BaseException as exc:
+                # aiokafka logs an error raised here and goes on: run() raises it instead, after its poll.
+                self._assign_error = exc
+                raise
             await self._flush_acks()
             await self._group_commit()
             self._unclaimed = {}
@@ -520,7 +539,16 @@ class Worker:
             await self.store.mark_sent(ids)
 
     # -- one batch -----------------------------------------------------------------------------------------------
-    async def process(self, messages: list[Message]) -> None:
+    async def process(self, messages: list[Message], *, wait: bool = True) -> None:
+        """Process one batch: decide and join, store it in one SQLite transaction, publish its outbox rows.
+
+        With ``wait=False`` (the poll loop) the publish is started and left running: the loop polls, processes and
+        stores the next batch meanwhile, and before that batch's publish begins, waits for this one (``settle``),
+        so the partitions' transactions still follow one another in batch order (a producer has one transaction
+        at a time) and a batch's acknowledgements and offsets count only once Kafka has it. What runs beside a
+        publish is only in-memory work and the next SQLite transaction, which needs nothing of it; the group
+        commit and every rebalance settle first. A publish that fails is raised by the next ``settle``, the batch
+        (and any stored after it) still in the outbox, published at the next start."""
         b = await self.processor.process(messages)
         b.sent, self._acked = self._acked, []
         t0 = time.perf_counter()
@@ -540,20 +568,45 @@ class Worker:
         self._stored_offsets.update(b.offsets)
         for name, n in b.counters.items():
             self.counters.add(name, n)
+        await self.settle()  # the previous batch's publish, before this one's
         if b.outbox:
-            try:
-                await self._publish(b.outbox)
-            except Fenced:
-                raise
-            except BusError as exc:
+            task = asyncio.create_task(self._publish(b.outbox))
+            self._in_flight = _InFlight(task, ids, dict(b.offsets))
+            if wait:
+                await self.settle()
+        else:
+            self._uncommitted.update(b.offsets)
+        await self._maybe_group_commit()
+
+    async def settle(self) -> None:
+        """Wait for the publish of the last stored batch, if one is running; then its rows count as acknowledged
+        and its offsets as committable. Raises what the publish raised (Fenced, or BusError saying the rows wait
+        in the outbox)."""
+        flight = self._in_flight
+        if flight is None:
+            return
+        try:
+            # Shielded: a cancelled caller leaves the transactions to finish rather than tearing one in the middle.
+            await asyncio.shield(flight.task)
+        except asyncio.CancelledError:
+            if not flight.task.done():
+                raise  # this caller was cancelled; the publish runs on and the next settle waits for it
+            self._in_flight = None
+            raise
+        except BaseException as exc:
+            self._in_flight = None
+            if isinstance(exc, BusError) and not isinstance(exc, Fenced):
                 raise BusError(
-                    f"{exc}; the batch is stored and its {len(ids)} messages stay in the outbox, "
+                    f"{exc}; the batch is stored and its {len(flight.ids)} messages stay in the outbox, "
                     f"published at the next start"
                 ) from exc
-            self._acked.extend(ids)
-        self._uncommitted.update(b.offsets)
-        now = time.monotonic()
-        if now - self._last_group_commit >= self.settings.kafka.group_commit_interval_s:
+            raise
+        self._in_flight = None
+        self._acked.extend(flight.ids)
+        self._uncommitted.update(flight.offsets)
+
+    async def _maybe_group_commit(self) -> None:
+        if time.monotonic() - self._last_group_commit >= self.settings.kafka.group_commit_interval_s:
             await self._group_commit()
 
     async def _group_commit(self) -> None:
@@ -567,6 +620,15 @@ class Worker:
             offsets = {tp: o for tp, o in offsets.items() if tp[0] != self.topics.control}
             if offsets:
                 await self.bus.commit(offsets, self.worker_id)
+
+
+@dataclass(slots=True)
+class _InFlight:
+    """A stored batch whose outbox rows are being published: what counts once Kafka has them."""
+
+    task: asyncio.Task
+    ids: list[int]  # its outbox rows, deleted from the outbox in a later transaction
+    offsets: dict[TP, int]  # its consumed offsets, for the group commit
 
 
 def _complete(p: int) -> str:
