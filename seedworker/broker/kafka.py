@@ -521,7 +521,7 @@ async def _send_batches(producer: AIOKafkaProducer, messages: list[Outgoing]) ->
     the accumulator and makes a future, and the worker publishes two records per decision (the answer and its
     changelog record). ``create_batch``/``send_batch`` (aiokafka's public batch API, which joins the transaction
     like ``send``) append each record to a batch directly: on bench/kafka_worker.py the worker's produce time fell
-    from ~80 to ~58 µs per event (README, speed work of 2026-12-06). Messages without a partition (an
+    from ~80 to ~58 µs per event (README, speed work of 2026-12-07). Messages without a partition (an
     output topic not aligned with the inputs) go through ``send``, whose partitioner picks it; then every message
     of the call does, so that a partition's records are never split between the two ways and stay in order."""
     if any(m.partition is None for m in messages):
