@@ -8,8 +8,9 @@ records into one batch of changes. Per poll:
    resolutions, the changed blueprint states, the watermarks, the counters and the consumed offsets;
 3. the outbox rows are published, those answering an input partition (selections, dead letters, changelog
    records) in one Kafka transaction per partition of that partition's own producer, which the partition's next
-   owner fences; acknowledged, they are deleted from the outbox in a later transaction. The publish runs beside
-   the next poll and batch (whose own publish waits for it), so Kafka's round trips overlap the next decisions;
+   owner fences; acknowledged, they are deleted from the outbox in a later transaction. When the worker is behind,
+   the publish runs beside the next poll and batch (whose own publish waits for it), so Kafka's round trips
+   overlap the next decisions;
 4. Kafka's group commit follows, for lag monitoring only: the offsets in SQLite are the truth the consumer seeks to.
 
 A crash before (2) leaves no trace and the batch is consumed again, giving the same decisions (the same request
@@ -542,7 +543,7 @@ class Worker:
     async def process(self, messages: list[Message], *, wait: bool = True) -> None:
         """Process one batch: decide and join, store it in one SQLite transaction, publish its outbox rows.
 
-        With ``wait=False`` (the poll loop) the publish is started and left running: the loop polls, processes and
+        With ``wait=False`` (the poll loop, when it is behind) the publish is started and left running: the loop polls, processes and
         stores the next batch meanwhile, and before that batch's publish begins, waits for this one (``settle``),
         so the partitions' transactions still follow one another in batch order (a producer has one transaction
         at a time) and a batch's acknowledgements and offsets count only once Kafka has it. What runs beside a
