@@ -35,17 +35,12 @@ def _records(topic: str, n: int, partition: int | None) -> list[Outgoing]:
     return out
 
 
-def _read(records) -> dict[int, list[tuple]]:
+def _by_partition(records) -> dict[int, list[tuple]]:
+    """(key, value, headers) of each record by partition, in order: records read back or the messages sent (both
+    have these attributes)."""
     by_partition: dict[int, list[tuple]] = {}
     for r in records:
         by_partition.setdefault(r.partition, []).append((r.key, r.value, tuple(r.headers)))
-    return by_partition
-
-
-def _expected(messages: list[Outgoing]) -> dict[int, list[tuple]]:
-    by_partition: dict[int, list[tuple]] = {}
-    for m in messages:
-        by_partition.setdefault(m.partition, []).append((m.key, m.value, tuple(m.headers)))
     return by_partition
 
 
@@ -72,9 +67,9 @@ async def test_a_transaction_publishes_every_record_in_order_per_partition(kafka
     finally:
         await bus.stop()
     async with Reader(kafka_bootstrap, a, 2) as ra, Reader(kafka_bootstrap, b, 1) as rb:
-        got_a, got_b = _read(await ra.to_end()), _read(await rb.to_end())
-    assert got_a == _expected([m for m in messages if m.topic == a])
-    assert got_b == _expected([m for m in messages if m.topic == b] + _records(b, 3, 0))
+        got_a, got_b = _by_partition(await ra.to_end()), _by_partition(await rb.to_end())
+    assert got_a == _by_partition([m for m in messages if m.topic == a])
+    assert got_b == _by_partition([m for m in messages if m.topic == b] + _records(b, 3, 0))
     assert sorted(got_a) == [0, 1]
 
 
